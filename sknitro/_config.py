@@ -1,0 +1,78 @@
+"""Global settings of sknitro, in the style of :func:`sklearn.config_context`.
+
+The only setting today is the GEMM kernel used for integer matrix products:
+
+``"auto"`` (default)
+    exact products through float64 BLAS whenever a bound proves every partial sum is an
+    exactly representable integer (algorithm.md §9), the pure integer kernel otherwise;
+``"integer"``
+    always the pure integer kernel (int64 accumulation, no float array anywhere).
+
+Both give bit-identical results; ``"integer"`` is slower and exists so that users (and the
+tests) can check that claim.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_GEMM_KERNELS = ("auto", "integer")
+_DEFAULTS = {"gemm": "auto"}
+_local = threading.local()
+
+
+def _settings() -> dict:
+    if not hasattr(_local, "settings"):
+        _local.settings = dict(_DEFAULTS)
+    return _local.settings
+
+
+def get_config() -> dict:
+    """Return a copy of the current settings.
+
+    Returns
+    -------
+    config : dict
+        ``{"gemm": "auto" | "integer"}``.
+    """
+    return dict(_settings())
+
+
+def set_config(gemm: str | None = None) -> None:
+    """Change the settings of this thread.
+
+    Parameters
+    ----------
+    gemm : {"auto", "integer"}, default=None
+        Kernel for integer matrix products. ``None`` leaves it unchanged.
+    """
+    if gemm is not None:
+        if gemm not in _GEMM_KERNELS:
+            raise ValueError(f"gemm must be one of {_GEMM_KERNELS}, got {gemm!r}")
+        _settings()["gemm"] = gemm
+
+
+@contextmanager
+def config_context(*, gemm: str | None = None) -> Iterator[None]:
+    """Temporarily change the settings inside a ``with`` block.
+
+    Parameters
+    ----------
+    gemm : {"auto", "integer"}, default=None
+        Kernel for integer matrix products inside the block.
+
+    Examples
+    --------
+    >>> import sknitro
+    >>> with sknitro.config_context(gemm="integer"):
+    ...     sknitro.get_config()["gemm"]
+    'integer'
+    """
+    old = get_config()
+    set_config(gemm=gemm)
+    try:
+        yield
+    finally:
+        set_config(**old)

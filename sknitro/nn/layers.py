@@ -1,0 +1,194 @@
+"""Integer layers of algorithm.md §3, each with its forward and backward side by side.
+
+Conventions: activations are int8 in ``[-127, 127]``; pre-activations and gradients are
+int32 or int64 (whatever :func:`~sknitro.backend.exact_matmul` proves wide enough);
+weights are int32. ``delta`` is always the integer gradient with respect to a layer's output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import abs_max, array_namespace, exact_matmul, to_namespace
+from .functional import INT8_MAX, tdiv, to_int8
+from .init import LEAKY_GAINS, RELU_GAIN, integer_uniform, kaiming_bound, xavier_bound
+
+INT32_MAX = 2**31 - 1
+
+
+class IntegerLinear:
+    """``z = x @ W.T (+ b)`` with int32 weights ``W`` of shape ``(out_features, in_features)``.
+
+    ``weight_bound`` is kept equal to ``max|W|`` after every update, so that the exact
+    GEMM can prove its float64 fast path without scanning the weights again.
+    """
+
+    def __init__(self, in_features: int, out_features: int, init_bound: int,
+                 rng: np.random.Generator, bias: bool = False, xp: Any = np) -> None:
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = to_namespace(integer_uniform(rng, init_bound, (out_features, in_features)), xp)
+        self.bias = xp.zeros(out_features, dtype=xp.int32) if bias else None
+        self.refresh_bounds()
+
+    def refresh_bounds(self) -> None:
+        self.weight_bound = abs_max(self.weight)
+        self.bias_bound = 0 if self.bias is None else abs_max(self.bias)
+
+    def forward(self, x: Any) -> Any:
+        z = exact_matmul(x, self.weight.T, bound_b=self.weight_bound)
+        if self.bias is not None:
+            z = z + self.bias
+        return z
+
+    def weight_grad(self, delta: Any, x: Any) -> tuple[Any, int]:
+        """``G = delta.T @ x`` and its bound ``max|G|``."""
+        grad = exact_matmul(delta.T, x)
+        return grad, abs_max(grad)
+
+    def input_grad(self, delta: Any) -> Any:
+        """``delta @ W``: the gradient with respect to the layer's input."""
+        return exact_matmul(delta, self.weight, bound_b=self.weight_bound)
+
+
+def nitro_scale(z: Any, scale_factor: int) -> Any:
+    """NITRO scaling: ``clip(tdiv(z, SF), -127, 127)`` as int8; its backward is the identity."""
+    return to_int8(tdiv(z, scale_factor))
+
+
+def scale_factor(scale_bits: int, fan_in: int) -> int:
+    """``SF = 2**scale_bits * fan_in``: brings a sum of ``fan_in`` products back to int8."""
+    return 2**scale_bits * fan_in
+
+
+# ---------------------------------------------------------------------------------------
+# activations: forward(s) -> int8, backward(delta, s) -> integer gradient w.r.t. s
+
+
+# NITRO-ReLU output mean correction mu(alpha): centres the output for s spread on [-127, 127]
+NITRO_RELU_MEANS = {3: 31, 4: 36, 5: 38, 7: 40, 8: 42, 10: 43, 15: 44, 16: 44, 20: 45}
+
+
+class PocketLeakyReLU:
+    """``clip(s, 0, 127) + tdiv(clip(s, -127, 0), alpha)``; slope 1 / alpha below zero."""
+
+    mean_correction = 0
+
+    def __init__(self, alpha: int = 4) -> None:
+        if alpha not in NITRO_RELU_MEANS:
+            raise ValueError(f"negative_slope_inv must be one of {sorted(NITRO_RELU_MEANS)}, got {alpha!r}")
+        self.alpha = alpha
+
+    def init_bound(self, fan_in: int, fan_out: int) -> int:
+        return kaiming_bound(fan_in, LEAKY_GAINS[self.alpha])
+
+    def forward(self, s: Any) -> Any:
+        s = s.astype(np.int16)
+        a = s.clip(0, INT8_MAX) + tdiv(s.clip(-INT8_MAX, 0), self.alpha) - self.mean_correction
+        return a.astype(np.int8)
+
+    def backward(self, delta: Any, s: Any) -> Any:
+        # tdiv(delta, g) with g = 1 on [0, 127), alpha on [-127, 0), and g = 2**31 - 1 (a zero
+        # gradient, since |delta| < 2**31 - 1 is checked by the caller's bounds) elsewhere.
+        xp = array_namespace(delta)
+        grad = xp.where(s >= 0, delta, tdiv(delta, self.alpha))
+        return xp.where((s >= INT8_MAX) | (s < -INT8_MAX), 0, grad)
+
+
+class NitroReLU(PocketLeakyReLU):
+    """NITRO-ReLU: the pocket leaky ReLU minus its mean ``mu(alpha)`` (the default)."""
+
+    def __init__(self, alpha: int = 4) -> None:
+        super().__init__(alpha)
+        self.mean_correction = NITRO_RELU_MEANS[alpha]
+
+
+class PocketReLU:
+    """``clip(s, 0, 127)``; gradient ``delta`` where ``0 < s <= 127``, else 0."""
+
+    def init_bound(self, fan_in: int, fan_out: int) -> int:
+        return kaiming_bound(fan_in, RELU_GAIN)
+
+    def forward(self, s: Any) -> Any:
+        return s.clip(0, INT8_MAX).astype(np.int8)
+
+    def backward(self, delta: Any, s: Any) -> Any:
+        xp = array_namespace(delta)
+        return xp.where((s > 0) & (s <= INT8_MAX), delta, 0)
+
+
+class PocketTanh:
+    """Piecewise-linear tanh on ``[-127, 127]`` (PocketNN); backward shaped like tanh'."""
+
+    def init_bound(self, fan_in: int, fan_out: int) -> int:
+        return xavier_bound(fan_in, fan_out)
+
+    def forward(self, s: Any) -> Any:
+        xp = array_namespace(s)
+        s = s.astype(np.int16)
+        third = tdiv(s, 3)
+        a = xp.where(s >= 127, 127,
+            xp.where(s >= 75, third + 83,
+            xp.where(s >= 32, s + 32,
+            xp.where(s >= -31, 2 * s,
+            xp.where(s >= -74, s - 32,
+            xp.where(s >= -127, third - 83, -127))))))  # fmt: skip
+        return a.astype(np.int8)
+
+    def backward(self, delta: Any, s: Any) -> Any:
+        xp = array_namespace(delta)
+        by8, by2 = tdiv(delta, 8), tdiv(delta, 2)
+        return xp.where(s >= 127, 0,
+            xp.where(s >= 75, by8,
+            xp.where(s >= 32, by2,
+            xp.where(s >= -31, delta,
+            xp.where(s >= -74, by2,
+            xp.where(s >= -127, by8, 0))))))  # fmt: skip
+
+
+ACTIVATIONS = {
+    "nitro_relu": NitroReLU,
+    "pocket_leaky_relu": PocketLeakyReLU,
+    "pocket_relu": PocketReLU,
+    "pocket_tanh": PocketTanh,
+}
+
+
+def make_activation(name: str, negative_slope_inv: int = 4):
+    """Build an activation from its name (``ACTIVATIONS``) and leaky slope inverse."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    cls = ACTIVATIONS[name]
+    return cls(negative_slope_inv) if issubclass(cls, PocketLeakyReLU) else cls()
+
+
+# ---------------------------------------------------------------------------------------
+# dropout
+
+
+class IntegerDropout:
+    """Dropout with an integer rescale: kept values become ``tdiv(x * R, 1000)``.
+
+    ``p`` must be a multiple of 0.05 in ``[0.05, 0.95]``; ``R = 100000 // (100 - P)`` with
+    ``P`` the rate in percent (p = 0.3 -> R = 1428, i.e. x / 0.7 to three digits). The
+    output can exceed int8 (127 * 1428 // 1000 = 181), so it is int16.
+    """
+
+    def __init__(self, p: float) -> None:
+        percent = round(p * 100)
+        if not (5 <= percent <= 95 and percent % 5 == 0 and abs(p * 100 - percent) < 1e-6):
+            raise ValueError(f"dropout must be 0 or a multiple of 0.05 in [0.05, 0.95], got {p!r}")
+        self.keep_percent = 100 - percent
+        self.rescale = 100000 // self.keep_percent
+
+    def draw_mask(self, rng: np.random.Generator, shape: tuple[int, ...], xp: Any = np) -> Any:
+        """Keep mask, drawn on the host (so CPU and GPU runs agree bit for bit)."""
+        return to_namespace(rng.integers(0, 100, size=shape, dtype=np.int8) < self.keep_percent, xp)
+
+    def forward(self, x: Any, mask: Any) -> Any:
+        return tdiv(x.astype(np.int32) * self.rescale, 1000).astype(np.int16) * mask
+
+    def backward(self, delta: Any, mask: Any) -> Any:
+        return tdiv(delta.astype(np.int64) * self.rescale, 1000) * mask

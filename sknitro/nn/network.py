@@ -1,0 +1,140 @@
+"""A NITRO-D network: a chain of local-loss blocks followed by an output layer (§4, §7)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..backend import array_namespace, get_namespace, to_host, to_namespace
+from .blocks import LinearBlock, LinearHead
+from .layers import make_activation
+from .optim import IntegerSGD
+
+
+@dataclass
+class StepStats:
+    """Integer counters of one training step (or a sum of steps)."""
+
+    n_samples: int = 0
+    n_correct: int = 0
+    squared_error: int = 0
+    head_correct: list[int] = field(default_factory=list)
+
+    def add(self, other: StepStats) -> None:
+        self.n_samples += other.n_samples
+        self.n_correct += other.n_correct
+        self.squared_error += other.squared_error
+        if not self.head_correct:
+            self.head_correct = [0] * len(other.head_correct)
+        self.head_correct = [a + b for a, b in zip(self.head_correct, other.head_correct)]
+
+
+class IntegerNetwork:
+    """Blocks + output layer, with the integer hyperparameters of IntegerSGD.
+
+    Parameters
+    ----------
+    blocks : list of blocks (``forward``, ``forward_train``, ``learn``)
+    output : LinearHead
+    lr_amp : int
+        Learning-rate amplification of the blocks' forward layers (heads and output use 1).
+    fwd_decay_inv, head_decay_inv : int
+        Weight-decay inverses of forward layers and of heads/output (0: no decay).
+    """
+
+    def __init__(self, blocks: Sequence[Any], output: LinearHead, lr_amp: int,
+                 fwd_decay_inv: int, head_decay_inv: int) -> None:
+        self.blocks = list(blocks)
+        self.output = output
+        self.lr_amp = lr_amp
+        self.fwd_decay_inv = fwd_decay_inv
+        self.head_decay_inv = head_decay_inv
+
+    # -- inference ----------------------------------------------------------------------
+    def forward(self, x: Any) -> Any:
+        """Integer class scores (int8, ``(n, n_classes)``) of the output layer."""
+        for block in self.blocks:
+            x = block.forward(x)
+        return self.output.forward(x)
+
+    def predict_scores(self, X: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+        """Scores for a whole host array, computed in batches to bound memory."""
+        xp = array_namespace(self.output.linear.weight)
+        parts = [to_host(self.forward(to_namespace(X[i:i + batch_size], xp)))
+                 for i in range(0, X.shape[0], batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.n_classes), np.int8)
+
+    @property
+    def n_classes(self) -> int:
+        return self.output.linear.out_features
+
+    # -- training -----------------------------------------------------------------------
+    def train_step(self, x: Any, target: Any, labels: Any, sgd: IntegerSGD,
+                   rng: np.random.Generator) -> StepStats:
+        """Forward the whole batch, then update the output layer and every block.
+
+        ``target`` is the int8 one-hot target scaled to ``target_value``; ``labels`` the
+        class indices (for the accuracy counters).
+        """
+        caches = []
+        for block in self.blocks:
+            cache = block.forward_train(x, rng)
+            caches.append(cache)
+            x = cache.output
+        scores, _, squared_error = self.output.learn(x, target, sgd, self.head_decay_inv)
+        head_correct = []
+        for block, cache in zip(self.blocks, caches):
+            head_scores = block.learn(cache, target, sgd, self.lr_amp,
+                                      self.fwd_decay_inv, self.head_decay_inv)
+            head_correct.append(int((head_scores.argmax(axis=1) == labels).sum()))
+        n_correct = int((scores.argmax(axis=1) == labels).sum())
+        return StepStats(len(labels), n_correct, squared_error, head_correct)
+
+    # -- state ----------------------------------------------------------------------------
+    def layers(self) -> list[Any]:
+        """Every IntegerLinear, in a fixed order (forward layers, heads, output)."""
+        return ([b.linear for b in self.blocks] + [b.head.linear for b in self.blocks]
+                + [self.output.linear])
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Host copies of every weight (and bias) array, in ``layers()`` order."""
+        arrays = []
+        for layer in self.layers():
+            arrays.append(to_host(layer.weight).copy())
+            if layer.bias is not None:
+                arrays.append(to_host(layer.bias).copy())
+        return arrays
+
+    def set_weights(self, arrays: Sequence[np.ndarray]) -> None:
+        """Restore arrays produced by :meth:`get_weights`."""
+        it = iter(arrays)
+        for layer in self.layers():
+            xp = array_namespace(layer.weight)
+            layer.weight = to_namespace(np.array(next(it)), xp)
+            if layer.bias is not None:
+                layer.bias = to_namespace(np.array(next(it)), xp)
+            layer.refresh_bounds()
+
+
+def build_mlp(n_features: int, hidden_layer_sizes: Sequence[int], n_classes: int, *,
+              activation: str = "nitro_relu", negative_slope_inv: int = 4, scale_bits: int = 8,
+              dropout: float = 0.0, lr_amp: int | None = None, fwd_decay_inv: int = 0,
+              head_decay_inv: int = 0, bias: bool = False, rng: np.random.Generator,
+              device: str = "cpu") -> IntegerNetwork:
+    """Build a dense NITRO-D network: one local-loss block per hidden layer, then the output."""
+    xp = get_namespace(device)
+    blocks = []
+    in_features = n_features
+    for width in hidden_layer_sizes:
+        act = make_activation(activation, negative_slope_inv)
+        blocks.append(LinearBlock(in_features, width, n_classes, act, scale_bits, rng, dropout, bias, xp))
+        in_features = width
+    act = make_activation(activation, negative_slope_inv)
+    output = LinearHead(in_features, n_classes, act.init_bound(in_features, n_classes),
+                        scale_bits, rng, bias, xp)
+    if lr_amp is None:
+        lr_amp = 64 * n_classes
+    return IntegerNetwork(blocks, output, lr_amp, fwd_decay_inv, head_decay_inv)

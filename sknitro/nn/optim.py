@@ -1,0 +1,89 @@
+"""IntegerSGD (algorithm.md §5) and the integer schedules on ``lr_inv`` (§7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..backend import abs_max
+from .functional import tdiv
+from .layers import INT32_MAX, IntegerLinear
+
+
+def integer_sgd_step(param: Any, grad: Any, grad_bound: int, param_bound: int,
+                     divisor: int, decay_inv: int) -> int:
+    """In place ``param -= tdiv(grad, divisor) + tdiv(param, decay_inv)``; returns ``max|param|``.
+
+    The decay term is skipped when ``decay_inv == 0`` and whenever ``max|param| < decay_inv``,
+    where ``tdiv(param, decay_inv)`` is zero everywhere anyway.
+    """
+    decays = decay_inv > 0 and param_bound >= decay_inv
+    worst = param_bound + grad_bound // divisor + (param_bound // decay_inv if decays else 0)
+    if worst > INT32_MAX:
+        raise OverflowError(
+            f"an int32 weight could overflow after this update (bound {worst}); lower the learning "
+            "rate (raise lr_inv or lower lr_amp) or strengthen weight decay (lower *_decay_inv)"
+        )
+    update = tdiv(grad, divisor)
+    if decays:
+        update += tdiv(param, decay_inv)
+    param -= update.astype(param.dtype, copy=False)
+    return abs_max(param)
+
+
+class IntegerSGD:
+    """Integer SGD: ``W -= tdiv(G, lr_inv * amp) + tdiv(W, decay_inv)`` (same for the bias).
+
+    Parameters
+    ----------
+    lr_inv : int
+        Inverse learning rate (512 in the published runs); schedules raise it.
+    """
+
+    def __init__(self, lr_inv: int) -> None:
+        self.lr_inv = lr_inv
+
+    def step(self, layer: IntegerLinear, delta: Any, x: Any, amp: int, decay_inv: int) -> None:
+        """Update ``layer`` with the gradient of its output ``delta`` for input ``x``."""
+        divisor = self.lr_inv * amp
+        grad, grad_bound = layer.weight_grad(delta, x)
+        layer.weight_bound = integer_sgd_step(layer.weight, grad, grad_bound, layer.weight_bound,
+                                              divisor, decay_inv)
+        if layer.bias is not None:
+            bias_grad = delta.sum(axis=0)
+            layer.bias_bound = integer_sgd_step(layer.bias, bias_grad, abs_max(bias_grad),
+                                                layer.bias_bound, divisor, decay_inv)
+
+
+@dataclass
+class PlateauSchedule:
+    """Multiply ``lr_inv`` by ``factor`` when the monitored accuracy stops improving.
+
+    The accuracy improves when it beats the best so far by at least ``min_delta_permille``
+    (thousandths; 10 = one accuracy point, as published). After ``patience`` epochs without
+    improvement ``lr_inv`` is multiplied by ``factor`` and the count restarts. A ``factor`` of
+    1 keeps ``lr_inv`` constant. Early stopping reads ``epochs_since_best``.
+    """
+
+    factor: int = 3
+    patience: int = 15
+    min_delta_permille: int = 10
+    best_permille: int = -1
+    epochs_since_best: int = 0
+    epochs_since_change: int = 0
+
+    def update(self, correct: int, total: int, lr_inv: int) -> tuple[int, bool]:
+        """Record an epoch's accuracy ``correct / total``; return ``(lr_inv, improved)``."""
+        permille = correct * 1000 // max(total, 1)
+        improved = permille >= self.best_permille + self.min_delta_permille or self.best_permille < 0
+        if improved:
+            self.best_permille = permille
+            self.epochs_since_best = 0
+            self.epochs_since_change = 0
+            return lr_inv, True
+        self.epochs_since_best += 1
+        self.epochs_since_change += 1
+        if self.factor > 1 and self.epochs_since_change >= self.patience:
+            self.epochs_since_change = 0
+            return lr_inv * self.factor, False
+        return lr_inv, False
