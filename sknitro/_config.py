@@ -29,6 +29,11 @@ def _settings() -> dict:
     return _local.settings
 
 
+def gemm_kernel() -> str:
+    """The current GEMM kernel (a fast accessor for the engine's hot path)."""
+    return _settings()["gemm"]
+
+
 def get_config() -> dict:
     """Return a copy of the current settings.
 

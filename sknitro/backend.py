@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._config import get_config
+from ._config import gemm_kernel
 
 FLOAT64_EXACT_LIMIT = 2**53
 INT32_LIMIT = 2**31 - 1
@@ -129,7 +129,7 @@ def exact_matmul(a: Any, b: Any, bound_a: int | None = None, bound_b: int | None
     worst = bound_a * bound_b * a.shape[-1]  # Python ints: no overflow here
     xp = array_namespace(a)
     out_dtype = xp.int32 if worst <= INT32_LIMIT else xp.int64
-    if worst < FLOAT64_EXACT_LIMIT and get_config()["gemm"] == "auto":
+    if worst < FLOAT64_EXACT_LIMIT and gemm_kernel() == "auto":
         product = xp.matmul(a.astype(xp.float64), b.astype(xp.float64))
         return product.astype(out_dtype)
     if worst > INT64_LIMIT:

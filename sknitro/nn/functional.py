@@ -6,6 +6,7 @@ operators) and never create a float array.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -37,15 +38,25 @@ def tdiv(a: Any, d: int) -> Any:
         return -tdiv(a, -d)
     if d == 1:
         return a.copy()
-    info = np.iinfo(a.dtype)
-    if d > info.max:
+    bits, signed, max_value = _int_info(a.dtype)
+    if d > max_value:
         a = a.astype(np.int64)
-        info = np.iinfo(np.int64)
+        bits, signed = 64, True
+    if not signed:
+        return a // d
     # For a < 0 adding d - 1 before flooring turns floor into ceil, i.e. truncation; the
     # mask (a >> bits-1) is all ones exactly for negative a, so this never overflows.
-    if info.min < 0:
-        a = a + ((a >> (info.bits - 1)) & (d - 1))
-    return a // d
+    q = a >> (bits - 1)
+    q &= d - 1
+    q += a
+    q //= d
+    return q
+
+
+@functools.cache
+def _int_info(dtype: Any) -> tuple[int, bool, int]:
+    info = np.iinfo(dtype)
+    return info.bits, info.min < 0, int(info.max)
 
 
 def clip(a: Any, lo: int, hi: int) -> Any:

@@ -1,0 +1,343 @@
+"""The estimator base shared by the NITRO-D classifiers: validation, the fit loop, attributes.
+
+The numeric work lives in :mod:`sknitro.nn`; this module turns user data into int8 (via
+:mod:`sknitro.encoding`), runs epochs, drives the ``lr_inv`` schedule and early stopping,
+and keeps scikit-learn's conventions.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from abc import abstractmethod
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.extmath import softmax
+from sklearn.utils.multiclass import check_classification_targets, unique_labels
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from .backend import DEVICES, get_namespace, to_host
+from .encoding import InputEncoder
+from .nn.layers import ACTIVATIONS, NITRO_RELU_MEANS
+from .nn.network import IntegerNetwork, StepStats
+from .nn.optim import IntegerSGD, PlateauSchedule
+from .nn.training import train_epoch
+
+# predict_proba = softmax(PROBA_SHARPNESS * scores / target_value): a score at the target
+# value against zeros elsewhere gives about 0.86 for 10 classes.
+PROBA_SHARPNESS = 4
+
+
+class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
+    """Shared implementation of the NITRO-D classifiers (not for direct use)."""
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like"],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "negative_slope_inv": [Interval(Integral, 1, None, closed="left")],
+        "lr_inv": [Interval(Integral, 1, None, closed="left")],
+        "lr_amp": [Interval(Integral, 1, None, closed="left"), None],
+        "fwd_decay_inv": [Interval(Integral, 0, None, closed="left")],
+        "head_decay_inv": [Interval(Integral, 0, None, closed="left")],
+        "scale_bits": [Interval(Integral, 0, 24, closed="both")],
+        "target_value": [Interval(Integral, 1, 127, closed="both")],
+        "dropout": [Interval(Real, 0, 0.95, closed="both")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, 1, closed="both")],
+        "lr_plateau_factor": [Interval(Integral, 1, None, closed="left")],
+        "lr_plateau_patience": [Interval(Integral, 1, None, closed="left")],
+        "warm_start": ["boolean"],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "device": [StrOptions(set(DEVICES))],
+    }
+
+    # -- hooks for the concrete estimators ------------------------------------------------
+    @abstractmethod
+    def _build_network(self, n_classes: int, rng: np.random.Generator) -> IntegerNetwork:
+        """Build a fresh network for the encoded input (``self._input_shape``)."""
+
+    def _validate_X(self, X: Any, reset: bool) -> np.ndarray:
+        """Check ``X`` and return it as an array of the shape the network expects."""
+        return validate_data(self, X, reset=reset, dtype="numeric")
+
+    def _make_encoder(self) -> InputEncoder:
+        return InputEncoder(channel_axis=None)
+
+    def _check_params(self) -> None:
+        """Checks that scikit-learn's constraint objects cannot express."""
+        sizes = self.hidden_layer_sizes
+        sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
+        if not all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
+        if self.negative_slope_inv not in NITRO_RELU_MEANS:
+            raise ValueError(
+                f"negative_slope_inv must be one of {sorted(NITRO_RELU_MEANS)} (the slopes with a "
+                f"NITRO-ReLU mean correction), got {self.negative_slope_inv!r}"
+            )
+        percent = self.dropout * 100
+        if self.dropout != 0 and (percent < 5 or abs(percent - round(percent / 5) * 5) > 1e-6):
+            raise ValueError(f"dropout must be 0 or a multiple of 0.05 in [0.05, 0.95], got {self.dropout!r}")
+        get_namespace(self.device)  # fails clearly without CuPy or a GPU
+
+    def _hidden_sizes(self) -> list[int]:
+        sizes = self.hidden_layer_sizes
+        return [int(sizes)] if isinstance(sizes, Integral) else [int(s) for s in sizes]
+
+    # -- public API --------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any) -> BaseNitroClassifier:
+        """Train the network on ``(X, y)`` for up to ``max_iter`` epochs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data; uint8 images, integer or float features (see :mod:`sknitro.encoding`).
+        y : array-like of shape (n_samples,)
+            Class labels of any type.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator. A ``KeyboardInterrupt`` stops training and keeps the model
+            of the last finished epoch.
+        """
+        self._validate_params()
+        self._check_params()
+        keep = self.warm_start and hasattr(self, "network_")
+        X, y_idx = self._prepare_data(X, y, first_call=not keep, classes=None)
+        if not keep:
+            self._initialise(X)
+        self._run_epochs(X, y_idx, self.max_iter, monitored=True)
+        return self
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> BaseNitroClassifier:
+        """Train for one epoch over ``(X, y)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        classes : array-like of shape (n_classes,), default=None
+            Every class that will ever be seen. Required on the first call, ignored later.
+
+        Returns
+        -------
+        self : object
+        """
+        first_call = not hasattr(self, "network_")
+        if first_call:
+            self._validate_params()
+            self._check_params()
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit")
+        X, y_idx = self._prepare_data(X, y, first_call=first_call, classes=classes)
+        if first_call:
+            self._initialise(X)
+        self._run_epochs(X, y_idx, 1, monitored=False)
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Integer class scores of the output layer.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples, n_classes), or (n_samples,) for two classes
+            int8 scores in ``[-127, 127]`` (``target_value`` means "this class"); for two
+            classes, the int16 difference ``score[1] - score[0]``.
+        """
+        scores = self._scores(X)
+        if len(self.classes_) == 2:
+            return scores[:, 1].astype(np.int16) - scores[:, 0]
+        return scores
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Class with the highest integer score (the first one on ties)."""
+        return self.classes_[self._scores(X).argmax(axis=1)]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities: a softmax of the integer scores measured in units of
+        ``target_value / 4``. The ranking is exactly that of the integer scores.
+        """
+        scores = self._scores(X).astype(np.float64)
+        return softmax(scores * (PROBA_SHARPNESS / self.target_value))
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Logarithm of :meth:`predict_proba`."""
+        return np.log(self.predict_proba(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = False
+        tags.non_deterministic = False
+        return tags
+
+    # -- fitted attributes derived from the network ------------------------------------
+    @property
+    def weights_(self) -> list[np.ndarray]:
+        """int32 weights ``(out, in)`` of each block's forward layer, then the output layer."""
+        check_is_fitted(self)
+        layers = [b.linear for b in self.network_.blocks] + [self.network_.output.linear]
+        return [np.asarray(to_host(layer.weight)) for layer in layers]
+
+    @property
+    def head_weights_(self) -> list[np.ndarray]:
+        """int32 weights of each block's learning head (training scaffolding)."""
+        check_is_fitted(self)
+        return [np.asarray(to_host(b.head.linear.weight)) for b in self.network_.blocks]
+
+    # -- internals ---------------------------------------------------------------------------
+    def _prepare_data(self, X: Any, y: Any, first_call: bool, classes: Any) -> tuple[np.ndarray, np.ndarray]:
+        X = self._validate_X(X, reset=first_call)
+        y = _column_or_1d(y, X.shape[0])
+        check_classification_targets(y)
+        if first_call:
+            self.classes_ = unique_labels(y) if classes is None else unique_labels(classes)
+            if len(self.classes_) < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs samples of at least 2 classes in the data; "
+                    f"got 1 class: {self.classes_[0]!r}"
+                )
+            self.encoder_ = self._make_encoder().fit(X)
+        unseen = np.setdiff1d(unique_labels(y), self.classes_)
+        if unseen.size:
+            raise ValueError(f"y contains labels not in classes_: {unseen.tolist()!r}")
+        y_idx = np.searchsorted(self.classes_, y).astype(np.int64)
+        return self.encoder_.transform(X), y_idx
+
+    def _initialise(self, X: np.ndarray) -> None:
+        random_state = check_random_state(self.random_state)
+        self._rng = np.random.default_rng(random_state.randint(0, 2**32 - 1, dtype=np.int64))
+        self._input_shape = X.shape[1:]
+        self.network_ = self._build_network(len(self.classes_), self._rng)
+        self.lr_inv_ = int(self.lr_inv)
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.loss_curve_ = []
+        self.history_ = []
+        self.validation_scores_ = None
+        self.best_validation_score_ = None
+        self.head_accuracies_ = []
+
+    def _run_epochs(self, X: np.ndarray, y_idx: np.ndarray, n_epochs: int, monitored: bool) -> None:
+        """Train epochs; with ``monitored``, drive the schedule and stopping from an accuracy."""
+        X_val = y_val = None
+        if monitored and self.early_stopping:
+            X, X_val, y_idx, y_val = self._split_validation(X, y_idx)
+            self.validation_scores_ = self.validation_scores_ or []
+        best_weights = None
+        sgd = IntegerSGD(self.lr_inv_)
+        schedule = PlateauSchedule(self.lr_plateau_factor, self.lr_plateau_patience, round(self.tol * 1000))
+        for _ in range(n_epochs):
+            snapshot = self.network_.get_weights()
+            rng_state = self._rng.bit_generator.state
+            started = time.perf_counter()
+            try:
+                stats = self._train_one_epoch(X, y_idx, sgd)
+            except KeyboardInterrupt:
+                self.network_.set_weights(snapshot)
+                self._rng.bit_generator.state = rng_state
+                warnings.warn(
+                    f"Training interrupted during epoch {self.n_iter_ + 1}: keeping the model of "
+                    f"epoch {self.n_iter_}.", UserWarning, stacklevel=3)
+                break
+            record = self._record_epoch(stats, time.perf_counter() - started, sgd.lr_inv)
+            if not monitored:
+                continue
+            if X_val is not None:
+                correct = int((self.network_.predict_scores(X_val).argmax(axis=1) == y_val).sum())
+                total = len(y_val)
+                record["validation_accuracy"] = correct / total
+                self.validation_scores_.append(correct / total)
+            else:
+                correct, total = stats.n_correct, stats.n_samples
+            sgd.lr_inv, improved = schedule.update(correct, total, sgd.lr_inv)
+            if improved and X_val is not None:
+                self.best_validation_score_ = correct / total
+                best_weights = self.network_.get_weights()
+            if self.verbose:
+                print(_format_record(record), flush=True)
+            if schedule.epochs_since_best >= self.n_iter_no_change:
+                break
+        else:
+            if monitored and n_epochs > 0:
+                warnings.warn(f"Stochastic integer optimizer: maximum iterations ({n_epochs}) reached "
+                              "and the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+        self.lr_inv_ = sgd.lr_inv
+        if best_weights is not None:
+            self.network_.set_weights(best_weights)  # as scikit-learn: keep the best validated model
+
+    def _train_one_epoch(self, X: np.ndarray, y_idx: np.ndarray, sgd: IntegerSGD) -> StepStats:
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=X.shape[0], desc=f"epoch {self.n_iter_ + 1}", unit="sample", leave=False)
+
+        def progress(total: StepStats) -> None:
+            bar.n = total.n_samples
+            bar.set_postfix(acc=f"{total.n_correct / max(total.n_samples, 1):.4f}", refresh=False)
+            bar.update(0)
+
+        try:
+            return train_epoch(self.network_, X, y_idx, self.target_value, sgd, self.batch_size,
+                               self._rng, shuffle=self.shuffle, on_batch=progress if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _record_epoch(self, stats: StepStats, seconds: float, lr_inv: int) -> dict:
+        self.n_iter_ += 1
+        self.t_ += stats.n_samples
+        n = max(stats.n_samples, 1)
+        loss = stats.squared_error / n
+        self.loss_curve_.append(loss)
+        self.head_accuracies_ = [c / n for c in stats.head_correct]
+        record = {"epoch": self.n_iter_, "loss": loss, "train_accuracy": stats.n_correct / n,
+                  "head_accuracies": self.head_accuracies_, "lr_inv": lr_inv, "seconds": seconds}
+        self.history_.append(record)
+        return record
+
+    def _split_validation(self, X: np.ndarray, y_idx: np.ndarray):
+        n_val = int(round(self.validation_fraction * len(y_idx)))
+        if n_val < 1 or len(y_idx) - n_val < 1:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} leaves no validation or no training "
+                f"sample for {len(y_idx)} samples; lower it or use early_stopping=False"
+            )
+        counts = np.bincount(y_idx)
+        stratify = y_idx if counts[counts > 0].min() >= 2 and n_val >= len(counts) else None
+        seed = int(self._rng.integers(2**31 - 1))
+        return train_test_split(X, y_idx, test_size=n_val, random_state=seed, stratify=stratify)
+
+    def _scores(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
+        return self.network_.predict_scores(self.encoder_.transform(X))
+
+
+def _column_or_1d(y: Any, n_samples: int) -> np.ndarray:
+    y = column_or_1d(y, warn=True)
+    if y.shape[0] != n_samples:
+        raise ValueError(f"X and y have different numbers of samples: {n_samples} and {y.shape[0]}")
+    return y
+
+
+def _format_record(record: dict) -> str:
+    parts = [f"epoch {record['epoch']:3d}", f"loss {record['loss']:8.2f}",
+             f"train acc {record['train_accuracy']:.4f}"]
+    if "validation_accuracy" in record:
+        parts.append(f"val acc {record['validation_accuracy']:.4f}")
+    parts += [f"lr_inv {record['lr_inv']}", f"{record['seconds']:.2f}s"]
+    return " | ".join(parts)
