@@ -21,7 +21,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.extmath import softmax
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backend import DEVICES, get_namespace, to_host
 from .encoding import InputEncoder
@@ -69,9 +69,11 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
     def _build_network(self, n_classes: int, rng: np.random.Generator) -> IntegerNetwork:
         """Build a fresh network for the encoded input (``self._input_shape``)."""
 
-    def _validate_X(self, X: Any, reset: bool) -> np.ndarray:
-        """Check ``X`` and return it as an array of the shape the network expects."""
-        return validate_data(self, X, reset=reset, dtype="numeric")
+    def _validate_X(self, X: Any, reset: bool, y: Any = None) -> Any:
+        """Check ``X`` (and ``y`` when given) as scikit-learn does; return the arrays."""
+        if y is None:
+            return validate_data(self, X, reset=reset, dtype="numeric")
+        return validate_data(self, X, y, reset=reset, dtype="numeric")
 
     def _make_encoder(self) -> InputEncoder:
         return InputEncoder(channel_axis=None)
@@ -164,7 +166,8 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Class with the highest integer score (the first one on ties)."""
-        return self.classes_[self._scores(X).argmax(axis=1)]
+        scores = self._scores(X)
+        return self.classes_[scores.argmax(axis=1)]
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities: a softmax of the integer scores measured in units of
@@ -199,8 +202,9 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
 
     # -- internals ---------------------------------------------------------------------------
     def _prepare_data(self, X: Any, y: Any, first_call: bool, classes: Any) -> tuple[np.ndarray, np.ndarray]:
-        X = self._validate_X(X, reset=first_call)
-        y = _column_or_1d(y, X.shape[0])
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        X, y = self._validate_X(X, reset=first_call, y=y)
         check_classification_targets(y)
         if first_call:
             self.classes_ = unique_labels(y) if classes is None else unique_labels(classes)
@@ -325,13 +329,6 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
         return self.network_.predict_scores(self.encoder_.transform(X))
-
-
-def _column_or_1d(y: Any, n_samples: int) -> np.ndarray:
-    y = column_or_1d(y, warn=True)
-    if y.shape[0] != n_samples:
-        raise ValueError(f"X and y have different numbers of samples: {n_samples} and {y.shape[0]}")
-    return y
 
 
 def _format_record(record: dict) -> str:

@@ -1,0 +1,20 @@
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+
+@pytest.fixture(scope="session")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X, y
+
+
+@pytest.fixture(scope="session")
+def digits_small(digits):
+    """A quick, still meaningful training set: 600 digits."""
+    X, y = digits
+    return X[:600], y[:600]
+
+
+def weights_equal(a, b):
+    return len(a) == len(b) and all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b))
