@@ -15,27 +15,32 @@ import numpy as np
 INT8_MAX = 127
 
 
-def tdiv(a: Any, d: int) -> Any:
+def tdiv(a: Any, d: Any) -> Any:
     """Integer division rounded toward zero (C semantics), ``a / d`` truncated.
 
     NumPy's ``//`` floors (``-7 // 4 == -2``); ``tdiv(-7, 4) == -1``.
 
     Parameters
     ----------
-    a : integer array
-    d : int
-        Non-zero divisor.
+    a : integer array (or Python int)
+    d : int or integer array broadcastable against ``a``
+        Divisor; never 0.
 
     Returns
     -------
     q : integer array
-        Same dtype as ``a`` (int64 when ``|d|`` does not fit that dtype).
+        For a positive scalar divisor, the dtype of ``a`` (int64 when ``d`` does not fit
+        that dtype) -- the engine's hot path. Otherwise int64.
     """
+    if not hasattr(a, "dtype"):
+        a = np.asarray(a, dtype=np.int64)
+    if hasattr(d, "ndim") and d.ndim > 0:
+        return _tdiv_by_array(a, d)
     d = int(d)
     if d == 0:
         raise ZeroDivisionError("tdiv by zero")
-    if d < 0:
-        return -tdiv(a, -d)
+    if d < 0:  # in int64, so that -(-128) or a negated uint8 cannot wrap
+        return -tdiv(a.astype(np.int64), -d)
     if d == 1:
         return a.copy()
     bits, signed, max_value = _int_info(a.dtype)
@@ -51,6 +56,15 @@ def tdiv(a: Any, d: int) -> Any:
     q += a
     q //= d
     return q
+
+
+def _tdiv_by_array(a: Any, d: Any) -> Any:
+    """``tdiv`` with an array divisor: magnitudes floor-divided, then the sign put back."""
+    if not (d != 0).all():
+        raise ZeroDivisionError("tdiv by zero")
+    a, d = a.astype(np.int64), d.astype(np.int64)
+    q = abs(a) // abs(d)
+    return q * (1 - 2 * ((a < 0) ^ (d < 0)))
 
 
 @functools.cache

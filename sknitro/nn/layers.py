@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import abs_max, array_namespace, exact_matmul, to_namespace
+from ..backend import abs_max, array_namespace, dtype_bound, exact_matmul, to_namespace
 from .functional import INT8_MAX, tdiv, to_int8
 from .init import LEAKY_GAINS, RELU_GAIN, integer_uniform, kaiming_bound, xavier_bound
 
@@ -44,9 +44,10 @@ class IntegerLinear:
         return z
 
     def weight_grad(self, delta: Any, x: Any) -> tuple[Any, int]:
-        """``G = delta.T @ x`` and its bound ``max|G|``."""
-        grad = exact_matmul(delta.T, x)
-        return grad, abs_max(grad)
+        """``G = delta.T @ x`` and a bound of ``max|G|`` (from the factors: no pass over G)."""
+        delta_bound, x_bound = dtype_bound(delta), dtype_bound(x)
+        grad = exact_matmul(delta.T, x, delta_bound, x_bound)
+        return grad, delta_bound * x_bound * x.shape[0]
 
     def input_grad(self, delta: Any) -> Any:
         """``delta @ W``: the gradient with respect to the layer's input."""

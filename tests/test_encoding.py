@@ -1,0 +1,165 @@
+"""Tests for the int8 input boundary (algorithm.md §2, sknitro.encoding.InputEncoder).
+
+Expected values are computed by hand in the comments: integer rule
+``x' = clip(tdiv((x - mean) * 51, mad), -127, 127)`` with ``mean = tdiv(sum(x), n)`` and
+``mad = tdiv(sum(|x - mean|), n)``; tdiv truncates toward zero.
+"""
+
+import numpy as np
+import pytest
+
+from sknitro.encoding import MAD_FLOOR_FRACTION, MAD_SCALE, InputEncoder
+
+
+def image_batch():
+    # shape (n=2, C=2, H=1, W=2)
+    X = np.zeros((2, 2, 1, 2), dtype=np.uint8)
+    X[0, 0, 0] = [128, 138]
+    X[1, 0, 0] = [118, 158]
+    X[0, 1, 0] = [0, 255]
+    X[1, 1, 0] = [100, 130]
+    return X
+
+
+def test_constants():
+    assert MAD_SCALE == 51
+    assert MAD_FLOOR_FRACTION == 0.5
+
+
+def test_uint8_images_per_channel():
+    X = image_batch()
+    enc = InputEncoder(channel_axis=1).fit(X)
+    assert enc.kind == "image"
+    # channel 0, minus 128: [0, 10, -10, 30] ; sum 30 -> mean tdiv(30, 4) = 7
+    #   |x - 7| = [7, 3, 17, 23] = 50 -> mad tdiv(50, 4) = 12
+    #   (x - 7) * 51 = [-357, 153, -867, 1173] ; / 12 -> [-29, 12, -72, 97]
+    # channel 1, minus 128: [-128, 127, -28, 2] ; sum -27 -> mean tdiv(-27, 4) = -6 (floor -7)
+    #   |x + 6| = [122, 133, 22, 8] = 285 -> mad tdiv(285, 4) = 71
+    #   (x + 6) * 51 = [-6222, 6783, -1122, 408] ; / 71 -> [-87, 95, -15, 5]
+    assert np.ravel(enc.mean).tolist() == [7, -6]
+    assert np.ravel(enc.mad).tolist() == [12, 71]
+    out = enc.transform(X)
+    assert out.dtype == np.int8
+    assert out.shape == X.shape
+    assert out[0, 0, 0].tolist() == [-29, 12]
+    assert out[1, 0, 0].tolist() == [-72, 97]
+    assert out[0, 1, 0].tolist() == [-87, 95]
+    assert out[1, 1, 0].tolist() == [-15, 5]
+
+
+def test_uint8_images_global():
+    X = image_batch()
+    enc = InputEncoder(channel_axis=None).fit(X)
+    # all 8 values minus 128: [0, 10, -10, 30, -128, 127, -28, 2] ; sum 3 -> mean tdiv(3, 8) = 0
+    #   sum |x| = 0+10+10+30+128+127+28+2 = 335 -> mad tdiv(335, 8) = 41
+    #   x * 51 / 41: 0 -> 0 ; 510 -> 12 ; -510 -> -12 ; 1530 -> 37 ;
+    #   -6528 -> -159 -> clip -127 ; 6477 -> 157 -> clip 127 ; -1428 -> -34 ; 102 -> 2
+    assert np.ravel(enc.mean).tolist() == [0]
+    assert np.ravel(enc.mad).tolist() == [41]
+    out = enc.transform(X)
+    assert out[0, 0, 0].tolist() == [0, 12]
+    assert out[1, 0, 0].tolist() == [-12, 37]
+    assert out[0, 1, 0].tolist() == [-127, 127]
+    assert out[1, 1, 0].tolist() == [-34, 2]
+
+
+def test_uint8_transform_of_new_data_uses_training_statistics():
+    enc = InputEncoder(channel_axis=1).fit(image_batch())
+    X = np.zeros((1, 2, 1, 1), dtype=np.uint8)
+    X[0, 0, 0, 0] = 135  # channel 0: (7 - 7) * 51 / 12 = 0
+    X[0, 1, 0, 0] = 0    # channel 1: (-128 + 6) * 51 = -6222 ; / 71 -> -87
+    assert enc.transform(X).ravel().tolist() == [0, -87]
+
+
+def test_integer_features_per_feature():
+    X = np.array([[1000, -3, 5],
+                  [1003, 2, 5],
+                  [990, -1, 5]], dtype=np.int64)
+    enc = InputEncoder().fit(X)
+    assert enc.kind == "integer"
+    # feature 0: sum 2993 -> mean tdiv(2993, 3) = 997 ; |x - 997| = [3, 6, 7] = 16 -> mad 5
+    #   (x - 997) * 51 = [153, 306, -357] ; / 5 -> [30, 61, -71]
+    # feature 1: sum -2 -> mean tdiv(-2, 3) = 0 (floor -1) ; |x| = [3, 2, 1] = 6 -> mad 2
+    #   x * 51 = [-153, 102, -51] ; / 2 -> [-76, 51, -25]   (floor: -77, 51, -26)
+    # feature 2: constant 5 -> mean 5, mad 0 floored to 1 ; (5 - 5) * 51 / 1 = 0
+    assert np.ravel(enc.mean).tolist() == [997, 0, 5]
+    assert np.ravel(enc.mad).tolist() == [5, 2, 1]
+    out = enc.transform(X)
+    assert out.dtype == np.int8
+    assert out.tolist() == [[30, -76, 0],
+                            [61, 51, 0],
+                            [-71, -25, 0]]
+
+
+def test_float_features():
+    X = np.array([[0.0, 10.0, 0.0],
+                  [1.0, 10.0, 0.0],
+                  [2.0, 10.0, 0.0],
+                  [10.0, 10.0, 0.4]])
+    enc = InputEncoder().fit(X)
+    assert enc.kind == "float"
+    # feature 0: mean 3.25 ; mad = (3.25 + 2.25 + 1.25 + 6.75) / 4 = 3.375
+    #   (x - 3.25) * 51 / 3.375 = [-49.11, -34.0, -18.89, 102.0] -> rounded [-49, -34, -19, 102]
+    #   (truncation would give -18 for the third value)
+    # feature 1: constant -> mad 0 -> floored ; encodes to 0
+    # feature 2: mean 0.1 ; mad = (0.1 * 3 + 0.3) / 4 = 0.15
+    #   MAD floor = 0.5 * mean(non-zero mads) = 0.5 * (3.375 + 0.15) / 2 = 0.88125
+    #   so mad = 0.88125: (x - 0.1) * 51 / 0.88125 = [-5.79 x3, 17.36] -> [-6, -6, -6, 17]
+    #   (without the floor it would be [-34, -34, -34, 102])
+    np.testing.assert_allclose(enc.mean, [3.25, 10.0, 0.1])
+    np.testing.assert_allclose(enc.mad, [3.375, 0.88125, 0.88125])
+    out = enc.transform(X)
+    assert out.dtype == np.int8
+    assert out.tolist() == [[-49, 0, -6],
+                            [-34, 0, -6],
+                            [-19, 0, -6],
+                            [102, 0, 17]]
+    # new data saturates: (100 - 3.25) * 15.11 = 1462 -> 127 ; (-100 - 3.25) * 15.11 -> -127
+    new = np.array([[100.0, 10.0, 0.1], [-100.0, 10.0, 0.1]])
+    assert enc.transform(new).tolist() == [[127, 0, 0], [-127, 0, 0]]
+
+
+def test_float_all_constant_features_encode_to_zero():
+    X = np.array([[1.5, -2.0], [1.5, -2.0], [1.5, -2.0]])
+    out = InputEncoder().fit(X).transform(X)
+    assert out.tolist() == [[0, 0]] * 3
+
+
+@pytest.mark.parametrize("kind", ["image", "integer", "float"])
+def test_output_is_int8_in_symmetric_range(kind):
+    rng = np.random.default_rng(7)
+    if kind == "image":
+        # heavy tails: mostly mid-grey, a few black/white pixels
+        X = np.full((50, 3, 4, 4), 128, dtype=np.uint8)
+        X[::7] = 0
+        X[::11] = 255
+        enc = InputEncoder(channel_axis=1)
+    elif kind == "integer":
+        X = rng.integers(-10, 10, size=(200, 5)).astype(np.int64)
+        X[0] = -(10**9)
+        X[1] = 10**9
+        enc = InputEncoder()
+    else:
+        X = rng.standard_cauchy(size=(200, 5))
+        enc = InputEncoder()
+    out = enc.fit(X).transform(X)
+    assert out.dtype == np.int8
+    assert out.min() == -127  # saturated, never -128
+    assert out.max() == 127
+
+
+@pytest.mark.parametrize("X,channel_axis", [
+    (image_batch(), 1),
+    (image_batch(), None),
+    (np.array([[1000, -3], [1003, 2], [990, -1]], dtype=np.int64), None),
+    (np.array([[0.0, 1.0], [1.0, 3.0], [2.0, 8.0]]), None),
+])
+def test_fit_and_transform_do_not_modify_their_input(X, channel_axis):
+    X = X.copy()
+    before = X.copy()
+    X.setflags(write=False)
+    enc = InputEncoder(channel_axis=channel_axis).fit(X)
+    out = enc.transform(X)
+    np.testing.assert_array_equal(X, before)
+    assert out.shape == X.shape
+    assert out.dtype == np.int8
