@@ -51,11 +51,10 @@ class InputEncoder:
     def fit(self, X: np.ndarray) -> InputEncoder:
         if X.dtype == np.uint8:
             self.kind = "image"
-            X = X.astype(np.int16) - 128
-            axes = tuple(a for a in range(X.ndim) if a != self.channel_axis)
+            self._fit_image(X)
         elif X.dtype.kind in "iu":
             self.kind = "integer"
-            axes = (0,)
+            self.mean, self.mad = _integer_mean_mad(X)
         else:
             self.kind = "float"
             self.mean = X.mean(axis=0)
@@ -66,12 +65,36 @@ class InputEncoder:
             varying = mad[mad > 0]
             floor = MAD_FLOOR_FRACTION * varying.mean() if varying.size else 1.0
             self.mad = np.maximum(mad, floor)
-            return self
-        self.mean, self.mad = _integer_mean_mad(X, axes)
         return self
+
+    def _fit_image(self, X: np.ndarray) -> None:
+        """Per-channel integer mean/MAD of ``x - 128``, from a 256-bin histogram per channel
+        (exact, one pass, no wide copy of the data); then the 256-entry lookup table of
+        each channel's encoding, so that :meth:`transform` is a single gather."""
+        channels = [X] if self.channel_axis is None else np.moveaxis(X, self.channel_axis, 0)
+        values = np.arange(256, dtype=np.int64) - 128
+        means, mads, tables = [], [], []
+        for channel in channels:
+            counts = np.bincount(channel.ravel(), minlength=256).astype(np.int64)
+            n = int(counts.sum())
+            mean = int(tdiv(np.int64((values * counts).sum()), n))
+            mad = max(int(tdiv(np.int64((np.abs(values - mean) * counts).sum()), n)), 1)
+            means.append(mean)
+            mads.append(mad)
+            tables.append(to_int8(tdiv((values - mean) * MAD_SCALE, mad)))
+        self.mean, self.mad = np.array(means), np.array(mads)
+        self.lookup_table = np.stack(tables)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Encode ``X`` to int8 in ``[-127, 127]`` (same shape)."""
+        if self.kind == "image":
+            if self.channel_axis is None:
+                return self.lookup_table[0][X]
+            out = np.empty(X.shape, dtype=np.int8)
+            for c, table in enumerate(self.lookup_table):
+                index = (slice(None),) * self.channel_axis + (c,)
+                out[index] = table[X[index]]
+            return out
         out = np.empty(X.shape, dtype=np.int8)
         for start in range(0, X.shape[0], _CHUNK_ROWS):
             out[start:start + _CHUNK_ROWS] = self._transform_chunk(X[start:start + _CHUNK_ROWS])
@@ -81,20 +104,14 @@ class InputEncoder:
         if self.kind == "float":
             scaled = np.rint((X - self.mean) * (MAD_SCALE / self.mad))
             return np.clip(scaled, -INT8_MAX, INT8_MAX).astype(np.int8)
-        if self.kind == "image":  # |x - 128 - mean| * 51 < 2**31: int32 is enough
-            X = X.astype(np.int32) - 128
-        else:
-            X = X.astype(np.int64)
-        return to_int8(tdiv((X - self.mean) * MAD_SCALE, self.mad))
+        return to_int8(tdiv((X.astype(np.int64) - self.mean) * MAD_SCALE, self.mad))
 
 
-def _integer_mean_mad(X: np.ndarray, axes: tuple[int, ...]) -> tuple[Any, Any]:
-    """Integer mean and MAD over ``axes`` (kept as size-1 dims for broadcasting)."""
-    n = int(np.prod([X.shape[a] for a in axes]))
-    mean = tdiv(X.sum(axis=axes, dtype=np.int64, keepdims=True), n)
+def _integer_mean_mad(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature integer mean and MAD (MAD 0 -> 1: no division by 0), in chunks."""
+    n = X.shape[0]
+    mean = tdiv(X.sum(axis=0, dtype=np.int64), n)
     abs_dev = np.zeros_like(mean)
-    for start in range(0, X.shape[0], _CHUNK_ROWS):
-        chunk = X[start:start + _CHUNK_ROWS].astype(np.int64)
-        abs_dev += np.abs(chunk - mean).sum(axis=axes, dtype=np.int64, keepdims=True)
-    mad = tdiv(abs_dev, n)
-    return mean[0], np.maximum(mad, 1)[0]  # drop the sample axis; MAD 0 -> 1: no division by 0
+    for start in range(0, n, _CHUNK_ROWS):
+        abs_dev += np.abs(X[start:start + _CHUNK_ROWS].astype(np.int64) - mean).sum(axis=0)
+    return mean, np.maximum(tdiv(abs_dev, n), 1)

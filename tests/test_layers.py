@@ -517,3 +517,16 @@ def test_linear_block_learn():
     assert block.head.linear.weight_bound == 315
     # the cached input is not modified (nothing flows into the previous block)
     assert x.tolist() == [[100, 60], [-60, 80]]
+
+
+@pytest.mark.parametrize("name, alpha", [("nitro_relu", a) for a in (3, 4, 5, 7, 8, 10, 15, 16, 20)]
+                         + [("pocket_leaky_relu", 4), ("pocket_relu", 4), ("pocket_tanh", 4)])
+def test_tabulated_activation_equals_its_rule_on_every_int8(name, alpha):
+    from sknitro.nn.layers import make_activation
+
+    act = make_activation(name, alpha)
+    s8 = np.arange(-128, 128).astype(np.int8)
+    s16 = s8.astype(np.int16)  # takes the rule itself, not the table
+    np.testing.assert_array_equal(act.forward(s8), act.forward(s16))
+    delta = np.random.default_rng(0).integers(-10**6, 10**6, size=256).astype(np.int32)
+    np.testing.assert_array_equal(act.backward(delta, s8), act.backward(delta, s16))

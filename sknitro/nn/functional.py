@@ -59,11 +59,13 @@ def tdiv(a: Any, d: Any) -> Any:
 
 
 def _tdiv_by_array(a: Any, d: Any) -> Any:
-    """``tdiv`` with an array divisor: magnitudes floor-divided, then the sign put back."""
+    """``tdiv`` with an array divisor, in int64."""
+    a, d = a.astype(np.int64), d.astype(np.int64)
+    if (d > 0).all():  # the fast form of the scalar case, elementwise
+        return (a + ((a >> 63) & (d - 1))) // d
     if not (d != 0).all():
         raise ZeroDivisionError("tdiv by zero")
-    a, d = a.astype(np.int64), d.astype(np.int64)
-    q = abs(a) // abs(d)
+    q = abs(a) // abs(d)  # magnitudes floor-divided, then the sign put back
     return q * (1 - 2 * ((a < 0) ^ (d < 0)))
 
 

@@ -66,13 +66,69 @@ def scale_factor(scale_bits: int, fan_in: int) -> int:
 
 # ---------------------------------------------------------------------------------------
 # activations: forward(s) -> int8, backward(delta, s) -> integer gradient w.r.t. s
+#
+# Each activation is defined by two integer rules on s in [-128, 127] (s is the int8 output
+# of NITRO scaling): `formula(s)`, the forward value, and `gradient_divisor(s)`, the g of the
+# backward rule tdiv(delta, g) (0 where the gradient is zero). Since s has only 256 values,
+# both rules are tabulated once: forward is one table lookup, and backward is
+# tdiv(delta * (D // g), D) with D the least common multiple of the divisors -- exactly
+# tdiv(delta, g), in three array operations instead of a chain of where().
+
+S_VALUES = np.arange(-128, 128, dtype=np.int16)
+
+
+class TabulatedActivation:
+    """Base class: tabulates ``formula`` and ``gradient_divisor`` over the 256 int8 values."""
+
+    def __init__(self) -> None:
+        order = S_VALUES.astype(np.int8).view(np.uint8)  # table index of each s: its bit pattern
+        self.forward_table = np.empty(256, dtype=np.int8)
+        self.forward_table[order] = self.formula(S_VALUES)
+        divisors = self.gradient_divisor(S_VALUES).astype(np.int64)
+        self.backward_divisor = int(np.lcm.reduce(divisors[divisors > 0]))
+        self.backward_multiplier = np.zeros(256, dtype=np.int64)
+        self.backward_multiplier[order] = np.where(divisors > 0, self.backward_divisor // np.maximum(divisors, 1), 0)
+        self._device_tables: dict = {}
+
+    def formula(self, s: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def gradient_divisor(self, s: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _tables(self, xp: Any) -> tuple[Any, Any]:
+        if xp is np:
+            return self.forward_table, self.backward_multiplier
+        if xp not in self._device_tables:
+            self._device_tables[xp] = (xp.asarray(self.forward_table), xp.asarray(self.backward_multiplier))
+        return self._device_tables[xp]
+
+    def forward(self, s: Any) -> Any:
+        if s.dtype != np.int8:  # wider input (not from NITRO scaling): apply the rule itself
+            return self.formula(s.astype(np.int64)).astype(np.int8)
+        table, _ = self._tables(array_namespace(s))
+        return table[s.view(np.uint8)]
+
+    def backward(self, delta: Any, s: Any) -> Any:
+        if s.dtype != np.int8:
+            divisor = self.gradient_divisor(s.astype(np.int64))
+            return np.where(divisor > 0, tdiv(delta, np.maximum(divisor, 1)), 0)
+        _, multiplier = self._tables(array_namespace(delta))
+        return tdiv(delta * multiplier[s.view(np.uint8)], self.backward_divisor)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_device_tables"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._device_tables = {}
 
 
 # NITRO-ReLU output mean correction mu(alpha): centres the output for s spread on [-127, 127]
 NITRO_RELU_MEANS = {3: 31, 4: 36, 5: 38, 7: 40, 8: 42, 10: 43, 15: 44, 16: 44, 20: 45}
 
 
-class PocketLeakyReLU:
+class PocketLeakyReLU(TabulatedActivation):
     """``clip(s, 0, 127) + tdiv(clip(s, -127, 0), alpha)``; slope 1 / alpha below zero."""
 
     mean_correction = 0
@@ -81,72 +137,63 @@ class PocketLeakyReLU:
         if alpha not in NITRO_RELU_MEANS:
             raise ValueError(f"negative_slope_inv must be one of {sorted(NITRO_RELU_MEANS)}, got {alpha!r}")
         self.alpha = alpha
+        super().__init__()
 
     def init_bound(self, fan_in: int, fan_out: int) -> int:
         return kaiming_bound(fan_in, LEAKY_GAINS[self.alpha])
 
-    def forward(self, s: Any) -> Any:
-        s = s.astype(np.int16)
-        a = s.clip(0, INT8_MAX) + tdiv(s.clip(-INT8_MAX, 0), self.alpha) - self.mean_correction
-        return a.astype(np.int8)
+    def formula(self, s: np.ndarray) -> np.ndarray:
+        return s.clip(0, INT8_MAX) + tdiv(s.clip(-INT8_MAX, 0), self.alpha) - self.mean_correction
 
-    def backward(self, delta: Any, s: Any) -> Any:
-        # tdiv(delta, g) with g = 1 on [0, 127), alpha on [-127, 0), and g = 2**31 - 1 (a zero
-        # gradient, since |delta| < 2**31 - 1 is checked by the caller's bounds) elsewhere.
-        xp = array_namespace(delta)
-        grad = xp.where(s >= 0, delta, tdiv(delta, self.alpha))
-        return xp.where((s >= INT8_MAX) | (s < -INT8_MAX), 0, grad)
+    def gradient_divisor(self, s: np.ndarray) -> np.ndarray:
+        # g = 1 on [0, 127), alpha on [-127, 0); elsewhere the published g = 2**31 - 1, i.e. 0
+        return np.where(s >= INT8_MAX, 0, np.where(s >= 0, 1, np.where(s >= -INT8_MAX, self.alpha, 0)))
 
 
 class NitroReLU(PocketLeakyReLU):
     """NITRO-ReLU: the pocket leaky ReLU minus its mean ``mu(alpha)`` (the default)."""
 
     def __init__(self, alpha: int = 4) -> None:
+        self.mean_correction = NITRO_RELU_MEANS.get(alpha, 0)
         super().__init__(alpha)
-        self.mean_correction = NITRO_RELU_MEANS[alpha]
 
 
-class PocketReLU:
+class PocketReLU(TabulatedActivation):
     """``clip(s, 0, 127)``; gradient ``delta`` where ``0 < s <= 127``, else 0."""
 
     def init_bound(self, fan_in: int, fan_out: int) -> int:
         return kaiming_bound(fan_in, RELU_GAIN)
 
-    def forward(self, s: Any) -> Any:
-        return s.clip(0, INT8_MAX).astype(np.int8)
+    def formula(self, s: np.ndarray) -> np.ndarray:
+        return s.clip(0, INT8_MAX)
 
-    def backward(self, delta: Any, s: Any) -> Any:
-        xp = array_namespace(delta)
-        return xp.where((s > 0) & (s <= INT8_MAX), delta, 0)
+    def gradient_divisor(self, s: np.ndarray) -> np.ndarray:
+        return np.where((s > 0) & (s <= INT8_MAX), 1, 0)
 
 
-class PocketTanh:
+class PocketTanh(TabulatedActivation):
     """Piecewise-linear tanh on ``[-127, 127]`` (PocketNN); backward shaped like tanh'."""
 
     def init_bound(self, fan_in: int, fan_out: int) -> int:
         return xavier_bound(fan_in, fan_out)
 
-    def forward(self, s: Any) -> Any:
-        xp = array_namespace(s)
-        s = s.astype(np.int16)
+    def formula(self, s: np.ndarray) -> np.ndarray:
         third = tdiv(s, 3)
-        a = xp.where(s >= 127, 127,
-            xp.where(s >= 75, third + 83,
-            xp.where(s >= 32, s + 32,
-            xp.where(s >= -31, 2 * s,
-            xp.where(s >= -74, s - 32,
-            xp.where(s >= -127, third - 83, -127))))))  # fmt: skip
-        return a.astype(np.int8)
+        return np.where(s >= 127, 127,
+            np.where(s >= 75, third + 83,
+            np.where(s >= 32, s + 32,
+            np.where(s >= -31, 2 * s,
+            np.where(s >= -74, s - 32,
+            np.where(s >= -127, third - 83, -127))))))  # fmt: skip
 
-    def backward(self, delta: Any, s: Any) -> Any:
-        xp = array_namespace(delta)
-        by8, by2 = tdiv(delta, 8), tdiv(delta, 2)
-        return xp.where(s >= 127, 0,
-            xp.where(s >= 75, by8,
-            xp.where(s >= 32, by2,
-            xp.where(s >= -31, delta,
-            xp.where(s >= -74, by2,
-            xp.where(s >= -127, by8, 0))))))  # fmt: skip
+    def gradient_divisor(self, s: np.ndarray) -> np.ndarray:
+        # 8, 2, 1, 2, 8 on the five inner pieces from the top down; 0 outside [-127, 127)
+        return np.where(s >= 127, 0,
+            np.where(s >= 75, 8,
+            np.where(s >= 32, 2,
+            np.where(s >= -31, 1,
+            np.where(s >= -74, 2,
+            np.where(s >= -127, 8, 0))))))  # fmt: skip
 
 
 ACTIVATIONS = {
