@@ -75,7 +75,7 @@ class InputEncoder:
         values = np.arange(256, dtype=np.int64) - 128
         means, mads, tables = [], [], []
         for channel in channels:
-            counts = np.bincount(channel.ravel(), minlength=256).astype(np.int64)
+            counts = _histogram_uint8(channel)
             n = int(counts.sum())
             mean = int(tdiv(np.int64((values * counts).sum()), n))
             mad = max(int(tdiv(np.int64((np.abs(values - mean) * counts).sum()), n)), 1)
@@ -87,6 +87,13 @@ class InputEncoder:
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Encode ``X`` to int8 in ``[-127, 127]`` (same shape)."""
+        out = np.empty(X.shape, dtype=np.int8)
+        for start in range(0, X.shape[0], _CHUNK_ROWS):
+            out[start:start + _CHUNK_ROWS] = self._transform_chunk(X[start:start + _CHUNK_ROWS])
+        return out
+
+    def _transform_chunk(self, X: np.ndarray) -> np.ndarray:
+        # (in chunks: a gather or a formula makes a wide temporary the size of its input)
         if self.kind == "image":
             if self.channel_axis is None:
                 return self.lookup_table[0][X]
@@ -95,16 +102,18 @@ class InputEncoder:
                 index = (slice(None),) * self.channel_axis + (c,)
                 out[index] = table[X[index]]
             return out
-        out = np.empty(X.shape, dtype=np.int8)
-        for start in range(0, X.shape[0], _CHUNK_ROWS):
-            out[start:start + _CHUNK_ROWS] = self._transform_chunk(X[start:start + _CHUNK_ROWS])
-        return out
-
-    def _transform_chunk(self, X: np.ndarray) -> np.ndarray:
         if self.kind == "float":
             scaled = np.rint((X - self.mean) * (MAD_SCALE / self.mad))
             return np.clip(scaled, -INT8_MAX, INT8_MAX).astype(np.int8)
         return to_int8(tdiv((X.astype(np.int64) - self.mean) * MAD_SCALE, self.mad))
+
+
+def _histogram_uint8(X: np.ndarray) -> np.ndarray:
+    """Counts of each of the 256 values, in chunks (bincount casts its input to int64)."""
+    counts = np.zeros(256, dtype=np.int64)
+    for start in range(0, X.shape[0], _CHUNK_ROWS):
+        counts += np.bincount(X[start:start + _CHUNK_ROWS].ravel(), minlength=256)
+    return counts
 
 
 def _integer_mean_mad(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
