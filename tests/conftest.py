@@ -1,3 +1,9 @@
+import os
+
+# scikit-learn's check_array_api_input (run by check_estimator with the NumPy namespace
+# only, since sknitro does not claim array-API support) needs this set before SciPy loads.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
