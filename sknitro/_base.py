@@ -287,7 +287,8 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         if self.verbose:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=X.shape[0], desc=f"epoch {self.n_iter_ + 1}", unit="sample", leave=False)
+            bar = tqdm(total=X.shape[0], desc=f"epoch {self.n_iter_ + 1}", unit="sample", leave=False,
+                       disable=None)  # None: no bar when stderr is not a terminal
 
         def progress(total: StepStats) -> None:
             bar.n = total.n_samples
