@@ -88,3 +88,30 @@ def to_int8(a: Any) -> Any:
 def isqrt(n: int) -> int:
     """Integer square root (floor), for non-negative Python ints."""
     return math.isqrt(int(n))
+
+
+def im2col(x: Any, kernel: int = 3, padding: int = 1) -> Any:
+    """Patches of a batch of images as rows: ``(n, C, H, W) -> (n * H_out * W_out, C * k * k)``.
+
+    Zero padding, stride 1; columns are ordered ``(channel, kernel row, kernel column)``, the
+    order of ``W.reshape(F, C * k * k)``. One strided view and one copy: no Python loop over
+    pixels or channels.
+    """
+    xp = array_namespace_of(x)
+    n, c, h, w = x.shape
+    if padding:
+        x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    h_out, w_out = x.shape[2] - kernel + 1, x.shape[3] - kernel + 1
+    s0, s1, s2, s3 = x.strides
+    windows = xp.lib.stride_tricks.as_strided(
+        x, shape=(n, h_out, w_out, c, kernel, kernel), strides=(s0, s2, s3, s1, s2, s3))
+    return windows.reshape(n * h_out * w_out, c * kernel * kernel)
+
+
+def array_namespace_of(a: Any) -> Any:
+    """numpy or cupy, whichever owns ``a`` (kept here so nn.functional stays self-contained)."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
