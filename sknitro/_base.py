@@ -189,9 +189,10 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
     # -- fitted attributes derived from the network ------------------------------------
     @property
     def weights_(self) -> list[np.ndarray]:
-        """int32 weights ``(out, in)`` of each block's forward layer, then the output layer."""
+        """int32 weights of each block's forward layer (``(out, in)``, or ``(F, C, 3, 3)`` for
+        a convolution), then of the output layer."""
         check_is_fitted(self)
-        layers = [b.linear for b in self.network_.blocks] + [self.network_.output.linear]
+        layers = [b.forward_layer for b in self.network_.blocks] + [self.network_.output.linear]
         return [np.asarray(to_host(layer.weight)) for layer in layers]
 
     @property
@@ -266,8 +267,8 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
                 self.validation_scores_.append(correct / total)
             else:
                 correct, total = stats.n_correct, stats.n_samples
-            sgd.lr_inv, improved = schedule.update(correct, total, sgd.lr_inv)
-            if improved and X_val is not None:
+            sgd.lr_inv, is_best = schedule.update(correct, total, sgd.lr_inv)
+            if is_best and X_val is not None:
                 self.best_validation_score_ = correct / total
                 best_weights = self.network_.get_weights()
             if self.verbose:

@@ -56,16 +56,15 @@ class NitroMLPClassifier(BaseNitroClassifier):
     validation_fraction : float, default=0.1
         Fraction of the training data held out when ``early_stopping`` is on.
     n_iter_no_change : int, default=20
-        Stop after this many epochs without an improvement of the monitored accuracy by at
-        least ``tol``.
+        Stop after this many epochs without a new best monitored accuracy.
     tol : float, default=0.001
-        Minimum accuracy gain (0.01 = one point, as published) that counts as an improvement, for both the
-        ``lr_inv`` schedule and early stopping.
+        Minimum accuracy gain (0.01 = one point, as published) that resets the ``lr_inv``
+        plateau count.
     lr_plateau_factor : int, default=3
-        ``lr_inv`` is multiplied by this integer after ``lr_plateau_patience`` epochs without
-        improvement; 1 keeps it constant.
+        ``lr_inv`` is multiplied by this integer after ``lr_plateau_patience`` epochs in
+        which the monitored accuracy did not gain ``tol``; 1 keeps it constant.
     lr_plateau_patience : int, default=10
-        Epochs without improvement before ``lr_inv`` grows.
+        Epochs without a gain of ``tol`` before ``lr_inv`` grows.
     warm_start : bool, default=False
         Reuse the previous network on the next :meth:`fit`.
     random_state : int, RandomState instance or None, default=None

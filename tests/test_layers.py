@@ -389,23 +389,23 @@ def test_integer_sgd_optimizer_step_on_layer():
 
 def test_plateau_schedule():
     sched = PlateauSchedule(factor=3, patience=2, min_delta_permille=10)
-    # epoch 1: 500 permille, first value -> improvement
+    # epoch 1: 500 permille, the first value: best, and the plateau reference
     assert sched.update(500, 1000, 512) == (512, True)
     assert sched.best_permille == 500 and sched.epochs_since_best == 0
-    # 509 < 500 + 10: no improvement (1 epoch)
-    assert sched.update(509, 1000, 512) == (512, False)
-    assert sched.epochs_since_best == 1
-    # 2 epochs without improvement = patience: lr_inv * 3
+    # 509: a new best (any gain counts for the best model / early stopping) ...
+    assert sched.update(509, 1000, 512) == (512, True)
+    assert sched.epochs_since_best == 0
+    # ... but 509 < 500 + 10: one epoch on the plateau; 505: two = patience -> lr_inv * 3
     assert sched.update(505, 1000, 512) == (1536, False)
-    assert sched.epochs_since_best == 2
-    # the patience count restarts after a change; epochs_since_best does not
+    assert sched.epochs_since_best == 1
+    # the plateau count restarts from the level at the change (505): 508, 514 stay below 515
     assert sched.update(508, 1000, 1536) == (1536, False)
-    assert sched.epochs_since_best == 3
-    assert sched.update(509, 1000, 1536) == (4608, False)
-    assert sched.epochs_since_best == 4
-    # 510 >= 500 + 10: improvement
-    assert sched.update(510, 1000, 4608) == (4608, True)
-    assert sched.best_permille == 510 and sched.epochs_since_best == 0
+    assert sched.update(514, 1000, 1536) == (4608, True)  # 514 is a new best all the same
+    assert sched.best_permille == 514 and sched.epochs_since_best == 0
+    # 524 >= 514 + 10: the plateau reference moves up, no change of lr_inv
+    assert sched.update(524, 1000, 4608) == (4608, True)
+    assert sched.update(500, 1000, 4608) == (4608, False)
+    assert sched.epochs_since_best == 1 and sched.epochs_since_change == 1
 
 
 def test_plateau_schedule_permille_and_constant_factor():

@@ -1,9 +1,10 @@
 """Local-loss blocks and their learning heads (algorithm.md §4).
 
-A block's forward layers are IntegerLinear -> NITRO scaling -> activation (-> dropout). Its
-learning head, IntegerLinear -> NITRO scaling, turns the block output into class scores; the
-head's error ``e = yhat - y`` trains the head and, through the head's weights from *before*
-the update, the block's own linear layer. Nothing flows into the previous block.
+A block's forward layers are IntegerLinear (or IntegerConv2d) -> NITRO scaling ->
+activation (-> dropout, -> max pooling between conv blocks). Its learning head turns the
+block output into class scores (conv blocks first pool the map down to at most ``head_dim``
+values); the head's error ``e = yhat - y`` trains the head and, through the head's weights
+from *before* the update, the block's own layer. Nothing flows into the previous block.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_namespace
+from .conv import AvgPool2d, IntegerConv2d, MaxPool2d, head_pool_window
 from .layers import IntegerDropout, IntegerLinear, nitro_scale, scale_factor
 from .optim import IntegerSGD
 
@@ -54,10 +56,12 @@ class LinearHead:
 class BlockCache:
     """What a block keeps from the forward pass for its update."""
 
-    inputs: Any
+    inputs: Any  # the layer's input (im2col patches for a conv block)
     pre_activation: Any
     dropout_mask: Any
     output: Any
+    pool_argmax: Any = None
+    pool_input_shape: tuple = ()
 
 
 class LinearBlock:
@@ -75,14 +79,20 @@ class LinearBlock:
                                activation.init_bound(out_features, n_classes), scale_bits, rng, bias, xp)
 
     @property
+    def forward_layer(self) -> IntegerLinear:
+        return self.linear
+
+    @property
     def out_features(self) -> int:
         return self.linear.out_features
 
     def forward(self, x: Any) -> Any:
         """Inference: no dropout."""
+        x = x.reshape(x.shape[0], -1)  # flattens a conv feature map
         return self.activation.forward(nitro_scale(self.linear.forward(x), self.scale))
 
     def forward_train(self, x: Any, rng: np.random.Generator) -> BlockCache:
+        x = x.reshape(x.shape[0], -1)
         pre_activation = nitro_scale(self.linear.forward(x), self.scale)
         output = self.activation.forward(pre_activation)
         mask = None
@@ -99,4 +109,82 @@ class LinearBlock:
             delta = self.dropout.backward(delta, cache.dropout_mask)
         delta = self.activation.backward(delta, cache.pre_activation)  # scaling: identity
         sgd.step(self.linear, delta, cache.inputs, amp=amp, decay_inv=fwd_decay_inv)
+        return yhat
+
+
+class ConvBlock:
+    """Conv local-loss block: Conv3×3 -> scaling -> activation (-> dropout) (-> 2×2 max pool),
+    with a learning head that pools the output to at most ``head_dim`` values, flattens it and
+    applies IntegerLinear -> scaling.
+
+    Parameters
+    ----------
+    input_shape : (C, H, W)
+    out_channels : int
+    pool : bool
+        2×2 max pooling after the activation (a map smaller than the window is padded).
+    head_dim : int
+        Largest flattened size of the head's input (§4).
+    head_pooling : {"max", "avg"}
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], out_channels: int, n_classes: int,
+                 activation: Any, scale_bits: int, rng: np.random.Generator, pool: bool = False,
+                 dropout: float = 0.0, head_dim: int = 2048, head_pooling: str = "max",
+                 xp: Any = np) -> None:
+        channels, height, width = input_shape
+        fan_in = channels * 9
+        self.conv = IntegerConv2d(channels, out_channels, activation.init_bound(fan_in, out_channels * 9), rng, xp)
+        self.scale = scale_factor(scale_bits, fan_in)
+        self.activation = activation
+        self.dropout = IntegerDropout(dropout) if dropout else None
+        self.pool = MaxPool2d((2, 2)) if pool else None
+        out_h, out_w = (-(-height // 2), -(-width // 2)) if pool else (height, width)
+        self.output_shape = (out_channels, out_h, out_w)
+        window = head_pool_window(out_channels, out_h, out_w, head_dim)
+        self.head_pool = (MaxPool2d if head_pooling == "max" else AvgPool2d)(window)
+        head_features = out_channels * -(-out_h // window[0]) * -(-out_w // window[1])
+        self.head = LinearHead(head_features, n_classes, activation.init_bound(head_features, n_classes),
+                               scale_bits, rng, False, xp)
+        # §5: the gradient sums over the conv output positions of each head pooling window
+        self.amp_factor = max((height * width) // (window[0] * window[1]), 1)
+
+    @property
+    def forward_layer(self) -> IntegerConv2d:
+        return self.conv
+
+    def _features(self, x: Any) -> tuple[Any, Any, Any]:
+        z, patches = self.conv.forward(x)
+        pre_activation = nitro_scale(z, self.scale)
+        return pre_activation, self.activation.forward(pre_activation), patches
+
+    def forward(self, x: Any) -> Any:
+        """Inference: no dropout."""
+        _, output, _ = self._features(x)
+        return output if self.pool is None else self.pool.forward(output)[0]
+
+    def forward_train(self, x: Any, rng: np.random.Generator) -> BlockCache:
+        pre_activation, output, patches = self._features(x)
+        mask = argmax = None
+        if self.dropout is not None:
+            mask = self.dropout.draw_mask(rng, output.shape, xp=array_namespace(output))
+            output = self.dropout.forward(output, mask)
+        pool_input_shape = output.shape
+        if self.pool is not None:
+            output, argmax = self.pool.forward(output)
+        return BlockCache(patches, pre_activation, mask, output, argmax, pool_input_shape)
+
+    def learn(self, cache: BlockCache, target: Any, sgd: IntegerSGD, amp: int,
+              fwd_decay_inv: int, head_decay_inv: int) -> Any:
+        """Update the head and then the conv layer from the head's error; returns the head scores."""
+        pooled, head_argmax = self.head_pool.forward(cache.output)
+        flat = pooled.reshape(pooled.shape[0], -1)
+        yhat, delta, _ = self.head.learn(flat, target, sgd, head_decay_inv, propagate=True)
+        delta = self.head_pool.backward(delta.reshape(pooled.shape), head_argmax, cache.output.shape)
+        if self.pool is not None:
+            delta = self.pool.backward(delta, cache.pool_argmax, cache.pool_input_shape)
+        if self.dropout is not None:
+            delta = self.dropout.backward(delta, cache.dropout_mask)
+        delta = self.activation.backward(delta, cache.pre_activation)  # scaling: identity
+        sgd.step(self.conv, delta, cache.inputs, amp=amp * self.amp_factor, decay_inv=fwd_decay_inv)
         return yhat

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_namespace, get_namespace, to_host, to_namespace
-from .blocks import LinearBlock, LinearHead
+from .blocks import ConvBlock, LinearBlock, LinearHead
 from .layers import make_activation
 from .optim import IntegerSGD
 
@@ -58,7 +58,7 @@ class IntegerNetwork:
         """Integer class scores (int8, ``(n, n_classes)``) of the output layer."""
         for block in self.blocks:
             x = block.forward(x)
-        return self.output.forward(x)
+        return self.output.forward(x.reshape(x.shape[0], -1))
 
     def predict_scores(self, X: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """Scores for a whole host array, computed in batches to bound memory."""
@@ -84,6 +84,7 @@ class IntegerNetwork:
             cache = block.forward_train(x, rng)
             caches.append(cache)
             x = cache.output
+        x = x.reshape(x.shape[0], -1)
         scores, _, squared_error = self.output.learn(x, target, sgd, self.head_decay_inv)
         head_correct = []
         for block, cache in zip(self.blocks, caches):
@@ -95,8 +96,8 @@ class IntegerNetwork:
 
     # -- state ----------------------------------------------------------------------------
     def layers(self) -> list[Any]:
-        """Every IntegerLinear, in a fixed order (forward layers, heads, output)."""
-        return ([b.linear for b in self.blocks] + [b.head.linear for b in self.blocks]
+        """Every weighted layer, in a fixed order (forward layers, heads, output)."""
+        return ([b.forward_layer for b in self.blocks] + [b.head.linear for b in self.blocks]
                 + [self.output.linear])
 
     def get_weights(self) -> list[np.ndarray]:
@@ -138,3 +139,35 @@ def build_mlp(n_features: int, hidden_layer_sizes: Sequence[int], n_classes: int
     if lr_amp is None:
         lr_amp = 64 * n_classes
     return IntegerNetwork(blocks, output, lr_amp, fwd_decay_inv, head_decay_inv)
+
+
+def build_cnn(input_shape: tuple[int, int, int], features: Sequence[int | str],
+              hidden_layer_sizes: Sequence[int], n_classes: int, *, activation: str = "nitro_relu",
+              negative_slope_inv: int = 4, scale_bits: int = 8, conv_dropout: float = 0.0,
+              dropout: float = 0.0, head_dim: int = 2048, head_pooling: str = "max",
+              lr_amp: int | None = None, fwd_decay_inv: int = 0, head_decay_inv: int = 0,
+              rng: np.random.Generator, device: str = "cpu") -> IntegerNetwork:
+    """Build a NITRO-D CNN: conv blocks from ``features`` (an int is a 3×3 conv of that many
+    channels, ``"M"`` a 2×2 max pool after the previous conv), then dense blocks, then the output."""
+    xp = get_namespace(device)
+    blocks: list[Any] = []
+    shape = tuple(input_shape)
+    items = list(features)
+    for i, item in enumerate(items):
+        if item == "M":
+            continue
+        pool = i + 1 < len(items) and items[i + 1] == "M"
+        act = make_activation(activation, negative_slope_inv)
+        block = ConvBlock(shape, int(item), n_classes, act, scale_bits, rng, pool, conv_dropout,
+                          head_dim, head_pooling, xp)
+        blocks.append(block)
+        shape = block.output_shape
+    in_features = int(np.prod(shape))
+    for width in hidden_layer_sizes:
+        act = make_activation(activation, negative_slope_inv)
+        blocks.append(LinearBlock(in_features, width, n_classes, act, scale_bits, rng, dropout, False, xp))
+        in_features = width
+    act = make_activation(activation, negative_slope_inv)
+    output = LinearHead(in_features, n_classes, act.init_bound(in_features, n_classes), scale_bits, rng, False, xp)
+    return IntegerNetwork(blocks, output, 64 * n_classes if lr_amp is None else lr_amp,
+                          fwd_decay_inv, head_decay_inv)

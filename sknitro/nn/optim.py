@@ -57,33 +57,41 @@ class IntegerSGD:
 
 @dataclass
 class PlateauSchedule:
-    """Multiply ``lr_inv`` by ``factor`` when the monitored accuracy stops improving.
+    """The integer ``lr_inv`` plateau schedule and the early-stopping counter (§7).
 
-    The accuracy improves when it beats the best so far by at least ``min_delta_permille``
-    (thousandths; 10 = one accuracy point, as published). After ``patience`` epochs without
-    improvement ``lr_inv`` is multiplied by ``factor`` and the count restarts. A ``factor`` of
-    1 keeps ``lr_inv`` constant. Early stopping reads ``epochs_since_best``.
+    Accuracies are compared in permille (integers), so decisions are reproducible.
+
+    - ``lr_inv`` is multiplied by ``factor`` after ``patience`` epochs in which the monitored
+      accuracy never beat the last reference level by ``min_delta_permille`` (10 = one
+      accuracy point, as published); a ``factor`` of 1 keeps it constant.
+    - ``epochs_since_best`` counts epochs since the best accuracy so far (any improvement):
+      early stopping reads it, and the best model is the one to keep.
     """
 
     factor: int = 3
     patience: int = 15
     min_delta_permille: int = 10
     best_permille: int = -1
+    reference_permille: int = -1
     epochs_since_best: int = 0
     epochs_since_change: int = 0
 
     def update(self, correct: int, total: int, lr_inv: int) -> tuple[int, bool]:
-        """Record an epoch's accuracy ``correct / total``; return ``(lr_inv, improved)``."""
+        """Record an epoch's accuracy ``correct / total``; return ``(lr_inv, is_best)``."""
         permille = correct * 1000 // max(total, 1)
-        improved = permille >= self.best_permille + self.min_delta_permille or self.best_permille < 0
-        if improved:
+        is_best = permille > self.best_permille
+        if is_best:
             self.best_permille = permille
             self.epochs_since_best = 0
+        else:
+            self.epochs_since_best += 1
+        if self.reference_permille < 0 or permille >= self.reference_permille + self.min_delta_permille:
+            self.reference_permille = permille
             self.epochs_since_change = 0
-            return lr_inv, True
-        self.epochs_since_best += 1
-        self.epochs_since_change += 1
-        if self.factor > 1 and self.epochs_since_change >= self.patience:
-            self.epochs_since_change = 0
-            return lr_inv * self.factor, False
-        return lr_inv, False
+        else:
+            self.epochs_since_change += 1
+            if self.factor > 1 and self.epochs_since_change >= self.patience:
+                self.epochs_since_change = 0
+                self.reference_permille = permille
+                return lr_inv * self.factor, is_best
+        return lr_inv, is_best
