@@ -127,3 +127,77 @@ def test_conv_amp_adjustment():
     # 640 × (32*32) // (8*4) = 640 × 32
     assert conv_amp(640, 32, 32, (8, 4)) == 640 * 32
     assert conv_amp(640, 2, 2, (4, 4)) == 640
+
+
+def c_tdiv(a, d):
+    """Reference truncated division on int64 arrays (independent of the engine's tdiv)."""
+    a = np.asarray(a, dtype=np.int64)
+    return np.sign(a) * (np.abs(a) // d)
+
+
+def test_conv_block_update_follows_the_contract_step_by_step():
+    from sknitro.nn.blocks import ConvBlock
+    from sknitro.nn.layers import NitroReLU
+    from sknitro.nn.optim import IntegerSGD
+
+    rng = np.random.default_rng(5)
+    block = ConvBlock((2, 4, 4), 3, 2, NitroReLU(4), scale_bits=0, rng=rng, pool=True,
+                      head_dim=6, head_pooling="max")
+    # pooled map (3, 2, 2) = 12 values > head_dim 6: the head window grows to (2, 1)
+    assert block.head_pool.window == (2, 1) and block.head.linear.in_features == 6
+    assert block.amp_factor == (4 * 4) // (2 * 1)
+    x = rng.integers(-60, 60, size=(2, 2, 4, 4)).astype(np.int8)
+    target = np.array([[32, 0], [0, 32]], dtype=np.int8)
+    W0 = block.conv.weight.astype(np.int64).copy()
+    H0 = block.head.linear.weight.astype(np.int64).copy()
+
+    # reference, from algorithm.md §3-§5 with loops and plain integer arithmetic
+    s = np.clip(c_tdiv(loop_conv(x, W0), 2**0 * 2 * 9), -127, 127)
+    a = np.clip(s, 0, 127) + c_tdiv(np.clip(s, -127, 0), 4) - 36
+    pooled, arg = loop_pool(a, 2, 2, "max")
+    head_in, head_arg = loop_pool(pooled, 2, 1, "max")
+    flat = head_in.reshape(2, -1)
+    yhat = np.clip(c_tdiv(flat @ H0.T, 2**0 * 6), -127, 127)
+    e = yhat - target
+    d = (e @ H0).reshape(head_in.shape)  # with the head weights from before its update
+    d_pooled = np.zeros(pooled.shape, dtype=np.int64)
+    for idx in np.ndindex(head_in.shape):
+        r, c = head_arg[idx]
+        d_pooled[idx[0], idx[1], r, c] += d[idx]
+    d_act = np.zeros(a.shape, dtype=np.int64)
+    for idx in np.ndindex(pooled.shape):
+        r, c = arg[idx]
+        d_act[idx[0], idx[1], r, c] += d_pooled[idx]
+    g = np.where(s >= 127, 0, np.where(s >= 0, d_act, c_tdiv(d_act, 4)))
+    grad = loop_conv_weight_grad(x, g)
+    lr_inv, amp = 7, 3
+    W1 = W0 - c_tdiv(grad, lr_inv * amp * block.amp_factor)
+    H1 = H0 - c_tdiv(e.T @ flat, lr_inv * 1)
+
+    cache = block.forward_train(x, rng)
+    yhat_engine = block.learn(cache, target, IntegerSGD(lr_inv), amp, fwd_decay_inv=0, head_decay_inv=0)
+    np.testing.assert_array_equal(yhat_engine, yhat)
+    np.testing.assert_array_equal(block.head.linear.weight, H1)
+    np.testing.assert_array_equal(block.conv.weight, W1)
+    assert not np.array_equal(W1, W0)  # the step did move the conv weights
+
+
+def test_cnn_network_learns_digits():
+    from sklearn.datasets import load_digits
+
+    from sknitro.encoding import InputEncoder
+    from sknitro.nn.network import build_cnn
+    from sknitro.nn.optim import IntegerSGD
+    from sknitro.nn.training import train_epoch
+
+    X, y = load_digits(return_X_y=True)
+    images = (X * 15).astype(np.uint8).reshape(-1, 1, 8, 8)
+    encoded = InputEncoder(channel_axis=1).fit(images[:1400]).transform(images)
+    rng = np.random.default_rng(0)
+    net = build_cnn((1, 8, 8), [16, "M"], (), 10, rng=rng, fwd_decay_inv=10000, head_decay_inv=8000)
+    sgd = IntegerSGD(256)
+    for _ in range(12):
+        stats = train_epoch(net, encoded[:1400], y[:1400], 32, sgd, 64, rng)
+    assert stats.head_correct[0] / stats.n_samples > 0.9  # the conv block's own head
+    accuracy = (net.predict_scores(encoded[1400:]).argmax(axis=1) == y[1400:]).mean()
+    assert accuracy > 0.8
