@@ -78,6 +78,10 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
     def _make_encoder(self) -> InputEncoder:
         return InputEncoder(channel_axis=None)
 
+    def _augmenter(self) -> Any:
+        """``augment(batch, rng)`` for the training loop, or None."""
+        return None
+
     def _check_params(self) -> None:
         """Checks that scikit-learn's constraint objects cannot express."""
         sizes = self.hidden_layer_sizes
@@ -89,9 +93,7 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
                 f"negative_slope_inv must be one of {sorted(NITRO_RELU_MEANS)} (the slopes with a "
                 f"NITRO-ReLU mean correction), got {self.negative_slope_inv!r}"
             )
-        percent = self.dropout * 100
-        if self.dropout != 0 and (percent < 5 or abs(percent - round(percent / 5) * 5) > 1e-6):
-            raise ValueError(f"dropout must be 0 or a multiple of 0.05 in [0.05, 0.95], got {self.dropout!r}")
+        check_dropout("dropout", self.dropout)
         get_namespace(self.device)  # fails clearly without CuPy or a GPU
 
     def _hidden_sizes(self) -> list[int]:
@@ -298,7 +300,8 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
 
         try:
             return train_epoch(self.network_, X, y_idx, self.target_value, sgd, self.batch_size,
-                               self._rng, shuffle=self.shuffle, on_batch=progress if bar else None)
+                               self._rng, shuffle=self.shuffle, on_batch=progress if bar else None,
+                               augment=self._augmenter())
         finally:
             if bar is not None:
                 bar.close()
@@ -331,6 +334,13 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
         return self.network_.predict_scores(self.encoder_.transform(X))
+
+
+def check_dropout(name: str, value: float) -> None:
+    """A dropout rate must be 0 or a multiple of 0.05 in [0.05, 0.95] (integer rescale, §3)."""
+    percent = value * 100
+    if value != 0 and (percent < 5 or abs(percent - round(percent / 5) * 5) > 1e-6):
+        raise ValueError(f"{name} must be 0 or a multiple of 0.05 in [0.05, 0.95], got {value!r}")
 
 
 def _format_record(record: dict) -> str:

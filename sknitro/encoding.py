@@ -85,6 +85,15 @@ class InputEncoder:
         self.mean, self.mad = np.array(means), np.array(mads)
         self.lookup_table = np.stack(tables)
 
+    def black_level(self, sample_shape: tuple[int, ...]) -> np.ndarray:
+        """The int8 encoding of a black (all-zero) pixel in each channel: what augmentation
+        pads images with. For per-feature encodings, the median over each channel's pixels."""
+        if self.kind == "image":
+            return self.lookup_table[:, 0].copy()
+        zeros = self.transform(np.zeros((1, *sample_shape), dtype=np.float64 if self.kind == "float" else np.int64))
+        per_channel = zeros.reshape(sample_shape[0], -1)
+        return np.median(per_channel, axis=1).astype(np.int8)
+
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Encode ``X`` to int8 in ``[-127, 127]`` (same shape)."""
         out = np.empty(X.shape, dtype=np.int8)
