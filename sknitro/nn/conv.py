@@ -95,8 +95,8 @@ class MaxPool2d:
 
     def backward(self, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
         xp = array_namespace(delta)
-        windows = xp.zeros(delta.shape + (self.window[0] * self.window[1],), dtype=delta.dtype)
-        xp.put_along_axis(windows, argmax[..., None], delta[..., None], axis=-1)
+        positions = xp.arange(self.window[0] * self.window[1])
+        windows = (positions == argmax[..., None]) * delta[..., None]  # delta at the arg-max only
         return _untile(windows, self.window, input_shape)
 
 
