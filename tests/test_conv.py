@@ -62,7 +62,7 @@ def test_conv_forward_and_weight_grad_match_loops(shape):
     conv = IntegerConv2d(shape[1], 5, 40, rng)
     z, patches = conv.forward(x)
     np.testing.assert_array_equal(z, loop_conv(x, conv.weight.astype(np.int64)))
-    assert patches.shape == (shape[0] * shape[2] * shape[3], shape[1] * 9)
+    assert patches.shape == (shape[0] * shape[2] * shape[3], 9 * shape[1])
     delta = rng.integers(-5000, 5000, size=z.shape).astype(np.int32)
     grad, bound = conv.weight_grad(delta, patches)
     expected = loop_conv_weight_grad(x, delta)
@@ -76,6 +76,9 @@ def test_im2col_rows_are_zero_padded_patches():
     # top-left output pixel: the 3×3 patch centred on x[0, 0], zero outside the image
     np.testing.assert_array_equal(cols[0], [0, 0, 0, 0, 1, 2, 0, 4, 5])
     np.testing.assert_array_equal(cols[4], np.arange(1, 10))  # the centre pixel sees everything
+    # two channels: columns ordered (kernel row, kernel column, channel)
+    two = np.stack([x[0, 0], -x[0, 0]])[None]
+    np.testing.assert_array_equal(im2col(two)[4], np.stack([np.arange(1, 10), -np.arange(1, 10)], 1).ravel())
 
 
 @pytest.mark.parametrize("shape, window", [((2, 3, 5, 7), (2, 2)), ((1, 2, 4, 4), (2, 2)),

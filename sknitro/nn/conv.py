@@ -50,15 +50,21 @@ class IntegerConv2d:
         """``z`` of shape ``(n, F, H, W)`` and the patches ``(n*H*W, C*9)`` of ``x``."""
         n, _, h, w = x.shape
         patches = im2col(x, self.kernel, self.padding)
-        z = exact_matmul(patches, self.weight.reshape(self.out_channels, -1).T, bound_b=self.weight_bound)
+        z = exact_matmul(patches, self._weight_rows().T, bound_b=self.weight_bound)
         return z.reshape(n, h, w, self.out_channels).transpose(0, 3, 1, 2), patches
+
+    def _weight_rows(self) -> Any:
+        """Weights as ``(F, k * k * C)`` in the column order of :func:`im2col`."""
+        return self.weight.transpose(0, 2, 3, 1).reshape(self.out_channels, -1)
 
     def weight_grad(self, delta: Any, patches: Any) -> tuple[Any, int]:
         """``G`` of the weights' shape from ``delta (n, F, H, W)``, and a bound of ``max|G|``."""
         rows = delta.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
         delta_bound, patch_bound = dtype_bound(rows), dtype_bound(patches)
         grad = exact_matmul(rows.T, patches, delta_bound, patch_bound)
-        return grad.reshape(self.weight.shape), delta_bound * patch_bound * rows.shape[0]
+        f, c, kh, kw = self.weight.shape
+        grad = grad.reshape(f, kh, kw, c).transpose(0, 3, 1, 2)  # back to the weights' layout
+        return grad, delta_bound * patch_bound * rows.shape[0]
 
 
 def _tile(x: Any, window: tuple[int, int], fill: int) -> Any:

@@ -91,21 +91,25 @@ def isqrt(n: int) -> int:
 
 
 def im2col(x: Any, kernel: int = 3, padding: int = 1) -> Any:
-    """Patches of a batch of images as rows: ``(n, C, H, W) -> (n * H_out * W_out, C * k * k)``.
+    """Patches of a batch of images as rows: ``(n, C, H, W) -> (n * H_out * W_out, k * k * C)``.
 
-    Zero padding, stride 1; columns are ordered ``(channel, kernel row, kernel column)``, the
-    order of ``W.reshape(F, C * k * k)``. One strided view and one copy: no Python loop over
-    pixels or channels.
+    Zero padding, stride 1; columns are ordered ``(kernel row, kernel column, channel)``, the
+    order of ``W.transpose(0, 2, 3, 1).reshape(F, -1)``. The image is moved to channels-last
+    first, so the copy gathers runs of ``C`` contiguous values; no Python loop over pixels
+    or channels.
     """
     xp = array_namespace_of(x)
     n, c, h, w = x.shape
+    x = x.transpose(0, 2, 3, 1)
     if padding:
-        x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    h_out, w_out = x.shape[2] - kernel + 1, x.shape[3] - kernel + 1
+        x = xp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    else:
+        x = xp.ascontiguousarray(x)
+    h_out, w_out = x.shape[1] - kernel + 1, x.shape[2] - kernel + 1
     s0, s1, s2, s3 = x.strides
     windows = xp.lib.stride_tricks.as_strided(
-        x, shape=(n, h_out, w_out, c, kernel, kernel), strides=(s0, s2, s3, s1, s2, s3))
-    return windows.reshape(n * h_out * w_out, c * kernel * kernel)
+        x, shape=(n, h_out, w_out, kernel, kernel, c), strides=(s0, s1, s2, s1, s2, s3))
+    return windows.reshape(n * h_out * w_out, kernel * kernel * c)
 
 
 def array_namespace_of(a: Any) -> Any:
