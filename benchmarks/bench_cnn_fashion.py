@@ -1,0 +1,142 @@
+"""Benchmark: NitroCNNClassifier on Fashion-MNIST within a time budget.
+
+    python benchmarks/bench_cnn_fashion.py [--budget-minutes 60] [--architecture compact]
+    python benchmarks/bench_cnn_fashion.py --vgg8b-samples 256     # cost of a VGG8B epoch
+
+Trains with the validation-driven schedule (10% validation split, lr_inv plateau, early
+stopping, best validated model kept) until the budget or ``--max-epochs`` runs out, and
+reports test accuracy and seconds per epoch. The test accuracy of each epoch is measured for
+the report only: no decision ever reads it. Results: benchmarks/results/cnn_fashion.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from sknitro import NitroCNNClassifier
+from sknitro.datasets import load_fashion_mnist
+
+
+class BudgetedCNN(NitroCNNClassifier):
+    """Reports test accuracy per epoch and stops (as Ctrl-C would) when the budget is spent."""
+
+    def _record_epoch(self, stats, seconds, lr_inv):
+        record = super()._record_epoch(stats, seconds, lr_inv)
+        scores = self._scores(self._report_X)
+        record["test_accuracy"] = float((scores.argmax(axis=1) == self._report_y).mean())
+        print(f"  epoch {record['epoch']:3d}: {seconds:7.1f} s, train {record['train_accuracy']:.4f}, "
+              f"test {record['test_accuracy']:.4f}, heads {np.round(record['head_accuracies'], 3).tolist()}",
+              flush=True)
+        return record
+
+    def _train_one_epoch(self, X, y_idx, sgd):
+        if time.perf_counter() > self._deadline:
+            raise KeyboardInterrupt  # keeps the model of the last finished epoch
+        return super()._train_one_epoch(X, y_idx, sgd)
+
+
+def vgg8b_epoch_cost(n_samples: int) -> dict:
+    X, y, _, _ = load_fashion_mnist(n_train=n_samples, n_test=1)
+    clf = NitroCNNClassifier(architecture="vgg8b", hidden_layer_sizes=(1024,), max_iter=1, random_state=0)
+    start = time.perf_counter()
+    clf.fit(X, y)
+    seconds = time.perf_counter() - start
+    return {"samples": n_samples, "seconds": seconds, "hours_per_60000_epoch": seconds / n_samples * 60000 / 3600}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--architecture", default="compact")
+    parser.add_argument("--hidden", type=int, nargs="*", default=[256])
+    parser.add_argument("--lr-inv", type=int, default=128)
+    parser.add_argument("--fwd-decay-inv", type=int, default=28000)
+    parser.add_argument("--head-decay-inv", type=int, default=3500)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--budget-minutes", type=float, default=60)
+    parser.add_argument("--max-epochs", type=int, default=100)
+    parser.add_argument("--n-train", type=int)
+    parser.add_argument("--n-test", type=int)
+    parser.add_argument("--vgg8b-samples", type=int, default=0, help="also time VGG8B on this many samples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="limit BLAS threads (threadpoolctl), e.g. 1 on a busy machine")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(args)}
+
+    if args.vgg8b_samples:
+        result["vgg8b"] = vgg8b_epoch_cost(args.vgg8b_samples)
+        print(f"VGG8B: {result['vgg8b']['hours_per_60000_epoch']:.2f} h per Fashion-MNIST epoch", flush=True)
+    if args.budget_minutes > 0:
+        X_train, y_train, X_test, y_test = load_fashion_mnist(n_train=args.n_train, n_test=args.n_test)
+        clf = BudgetedCNN(architecture=args.architecture, hidden_layer_sizes=tuple(args.hidden),
+                          lr_inv=args.lr_inv, fwd_decay_inv=args.fwd_decay_inv,
+                          head_decay_inv=args.head_decay_inv, dropout=args.dropout,
+                          augment=not args.no_augment, early_stopping=True, max_iter=args.max_epochs,
+                          n_iter_no_change=15, lr_plateau_patience=6, tol=0.01, random_state=args.seed)
+        clf._report_X, clf._report_y = X_test, y_test
+        clf._deadline = time.perf_counter() + 60 * args.budget_minutes
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(X_train, y_train)
+        result["cnn"] = {
+            "total_seconds": time.perf_counter() - started,
+            "final_test_accuracy": float(clf.score(X_test, y_test)),
+            "best_validation_accuracy": clf.best_validation_score_,
+            "epochs": clf.n_iter_,
+            "history": clf.history_,
+        }
+        write_report(out, result)
+    (out / "cnn_fashion.json").write_text(json.dumps(result, indent=2, default=float))
+
+
+def write_report(out: Path, result: dict) -> None:
+    cnn, args = result["cnn"], result["args"]
+    lines = [f"# Fashion-MNIST CNN `{args['architecture']}` + dense {args['hidden']} ({result['date']})", "",
+             f"Budget {args['budget_minutes']} min; final model (best validated epoch): "
+             f"**{100 * cnn['final_test_accuracy']:.2f} %** test accuracy after {cnn['epochs']} epochs, "
+             f"{cnn['total_seconds'] / 60:.1f} min.", "",
+             "| epoch | seconds | train acc | validation acc | test acc (report only) | lr_inv |",
+             "|---|---|---|---|---|---|"]
+    for r in cnn["history"]:
+        lines.append(f"| {r['epoch']} | {r['seconds']:.1f} | {r['train_accuracy']:.4f} | "
+                     f"{r.get('validation_accuracy', float('nan')):.4f} | {r['test_accuracy']:.4f} | {r['lr_inv']} |")
+    if "vgg8b" in result:
+        v = result["vgg8b"]
+        lines += ["", f"VGG8B: {v['seconds']:.1f} s for {v['samples']} samples, i.e. "
+                      f"{v['hours_per_60000_epoch']:.2f} h per Fashion-MNIST epoch on this machine."]
+    (out / "cnn_fashion.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    epochs = [r["epoch"] for r in cnn["history"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["test_accuracy"] for r in cnn["history"]], marker="o", label="test")
+    ax.plot(epochs, [r.get("validation_accuracy", np.nan) for r in cnn["history"]], marker=".", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_title("NitroCNNClassifier on Fashion-MNIST")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "cnn_fashion_accuracy.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()
