@@ -84,8 +84,7 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> None:
         """Checks that scikit-learn's constraint objects cannot express."""
-        sizes = self.hidden_layer_sizes
-        sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
+        sizes = self._hidden_sizes()
         if not all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
         if self.negative_slope_inv not in NITRO_RELU_MEANS:
@@ -96,9 +95,10 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         check_dropout("dropout", self.dropout)
         get_namespace(self.device)  # fails clearly without CuPy or a GPU
 
-    def _hidden_sizes(self) -> list[int]:
+    def _hidden_sizes(self) -> list:
+        """``hidden_layer_sizes`` as a list (an int means one block)."""
         sizes = self.hidden_layer_sizes
-        return [int(sizes)] if isinstance(sizes, Integral) else [int(s) for s in sizes]
+        return [sizes] if isinstance(sizes, Integral) else list(sizes)
 
     # -- public API --------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> BaseNitroClassifier:

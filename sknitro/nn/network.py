@@ -127,18 +127,10 @@ def build_mlp(n_features: int, hidden_layer_sizes: Sequence[int], n_classes: int
               device: str = "cpu") -> IntegerNetwork:
     """Build a dense NITRO-D network: one local-loss block per hidden layer, then the output."""
     xp = get_namespace(device)
-    blocks = []
-    in_features = n_features
-    for width in hidden_layer_sizes:
-        act = make_activation(activation, negative_slope_inv)
-        blocks.append(LinearBlock(in_features, width, n_classes, act, scale_bits, rng, dropout, bias, xp))
-        in_features = width
-    act = make_activation(activation, negative_slope_inv)
-    output = LinearHead(in_features, n_classes, act.init_bound(in_features, n_classes),
-                        scale_bits, rng, bias, xp)
-    if lr_amp is None:
-        lr_amp = 64 * n_classes
-    return IntegerNetwork(blocks, output, lr_amp, fwd_decay_inv, head_decay_inv)
+    blocks, output = _dense_part(n_features, hidden_layer_sizes, n_classes, activation,
+                                 negative_slope_inv, scale_bits, dropout, bias, rng, xp)
+    return IntegerNetwork(blocks, output, 64 * n_classes if lr_amp is None else lr_amp,
+                          fwd_decay_inv, head_decay_inv)
 
 
 def build_cnn(input_shape: tuple[int, int, int], features: Sequence[int | str],
@@ -162,12 +154,21 @@ def build_cnn(input_shape: tuple[int, int, int], features: Sequence[int | str],
                           head_dim, head_pooling, xp)
         blocks.append(block)
         shape = block.output_shape
-    in_features = int(np.prod(shape))
+    dense, output = _dense_part(int(np.prod(shape)), hidden_layer_sizes, n_classes, activation,
+                                negative_slope_inv, scale_bits, dropout, False, rng, xp)
+    return IntegerNetwork(blocks + dense, output, 64 * n_classes if lr_amp is None else lr_amp,
+                          fwd_decay_inv, head_decay_inv)
+
+
+def _dense_part(in_features: int, hidden_layer_sizes: Sequence[int], n_classes: int, activation: str,
+                negative_slope_inv: int, scale_bits: int, dropout: float, bias: bool,
+                rng: np.random.Generator, xp: Any) -> tuple[list[LinearBlock], LinearHead]:
+    """Dense local-loss blocks and the output layer (same init law as the blocks)."""
+    blocks = []
     for width in hidden_layer_sizes:
         act = make_activation(activation, negative_slope_inv)
-        blocks.append(LinearBlock(in_features, width, n_classes, act, scale_bits, rng, dropout, False, xp))
+        blocks.append(LinearBlock(in_features, width, n_classes, act, scale_bits, rng, dropout, bias, xp))
         in_features = width
     act = make_activation(activation, negative_slope_inv)
-    output = LinearHead(in_features, n_classes, act.init_bound(in_features, n_classes), scale_bits, rng, False, xp)
-    return IntegerNetwork(blocks, output, 64 * n_classes if lr_amp is None else lr_amp,
-                          fwd_decay_inv, head_decay_inv)
+    output = LinearHead(in_features, n_classes, act.init_bound(in_features, n_classes), scale_bits, rng, bias, xp)
+    return blocks, output
