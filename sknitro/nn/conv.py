@@ -101,9 +101,11 @@ class MaxPool2d:
 
     def backward(self, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
         xp = array_namespace(delta)
-        positions = xp.arange(self.window[0] * self.window[1])
-        windows = (positions == argmax[..., None]) * delta[..., None]  # delta at the arg-max only
-        return _untile(windows, self.window, input_shape)
+        size = self.window[0] * self.window[1]
+        windows = xp.zeros(delta.size * size, dtype=delta.dtype)
+        # scatter: window i receives delta[i] at its arg-max position, zeros elsewhere
+        windows[xp.arange(delta.size) * size + argmax.ravel()] = delta.ravel()
+        return _untile(windows.reshape(*delta.shape, size), self.window, input_shape)
 
 
 class AvgPool2d:
