@@ -67,24 +67,22 @@ class IntegerConv2d:
         return grad, delta_bound * patch_bound * rows.shape[0]
 
 
-def _tile(x: Any, window: tuple[int, int], fill: int) -> Any:
-    """Pad the map so the windows tile it; view as ``(n, C, H', W', kh * kw)``."""
+def _pad_to_windows(x: Any, window: tuple[int, int], fill: int) -> Any:
+    """Pad the bottom and right of the map so that the windows tile it."""
     xp = array_namespace(x)
-    kh, kw = window
-    n, c, h, w = x.shape
-    ph, pw = -h % kh, -w % kw
+    ph, pw = -x.shape[2] % window[0], -x.shape[3] % window[1]
     if ph or pw:
         x = xp.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), constant_values=fill)
-    ho, wo = x.shape[2] // kh, x.shape[3] // kw
-    return x.reshape(n, c, ho, kh, wo, kw).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, kh * kw)
+    return x
 
 
-def _untile(windows: Any, window: tuple[int, int], shape: tuple[int, ...]) -> Any:
-    """Inverse of ``_tile``: back to ``shape``, dropping the padding."""
+def _window_positions(window: tuple[int, int]):
+    """``(k, index)`` for each position of the window, ``index`` selecting that position of
+    every window at once (a strided view): pooling loops over window positions, never pixels."""
     kh, kw = window
-    n, c, ho, wo, _ = windows.shape
-    full = windows.reshape(n, c, ho, wo, kh, kw).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho * kh, wo * kw)
-    return full[:, :, :shape[2], :shape[3]]
+    for di in range(kh):
+        for dj in range(kw):
+            yield di * kw + dj, (slice(None), slice(None), slice(di, None, kh), slice(dj, None, kw))
 
 
 class MaxPool2d:
@@ -94,18 +92,28 @@ class MaxPool2d:
         self.window = tuple(window)
 
     def forward(self, x: Any) -> tuple[Any, Any]:
-        """Pooled map and the arg-max of each window (for backward)."""
-        windows = _tile(x, self.window, INT8_MIN)
-        argmax = windows.argmax(axis=-1)
-        return windows.max(axis=-1), argmax
+        """Pooled map and the arg-max position of each window (for backward)."""
+        xp = array_namespace(x)
+        x = _pad_to_windows(x, self.window, INT8_MIN)
+        best = argmax = None
+        for k, index in _window_positions(self.window):
+            values = x[index]
+            if best is None:
+                best, argmax = values.copy(), xp.zeros(values.shape, dtype=np.int16)
+                continue
+            better = values > best  # strictly: the first maximum wins ties
+            best = xp.where(better, values, best)
+            argmax = xp.where(better, np.int16(k), argmax)
+        return best, argmax
 
     def backward(self, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
         xp = array_namespace(delta)
-        size = self.window[0] * self.window[1]
-        windows = xp.zeros(delta.size * size, dtype=delta.dtype)
-        # scatter: window i receives delta[i] at its arg-max position, zeros elsewhere
-        windows[xp.arange(delta.size) * size + argmax.ravel()] = delta.ravel()
-        return _untile(windows.reshape(*delta.shape, size), self.window, input_shape)
+        n, c, h, w = input_shape
+        out = xp.zeros((n, c, delta.shape[2] * self.window[0], delta.shape[3] * self.window[1]),
+                       dtype=delta.dtype)
+        for k, index in _window_positions(self.window):
+            out[index] = xp.where(argmax == k, delta, 0)
+        return out[:, :, :h, :w]
 
 
 class AvgPool2d:
@@ -119,14 +127,21 @@ class AvgPool2d:
         return self.window[0] * self.window[1]
 
     def forward(self, x: Any) -> tuple[Any, None]:
-        windows = _tile(x, self.window, 0)
-        return tdiv(windows.sum(axis=-1, dtype=np.int32), self.size).astype(x.dtype), None
+        x = _pad_to_windows(x, self.window, 0)
+        total = None
+        for _, index in _window_positions(self.window):
+            total = x[index].astype(np.int32) if total is None else total + x[index]
+        return tdiv(total, self.size).astype(x.dtype), None
 
     def backward(self, delta: Any, _: Any, input_shape: tuple[int, ...]) -> Any:
         xp = array_namespace(delta)
+        n, c, h, w = input_shape
         share = tdiv(delta, self.size)
-        windows = xp.broadcast_to(share[..., None], share.shape + (self.size,))
-        return _untile(windows, self.window, input_shape)
+        out = xp.empty((n, c, delta.shape[2] * self.window[0], delta.shape[3] * self.window[1]),
+                       dtype=share.dtype)
+        for _, index in _window_positions(self.window):
+            out[index] = share
+        return out[:, :, :h, :w]
 
 
 def head_pool_window(channels: int, height: int, width: int, head_dim: int) -> tuple[int, int]:

@@ -86,7 +86,7 @@ class TabulatedActivation:
         self.forward_table[order] = self.formula(S_VALUES)
         divisors = self.gradient_divisor(S_VALUES).astype(np.int64)
         self.backward_divisor = int(np.lcm.reduce(divisors[divisors > 0]))
-        self.backward_multiplier = np.zeros(256, dtype=np.int64)
+        self.backward_multiplier = np.zeros(256, dtype=np.int32)
         self.backward_multiplier[order] = np.where(divisors > 0, self.backward_divisor // np.maximum(divisors, 1), 0)
         self._device_tables: dict = {}
 
@@ -114,6 +114,9 @@ class TabulatedActivation:
             divisor = self.gradient_divisor(s.astype(np.int64))
             return np.where(divisor > 0, tdiv(delta, np.maximum(divisor, 1)), 0)
         _, multiplier = self._tables(array_namespace(delta))
+        # int32 arithmetic when the product provably fits (half the memory traffic), else int64
+        if delta.dtype.itemsize > 4 or abs_max(delta) * self.backward_divisor > INT32_MAX:
+            delta = delta.astype(np.int64)
         return tdiv(delta * multiplier[s.view(np.uint8)], self.backward_divisor)
 
     def __getstate__(self) -> dict:
