@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,13 +73,11 @@ class IntegerNetwork:
 
     # -- training -----------------------------------------------------------------------
     def train_step(self, x: Any, target: Any, labels: Any, sgd: IntegerSGD,
-                   rng: np.random.Generator, executor: Executor | None = None) -> StepStats:
+                   rng: np.random.Generator) -> StepStats:
         """Forward the whole batch, then update the output layer and every block.
 
         ``target`` is the int8 one-hot target scaled to ``target_value``; ``labels`` the
-        class indices (for the accuracy counters). Once the forward pass is done the blocks
-        are independent (each touches only its own layer and head), so with an ``executor``
-        their updates run concurrently -- with the same result, bit for bit.
+        class indices (for the accuracy counters).
         """
         caches = []
         for block in self.blocks:
@@ -88,15 +85,12 @@ class IntegerNetwork:
             caches.append(cache)
             x = cache.output
         x = x.reshape(x.shape[0], -1)
-        hyper = (target, sgd, self.lr_amp, self.fwd_decay_inv, self.head_decay_inv)
-        if executor is None:
-            head_scores = [block.learn(cache, *hyper) for block, cache in zip(self.blocks, caches)]
-            scores, _, squared_error = self.output.learn(x, target, sgd, self.head_decay_inv)
-        else:
-            futures = [executor.submit(block.learn, cache, *hyper) for block, cache in zip(self.blocks, caches)]
-            scores, _, squared_error = self.output.learn(x, target, sgd, self.head_decay_inv)
-            head_scores = [future.result() for future in futures]
-        head_correct = [int((h.argmax(axis=1) == labels).sum()) for h in head_scores]
+        scores, _, squared_error = self.output.learn(x, target, sgd, self.head_decay_inv)
+        head_correct = []
+        for block, cache in zip(self.blocks, caches):
+            head_scores = block.learn(cache, target, sgd, self.lr_amp,
+                                      self.fwd_decay_inv, self.head_decay_inv)
+            head_correct.append(int((head_scores.argmax(axis=1) == labels).sum()))
         n_correct = int((scores.argmax(axis=1) == labels).sum())
         return StepStats(len(labels), n_correct, squared_error, head_correct)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -23,15 +22,13 @@ def one_hot(labels: np.ndarray, n_classes: int, value: int) -> np.ndarray:
 def train_epoch(network: IntegerNetwork, X: np.ndarray, labels: np.ndarray, target_value: int,
                 sgd: IntegerSGD, batch_size: int, rng: np.random.Generator, shuffle: bool = True,
                 on_batch: Callable[[StepStats], Any] | None = None,
-                augment: Callable[[Any, np.random.Generator], Any] | None = None,
-                executor: Executor | None = None) -> StepStats:
+                augment: Callable[[Any, np.random.Generator], Any] | None = None) -> StepStats:
     """Train ``network`` for one pass over ``X`` (int8, on the host) and return its counters.
 
     Every sample is used: the last batch may be smaller than ``batch_size`` (the published
     runs drop it; a library should not silently drop data). ``on_batch`` receives the
     running counters after each batch (progress bars); ``augment(batch, rng)``, when given,
-    transforms each batch before the step; an ``executor`` runs the block updates of each
-    step concurrently (see :meth:`IntegerNetwork.train_step`).
+    transforms each batch before the step.
     """
     xp = array_namespace(network.output.linear.weight)
     n = X.shape[0]
@@ -44,7 +41,7 @@ def train_epoch(network: IntegerNetwork, X: np.ndarray, labels: np.ndarray, targ
         if augment is not None:
             batch = augment(batch, rng)
         stats = network.train_step(batch, to_namespace(targets[idx], xp),
-                                   to_namespace(labels[idx], xp), sgd, rng, executor)
+                                   to_namespace(labels[idx], xp), sgd, rng)
         total.add(stats)
         if on_batch is not None:
             on_batch(total)
