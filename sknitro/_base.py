@@ -25,7 +25,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backend import DEVICES, get_namespace, to_host
 from .encoding import InputEncoder
-from .nn.layers import ACTIVATIONS, NITRO_RELU_MEANS
+from .nn.layers import ACTIVATIONS, NITRO_RELU_MEANS, check_dropout_rate
 from .nn.network import IntegerNetwork, StepStats
 from .nn.optim import IntegerSGD, PlateauSchedule
 from .nn.training import train_epoch
@@ -92,7 +92,7 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
                 f"negative_slope_inv must be one of {sorted(NITRO_RELU_MEANS)} (the slopes with a "
                 f"NITRO-ReLU mean correction), got {self.negative_slope_inv!r}"
             )
-        check_dropout("dropout", self.dropout)
+        check_dropout_rate("dropout", self.dropout)
         get_namespace(self.device)  # fails clearly without CuPy or a GPU
 
     def _hidden_sizes(self) -> list:
@@ -334,13 +334,6 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
         return self.network_.predict_scores(self.encoder_.transform(X))
-
-
-def check_dropout(name: str, value: float) -> None:
-    """A dropout rate must be 0 or a multiple of 0.05 in [0.05, 0.95] (integer rescale, §3)."""
-    percent = value * 100
-    if value != 0 and (percent < 5 or abs(percent - round(percent / 5) * 5) > 1e-6):
-        raise ValueError(f"{name} must be 0 or a multiple of 0.05 in [0.05, 0.95], got {value!r}")
 
 
 def _format_record(record: dict) -> str:

@@ -101,7 +101,7 @@ def dtype_bound(a: Any) -> int:
 
 
 def exact_matmul(a: Any, b: Any, bound_a: int | None = None, bound_b: int | None = None) -> Any:
-    """Exact integer matrix product ``a @ b`` as an int64 array.
+    """Exact integer matrix product ``a @ b`` (int32 or int64, see Returns).
 
     Parameters
     ----------

@@ -11,9 +11,10 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
-from ._base import BaseNitroClassifier, check_dropout
+from ._base import BaseNitroClassifier
 from .encoding import InputEncoder
 from .nn.augment import random_crop_flip
+from .nn.layers import check_dropout_rate
 from .nn.network import IntegerNetwork, build_cnn
 
 # feature extractors: an int is a 3×3 conv block of that many channels, "M" a 2×2 max pool
@@ -143,7 +144,7 @@ class NitroCNNClassifier(BaseNitroClassifier):
     def _check_params(self) -> None:
         super()._check_params()
         self._features()
-        check_dropout("conv_dropout", self.conv_dropout)
+        check_dropout_rate("conv_dropout", self.conv_dropout)
 
     def _features(self) -> tuple[list[Any], int]:
         if isinstance(self.architecture, str):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_namespace
-from .conv import AvgPool2d, IntegerConv2d, MaxPool2d, head_pool_window
+from .conv import AvgPool2d, IntegerConv2d, MaxPool2d, conv_amp, head_pool_window
 from .layers import IntegerDropout, IntegerLinear, nitro_scale, scale_factor
 from .optim import IntegerSGD
 
@@ -133,7 +133,7 @@ class ConvBlock:
                  dropout: float = 0.0, head_dim: int = 2048, head_pooling: str = "max",
                  xp: Any = np) -> None:
         channels, height, width = input_shape
-        fan_in = channels * 9
+        fan_in = channels * IntegerConv2d.kernel**2
         self.conv = IntegerConv2d(channels, out_channels, activation.init_bound(fan_in, out_channels * 9), rng, xp)
         self.scale = scale_factor(scale_bits, fan_in)
         self.activation = activation
@@ -147,7 +147,7 @@ class ConvBlock:
         self.head = LinearHead(head_features, n_classes, activation.init_bound(head_features, n_classes),
                                scale_bits, rng, False, xp)
         # §5: the gradient sums over the conv output positions of each head pooling window
-        self.amp_factor = max((height * width) // (window[0] * window[1]), 1)
+        self.amp_factor = conv_amp(1, height, width, window)
 
     @property
     def forward_layer(self) -> IntegerConv2d:

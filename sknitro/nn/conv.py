@@ -38,10 +38,6 @@ class IntegerConv2d:
         self.bias = None
         self.refresh_bounds()
 
-    @property
-    def fan_in(self) -> int:
-        return self.in_channels * self.kernel * self.kernel
-
     def refresh_bounds(self) -> None:
         self.weight_bound = abs_max(self.weight)
         self.bias_bound = 0

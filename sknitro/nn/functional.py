@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import array_namespace
+
 INT8_MAX = 127
 
 
@@ -98,7 +100,7 @@ def im2col(x: Any, kernel: int = 3, padding: int = 1) -> Any:
     first, so the copy gathers runs of ``C`` contiguous values; no Python loop over pixels
     or channels.
     """
-    xp = array_namespace_of(x)
+    xp = array_namespace(x)
     n, c, h, w = x.shape
     x = x.transpose(0, 2, 3, 1)
     if padding:
@@ -111,11 +113,3 @@ def im2col(x: Any, kernel: int = 3, padding: int = 1) -> Any:
         x, shape=(n, h_out, w_out, kernel, kernel, c), strides=(s0, s1, s2, s1, s2, s3))
     return windows.reshape(n * h_out * w_out, kernel * kernel * c)
 
-
-def array_namespace_of(a: Any) -> Any:
-    """numpy or cupy, whichever owns ``a`` (kept here so nn.functional stays self-contained)."""
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return np

@@ -219,6 +219,14 @@ def make_activation(name: str, negative_slope_inv: int = 4):
 # dropout
 
 
+def check_dropout_rate(name: str, p: float) -> None:
+    """A dropout rate is 0 (none) or a multiple of 0.05 in [0.05, 0.95], so that the kept
+    fraction has an integer rescale; raises ValueError naming the parameter otherwise."""
+    percent = p * 100
+    if p != 0 and not (5 <= percent <= 95 and abs(percent - round(percent / 5) * 5) < 1e-6):
+        raise ValueError(f"{name} must be 0 or a multiple of 0.05 in [0.05, 0.95], got {p!r}")
+
+
 class IntegerDropout:
     """Dropout with an integer rescale: kept values become ``tdiv(x * R, 1000)``.
 
@@ -228,10 +236,10 @@ class IntegerDropout:
     """
 
     def __init__(self, p: float) -> None:
-        percent = round(p * 100)
-        if not (5 <= percent <= 95 and percent % 5 == 0 and abs(p * 100 - percent) < 1e-6):
-            raise ValueError(f"dropout must be 0 or a multiple of 0.05 in [0.05, 0.95], got {p!r}")
-        self.keep_percent = 100 - percent
+        if p == 0:
+            raise ValueError("a dropout rate of 0 means no dropout layer")
+        check_dropout_rate("dropout", p)
+        self.keep_percent = 100 - round(p * 100)
         self.rescale = 100000 // self.keep_percent
 
     def draw_mask(self, rng: np.random.Generator, shape: tuple[int, ...], xp: Any = np) -> Any:
