@@ -23,6 +23,7 @@ from sklearn.utils.extmath import softmax
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import persistence
 from .backend import DEVICES, get_namespace, to_host
 from .encoding import InputEncoder
 from .nn.layers import ACTIVATIONS, NITRO_RELU_MEANS, check_dropout_rate
@@ -181,6 +182,16 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Logarithm of :meth:`predict_proba`."""
         return np.log(self.predict_proba(X))
+
+    # -- persistence (pickle, joblib, skops): see sknitro.persistence ---------------------
+    def __getstate__(self) -> dict:
+        # records the sknitro version and persistence format; a GPU network is stored as a
+        # host copy (the live estimator keeps its GPU arrays)
+        return persistence.add_persistence_info(super().__getstate__())
+
+    def __setstate__(self, state: dict) -> None:
+        # IncompatibleModelError for another persistence format; back to the GPU if possible
+        super().__setstate__(persistence.restore_state(state, type(self).__name__))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -118,6 +120,28 @@ class IntegerNetwork:
             if layer.bias is not None:
                 layer.bias = to_namespace(np.array(next(it)), xp)
             layer.refresh_bounds()
+
+    def namespace(self) -> ModuleType:
+        """The array module (numpy or cupy) holding the weights."""
+        return array_namespace(self.output.linear.weight)
+
+    def to(self, xp: ModuleType) -> IntegerNetwork:
+        """A copy of the network with every weight and bias array in ``xp``.
+
+        ``network.to(numpy)`` is a host copy of a GPU network (what pickling stores),
+        ``network.to(cupy)`` a GPU copy. The network itself is left unchanged, and the copy
+        shares no array with it; the rest of the structure (scale factors, activation
+        tables, pooling windows) is copied as is.
+        """
+        # deepcopy with the converted arrays already in its memo: the structure is copied
+        # generically, and a GPU array is never duplicated on the GPU.
+        memo: dict[int, Any] = {}
+        for layer in self.layers():
+            for array in (layer.weight, layer.bias):
+                if array is not None:
+                    host = to_host(array)
+                    memo[id(array)] = to_namespace(host.copy() if host is array else host, xp)
+        return copy.deepcopy(self, memo)
 
 
 def build_mlp(n_features: int, hidden_layer_sizes: Sequence[int], n_classes: int, *,
