@@ -81,7 +81,7 @@ class NitroMLPClassifier(BaseNitroClassifier):
         Class labels.
     n_features_in_ : int
         Number of features seen in :meth:`fit`.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Feature names, when ``X`` had string column names.
     encoder_ : InputEncoder
         The fitted int8 input encoder.
