@@ -1,0 +1,202 @@
+"""Standalone reader of the integer models written by ``sknitro.export.export_integer_model``.
+
+This file is copied next to the exported model as ``nitro_reader.py``. It needs NumPy
+only (no sknitro, no scikit-learn) and reproduces the estimator's integers exactly::
+
+    import nitro_reader
+    model = nitro_reader.load("exported_model_directory")
+    model.decision_function(X)   # the estimator's int8 scores (int16 differences for 2 classes)
+    model.predict(X)             # the estimator's labels
+
+Arithmetic: after the input encoder, every value is an integer; products are summed
+exactly (in float64 only when a bound proves the sum exact, else in int64), and divisions
+are truncated toward zero (``tdiv(-7, 4) == -1``), as in ``sknitro.nn.functional.tdiv``.
+The meaning of each layer is spelled out in ``model.json``.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+
+FORMAT = "sknitro-integer-model"
+FORMAT_VERSION = 1
+_FLOAT64_EXACT = 2**53
+_INT64_MAX = 2**63 - 1
+_BATCH = 1024  # samples per batch: bounds the size of the wide intermediates
+
+
+def load(path):
+    """Load an exported model.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The export directory (or its ``model.json``).
+
+    Returns
+    -------
+    model : IntegerModel
+    """
+    path = pathlib.Path(path)
+    if path.is_file():
+        path = path.parent
+    spec = json.loads((path / "model.json").read_text(encoding="utf-8"))
+    if spec.get("format") != FORMAT or spec.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path / 'model.json'} is {spec.get('format')!r} version {spec.get('format_version')!r}; "
+            f"this reader reads {FORMAT!r} version {FORMAT_VERSION}: use the nitro_reader.py "
+            "exported with that model")
+    with np.load(path / "weights.npz", allow_pickle=False) as npz:
+        weights = {name: npz[name] for name in npz.files}
+    return IntegerModel(spec, weights)
+
+
+def tdiv(a, d):
+    """Integer division truncated toward zero, for a positive divisor (int or array)."""
+    a = np.asarray(a, dtype=np.int64)
+    q = np.abs(a) // d
+    return np.where(a < 0, -q, q)
+
+
+def to_int8(a):
+    """Saturate to [-127, 127] as int8."""
+    return np.clip(a, -127, 127).astype(np.int8)
+
+
+def exact_matmul(a, b):
+    """Exact integer ``a @ b`` (int64)."""
+    bound_a = int(np.abs(a.astype(np.int64)).max()) if a.size else 0
+    bound_b = int(np.abs(b.astype(np.int64)).max()) if b.size else 0
+    worst = bound_a * bound_b * a.shape[-1]  # Python ints: cannot overflow
+    if worst < _FLOAT64_EXACT:  # every partial sum is an integer below 2**53: exact in float64
+        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    if worst > _INT64_MAX:
+        raise OverflowError("integer product may overflow int64")
+    return a.astype(np.int64) @ b.astype(np.int64)
+
+
+class IntegerModel:
+    """An exported NITRO-D classifier: integer inference from ``model.json`` + ``weights.npz``.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The class labels, as the estimator's ``classes_``.
+    spec : dict
+        The content of ``model.json``.
+    """
+
+    def __init__(self, spec, weights):
+        self.spec = spec
+        self.weights = weights
+        self.classes_ = np.array(spec["classes"], dtype=np.dtype(spec["classes_dtype"]))
+        self.sample_shape = tuple(spec["input"]["sample_shape"])
+
+    def __repr__(self):
+        return (f"IntegerModel({self.spec['estimator']}, {len(self.classes_)} classes, "
+                f"{len(self.spec['layers'])} layers)")
+
+    # -- public API ------------------------------------------------------------------------
+    def encode(self, X):
+        """The int8 network input for ``X`` (shape ``(n, *sample_shape)``)."""
+        X = np.asarray(X)
+        size = int(np.prod(self.sample_shape))
+        if X.ndim < 1 or (X.shape[0] and X[0].size != size):
+            raise ValueError(f"X must hold {size} values per sample (sample shape "
+                             f"{self.sample_shape}), got an array of shape {X.shape}")
+        X = X.reshape(X.shape[0], *self.sample_shape)
+        enc = self.spec["input"]
+        kind = enc["encoding"]
+        if kind == "uint8_lookup":
+            if X.dtype.kind not in "iu":
+                raise TypeError(f"this model encodes integer pixel values in [0, 255], got dtype {X.dtype}")
+            if X.size and (X.min() < 0 or X.max() > 255):
+                raise ValueError("pixel values must be in [0, 255]")
+            tables = np.array(enc["tables"], dtype=np.int8)
+            X = X.astype(np.intp)
+            axis = enc["channel_axis"]
+            if axis is None:
+                return tables[0][X]
+            out = np.empty(X.shape, dtype=np.int8)
+            for c, table in enumerate(tables):
+                index = (slice(None),) * axis + (c,)
+                out[index] = table[X[index]]
+            return out
+        shape = tuple(enc["shape"])
+        if kind == "integer_mad":
+            mean = np.array(enc["mean"], dtype=np.int64).reshape(shape)
+            mad = np.array(enc["mad"], dtype=np.int64).reshape(shape)
+            return to_int8(tdiv((X.astype(np.int64) - mean) * enc["multiplier"], mad))
+        if kind == "float_mad":
+            mean = np.array(enc["mean"], dtype=np.float64).reshape(shape)
+            mad = np.array(enc["mad"], dtype=np.float64).reshape(shape)
+            return to_int8(np.rint((X.astype(np.float64) - mean) * (enc["multiplier"] / mad)))
+        raise ValueError(f"unknown input encoding {kind!r}")
+
+    def scores(self, X):
+        """int8 class scores of shape ``(n, n_classes)``."""
+        x8 = self.encode(X)
+        parts = [self._forward(x8[i:i + _BATCH]) for i in range(0, x8.shape[0], _BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes_)), dtype=np.int8)
+
+    def decision_function(self, X):
+        """The estimator's ``decision_function``: int8 scores, or for two classes the int16
+        difference ``score[1] - score[0]``."""
+        scores = self.scores(X)
+        if len(self.classes_) == 2:
+            return scores[:, 1].astype(np.int16) - scores[:, 0]
+        return scores
+
+    def predict(self, X):
+        """The class of the highest score (the first one on ties)."""
+        return self.classes_[self.scores(X).argmax(axis=1)]
+
+    # -- layers ----------------------------------------------------------------------------
+    def _forward(self, x):
+        ops = {"flatten": self._flatten, "linear": self._linear, "conv2d": self._conv2d,
+               "nitro_scale": self._nitro_scale, "activation": self._activation,
+               "maxpool2d": self._maxpool2d}
+        for layer in self.spec["layers"]:
+            if layer["type"] not in ops:
+                raise ValueError(f"unknown layer type {layer['type']!r} in model.json")
+            x = ops[layer["type"]](x, layer)
+        return x
+
+    def _flatten(self, x, layer):
+        return x.reshape(x.shape[0], -1)  # row-major: feature (c * H + i) * W + j
+
+    def _linear(self, x, layer):
+        z = exact_matmul(x, self.weights[layer["weight"]].T)
+        if layer["bias"] is not None:
+            z = z + self.weights[layer["bias"]]
+        return z
+
+    def _conv2d(self, x, layer):
+        # z[n, f, i, j] = sum_{c, u, v} W[f, c, u, v] * xpad[n, c, i + u, j + v]: nine exact
+        # products of (pixels, C) @ (C, F), one per kernel position
+        weight = self.weights[layer["weight"]]
+        k, p = layer["kernel_size"], layer["padding"]
+        n, c, h, w = x.shape
+        xpad = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=layer["padding_value"])
+        h_out, w_out = h + 2 * p - k + 1, w + 2 * p - k + 1
+        z = np.zeros((n * h_out * w_out, weight.shape[0]), dtype=np.int64)
+        for u in range(k):
+            for v in range(k):
+                patch = xpad[:, :, u:u + h_out, v:v + w_out].transpose(0, 2, 3, 1).reshape(-1, c)
+                z += exact_matmul(patch, weight[:, :, u, v].T)
+        return z.reshape(n, h_out, w_out, -1).transpose(0, 3, 1, 2)
+
+    def _nitro_scale(self, z, layer):
+        return to_int8(tdiv(z, layer["divisor"]))
+
+    def _activation(self, s, layer):
+        table = np.array(layer["table"], dtype=np.int8)
+        return table[s.astype(np.int16) + 128]
+
+    def _maxpool2d(self, x, layer):
+        kh, kw = layer["window"]
+        n, c, h, w = x.shape
+        ph, pw = -h % kh, -w % kw  # ceil mode: pad the bottom and right
+        x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), constant_values=layer["padding_value"])
+        return x.reshape(n, c, (h + ph) // kh, kh, (w + pw) // kw, kw).max(axis=(3, 5))
