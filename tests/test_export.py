@@ -1,0 +1,161 @@
+"""Integer export: the copied nitro_reader.py, run where sknitro cannot be imported, gives
+the estimator's scores and labels; weights.npz holds integer arrays only."""
+
+import ast
+import datetime
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from sknitro import NitroCNNClassifier, NitroMLPClassifier, __version__
+from sknitro.export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, READER_SOURCE, export_integer_model
+
+# Runs in a fresh interpreter where sknitro (and scikit-learn) cannot be imported.
+READER_RUN = textwrap.dedent("""
+    import sys
+    sys.modules["sknitro"] = None  # any "import sknitro..." now raises ImportError
+    sys.modules["sklearn"] = None
+    import importlib.util
+    import numpy as np
+
+    folder, data = sys.argv[1], sys.argv[2]
+    spec = importlib.util.spec_from_file_location("nitro_reader", folder + "/nitro_reader.py")
+    reader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reader)
+    model = reader.load(folder)
+    X = np.load(data)
+    np.savez(folder + "/../out.npz", decision=model.decision_function(X), predict=model.predict(X),
+             scores=model.scores(X))
+    assert not [m for m in sys.modules if m.startswith(("sknitro.", "sklearn."))]
+""")
+
+
+def _images(X):
+    return (X * 15).astype(np.uint8)  # digits 0..16 -> 0..240
+
+
+def _fit(est, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning of the short fits
+        return est.fit(X, y)
+
+
+# Short fits (lr_inv=128, 1500 digits) that already give varied scores and labels.
+MLP = dict(hidden_layer_sizes=(16,), lr_inv=128, max_iter=3, random_state=0)
+
+CASES = {
+    "mlp-uint8-images": lambda X, y: (NitroMLPClassifier(**MLP), _images(X), y),
+    "mlp-float-features": lambda X, y: (NitroMLPClassifier(**{**MLP, "hidden_layer_sizes": (16, 16)}), X, y),
+    "mlp-integer-features": lambda X, y: (NitroMLPClassifier(**MLP, activation="pocket_tanh"), X.astype(np.int64), y),
+    "mlp-string-labels": lambda X, y: (NitroMLPClassifier(**MLP), X, np.array(["zero", "one", "two"])[y % 3]),
+    "mlp-binary-float-labels": lambda X, y: (NitroMLPClassifier(**MLP), X, (y % 2).astype(float)),
+    "cnn-pooling": lambda X, y: (NitroCNNClassifier(architecture=(8, "M", 16, "M"), max_iter=6, random_state=0),
+                                 _images(X).reshape(-1, 1, 8, 8), y),
+    # a dense block after the convolutions; odd sizes: the 2x2 max pools pad the bottom and
+    # right (ceil mode); float pixels
+    "cnn-dense-odd-size": lambda X, y: (NitroCNNClassifier(architecture=(4, "M", 4, "M"), hidden_layer_sizes=(16,),
+                                                           image_shape=(1, 7, 9), dropout=0.1, lr_inv=64,
+                                                           max_iter=3, random_state=0), X[:, :63], y),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reader_reproduces_the_estimator_without_sknitro(case, digits, tmp_path):
+    X, y = digits
+    est, X, y = CASES[case](X, y)
+    _fit(est, X[:1500], y[:1500])
+    folder = export_integer_model(est, tmp_path / "model")
+    np.save(tmp_path / "X.npy", X)
+
+    subprocess.run([sys.executable, "-c", READER_RUN, str(folder), str(tmp_path / "X.npy")],
+                   cwd=tmp_path, check=True)
+    out = np.load(tmp_path / "out.npz", allow_pickle=False)
+
+    expected_decision, expected_labels = est.decision_function(X), est.predict(X)
+    assert out["decision"].dtype == expected_decision.dtype
+    np.testing.assert_array_equal(out["decision"], expected_decision)
+    assert out["predict"].dtype == expected_labels.dtype
+    np.testing.assert_array_equal(out["predict"], expected_labels)
+    assert out["scores"].dtype == np.int8 and out["scores"].shape == (len(X), len(est.classes_))
+    # a model with varied integers, not a constant one
+    assert len(np.unique(expected_decision)) > 10 and len(np.unique(expected_labels)) >= min(3, len(est.classes_))
+
+
+def test_weights_are_integer_arrays_without_pickle(digits, tmp_path):
+    X, y = digits
+    est = _fit(NitroCNNClassifier(architecture=(8, "M", 16, "M"), hidden_layer_sizes=(16,), max_iter=1,
+                                  random_state=0), _images(X[:300]).reshape(-1, 1, 8, 8), y[:300])
+    folder = export_integer_model(est, tmp_path / "model")
+    model = json.loads((folder / "model.json").read_text())
+    with np.load(folder / "weights.npz", allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    assert all(a.dtype.kind == "i" for a in arrays.values())
+    # the forward layers and the output layer only (no learning heads), in network order
+    keys = [layer["weight"] for layer in model["layers"] if "weight" in layer]
+    assert sorted(keys) == sorted(arrays)
+    for key, weight in zip(keys, est.weights_):
+        np.testing.assert_array_equal(arrays[key], weight)
+        assert arrays[key].dtype == weight.dtype
+    assert model["format"] == EXPORT_FORMAT and model["format_version"] == EXPORT_FORMAT_VERSION
+    assert model["sknitro_version"] == __version__ and model["classes"] == list(range(10))
+    assert [layer["type"] for layer in model["layers"]] == [
+        "conv2d", "nitro_scale", "activation", "maxpool2d",
+        "conv2d", "nitro_scale", "activation", "maxpool2d",
+        "flatten", "linear", "nitro_scale", "activation",
+        "linear", "nitro_scale"]
+    conv = model["layers"][0]
+    assert conv["shape"] == [8, 1, 3, 3] and conv["input_shape"] == [1, 8, 8]
+    assert model["layers"][1]["divisor"] == 2**8 * 9  # 2**scale_bits * fan_in
+    assert model["layers"][8]["input_shape"] == [16, 2, 2] and model["layers"][8]["output_shape"] == [64]
+    tables = model["input"]["tables"]
+    assert model["input"]["encoding"] == "uint8_lookup" and np.array_equal(tables, est.encoder_.lookup_table)
+    relu = model["layers"][2]["table"]
+    assert len(relu) == 256 and relu[128] == -36 and relu[128 + 100] == 100 - 36  # NITRO-ReLU, mu(4) = 36
+
+
+def test_reader_file_is_standalone(digits, tmp_path):
+    X, y = digits
+    est = _fit(NitroMLPClassifier(hidden_layer_sizes=(8,), max_iter=1, random_state=0), X[:200], y[:200])
+    folder = export_integer_model(est, tmp_path / "model")
+    source = (folder / "nitro_reader.py").read_text()
+    assert source == READER_SOURCE.read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported == {"json", "pathlib", "numpy"}
+
+
+def test_export_into_an_existing_directory_overwrites(digits, tmp_path):
+    X, y = digits
+    first = _fit(NitroMLPClassifier(hidden_layer_sizes=(8,), max_iter=1, random_state=0), X[:200], y[:200])
+    second = _fit(NitroMLPClassifier(hidden_layer_sizes=(12,), max_iter=1, random_state=1), X[:200], y[:200])
+    export_integer_model(first, tmp_path)
+    export_integer_model(second, tmp_path)
+    model = json.loads((tmp_path / "model.json").read_text())
+    assert model["layers"][0]["shape"] == [12, 64]
+
+
+def test_export_errors(digits, tmp_path):
+    X, y = digits
+    with pytest.raises(NotFittedError):
+        export_integer_model(NitroMLPClassifier(), tmp_path / "unfitted")
+    with pytest.raises(TypeError, match="NitroMLPClassifier or NitroCNNClassifier"):
+        export_integer_model(object(), tmp_path / "other")
+    est = _fit(NitroMLPClassifier(hidden_layer_sizes=(8,), max_iter=1, random_state=0), X[:200], y[:200])
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        export_integer_model(est, tmp_path / "a_file")
+    # labels JSON cannot hold (fit only accepts ints and strings; set them afterwards)
+    est.classes_ = np.array([datetime.date(2024, 1, d + 1) for d in range(10)], dtype=object)
+    with pytest.raises(TypeError, match="cannot be stored in model.json"):
+        export_integer_model(est, tmp_path / "dates")
+    assert not (tmp_path / "dates").exists()  # nothing written on error
