@@ -56,16 +56,8 @@ Needs Fashion-MNIST on disk (``apt-get install dataset-fashion-mnist``, or
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import resource
 import statistics
-import subprocess
-import sys
 import time
-import tracemalloc
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -73,11 +65,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sklearn
+from _common import (PUBLISHED_SCHEDULE, call_with_threads, cumulative, fmt, line_plot,
+                     load_average, local_loss_mlp_flops, machine_info, machine_line, md_table,
+                     measure_gemm, memory_ratios, memory_table, mib, print_memory_result, ratio,
+                     roofline_summary, run_memory_child, target_cell, time_to_target,
+                     training_peaks, write_json, write_text)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-import sknitro
 from sknitro import NitroMLPClassifier
 from sknitro.datasets import load_fashion_mnist
 
@@ -91,19 +86,13 @@ CLASSES = np.arange(N_CLASSES)
 NITRO_PARAMS = dict(hidden_layer_sizes=HIDDEN, lr_inv=512, lr_amp=640, fwd_decay_inv=10000,
                     head_decay_inv=8000, batch_size=BATCH_SIZE)
 # The published schedule (--full): early stopping and lr_inv plateaus on a validation split.
-FULL_SCHEDULE = dict(early_stopping=True, validation_fraction=0.1, n_iter_no_change=35,
-                     lr_plateau_patience=15, lr_plateau_factor=3, tol=0.01)
+FULL_SCHEDULE = PUBLISHED_SCHEDULE
 
 # Float64 GEMMs of the first (largest) layer: forward, and the weight gradient.
 GEMM_SHAPES = {
     "(64x784)@(784x200)": (BATCH_SIZE, N_FEATURES, HIDDEN[0]),
     "(200x64)@(64x784)": (HIDDEN[0], BATCH_SIZE, N_FEATURES),
 }
-
-MEMORY_MARKER = "MEMORY_RESULT "
-MEMORY_FIELDS = ("whole_process_peak_rss_kib", "training_peak_rss_kib", "rss_before_training_kib",
-                 "ru_maxrss_kib", "tracemalloc_peak_bytes")
-KIB_PER_MIB = 1024
 
 
 # -- the two contenders -----------------------------------------------------------------
@@ -184,19 +173,6 @@ def run_epochs(contenders: Sequence[Contender], data: tuple[np.ndarray, ...], ep
             for name, run in runs.items()}
 
 
-def cumulative(values: Sequence[float]) -> list[float]:
-    return [float(v) for v in np.cumsum(values)]
-
-
-def time_to_target(epoch_seconds: Sequence[float], accuracy: Sequence[float],
-                   target: float) -> dict | None:
-    """Cumulative training seconds (and epoch) at which ``accuracy`` first reaches ``target``."""
-    for epoch, (seconds, acc) in enumerate(zip(cumulative(epoch_seconds), accuracy), start=1):
-        if acc >= target:
-            return {"seconds": seconds, "epoch": epoch}
-    return None
-
-
 def summarise_runs(runs_by_seed: list[dict[str, dict]], target: float) -> dict[str, dict]:
     """Per contender: median epoch time after warm-up (pooled over seeds), accuracy per epoch
     (mean and std over seeds), time to target per seed."""
@@ -226,93 +202,12 @@ def paired_ratio(runs_by_seed: list[dict[str, dict]], a: str, b: str) -> float:
 
 
 # -- 2: roofline ------------------------------------------------------------------------
-def gemm_gflops(m: int, k: int, n: int, repeats: int = 7, min_seconds: float = 0.05) -> float:
-    """Best-of-``repeats`` float64 GEMM throughput of ``(m, k) @ (k, n)``, in GFLOP/s."""
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
-    out = np.empty((m, n))
-
-    def timed(calls: int) -> float:
-        started = time.perf_counter()
-        for _ in range(calls):
-            np.matmul(a, b, out=out)
-        return time.perf_counter() - started
-
-    calls = 1
-    while timed(calls) < min_seconds:  # calibrate: one repetition lasts >= min_seconds
-        calls *= 2
-    best = min(timed(calls) for _ in range(repeats))
-    return 2 * m * k * n * calls / best / 1e9
-
-
-def nitro_epoch_flops(n_samples: int, n_features: int = N_FEATURES,
-                      hidden: Sequence[int] = HIDDEN, n_classes: int = N_CLASSES) -> int:
-    """Analytic FLOPs (2 per multiply-add) of one NITRO-D training epoch.
-
-    Per batch of B samples: for each block, forward and weight gradient, 2*B*in*out each;
-    for its learning head, forward, input gradient and weight gradient, 2*B*out*C each; for
-    the output layer, forward and weight gradient, 2*B*in*C each. Every term is linear in B,
-    so summing over the batches (the last, smaller one included: sknitro trains on it) is
-    the per-sample count times ``n_samples``.
-    """
-    per_sample = 0
-    fan_in = n_features
-    for width in hidden:
-        per_sample += 2 * (2 * fan_in * width)  # block forward + weight gradient
-        per_sample += 3 * (2 * width * n_classes)  # head forward + input grad + weight grad
-        fan_in = width
-    per_sample += 2 * (2 * fan_in * n_classes)  # output layer forward + weight gradient
-    return per_sample * n_samples
-
-
-def measure_gemm(when: str) -> dict[str, float]:
-    gemm = {shape: gemm_gflops(*dims) for shape, dims in GEMM_SHAPES.items()}
-    for shape, gflops in gemm.items():
-        print(f"  float64 GEMM {shape} ({when}): {gflops:.1f} GFLOP/s", flush=True)
-    return gemm
-
-
-def roofline_summary(gemm_runs: Sequence[dict[str, float]], n_samples: int,
-                     nitro_epoch_seconds: float) -> dict:
-    """The roofline is the best GEMM throughput measured; FLOPs of a sknitro epoch against it."""
-    gemm = {shape: max(run[shape] for run in gemm_runs) for shape in GEMM_SHAPES}
-    roofline = max(gemm.values())
-    flops = nitro_epoch_flops(n_samples)
-    achieved = flops / nitro_epoch_seconds / 1e9
-    return {"gemm_gflops": gemm, "gemm_runs": list(gemm_runs), "roofline_gflops": roofline,
-            "epoch_flops": flops,
-            "epoch_seconds_at_roofline": flops / roofline / 1e9,
-            "achieved_gflops": achieved, "fraction_of_roofline": achieved / roofline}
+def nitro_epoch_flops(n_samples: int) -> int:
+    """Analytic FLOPs of one sknitro epoch of this MLP (see ``local_loss_epoch_flops``)."""
+    return local_loss_mlp_flops(n_samples, N_FEATURES, HIDDEN, N_CLASSES)
 
 
 # -- 3: peak memory (child processes) ----------------------------------------------------
-def proc_status_kib(field: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` (Linux), e.g. ``VmHWM``; None elsewhere."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); False where impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def ru_maxrss_kib() -> int:
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss // 1024 if sys.platform == "darwin" else maxrss  # bytes on macOS
-
-
 def memory_child(name: str, n_train: int | None, epochs: int) -> dict:
     """In the child: load the data, train ``epochs`` epochs, report the peaks."""
     contender = CONTENDERS[name]
@@ -320,49 +215,31 @@ def memory_child(name: str, n_train: int | None, epochs: int) -> dict:
     X = contender.prepare(X_train)
     del X_train
     model = contender.make(0)
-    rss_before = proc_status_kib("VmRSS")
-    loading_peak, loading_maxrss = proc_status_kib("VmHWM"), ru_maxrss_kib()  # the reset forgets both
-    can_reset = reset_peak_rss()
-    tracemalloc.start()
-    seconds = [train_one_epoch(model, X, y_train) for _ in range(epochs)]
-    traced_peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    peak = proc_status_kib("VmHWM")
-    return {"name": name, "epochs": epochs, "n_train": len(y_train), "epoch_seconds": seconds,
-            "rss_before_training_kib": rss_before,
-            "training_peak_rss_kib": peak if can_reset else None,
-            "whole_process_peak_rss_kib": max(loading_peak, peak) if peak is not None else None,
-            "ru_maxrss_kib": max(loading_maxrss, ru_maxrss_kib()),
-            "tracemalloc_peak_bytes": traced_peak}
+    peaks = training_peaks(lambda: [train_one_epoch(model, X, y_train) for _ in range(epochs)])
+    return {"name": name, "epochs": epochs, "n_train": len(y_train), **peaks}
 
 
-def run_memory_child(name: str, args: argparse.Namespace) -> dict:
-    """Run this script with ``--memory-child name`` and parse its result line."""
-    command = [sys.executable, os.path.abspath(__file__), "--memory-child", name,
-               "--memory-epochs", str(args.memory_epochs)]
+def memory_child_arguments(name: str, args: argparse.Namespace) -> list[str]:
+    """The command line of this script as the memory child of ``name``."""
+    arguments = ["--memory-child", name, "--memory-epochs", str(args.memory_epochs)]
     for flag, value in (("--n-train", args.n_train), ("--threads", args.threads)):
         if value is not None:
-            command += [flag, str(value)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(MEMORY_MARKER)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"memory child {name} failed (exit {done.returncode}):\n{done.stderr}")
-    return json.loads(lines[-1][len(MEMORY_MARKER):])
+            arguments += [flag, str(value)]
+    return arguments
 
 
 def measure_memory(contenders: Sequence[Contender], args: argparse.Namespace) -> dict:
     results = {}
     for c in contenders:
         print(f"  memory child: {c.name}, {args.memory_epochs} epoch(s)...", flush=True)
-        result = run_memory_child(c.name, args)
+        result = run_memory_child(__file__, memory_child_arguments(c.name, args))
         print(f"  {c.name}: peak RSS {mib(result['whole_process_peak_rss_kib'])} MiB, during "
               f"training {mib(result['training_peak_rss_kib'])} MiB, tracemalloc peak "
               f"{result['tracemalloc_peak_bytes'] / 2**20:.1f} MiB", flush=True)
         results[c.name] = result
     if "sknitro" in results and "sklearn" in results:
         a, b = results["sknitro"], results["sklearn"]
-        results["ratio_sknitro_over_sklearn"] = {
-            key: ratio(a[key], b[key]) for key in MEMORY_FIELDS}
+        results["ratio_sknitro_over_sklearn"] = memory_ratios(a, b)
     return results
 
 
@@ -398,77 +275,12 @@ def run_full_schedule(data: tuple[np.ndarray, ...], seeds: Sequence[int], max_ep
             "std_test_accuracy": float(np.std(acc))}
 
 
-# -- machine and reporting ---------------------------------------------------------------
-def machine_info() -> dict:
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "numpy": np.__version__, "scikit-learn": sklearn.__version__,
-        "sknitro": sknitro.__version__, "sknitro_config": sknitro.get_config(),
-    }
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["threadpools"] = threadpool_info()
-    except ImportError:
-        info["threadpools"] = None
-    return info
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def mib(kib: float | None) -> str:
-    return "n/a" if kib is None else f"{kib / KIB_PER_MIB:.1f}"
-
-
-def fmt(value: float | None, spec: str = ".2f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=json_default) + "\n")
-    print(f"wrote {path}", flush=True)
-
-
-def json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
+# -- reporting ---------------------------------------------------------------------------
 def header_lines(title: str, args: argparse.Namespace, data: tuple[np.ndarray, ...],
                  machine: dict) -> list[str]:
     return [
         f"# {title}", "",
-        f"{machine['date']} · {machine['cpu_model']} · {machine['usable_cpus']} usable CPUs · "
-        f"load average {', '.join(f'{x:.2f}' for x in machine['load_average'] or [])} · numpy {machine['numpy']} · scikit-learn "
-        f"{machine['scikit-learn']} · sknitro {machine['sknitro']}", "",
+        machine_line(machine), "",
         f"Fashion-MNIST {len(data[1])} train / {len(data[3])} test, MLP 784-200-100-50-10, "
         f"batch {BATCH_SIZE}; seeds {list(range(args.seeds))}; BLAS/OpenMP threads "
         f"{args.threads or 'as the libraries choose'}.", "",
@@ -523,21 +335,9 @@ def epoch_markdown(results: dict, args: argparse.Namespace, data: tuple[np.ndarr
 
 def memory_markdown(memory: dict, names: Sequence[str], labels: dict, epochs: int) -> list[str]:
     lines = [f"## Peak memory (child process per model, {epochs} training epoch(s))", ""]
-    has_ratio = "ratio_sknitro_over_sklearn" in memory
-    headers = ["", *(labels[n] for n in names)] + (["ratio sknitro / peer"] if has_ratio else [])
-    rows = []
-    for key, label, to_text in (
-        ("whole_process_peak_rss_kib", "peak RSS, whole process (VmHWM), MiB", mib),
-        ("training_peak_rss_kib", "peak RSS during training, MiB", mib),
-        ("rss_before_training_kib", "RSS before training (data loaded), MiB", mib),
-        ("ru_maxrss_kib", "ru_maxrss, MiB", mib),
-        ("tracemalloc_peak_bytes", "tracemalloc peak of training, MiB", lambda b: f"{b / 2**20:.1f}"),
-    ):
-        row = [label, *(to_text(memory[n][key]) for n in names)]
-        if has_ratio:
-            row.append(fmt(memory["ratio_sknitro_over_sklearn"].get(key), ".3f"))
-        rows.append(row)
-    return lines + [md_table(headers, rows), ""]
+    ratios = memory.get("ratio_sknitro_over_sklearn")
+    table = memory_table(memory, names, labels, {"ratio sknitro / peer": ratios} if ratios else None)
+    return lines + [table, ""]
 
 
 def acc_cell(summary: dict, epoch: int, n_seeds: int) -> str:
@@ -545,10 +345,6 @@ def acc_cell(summary: dict, epoch: int, n_seeds: int) -> str:
     if n_seeds == 1:
         return f"{mean:.4f}"
     return f"{mean:.4f} ± {summary['std_test_accuracy'][epoch]:.4f}"
-
-
-def target_cell(hit: dict | None) -> str:
-    return "not reached" if hit is None else f"{hit['seconds']:.1f} s (epoch {hit['epoch']})"
 
 
 def full_markdown(results: dict, args: argparse.Namespace, data: tuple[np.ndarray, ...]) -> str:
@@ -575,37 +371,16 @@ def full_markdown(results: dict, args: argparse.Namespace, data: tuple[np.ndarra
 
 def write_plots(results: dict, out: Path, target: float) -> list[Path]:
     """Accuracy and epoch-time plots, if matplotlib is importable."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        print("matplotlib not importable: no plots", flush=True)
-        return []
-    summary, paths = results["summary"], []
-    for filename, key, ylabel in (("mlp_fashion_accuracy.png", "mean_test_accuracy", "test accuracy"),
-                                  ("mlp_fashion_epoch_time.png", None, "seconds per epoch")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, s in summary.items():
-            values = s[key] if key else results["runs"][0][name]["epoch_seconds"]
-            ax.plot(range(1, len(values) + 1), values, marker="o", label=CONTENDERS[name].label)
-        if key:
-            ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel if key else f"{ylabel} (seed 0)")
-        ax.set_title("Fashion-MNIST MLP 784-200-100-50-10, batch 64")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        path = out / filename
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        print(f"wrote {path}", flush=True)
-        paths.append(path)
-    return paths
+    summary, title = results["summary"], "Fashion-MNIST MLP 784-200-100-50-10, batch 64"
+    accuracy = [{"y": s["mean_test_accuracy"], "marker": "o", "label": CONTENDERS[name].label}
+                for name, s in summary.items()]
+    seconds = [{"y": results["runs"][0][name]["epoch_seconds"], "marker": "o",
+                "label": CONTENDERS[name].label} for name in summary]
+    paths = [line_plot(out / "mlp_fashion_accuracy.png", accuracy, "epoch", "test accuracy", title,
+                       hline=(target, f"target {target:.0%}")),
+             line_plot(out / "mlp_fashion_epoch_time.png", seconds, "epoch",
+                       "seconds per epoch (seed 0)", title)]
+    return [path for path in paths if path is not None]
 
 
 # -- the two modes ------------------------------------------------------------------------
@@ -617,7 +392,7 @@ def epoch_mode(args: argparse.Namespace, out: Path) -> None:
         results["memory"] = measure_memory(contenders, args)
     data = load_data(args.n_train, args.n_test)
     print("[roofline] float64 GEMM throughput, before the epochs", flush=True)
-    gemm_before = measure_gemm("before")
+    gemm_before = measure_gemm(GEMM_SHAPES, "before")
     print(f"[epochs] {args.epochs} epochs x {args.seeds} seed(s), {len(data[1])} train / "
           f"{len(data[3])} test samples", flush=True)
     results["runs"] = [run_epochs(contenders, data, args.epochs, seed) for seed in range(args.seeds)]
@@ -628,13 +403,13 @@ def epoch_mode(args: argparse.Namespace, out: Path) -> None:
                                        results["summary"]["sklearn"]["median_epoch_seconds"]),
             "paired_median": paired_ratio(results["runs"], "sknitro", "sklearn")}
     print("[roofline] float64 GEMM throughput, after the epochs", flush=True)
-    results["roofline"] = roofline_summary([gemm_before, measure_gemm("after")], len(data[1]),
+    results["roofline"] = roofline_summary([gemm_before, measure_gemm(GEMM_SHAPES, "after")],
+                                           nitro_epoch_flops(len(data[1])),
                                            results["summary"]["sknitro"]["median_epoch_seconds"])
-    results["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["machine"]["load_average_end"] = load_average()
     print_epoch_summary(results)
     write_json(out / "mlp_fashion.json", results)
-    (out / "mlp_fashion.md").write_text(epoch_markdown(results, args, data))
-    print(f"wrote {out / 'mlp_fashion.md'}", flush=True)
+    write_text(out / "mlp_fashion.md", epoch_markdown(results, args, data))
     write_plots(results, out, args.target)
 
 
@@ -660,8 +435,7 @@ def full_mode(args: argparse.Namespace, out: Path) -> None:
     full = results["full"]
     print(f"test accuracy {full['mean_test_accuracy']:.4f} ± {full['std_test_accuracy']:.4f}", flush=True)
     write_json(out / "mlp_fashion_full.json", results)
-    (out / "mlp_fashion_full.md").write_text(full_markdown(results, args, data))
-    print(f"wrote {out / 'mlp_fashion_full.md'}", flush=True)
+    write_text(out / "mlp_fashion_full.md", full_markdown(results, args, data))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -698,19 +472,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads is None:
-        run(args)
-    else:
-        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
-
-        with threadpool_limits(limits=args.threads):
-            run(args)
+    call_with_threads(args.threads, lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> None:
     if args.memory_child:
-        result = memory_child(args.memory_child, args.n_train, args.memory_epochs)
-        print(MEMORY_MARKER + json.dumps(result), flush=True)
+        print_memory_result(memory_child(args.memory_child, args.n_train, args.memory_epochs))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     (full_mode if args.full else epoch_mode)(args, args.out)
