@@ -129,9 +129,10 @@ class IntegerModel:
             mad = np.array(enc["mad"], dtype=np.int64).reshape(shape)
             return to_int8(tdiv((X.astype(np.int64) - mean) * enc["multiplier"], mad))
         if kind == "float_mad":
-            mean = np.array(enc["mean"], dtype=np.float64).reshape(shape)
-            mad = np.array(enc["mad"], dtype=np.float64).reshape(shape)
-            return to_int8(np.rint((X.astype(np.float64) - mean) * (enc["multiplier"] / mad)))
+            # the estimator's expression and dtypes, so that NumPy rounds exactly as it did
+            mean = np.array(enc["mean"], dtype=enc["dtype"]).reshape(shape)
+            mad = np.array(enc["mad"], dtype=enc["dtype"]).reshape(shape)
+            return to_int8(np.rint((X - mean) * (enc["multiplier"] / mad)))
         raise ValueError(f"unknown input encoding {kind!r}")
 
     def scores(self, X):

@@ -40,8 +40,9 @@ class scores; ``predict`` is the class of the highest score (the first one on ti
 The input encoder (:mod:`sknitro.encoding`) is stored as fitted: for uint8 images, each
 channel's 256-entry int8 lookup table; for integer features, the per-feature integer mean
 and MAD of the rule ``clip(tdiv((x - mean) * 51, mad), -127, 127)``; for float features, the
-float64 mean and MAD of ``clip(rint((x - mean) * (51 / mad)), -127, 127)`` -- the one float
-operation of an sknitro model, at the input boundary (JSON keeps these floats exactly).
+float mean and MAD (and their dtype) of ``clip(rint((x - mean) * (51 / mad)), -127, 127)`` --
+the one float operation of an sknitro model, at the input boundary (JSON keeps these floats
+exactly, so the reader rounds exactly as the estimator).
 """
 
 from __future__ import annotations
@@ -201,14 +202,17 @@ def _describe_encoder(encoder: Any, sample_shape: list[int]) -> dict[str, Any]:
     else:
         entry.update({
             "encoding": "float_mad",
-            "rule": f"x8 = clip(rint((float64(x) - mean) * ({MAD_SCALE} / mad)), -127, 127), per feature, "
-                    "in float64 (rint rounds half to even)",
+            "rule": f"x8 = clip(rint((x - mean) * ({MAD_SCALE} / mad)), -127, 127), per feature, "
+                    "with NumPy's type promotion of x against 'dtype' (float64 for float64 or integer x; "
+                    "float32 only when both are float32), rint rounding half to even",
+            "dtype": np.asarray(encoder.mean).dtype.name,
             "note": "the one float operation of the model, at the input boundary; everything after it "
                     "is integer",
             "multiplier": MAD_SCALE,
             "shape": list(np.shape(encoder.mean)),
-            "mean": np.asarray(encoder.mean, dtype=np.float64).ravel().tolist(),
-            "mad": np.asarray(encoder.mad, dtype=np.float64).ravel().tolist(),
+            # float32 statistics convert exactly to Python floats, and JSON keeps those exactly
+            "mean": np.asarray(encoder.mean).ravel().tolist(),
+            "mad": np.asarray(encoder.mad).ravel().tolist(),
         })
     return entry
 
@@ -239,9 +243,10 @@ def _describe_layers(network: Any, sample_shape: tuple[int, ...]) -> tuple[list[
         layers.append({"type": "nitro_scale", "block": block, "divisor": int(scale)})
         if activation is None:
             return
+        # index s + 128: the engine's table (indexed by the bit pattern of s) in the order s = -128 .. 127
+        table = activation.forward_table[S_VALUES.astype(np.int8).view(np.uint8)]
         entry = {"type": "activation", "block": block, "name": _ACTIVATION_NAMES.get(type(activation)),
-                 # index s + 128: the table's bit-pattern order rearranged to s = -128 .. 127
-                 "table": activation.forward_table[S_VALUES.astype(np.int8).view(np.uint8)].astype(int).tolist()}
+                 "table": table.astype(int).tolist()}
         if hasattr(activation, "alpha"):
             entry["negative_slope_inv"] = int(activation.alpha)
         layers.append(entry)
@@ -278,4 +283,7 @@ def _describe_layers(network: Any, sample_shape: tuple[int, ...]) -> tuple[list[
 def _dump_json(model: dict) -> str:
     """Indented JSON with each list of numbers on one line (tables stay readable)."""
     text = json.dumps(model, indent=2, ensure_ascii=False)
-    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text) + "\n"
+    def one_line(match: re.Match) -> str:
+        return "[" + ", ".join(v.strip() for v in match.group(1).split(",")) + "]"
+
+    return _NUMBER_LIST.sub(one_line, text) + "\n"

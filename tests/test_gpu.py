@@ -62,7 +62,8 @@ def test_cuda_model_pickles_numpy_arrays_and_loads_back_on_the_gpu(make, digits)
 
     X, y = digits
     if make == "mlp":
-        gpu = NitroMLPClassifier(hidden_layer_sizes=(16,), max_iter=2, dropout=0.1, random_state=0, device="cuda")
+        gpu = NitroMLPClassifier(hidden_layer_sizes=(16,), max_iter=2, dropout=0.1, random_state=0,
+                                 device="cuda")
     else:
         gpu = NitroCNNClassifier(architecture=[8, "M"], hidden_layer_sizes=(16,), max_iter=2, random_state=0,
                                  device="cuda")

@@ -220,4 +220,5 @@ def test_skops_load_needs_the_trusted_types(make, digits_small):
     with pytest.raises(UntrustedTypesFoundException):
         sio.loads(data)
     loaded = sio.loads(data, trusted=trusted_types())
-    np.testing.assert_array_equal(loaded.decision_function(_data(make, X)), est.decision_function(_data(make, X)))
+    X = _data(make, X)
+    np.testing.assert_array_equal(loaded.decision_function(X), est.decision_function(X))
