@@ -17,10 +17,12 @@ the functions, so ``import sknitro`` never needs it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
@@ -63,10 +65,11 @@ def search_space(estimator_or_class: Any) -> dict[str, optuna.distributions.Base
     validation. The log-scale ranges are centred (geometrically) near the defaults, which are
     the published settings where the paper has one.
 
-    - ``lr_inv``: int, log scale, 32 to 2048 (centre 256, the MLP's default; the published
-      runs on 60,000 samples use 512. On digits, after 15 epochs, a (64,) MLP reaches 0.39
-      accuracy at 32, 0.97 at 128, 0.61 at 1024 and 0.12 at 2048: too small a divisor takes
-      steps too big, too large a one rounds the integer steps to 0);
+    - ``lr_inv``: int, log scale, 64 to 2048 (the MLP's default 256 and the published 512 in
+      the middle). A step grows with ``batch_size / lr_inv``: on digits a (32,) MLP trained 8
+      epochs with batch 64 reaches 0.6 accuracy at 64 and 0.96 at 128 and 256; below 64 even
+      batch 16 gives seed-dependent results, and 2048 barely learns in 15 epochs (its steps
+      round to 0);
     - ``lr_amp``: int, log scale, 16 to 4096 (the default is ``64 * n_classes``, 640 for 10
       classes);
     - ``fwd_decay_inv``: int, log scale, 1000 to 100000 (centre 10000; published 10000-30000);
@@ -105,7 +108,7 @@ def search_space(estimator_or_class: Any) -> dict[str, optuna.distributions.Base
     ['batch_size', 'dropout', 'fwd_decay_inv', 'head_decay_inv', 'lr_amp', 'lr_inv',
      'negative_slope_inv', 'scale_bits']
     >>> space["lr_inv"]
-    IntDistribution(high=2048, log=True, low=32, step=1)
+    IntDistribution(high=2048, log=True, low=64, step=1)
     """
     _import_optuna()  # a clear message without the extra
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -115,7 +118,7 @@ def search_space(estimator_or_class: Any) -> dict[str, optuna.distributions.Base
         raise TypeError(f"search_space needs a sknitro classifier or its class, got {estimator_or_class!r}")
     is_cnn = "conv_dropout" in cls._parameter_constraints
     space = {
-        "lr_inv": IntDistribution(32, 2048, log=True),
+        "lr_inv": IntDistribution(64, 2048, log=True),
         "lr_amp": IntDistribution(16, 4096, log=True),
         "fwd_decay_inv": IntDistribution(1000, 100_000, log=True),
         "head_decay_inv": IntDistribution(800, 80_000, log=True),
@@ -145,26 +148,22 @@ def _suggest(trial: optuna.trial.Trial, name: str, distribution: Any) -> Any:
     raise TypeError(f"unsupported distribution for {name!r}: {distribution!r}")
 
 
-def _make_storage(storage: Any) -> Any:
-    """Turn ``storage`` into what :func:`optuna.create_study` takes (None: in memory)."""
-    optuna = _import_optuna()
-    from optuna.storages import BaseStorage, JournalStorage
-    from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
+def _storage_kind(storage: Any) -> str:
+    """What ``storage`` is: "memory", "object", "backend", "url" or "journal"; checks it."""
+    from optuna.storages import BaseStorage
+    from optuna.storages.journal import BaseJournalBackend
 
-    if storage is None or isinstance(storage, BaseStorage):
-        return storage
+    if storage is None:
+        return "memory"
+    if isinstance(storage, BaseStorage):
+        return "object"
     if isinstance(storage, BaseJournalBackend):
-        return JournalStorage(storage)
+        return "backend"
     if isinstance(storage, str) and "://" in storage:
-        if storage.startswith("sqlite"):
-            # SQLite locks the whole file on writes: let concurrent workers wait for the lock
-            # (60 s) instead of failing after pysqlite's default 5 s.
-            return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
-        return optuna.storages.RDBStorage(storage)
+        return "url"
     if isinstance(storage, (str, os.PathLike)):
-        path = os.fspath(storage)
-        if path.endswith(JOURNAL_SUFFIXES):
-            return JournalStorage(JournalFileBackend(path))
+        if os.fspath(storage).endswith(JOURNAL_SUFFIXES):
+            return "journal"
         raise ValueError(
             f"storage {storage!r} is neither a database URL (such as 'sqlite:///study.db') nor a "
             f"journal file path ending in {' or '.join(JOURNAL_SUFFIXES)}"
@@ -173,6 +172,26 @@ def _make_storage(storage: Any) -> Any:
         "storage must be None, a database URL, a journal file path (str or os.PathLike), an "
         f"optuna storage or journal backend; got {type(storage).__name__}"
     )
+
+
+def _make_storage(storage: Any) -> Any:
+    """Turn ``storage`` into what :func:`optuna.create_study` takes (None: in memory)."""
+    optuna = _import_optuna()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    kind = _storage_kind(storage)
+    if kind == "backend":
+        return JournalStorage(storage)
+    if kind == "journal":
+        return JournalStorage(JournalFileBackend(os.fspath(storage)))
+    if kind == "url" and storage.startswith("sqlite"):
+        # SQLite locks the whole file on writes: let concurrent workers wait for the lock
+        # (60 s) instead of failing after pysqlite's default 5 s.
+        return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    if kind == "url":
+        return optuna.storages.RDBStorage(storage)
+    return storage
 
 
 def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
@@ -201,6 +220,7 @@ def tune(
     sampler: optuna.samplers.BaseSampler | None = None,
     random_state: int | np.random.RandomState | None = None,
     refit: bool = True,
+    enqueue_estimator: bool = True,
     callbacks: Sequence[Callable[..., Any]] | None = None,
     show_progress_bar: bool = False,
 ) -> tuple[BaseNitroClassifier | None, optuna.study.Study]:
@@ -271,6 +291,12 @@ def tune(
         ``lr_plateau_factor=1`` (``partial_fit`` keeps ``lr_inv`` constant, so the trials did)
         and ``n_iter_no_change`` at least ``best_epoch`` (nothing stops it early). Calling
         ``fit`` on the result again retrains exactly this way.
+    enqueue_estimator : bool, default=True
+        Make the study's first trial the estimator's own values of the searched parameters
+        (those inside the search space; ``lr_amp=None`` counts as ``64 * n_classes``), so the
+        search starts from the defaults, which are the published settings, and its best trial
+        is never worse on the validation split than the estimator as given. Skipped when the
+        shared study already has such a trial.
     callbacks : list of callable, default=None
         Passed to :meth:`optuna.study.Study.optimize` (for instance
         ``optuna.study.MaxTrialsCallback`` to cap a shared study's total).
@@ -337,7 +363,7 @@ def tune(
     if study_name is not None and not isinstance(study_name, str):
         raise TypeError(f"study_name must be a str, got {type(study_name).__name__}")
     space = _check_search_space(estimator, search_space)
-    storage = _make_storage(storage)
+    storage_kind = _storage_kind(storage)
 
     # -- the fixed validation split --------------------------------------------------------
     rng = check_random_state(random_state)
@@ -349,16 +375,13 @@ def tune(
 
     # -- the study ---------------------------------------------------------------------------
     if sampler is None:
-        seed = int(rng.randint(np.iinfo(np.int32).max)) if storage is None else None
+        seed = int(rng.randint(np.iinfo(np.int32).max)) if storage_kind == "memory" else None
         sampler = optuna.samplers.TPESampler(seed=seed)
     if pruner is None:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5,
                                              n_warmup_steps=min(10, max(1, max_epochs // 5)))
-    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
-                                sampler=sampler, pruner=pruner, load_if_exists=True)
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise ValueError(f"study {study.study_name!r} minimises; tune maximises validation accuracy")
-    _record_split(study, validation_fraction, split_seed)
+    start = _estimator_point(estimator, space, len(classes)) if enqueue_estimator else {}
+    study = _open_study(storage, study_name, sampler, pruner, validation_fraction, split_seed, start)
 
     def objective(trial: optuna.trial.Trial) -> float:
         params = {name: _suggest(trial, name, dist) for name, dist in space.items()}
@@ -416,6 +439,101 @@ def _check_search_space(estimator: BaseNitroClassifier, space: Mapping[str, Any]
             raise TypeError(f"search_space[{name!r}] must be an optuna distribution (such as "
                             f"optuna.distributions.IntDistribution), got {dist!r}")
     return dict(space)
+
+
+def _open_study(storage: Any, study_name: str | None, sampler: Any, pruner: Any, fraction: float,
+                split_seed: int, start: dict[str, Any]) -> optuna.study.Study:
+    """Create or load the study, record the split and enqueue the starting point.
+
+    Workers started together on a fresh SQLite or journal file would race to create the tables
+    (SQLAlchemy's ``create_all`` checks, then creates) and to enqueue the same starting point:
+    a lock file next to the storage file makes this setup one worker at a time. Server
+    databases get a few retries instead.
+    """
+    optuna = _import_optuna()
+    import sqlalchemy.exc
+
+    lock_path = _storage_file(storage)
+    server = lock_path is None and _storage_kind(storage) == "url"
+    retry_on = (sqlalchemy.exc.SQLAlchemyError,) if server else ()
+    for attempt in range(5):
+        try:
+            with _file_lock(lock_path):
+                study = optuna.create_study(storage=_make_storage(storage), study_name=study_name,
+                                            direction="maximize", sampler=sampler, pruner=pruner,
+                                            load_if_exists=True)
+                if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+                    raise ValueError(f"study {study.study_name!r} minimises; tune maximises validation "
+                                     "accuracy")
+                _record_split(study, fraction, split_seed)
+                if start:
+                    study.enqueue_trial(start, skip_if_exists=True)
+                return study
+        except retry_on:
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _storage_file(storage: Any) -> str | None:
+    """The file behind a SQLite URL or a journal path, or None."""
+    if isinstance(storage, str) and "://" in storage:
+        if not storage.startswith("sqlite"):
+            return None
+        from sqlalchemy.engine import make_url
+
+        database = make_url(storage).database
+        return database if database and database != ":memory:" else None
+    if isinstance(storage, (str, os.PathLike)) and os.fspath(storage).endswith(JOURNAL_SUFFIXES):
+        return os.fspath(storage)
+    return None
+
+
+@contextlib.contextmanager
+def _file_lock(path: str | None) -> Iterator[None]:
+    """An inter-process lock on ``path + ".sknitro.lock"`` (nothing when ``path`` is None)."""
+    if path is None:
+        yield
+        return
+    from optuna.storages.journal import JournalFileOpenLock
+
+    # not the journal's own lock file (path + ".lock"), which the backend takes per write;
+    # a lock left by a killed worker is broken after 30 s
+    lock = JournalFileOpenLock(path + ".sknitro", grace_period=30)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _estimator_point(estimator: BaseNitroClassifier, space: Mapping[str, Any], n_classes: int
+                     ) -> dict[str, Any]:
+    """The estimator's values of the searched parameters that lie in their distributions."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    params = estimator.get_params(deep=False)
+    if params.get("lr_amp", 0) is None:
+        params["lr_amp"] = 64 * n_classes  # what the network uses for None
+    point = {}
+    for name, dist in space.items():
+        value = params[name]
+        if isinstance(dist, CategoricalDistribution):
+            inside = any(value == choice and type(value) is type(choice) for choice in dist.choices)
+        elif isinstance(dist, (IntDistribution, FloatDistribution)):
+            is_int = isinstance(value, Integral) and not isinstance(value, bool)
+            inside = (is_int or (isinstance(dist, FloatDistribution) and isinstance(value, Real)
+                                 and not isinstance(value, bool)))
+            inside = inside and dist.low <= value <= dist.high
+            if inside and dist.step is not None:
+                steps = (value - dist.low) / dist.step
+                inside = abs(steps - round(steps)) < 1e-8
+        else:
+            inside = False
+        if inside:
+            point[name] = value
+    return point
 
 
 def _record_split(study: optuna.study.Study, fraction: float, seed: int) -> None:
