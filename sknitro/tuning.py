@@ -67,7 +67,7 @@ def search_space(estimator_or_class: Any) -> dict[str, optuna.distributions.Base
 
     - ``lr_inv``: int, log scale, 64 to 2048 (the MLP's default 256 and the published 512 in
       the middle). A step grows with ``batch_size / lr_inv``: on digits a (32,) MLP trained 8
-      epochs with batch 64 reaches 0.6 accuracy at 64 and 0.96 at 128 and 256; below 64 even
+      epochs with batch 64 reaches 0.6 accuracy at 64, 0.96 at 128 and 0.94 at 256; below 64 even
       batch 16 gives seed-dependent results, and 2048 barely learns in 15 epochs (its steps
       round to 0);
     - ``lr_amp``: int, log scale, 16 to 4096 (the default is ``64 * n_classes``, 640 for 10
@@ -85,7 +85,7 @@ def search_space(estimator_or_class: Any) -> dict[str, optuna.distributions.Base
     ``SF = 2**scale_bits * fan_in`` (algorithm.md §3). With too few bits the scaled sums
     saturate at ±127, where every activation's gradient is 0: on digits, 6 bits cost a (64,)
     MLP 9 accuracy points after 30 epochs, and a one-conv CNN, whose 3×3 inputs are strongly
-    correlated, stays below 0.40 at 6 or 7 bits against 0.97 at 8. With many bits most outputs
+    correlated, reaches at most 0.40 at 6 or 7 bits against 0.97 at 8. With many bits most outputs
     round to 0 until the weights have grown ``2**k`` times, which costs epochs (11 bits still
     train, 12 lose most of the accuracy in 10 epochs). The default, 8, is the published value.
 
@@ -272,8 +272,9 @@ def tune(
         Fraction of ``(X, y)`` held out to score the trials, in (0, 1).
     pruner : optuna.pruners.BasePruner, default=None
         None: ``MedianPruner(n_startup_trials=5, n_warmup_steps=w)`` with
-        ``w = min(10, max(1, max_epochs // 5))`` epochs, since the first epochs' accuracies say
-        little about the last ones.
+        ``w = min(10, max(2, max_epochs // 5))``: no trial is pruned before epoch ``w`` (steps
+        are epochs, from 1), since NITRO-D networks often sit at chance accuracy for an epoch or
+        two before they take off.
     sampler : optuna.samplers.BaseSampler, default=None
         None: ``TPESampler``, seeded from ``random_state`` when the study is in memory. With a
         storage it is left unseeded, so that workers sharing ``random_state`` (as they should,
@@ -294,9 +295,8 @@ def tune(
     enqueue_estimator : bool, default=True
         Make the study's first trial the estimator's own values of the searched parameters
         (those inside the search space; ``lr_amp=None`` counts as ``64 * n_classes``), so the
-        search starts from the defaults, which are the published settings, and its best trial
-        is never worse on the validation split than the estimator as given. Skipped when the
-        shared study already has such a trial.
+        search starts from, and is measured against, the settings you gave (by default the
+        published ones). Skipped when the shared study already has a trial with these values.
     callbacks : list of callable, default=None
         Passed to :meth:`optuna.study.Study.optimize` (for instance
         ``optuna.study.MaxTrialsCallback`` to cap a shared study's total).
@@ -379,7 +379,7 @@ def tune(
         sampler = optuna.samplers.TPESampler(seed=seed)
     if pruner is None:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5,
-                                             n_warmup_steps=min(10, max(1, max_epochs // 5)))
+                                             n_warmup_steps=min(10, max(2, max_epochs // 5)))
     start = _estimator_point(estimator, space, len(classes)) if enqueue_estimator else {}
     study = _open_study(storage, study_name, sampler, pruner, validation_fraction, split_seed, start)
 

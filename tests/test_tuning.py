@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,14 @@ from sknitro import NitroCNNClassifier, NitroMLPClassifier
 from sknitro.tuning import search_space, tune
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    # short trainings on purpose: reaching max_iter is expected
+    pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
+    # OptunaSearchCV is experimental and reports to the deprecated optuna.terminator
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+    pytest.mark.filterwarnings("ignore:.*optuna.terminator.*:FutureWarning"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -101,9 +108,7 @@ def test_optuna_search_cv_with_pruning_beats_the_defaults(digits):
     base = small_mlp(max_iter=epochs, lr_plateau_factor=1, n_iter_no_change=epochs)
     search = OptunaSearchCV(base, search_space(base), cv=cv, n_trials=10, enable_pruning=True,
                             max_iter=epochs, random_state=0, error_score="raise")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        search.fit(X, y)
+    search.fit(X, y)
 
     states = [trial.state for trial in search.study_.trials]
     assert len(states) == 10
