@@ -426,7 +426,8 @@ def _check_search_space(estimator: BaseNitroClassifier, space: Mapping[str, Any]
     if space is None:
         return search_space(estimator)
     if not isinstance(space, Mapping):
-        raise TypeError(f"search_space must be a dict of name -> optuna distribution, got {type(space).__name__}")
+        raise TypeError("search_space must be a dict of name -> optuna distribution, got "
+                        f"{type(space).__name__}")
     if not space:
         raise ValueError("search_space is empty: nothing to tune")
     valid = estimator.get_params(deep=False)
