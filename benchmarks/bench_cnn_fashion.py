@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--head-decay-inv", type=int, default=3500)
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--plateau-patience", type=int, default=6,
+                        help="epochs without a gain of --tol before lr_inv grows x3 (default 6)")
+    parser.add_argument("--tol", type=float, default=0.01, help="validation gain that counts (default 0.01)")
     parser.add_argument("--budget-minutes", type=float, default=60)
     parser.add_argument("--max-epochs", type=int, default=100)
     parser.add_argument("--n-train", type=int)
@@ -85,7 +88,8 @@ def main() -> None:
                           lr_inv=args.lr_inv, fwd_decay_inv=args.fwd_decay_inv,
                           head_decay_inv=args.head_decay_inv, dropout=args.dropout,
                           augment=not args.no_augment, early_stopping=True, max_iter=args.max_epochs,
-                          n_iter_no_change=15, lr_plateau_patience=6, tol=0.01, random_state=args.seed)
+                          n_iter_no_change=15, lr_plateau_patience=args.plateau_patience, tol=args.tol,
+                          random_state=args.seed)
         clf._report_X, clf._report_y = X_test, y_test
         clf._deadline = time.perf_counter() + 60 * args.budget_minutes
         started = time.perf_counter()
@@ -109,6 +113,9 @@ def write_report(out: Path, result: dict) -> None:
              f"Budget {args['budget_minutes']} min; final model (best validated epoch): "
              f"**{100 * cnn['final_test_accuracy']:.2f} %** test accuracy after {cnn['epochs']} epochs, "
              f"{cnn['total_seconds'] / 60:.1f} min.", "",
+             f"lr_inv {args['lr_inv']} (x3 after {args['plateau_patience']} epochs without a validation gain "
+             f"of {args['tol']}), dropout {args['dropout']}, augmentation {not args['no_augment']}, "
+             f"fwd/head decay inv {args['fwd_decay_inv']}/{args['head_decay_inv']}, seed {args['seed']}.", "",
              "| epoch | seconds | train acc | validation acc | test acc (report only) | lr_inv |",
              "|---|---|---|---|---|---|"]
     for r in cnn["history"]:
