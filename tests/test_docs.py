@@ -3,13 +3,18 @@
 ``sphinx-build -W`` also executes the gallery (``docs/examples/plot_*.py``); the
 ``.. code-block:: python`` examples of the pages are executed here, page by page, and a
 page whose example prints ``False`` (the pages print ``True`` for what they claim) fails.
+The ``>>>`` examples of the docstrings (shown in the API reference) run as doctests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import doctest
+import importlib
+import importlib.util
 import io
 import os
+import pkgutil
 import re
 import subprocess
 import sys
@@ -74,3 +79,21 @@ def test_sphinx_build_without_warnings(tmp_path):
     assert (html / "generated" / "sknitro.NitroMLPClassifier.html").exists()
     gallery_images = list((html / "_images").glob("sphx_glr_plot_*.png"))
     assert len(gallery_images) >= 3, gallery_images
+
+
+def docstring_modules() -> list[str]:
+    """sknitro's modules whose docstrings hold ``>>>`` examples (shown in the API reference)."""
+    import sknitro
+
+    names = ["sknitro"] + [m.name for m in pkgutil.walk_packages(sknitro.__path__, "sknitro.")]
+    return sorted(n for n in names if ">>>" in Path(importlib.util.find_spec(n).origin).read_text())
+
+
+@pytest.mark.parametrize("name", docstring_modules())
+def test_docstring_examples(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0, result
