@@ -12,12 +12,12 @@ the report only: no decision ever reads it. Results: benchmarks/results/cnn_fash
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+from _common import call_with_threads, line_plot, write_json
 
 from sknitro import NitroCNNClassifier
 from sknitro.datasets import load_fashion_mnist
@@ -71,10 +71,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="limit BLAS threads (threadpoolctl), e.g. 1 on a busy machine")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    if args.threads:
-        from threadpoolctl import threadpool_limits
+    call_with_threads(args.threads, lambda: run(args))
 
-        threadpool_limits(args.threads)
+
+def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(args)}
@@ -104,7 +104,7 @@ def main() -> None:
             "history": clf.history_,
         }
         write_report(out, result)
-    (out / "cnn_fashion.json").write_text(json.dumps(result, indent=2, default=float))
+    write_json(out / "cnn_fashion.json", result)
 
 
 def write_report(out: Path, result: dict) -> None:
@@ -126,23 +126,12 @@ def write_report(out: Path, result: dict) -> None:
         lines += ["", f"VGG8B: {v['seconds']:.1f} s for {v['samples']} samples, i.e. "
                       f"{v['hours_per_60000_epoch']:.2f} h per Fashion-MNIST epoch on this machine."]
     (out / "cnn_fashion.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    epochs = [r["epoch"] for r in cnn["history"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [r["test_accuracy"] for r in cnn["history"]], marker="o", label="test")
-    ax.plot(epochs, [r.get("validation_accuracy", np.nan) for r in cnn["history"]], marker=".", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
-    ax.set_title("NitroCNNClassifier on Fashion-MNIST")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "cnn_fashion_accuracy.png", dpi=100)
+    history = cnn["history"]
+    line_plot(out / "cnn_fashion_accuracy.png",
+              [{"y": [r["test_accuracy"] for r in history], "marker": "o", "label": "test"},
+               {"y": [r.get("validation_accuracy", np.nan) for r in history], "marker": ".",
+                "label": "validation"}],
+              "epoch", "accuracy", "NitroCNNClassifier on Fashion-MNIST")
 
 
 if __name__ == "__main__":

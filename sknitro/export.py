@@ -283,6 +283,7 @@ def _describe_layers(network: Any, sample_shape: tuple[int, ...]) -> tuple[list[
 def _dump_json(model: dict) -> str:
     """Indented JSON with each list of numbers on one line (tables stay readable)."""
     text = json.dumps(model, indent=2, ensure_ascii=False)
+
     def one_line(match: re.Match) -> str:
         return "[" + ", ".join(v.strip() for v in match.group(1).split(",")) + "]"
 

@@ -479,15 +479,14 @@ def _open_study(storage: Any, study_name: str | None, sampler: Any, pruner: Any,
 
 def _storage_file(storage: Any) -> str | None:
     """The file behind a SQLite URL or a journal path, or None."""
-    if isinstance(storage, str) and "://" in storage:
-        if not storage.startswith("sqlite"):
-            return None
+    kind = _storage_kind(storage)
+    if kind == "journal":
+        return os.fspath(storage)
+    if kind == "url" and storage.startswith("sqlite"):
         from sqlalchemy.engine import make_url
 
         database = make_url(storage).database
         return database if database and database != ":memory:" else None
-    if isinstance(storage, (str, os.PathLike)) and os.fspath(storage).endswith(JOURNAL_SUFFIXES):
-        return os.fspath(storage)
     return None
 
 
