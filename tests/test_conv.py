@@ -81,12 +81,17 @@ def test_im2col_rows_are_zero_padded_patches():
     np.testing.assert_array_equal(im2col(two)[4], np.stack([np.arange(1, 10), -np.arange(1, 10)], 1).ravel())
 
 
-@pytest.mark.parametrize("shape, window", [((2, 3, 5, 7), (2, 2)), ((1, 2, 4, 4), (2, 2)),
-                                           ((2, 1, 3, 3), (2, 1)), ((1, 2, 6, 5), (4, 2)),
-                                           ((1, 1, 1, 1), (2, 2))])
-def test_max_pool_matches_loops(shape, window):
+@pytest.mark.parametrize("shape, window, values", [
+    ((2, 3, 5, 7), (2, 2), (-128, 128)), ((1, 2, 4, 4), (2, 2), (-128, 128)),
+    ((2, 1, 3, 3), (2, 1), (-128, 128)), ((1, 2, 6, 5), (4, 2), (-128, 128)),
+    ((1, 1, 1, 1), (2, 2), (-128, 128)),
+    ((2, 3, 8, 8), (2, 2), (-2, 3)),  # few distinct values: tied maxima everywhere
+    ((1, 2, 17, 18), (17, 18), (-128, 128)),  # more window positions than uint8 can index
+    ((1, 2, 17, 18), (17, 18), (-2, 3)),
+])
+def test_max_pool_matches_loops(shape, window, values):
     rng = np.random.default_rng(1)
-    x = rng.integers(-128, 128, size=shape).astype(np.int8)
+    x = rng.integers(*values, size=shape).astype(np.int8)
     x.flat[::3] = -128  # ties and the minimum value: padding must never win
     pool = MaxPool2d(window)
     out, argmax = pool.forward(x)

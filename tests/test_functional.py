@@ -19,10 +19,12 @@ def c_trunc_div(a: int, d: int) -> int:
 
 
 def divisors():
-    # small divisors (the common case), divisors around the int8/int16/int32 limits, and
-    # anything else in the int64 range; never 0
+    # small divisors (the common case), powers of two (the shift path), divisors around the
+    # int8/int16/int32 limits, and anything else in the int64 range; never 0
     return st.one_of(
         st.integers(-300, 300),
+        st.integers(0, 62).map(lambda k: 2**k),
+        st.integers(0, 62).map(lambda k: -(2**k)),
         st.sampled_from([127, 128, -128, 255, 32767, 32768, -32769, 2**31 - 1, 2**31, -(2**31),
                          2**40, INT64_MAX, -INT64_MAX]),
         st.integers(-INT64_MAX, INT64_MAX),
@@ -152,3 +154,11 @@ def test_isqrt_is_floor_square_root():
     assert isqrt((2**53 + 1) ** 2 - 1) == 2**53  # beyond float64 precision
     assert isqrt(np.int64(784)) == 28
     assert isinstance(isqrt(np.int64(784)), int)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
+@pytest.mark.parametrize("d", [2, 3, 4, 7, 128, 255, 256, 1024])
+def test_tdiv_of_unsigned_arrays_is_floor_division(dtype, d):
+    a = np.linspace(0, np.iinfo(dtype).max, 1000).astype(dtype)
+    q = tdiv(a, d)
+    assert q.tolist() == [v // d for v in a.tolist()]

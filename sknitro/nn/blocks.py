@@ -86,6 +86,11 @@ class LinearBlock:
     def out_features(self) -> int:
         return self.linear.out_features
 
+    @property
+    def operand_values_per_sample(self) -> int:
+        """Size of one sample's row of the forward product's input."""
+        return self.linear.in_features
+
     def forward(self, x: Any) -> Any:
         """Inference: no dropout."""
         x = x.reshape(x.shape[0], -1)  # flattens a conv feature map
@@ -132,6 +137,7 @@ class ConvBlock:
                  activation: Any, scale_bits: int, rng: np.random.Generator, pool: bool = False,
                  dropout: float = 0.0, head_dim: int = 2048, head_pooling: str = "max",
                  xp: Any = np) -> None:
+        self.input_shape = tuple(input_shape)
         channels, height, width = input_shape
         fan_in = channels * IntegerConv2d.kernel**2
         self.conv = IntegerConv2d(channels, out_channels, activation.init_bound(fan_in, out_channels * 9), rng, xp)
@@ -152,6 +158,12 @@ class ConvBlock:
     @property
     def forward_layer(self) -> IntegerConv2d:
         return self.conv
+
+    @property
+    def operand_values_per_sample(self) -> int:
+        """Size of one sample's im2col patches, the forward product's input."""
+        _, height, width = self.input_shape
+        return height * width * self.conv.in_channels * IntegerConv2d.kernel**2
 
     def _features(self, x: Any) -> tuple[Any, Any, Any]:
         z, patches = self.conv.forward(x)

@@ -49,14 +49,18 @@ def tdiv(a: Any, d: Any) -> Any:
     if d > max_value:
         a = a.astype(np.int64)
         bits, signed = 64, True
+    power_of_two = d & (d - 1) == 0  # then a shift floors ~5x faster than a division
     if not signed:
-        return a // d
+        return a >> (d.bit_length() - 1) if power_of_two else a // d
     # For a < 0 adding d - 1 before flooring turns floor into ceil, i.e. truncation; the
     # mask (a >> bits-1) is all ones exactly for negative a, so this never overflows.
     q = a >> (bits - 1)
     q &= d - 1
     q += a
-    q //= d
+    if power_of_two:
+        q >>= d.bit_length() - 1
+    else:
+        q //= d
     return q
 
 
