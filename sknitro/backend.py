@@ -100,7 +100,8 @@ def dtype_bound(a: Any) -> int:
     return abs_max(a)
 
 
-def exact_matmul(a: Any, b: Any, bound_a: int | None = None, bound_b: int | None = None) -> Any:
+def exact_matmul(a: Any, b: Any, bound_a: int | None = None, bound_b: int | None = None, *,
+                 sum_bound: int | None = None) -> Any:
     """Exact integer matrix product ``a @ b`` (int32 or int64, see Returns).
 
     Parameters
@@ -110,6 +111,11 @@ def exact_matmul(a: Any, b: Any, bound_a: int | None = None, bound_b: int | None
     bound_a, bound_b : int, default=None
         Known upper bounds of ``max|a|`` and ``max|b|``. When omitted they are computed
         (one pass over the array); callers that track a bound pass it to save that pass.
+    sum_bound : int, default=None
+        A proven bound of ``sum_k |a[i, k] * b[k, j]|`` for every output entry, hence of
+        every partial sum in any order of summation. When given, it replaces the factor
+        bound ``max|a| * max|b| * K``; a tighter bound (from L1 norms, say) keeps more
+        products on the fast path and their results in int32.
 
     Returns
     -------
@@ -122,19 +128,20 @@ def exact_matmul(a: Any, b: Any, bound_a: int | None = None, bound_b: int | None
     OverflowError
         If the bound does not rule out an int64 overflow.
     """
-    if bound_a is None:
-        bound_a = dtype_bound(a)
-    if bound_b is None:
-        bound_b = dtype_bound(b)
-    worst = bound_a * bound_b * a.shape[-1]  # Python ints: no overflow here
+    if sum_bound is not None:
+        worst = sum_bound
+    else:
+        if bound_a is None:
+            bound_a = dtype_bound(a)
+        if bound_b is None:
+            bound_b = dtype_bound(b)
+        worst = bound_a * bound_b * a.shape[-1]  # Python ints: no overflow here
     xp = array_namespace(a)
     out_dtype = xp.int32 if worst <= INT32_LIMIT else xp.int64
     if worst < FLOAT64_EXACT_LIMIT and gemm_kernel() == "auto":
         product = xp.matmul(a.astype(xp.float64), b.astype(xp.float64))
         return product.astype(out_dtype)
     if worst > INT64_LIMIT:
-        raise OverflowError(
-            f"integer product may overflow int64: max|a|={bound_a}, max|b|={bound_b}, K={a.shape[-1]}"
-        )
+        raise OverflowError(f"integer product may overflow int64: bound {worst}, K={a.shape[-1]}")
     product = xp.matmul(a.astype(xp.int64, copy=False), b.astype(xp.int64, copy=False))
     return product.astype(out_dtype, copy=False)

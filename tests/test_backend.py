@@ -214,6 +214,29 @@ def test_result_dtype_follows_the_bound(kernel):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+def test_sum_bound_replaces_the_factor_bound(kernel):
+    # one large entry in a, small elsewhere: max|a| * max|b| * K = 2**24 * 2**10 * 2 = 2**35,
+    # but sum_k |a[0, k] * b[k, 0]| = 2**24 * 1 + 1 * 2**10 < 2**31
+    a = np.array([[2**24, 1]], dtype=np.int64)
+    b = np.array([[1], [2**10]], dtype=np.int32)
+    assert matmul_under(kernel, a, b).dtype == np.int64
+    out = matmul_under(kernel, a, b, sum_bound=2**24 + 2**10)
+    assert out.dtype == np.int32
+    assert out.tolist() == [[2**24 + 2**10]]
+
+
+def test_sum_bound_decides_the_float64_path(spy):
+    # factor bound (2**40)**2 * 2 is past 2**53; the sum bound 2**40 + 2**12 proves float64 exact
+    a = np.array([[2**40, 1]], dtype=np.int64)
+    b = np.array([[1], [2**12]], dtype=np.int64)
+    assert exact_matmul(a, b, sum_bound=2**40 + 2**12).tolist() == [[2**40 + 2**12]]
+    assert spy.calls == [(np.dtype(np.float64), np.dtype(np.float64))]
+    spy.calls.clear()
+    assert exact_matmul(a, b).tolist() == [[2**40 + 2**12]]
+    assert spy.calls == [(np.dtype(np.int64), np.dtype(np.int64))]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_largest_non_overflowing_product(kernel):
     # bound 2**31 * 2**31 * 1 = 2**62 <= 2**63 - 1: allowed and exact
     a = np.array([[-(2**31)]], dtype=np.int64)

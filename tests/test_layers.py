@@ -102,6 +102,30 @@ def test_integer_linear_weight_grad_bound_holds_in_the_worst_case():
     assert int(bound) >= 76800
 
 
+def test_integer_linear_weight_grad_bound_is_the_column_l1_norm():
+    layer = make_linear()
+    x = np.array([[127, -128, 5], [1, 2, 3], [-7, 0, 9]], dtype=np.int8)
+    delta = np.array([[1000, -1], [-2, 3], [4, 5]], dtype=np.int32)
+    grad, bound = layer.weight_grad(delta, x)
+    # column L1 norms of delta: 1000 + 2 + 4 = 1006 and 1 + 3 + 5 = 9; max|x| (int8) = 128
+    assert bound == 128 * 1006
+    assert grad.tolist() == [[127000 - 2 - 28, -128000 - 4, 5000 - 6 + 36],
+                             [-127 + 3 - 35, 128 + 6, -5 + 9 + 45]]
+    # tighter than max|delta| * max|x| * batch = 1000 * 128 * 3, and still a bound
+    assert np.abs(grad).max() <= bound < 1000 * 128 * 3
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_integer_linear_weight_grad_bound_holds_on_random_inputs(seed):
+    rng = np.random.default_rng(seed)
+    layer = make_linear()
+    x = rng.integers(-128, 128, size=(17, 3), dtype=np.int8)
+    delta = rng.integers(-(2**20), 2**20, size=(17, 2)).astype(np.int32)
+    grad, bound = layer.weight_grad(delta, x)
+    assert grad.tolist() == (delta.T.astype(object) @ x.astype(object)).tolist()
+    assert np.abs(grad.astype(np.int64)).max() <= bound
+
+
 def test_integer_linear_input_grad():
     layer = make_linear()
     delta = np.array([[2, -3],
