@@ -105,11 +105,11 @@ class InputEncoder:
         # (in chunks: a gather or a formula makes a wide temporary the size of its input)
         if self.kind == "image":
             if self.channel_axis is None:
-                return self.lookup_table[0][X]
+                return np.take(self.lookup_table[0], X)  # take: twice as fast as table[X]
             out = np.empty(X.shape, dtype=np.int8)
             for c, table in enumerate(self.lookup_table):
                 index = (slice(None),) * self.channel_axis + (c,)
-                out[index] = table[X[index]]
+                out[index] = np.take(table, X[index])
             return out
         if self.kind == "float":
             return to_int8(np.rint((X - self.mean) * (MAD_SCALE / self.mad)))

@@ -112,18 +112,20 @@ class TabulatedActivation:
     def forward(self, s: Any) -> Any:
         if s.dtype != np.int8:  # wider input (not from NITRO scaling): apply the rule itself
             return self.formula(s.astype(np.int64)).astype(np.int8)
-        table, _ = self._tables(array_namespace(s))
-        return table[s.view(np.uint8)]
+        xp = array_namespace(s)
+        table, _ = self._tables(xp)
+        return xp.take(table, s.view(np.uint8))  # take: twice as fast as table[index]
 
     def backward(self, delta: Any, s: Any) -> Any:
         if s.dtype != np.int8:
             divisor = self.gradient_divisor(s.astype(np.int64))
             return np.where(divisor > 0, tdiv(delta, np.maximum(divisor, 1)), 0)
-        _, multiplier = self._tables(array_namespace(delta))
+        xp = array_namespace(delta)
+        _, multiplier = self._tables(xp)
         # int32 arithmetic when the product provably fits (half the memory traffic), else int64
         if delta.dtype.itemsize > 4 or abs_max(delta) * self.backward_divisor > INT32_MAX:
             delta = delta.astype(np.int64)
-        return tdiv(delta * multiplier[s.view(np.uint8)], self.backward_divisor)
+        return tdiv(delta * xp.take(multiplier, s.view(np.uint8)), self.backward_divisor)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_device_tables"}
