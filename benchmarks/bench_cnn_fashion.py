@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from _common import call_with_threads, line_plot, write_json
+from _common import call_with_threads, line_plot, machine_info, machine_line, write_json
 
 from sknitro import NitroCNNClassifier
 from sknitro.datasets import load_fashion_mnist
@@ -96,7 +96,8 @@ def main() -> None:
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(args)}
+    result: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(args),
+                    "machine": machine_info()}
 
     if args.vgg8b_samples:
         result["vgg8b"] = vgg8b_epoch_cost(args.vgg8b_samples)
@@ -131,6 +132,8 @@ def run(args: argparse.Namespace) -> None:
 def write_report(out: Path, result: dict) -> None:
     cnn, args = result["cnn"], result["args"]
     lines = [f"# Fashion-MNIST CNN `{args['architecture']}` + dense {args['hidden']} ({result['date']})", "",
+             f"{machine_line(result['machine'])} · BLAS threads {args['threads'] or 'as the libraries choose'}",
+             "",
              f"Budget {args['budget_minutes']} min; final model (best validated epoch): "
              f"**{100 * cnn['final_test_accuracy']:.2f} %** test accuracy after {cnn['epochs']} epochs, "
              f"{cnn['total_seconds'] / 60:.1f} min of training and validation.", "",
