@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from sknitro.nn.conv import IntegerConv2d
-from sknitro.nn.functional import im2col
 
 
 def best_time(fn, repeats: int) -> float:

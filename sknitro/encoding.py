@@ -17,7 +17,6 @@ Everything after the boundary (training and inference) is integer.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
