@@ -1,6 +1,6 @@
 """Global settings of sknitro, in the style of :func:`sklearn.config_context`.
 
-The only setting today is the GEMM kernel used for integer matrix products:
+``gemm`` chooses the kernel of integer matrix products:
 
 ``"auto"`` (default)
     exact products through float64 BLAS whenever a bound proves every partial sum is an
@@ -10,6 +10,11 @@ The only setting today is the GEMM kernel used for integer matrix products:
 
 Both give bit-identical results; ``"integer"`` is slower and exists so that users (and the
 tests) can check that claim.
+
+``fused_kernels`` (default ``True``) lets the CPU training step of dense layers use the
+compiled kernels of ``sknitro._fused`` (built with the package when a C compiler is there),
+which fuse the scaling, activation and update passes around the float64 products. They
+give bit-identical weights too; they are off under ``gemm="integer"`` and on the GPU.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _GEMM_KERNELS = ("auto", "integer")
-_DEFAULTS = {"gemm": "auto"}
+_DEFAULTS = {"gemm": "auto", "fused_kernels": True}
 _local = threading.local()
 
 
@@ -34,39 +39,54 @@ def gemm_kernel() -> str:
     return _settings()["gemm"]
 
 
+def fused_kernels_allowed() -> bool:
+    """Whether the compiled fused kernels may run (a fast accessor for the hot path)."""
+    settings = _settings()
+    return settings["fused_kernels"] and settings["gemm"] == "auto"
+
+
 def get_config() -> dict:
     """Return a copy of the current settings.
 
     Returns
     -------
     config : dict
-        ``{"gemm": "auto" | "integer"}``.
+        ``{"gemm": "auto" | "integer", "fused_kernels": bool}``.
     """
     return dict(_settings())
 
 
-def set_config(gemm: str | None = None) -> None:
+def set_config(gemm: str | None = None, fused_kernels: bool | None = None) -> None:
     """Change the settings of this thread.
 
     Parameters
     ----------
     gemm : {"auto", "integer"}, default=None
         Kernel for integer matrix products. ``None`` leaves it unchanged.
+    fused_kernels : bool, default=None
+        Whether the CPU training step may use the compiled fused kernels. ``None`` leaves
+        it unchanged.
     """
     if gemm is not None:
         if gemm not in _GEMM_KERNELS:
             raise ValueError(f"gemm must be one of {_GEMM_KERNELS}, got {gemm!r}")
         _settings()["gemm"] = gemm
+    if fused_kernels is not None:
+        if not isinstance(fused_kernels, bool):
+            raise TypeError(f"fused_kernels must be a bool, got {fused_kernels!r}")
+        _settings()["fused_kernels"] = fused_kernels
 
 
 @contextmanager
-def config_context(*, gemm: str | None = None) -> Iterator[None]:
+def config_context(*, gemm: str | None = None, fused_kernels: bool | None = None) -> Iterator[None]:
     """Temporarily change the settings inside a ``with`` block.
 
     Parameters
     ----------
     gemm : {"auto", "integer"}, default=None
         Kernel for integer matrix products inside the block.
+    fused_kernels : bool, default=None
+        Whether the CPU training step may use the compiled fused kernels inside the block.
 
     Examples
     --------
@@ -76,7 +96,7 @@ def config_context(*, gemm: str | None = None) -> Iterator[None]:
     'integer'
     """
     old = get_config()
-    set_config(gemm=gemm)
+    set_config(gemm=gemm, fused_kernels=fused_kernels)
     try:
         yield
     finally:

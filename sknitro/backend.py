@@ -100,8 +100,18 @@ def dtype_bound(a: Any) -> int:
     return abs_max(a)
 
 
+def float64_product(a: Any, b: Any, b_float64: Any = None) -> Any:
+    """``a @ b`` on float64 BLAS, for integer operands whose product a bound proves exact.
+
+    The caller owns the proof (every partial sum below ``2**53``). ``b_float64``, when
+    given, is a float64 copy of ``b`` that the caller keeps in step with it.
+    """
+    xp = array_namespace(a)
+    return xp.matmul(a.astype(xp.float64), b.astype(xp.float64) if b_float64 is None else b_float64)
+
+
 def exact_matmul(a: Any, b: Any, bound_a: int | None = None, bound_b: int | None = None, *,
-                 sum_bound: int | None = None) -> Any:
+                 sum_bound: int | None = None, b_float64: Any = None) -> Any:
     """Exact integer matrix product ``a @ b`` (int32 or int64, see Returns).
 
     Parameters
@@ -116,6 +126,9 @@ def exact_matmul(a: Any, b: Any, bound_a: int | None = None, bound_b: int | None
         every partial sum in any order of summation. When given, it replaces the factor
         bound ``max|a| * max|b| * K``; a tighter bound (from L1 norms, say) keeps more
         products on the fast path and their results in int32.
+    b_float64 : float64 array, default=None
+        A float64 copy of ``b`` kept by the caller (a layer's weights), used by the float64
+        path instead of converting ``b`` again.
 
     Returns
     -------
@@ -139,8 +152,7 @@ def exact_matmul(a: Any, b: Any, bound_a: int | None = None, bound_b: int | None
     xp = array_namespace(a)
     out_dtype = xp.int32 if worst <= INT32_LIMIT else xp.int64
     if worst < FLOAT64_EXACT_LIMIT and gemm_kernel() == "auto":
-        product = xp.matmul(a.astype(xp.float64), b.astype(xp.float64))
-        return product.astype(out_dtype)
+        return float64_product(a, b, b_float64).astype(out_dtype)
     if worst > INT64_LIMIT:
         raise OverflowError(f"integer product may overflow int64: bound {worst}, K={a.shape[-1]}")
     product = xp.matmul(a.astype(xp.int64, copy=False), b.astype(xp.int64, copy=False))

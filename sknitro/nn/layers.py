@@ -22,7 +22,10 @@ class IntegerLinear:
     """``z = x @ W.T (+ b)`` with int32 weights ``W`` of shape ``(out_features, in_features)``.
 
     ``weight_bound`` is kept equal to ``max|W|`` after every update, so that the exact
-    GEMM can prove its float64 fast path without scanning the weights again.
+    GEMM can prove its float64 fast path without scanning the weights again. ``weight64``
+    is a float64 copy of ``W`` that the fused CPU update (:mod:`.fused`) keeps in step
+    during training, the next product's operand; it is dropped (None) whenever anything
+    else could change ``W``.
     """
 
     def __init__(self, in_features: int, out_features: int, init_bound: int,
@@ -36,15 +39,17 @@ class IntegerLinear:
     def refresh_bounds(self) -> None:
         self.weight_bound = abs_max(self.weight)
         self.bias_bound = 0 if self.bias is None else abs_max(self.bias)
+        self.weight64 = None
 
     def forward(self, x: Any) -> Any:
-        z = exact_matmul(x, self.weight.T, bound_b=self.weight_bound)
+        mirror = None if self.weight64 is None else self.weight64.T
+        z = exact_matmul(x, self.weight.T, bound_b=self.weight_bound, b_float64=mirror)
         if self.bias is not None:
             z = z + self.bias
         return z
 
-    def weight_grad(self, delta: Any, x: Any) -> tuple[Any, int]:
-        """``G = delta.T @ x`` and a bound of ``max|G|`` (no pass over G).
+    def weight_grad_bound(self, delta: Any, x: Any) -> int:
+        """A bound of ``sum_i |delta[i, j] * x[i, k]|``, hence of ``max|G|``, without forming G.
 
         ``|G[j, k]| <= max|x| * sum_i |delta[i, j]|``: the largest column L1 norm of ``delta``
         (one pass over the small ``(batch, out)`` delta) bounds G about ten times tighter than
@@ -52,12 +57,22 @@ class IntegerLinear:
         """
         xp = array_namespace(delta)
         column_l1 = int(abs(delta.astype(xp.int64)).sum(axis=0).max()) if delta.size else 0
-        bound = dtype_bound(x) * column_l1
+        return dtype_bound(x) * column_l1
+
+    def weight_grad(self, delta: Any, x: Any) -> tuple[Any, int]:
+        """``G = delta.T @ x`` and a bound of ``max|G|`` (no pass over G)."""
+        bound = self.weight_grad_bound(delta, x)
         return exact_matmul(delta.T, x, sum_bound=bound), bound
 
     def input_grad(self, delta: Any) -> Any:
         """``delta @ W``: the gradient with respect to the layer's input."""
-        return exact_matmul(delta, self.weight, bound_b=self.weight_bound)
+        return exact_matmul(delta, self.weight, bound_b=self.weight_bound, b_float64=self.weight64)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "weight64": None}  # a cache: not pickled, not copied
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"weight64": None, **state})  # models saved before the cache existed
 
 
 def nitro_scale(z: Any, scale_factor: int) -> Any:

@@ -113,6 +113,12 @@ class IntegerNetwork:
         return ([b.forward_layer for b in self.blocks] + [b.head.linear for b in self.blocks]
                 + [self.output.linear])
 
+    def drop_weight_copies(self) -> None:
+        """Drop the float64 weight copies of the fused update (they live for one epoch)."""
+        for layer in self.layers():
+            if hasattr(layer, "weight64"):
+                layer.weight64 = None
+
     def get_weights(self) -> list[np.ndarray]:
         """Host copies of every weight (and bias) array, in ``layers()`` order."""
         arrays = []

@@ -6,8 +6,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backend import abs_max
+from . import fused
 from .functional import tdiv
 from .layers import INT32_MAX, IntegerLinear
+
+
+def updated_bound(param_bound: int, grad_bound: int, divisor: int, decay_inv: int) -> int:
+    """A bound of ``max|param|`` after an IntegerSGD update; OverflowError past int32."""
+    decays = decay_inv > 0 and param_bound >= decay_inv
+    worst = param_bound + grad_bound // divisor + (param_bound // decay_inv if decays else 0)
+    if worst > INT32_MAX:
+        raise OverflowError(
+            f"an int32 weight could overflow after this update (bound {worst}); lower the learning "
+            "rate (raise lr_inv or lower lr_amp) or strengthen weight decay (lower *_decay_inv)"
+        )
+    return worst
 
 
 def integer_sgd_step(param: Any, grad: Any, grad_bound: int, param_bound: int,
@@ -18,12 +31,7 @@ def integer_sgd_step(param: Any, grad: Any, grad_bound: int, param_bound: int,
     where ``tdiv(param, decay_inv)`` is zero everywhere anyway.
     """
     decays = decay_inv > 0 and param_bound >= decay_inv
-    worst = param_bound + grad_bound // divisor + (param_bound // decay_inv if decays else 0)
-    if worst > INT32_MAX:
-        raise OverflowError(
-            f"an int32 weight could overflow after this update (bound {worst}); lower the learning "
-            "rate (raise lr_inv or lower lr_amp) or strengthen weight decay (lower *_decay_inv)"
-        )
+    updated_bound(param_bound, grad_bound, divisor, decay_inv)
     update = tdiv(grad, divisor)
     if decays:
         update += tdiv(param, decay_inv)
@@ -46,6 +54,14 @@ class IntegerSGD:
     def step(self, layer: IntegerLinear, delta: Any, x: Any, amp: int, decay_inv: int) -> None:
         """Update ``layer`` with the gradient of its output ``delta`` for input ``x``."""
         divisor = self.lr_inv * amp
+        dense = isinstance(layer, IntegerLinear)
+        if dense and layer.bias is None and fused.active(layer.weight):
+            grad_bound = layer.weight_grad_bound(delta, x)
+            new_bound = updated_bound(layer.weight_bound, grad_bound, divisor, decay_inv)
+            if fused.sgd_update(layer, delta, x, grad_bound, new_bound, divisor, decay_inv):
+                return
+        if dense:
+            layer.weight64 = None  # the in-place update below would leave the copy stale
         grad, grad_bound = layer.weight_grad(delta, x)
         layer.weight_bound = integer_sgd_step(layer.weight, grad, grad_bound, layer.weight_bound,
                                               divisor, decay_inv)

@@ -35,14 +35,17 @@ def train_epoch(network: IntegerNetwork, X: np.ndarray, labels: np.ndarray, targ
     order = rng.permutation(n) if shuffle else np.arange(n)
     targets = one_hot(labels, network.n_classes, target_value)
     total = StepStats()
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        batch = to_namespace(X[idx], xp)
-        if augment is not None:
-            batch = augment(batch, rng)
-        stats = network.train_step(batch, to_namespace(targets[idx], xp),
-                                   to_namespace(labels[idx], xp), sgd, rng)
-        total.add(stats)
-        if on_batch is not None:
-            on_batch(total)
+    try:
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            batch = to_namespace(X[idx], xp)
+            if augment is not None:
+                batch = augment(batch, rng)
+            stats = network.train_step(batch, to_namespace(targets[idx], xp),
+                                       to_namespace(labels[idx], xp), sgd, rng)
+            total.add(stats)
+            if on_batch is not None:
+                on_batch(total)
+    finally:
+        network.drop_weight_copies()
     return total

@@ -1,0 +1,257 @@
+/*
+ * sknitro._fused: the elementwise passes of a dense training step, fused in C.
+ *
+ * On the CPU the engine's matrix products run on float64 BLAS when a bound proves them
+ * exact (algorithm.md section 9), so they arrive here as float64 arrays holding integers.
+ * NumPy would need one pass per operation to convert, divide (truncated division is four
+ * passes), clip, update and scan them; these kernels do each job in one pass. Every kernel
+ * computes exactly what the NumPy path computes, integer for integer:
+ *
+ *   scale_to_int8        s = clip(tdiv(z, SF), -127, 127)            (NITRO scaling)
+ *   activation_backward  d = tdiv(g * multiplier[s], D), and the largest column L1 norm of d
+ *   sgd_update           W -= tdiv(G, lr_inv * amp) + tdiv(W, decay_inv), returns max|W|
+ *
+ * The caller (sknitro/nn/fused.py) proves before each call that every integer fits the
+ * types used here (|G| < 2**31 and the like); the kernels only check shapes.
+ *
+ * Truncated division by a run-time constant is a multiply and a shift (Granlund and
+ * Montgomery, 1994): for 0 <= n < 2**31 and 1 <= d < 2**31, with l = ceil(log2 d) and
+ * m = ceil(2**(31 + l) / d), floor(n / d) == (n * m) >> (31 + l). Compilers vectorize that;
+ * they cannot vectorize a division instruction.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* Each hot loop is compiled for AVX-512 and AVX2 too; the loader picks the best the CPU has. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
+#define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MULTIVERSION
+#endif
+
+typedef struct {
+    uint32_t multiplier; /* < 2**32 for every d < 2**31 */
+    int shift;
+} divisor_t;
+
+/* The magic multiplier of d, 1 <= d < 2**31 (see the header). */
+static divisor_t make_divisor(int64_t d)
+{
+    int l = 0;
+    while (((int64_t)1 << l) < d)
+        l++;
+    unsigned __int128 numerator = (unsigned __int128)1 << (31 + l);
+    divisor_t out;
+    out.multiplier = (uint32_t)((numerator + (unsigned __int128)d - 1) / (unsigned __int128)d);
+    out.shift = 31 + l;
+    return out;
+}
+
+/* tdiv(n, d) for |n| < 2**31, rounding toward zero. */
+static inline int32_t tdiv32(int32_t n, uint32_t multiplier, int shift)
+{
+    uint32_t magnitude = (uint32_t)(n < 0 ? -(int64_t)n : n);
+    int32_t q = (int32_t)(((uint64_t)magnitude * multiplier) >> shift);
+    return n < 0 ? -q : q;
+}
+
+MULTIVERSION
+static void scale_loop(const double *z, int8_t *out, Py_ssize_t n, double limit,
+                       uint32_t multiplier, int shift)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        /* |z| >= 128 * SF saturates anyway: clamping first keeps the division in 32 bits */
+        double v = z[i] > limit ? limit : (z[i] < -limit ? -limit : z[i]);
+        int32_t q = tdiv32((int32_t)v, multiplier, shift);
+        out[i] = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
+    }
+}
+
+MULTIVERSION
+static void backward_loop(const double *g, const int8_t *pre, const int32_t *table, double *out,
+                          int64_t *column_l1, Py_ssize_t rows, Py_ssize_t cols,
+                          uint32_t multiplier, int shift)
+{
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const double *g_row = g + r * cols;
+        const int8_t *s_row = pre + r * cols;
+        double *out_row = out + r * cols;
+        for (Py_ssize_t c = 0; c < cols; c++) {
+            int32_t product = (int32_t)g_row[c] * table[(uint8_t)s_row[c]];
+            int32_t q = tdiv32(product, multiplier, shift);
+            out_row[c] = (double)q;
+            column_l1[c] += q < 0 ? -q : q;
+        }
+    }
+}
+
+MULTIVERSION
+static int64_t update_loop(int32_t *w, const double *g, double *mirror, Py_ssize_t n,
+                           divisor_t lr, int decays, divisor_t decay)
+{
+    int64_t largest = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t step = tdiv32((int32_t)g[i], lr.multiplier, lr.shift);
+        if (decays)
+            step += tdiv32(w[i], decay.multiplier, decay.shift);
+        int64_t value = (int64_t)w[i] - step;
+        w[i] = (int32_t)value;
+        if (mirror)
+            mirror[i] = (double)value;
+        int64_t magnitude = value < 0 ? -value : value;
+        largest = magnitude > largest ? magnitude : largest;
+    }
+    return largest;
+}
+
+/* ---------------------------------------------------------------------------------- */
+
+static int check_size(Py_buffer *view, Py_ssize_t count, Py_ssize_t itemsize, const char *name)
+{
+    if (view->len != count * itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd items of %zd bytes, got %zd bytes",
+                     name, count, itemsize, view->len);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_divisor(long long d, const char *name)
+{
+    if (d < 1 || d >= ((long long)1 << 31)) {
+        PyErr_Format(PyExc_ValueError, "%s must be in [1, 2**31), got %lld", name, d);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(scale_to_int8_doc,
+"scale_to_int8(z, scale, out)\n--\n\n"
+"out[i] = clip(tdiv(z[i], scale), -127, 127) for float64 z holding integers, int8 out;\n"
+"128 * scale must be below 2**31.");
+
+static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer z, out;
+    long long scale;
+    if (!PyArg_ParseTuple(args, "y*Lw*", &z, &scale, &out))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = out.len;
+    if (check_size(&z, n, 8, "z") == 0 && check_divisor(128 * scale, "128 * scale") == 0) {
+        divisor_t d = make_divisor(scale);
+        Py_BEGIN_ALLOW_THREADS
+        scale_loop((const double *)z.buf, (int8_t *)out.buf, n, 128.0 * (double)scale,
+                   d.multiplier, d.shift);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&z);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+PyDoc_STRVAR(activation_backward_doc,
+"activation_backward(g, pre, table, divisor, out, cols) -> int\n--\n\n"
+"out = tdiv(g * table[pre], divisor) for a (rows, cols) float64 g holding integers, int8\n"
+"pre, int32 table of 256 entries indexed by the bit pattern of pre, float64 out;\n"
+"|g| * max(table) must be below 2**31. Returns the largest column L1 norm of out.");
+
+static PyObject *activation_backward(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer g, pre, table, out;
+    long long divisor;
+    Py_ssize_t cols;
+    if (!PyArg_ParseTuple(args, "y*y*y*Lw*n", &g, &pre, &table, &divisor, &out, &cols))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = pre.len;
+    if (cols < 1 || n % cols != 0) {
+        PyErr_Format(PyExc_ValueError, "cols must divide the size %zd, got %zd", n, cols);
+    } else if (check_size(&g, n, 8, "g") == 0 && check_size(&out, n, 8, "out") == 0
+               && check_size(&table, 256, 4, "table") == 0
+               && check_divisor(divisor, "divisor") == 0) {
+        int64_t *column_l1 = calloc((size_t)cols, sizeof(int64_t));
+        if (column_l1 == NULL) {
+            PyErr_NoMemory();
+        } else {
+            divisor_t d = make_divisor(divisor);
+            int64_t largest = 0;
+            Py_BEGIN_ALLOW_THREADS
+            backward_loop((const double *)g.buf, (const int8_t *)pre.buf, (const int32_t *)table.buf,
+                          (double *)out.buf, column_l1, n / cols, cols, d.multiplier, d.shift);
+            for (Py_ssize_t c = 0; c < cols; c++)
+                largest = column_l1[c] > largest ? column_l1[c] : largest;
+            Py_END_ALLOW_THREADS
+            free(column_l1);
+            result = PyLong_FromLongLong(largest);
+        }
+    }
+    PyBuffer_Release(&g);
+    PyBuffer_Release(&pre);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+PyDoc_STRVAR(sgd_update_doc,
+"sgd_update(w, g, divisor, decay_inv, mirror) -> int\n--\n\n"
+"In place w -= tdiv(g, divisor) + (tdiv(w, decay_inv) if decay_inv else 0) for int32 w and\n"
+"float64 g holding integers with |g| < 2**31; writes float64(w) to mirror unless it is None\n"
+"and returns max|w| after the update. The caller proves that the new w fits int32.");
+
+static PyObject *sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer w, g, mirror = {0};
+    long long divisor, decay_inv;
+    PyObject *mirror_obj;
+    if (!PyArg_ParseTuple(args, "w*y*LLO", &w, &g, &divisor, &decay_inv, &mirror_obj))
+        return NULL;
+    int has_mirror = mirror_obj != Py_None;
+    if (has_mirror && PyObject_GetBuffer(mirror_obj, &mirror, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&w);
+        PyBuffer_Release(&g);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t n = w.len / 4;
+    if (check_size(&w, n, 4, "w") == 0 && check_size(&g, n, 8, "g") == 0
+        && (!has_mirror || check_size(&mirror, n, 8, "mirror") == 0)
+        && check_divisor(divisor, "divisor") == 0
+        && (decay_inv == 0 || check_divisor(decay_inv, "decay_inv") == 0)) {
+        divisor_t lr = make_divisor(divisor);
+        divisor_t decay = make_divisor(decay_inv > 0 ? decay_inv : 1);
+        int64_t largest;
+        Py_BEGIN_ALLOW_THREADS
+        largest = update_loop((int32_t *)w.buf, (const double *)g.buf,
+                              has_mirror ? (double *)mirror.buf : NULL, n, lr, decay_inv > 0, decay);
+        Py_END_ALLOW_THREADS
+        result = PyLong_FromLongLong(largest);
+    }
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&g);
+    if (has_mirror)
+        PyBuffer_Release(&mirror);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scale_to_int8", scale_to_int8, METH_VARARGS, scale_to_int8_doc},
+    {"activation_backward", activation_backward, METH_VARARGS, activation_backward_doc},
+    {"sgd_update", sgd_update, METH_VARARGS, sgd_update_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fused",
+    "Fused integer kernels of the dense training step (see sknitro/nn/fused.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fused(void)
+{
+    return PyModule_Create(&module);
+}
