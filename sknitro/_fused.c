@@ -7,9 +7,9 @@
  * passes), clip, update and scan them; these kernels do each job in one pass. Every kernel
  * computes exactly what the NumPy path computes, integer for integer:
  *
- *   scale_to_int8        s = clip(tdiv(z, SF), -127, 127)            (NITRO scaling)
- *   activation_backward  d = tdiv(g * multiplier[s], D), and the largest column L1 norm of d
- *   sgd_update           W -= tdiv(G, lr_inv * amp) + tdiv(W, decay_inv), returns max|W|
+ *   scale_to_int8        s = clip(tdiv(z, SF), -127, 127), a = table[s]  (scaling, activation)
+ *   activation_backward  d = tdiv(g * multiplier[s], D)                  (the activation's backward)
+ *   sgd_update           W -= tdiv(G, lr_inv * amp) + tdiv(W, decay_inv), returning max|W|
  *
  * The caller (sknitro/nn/fused.py) proves before each call that every integer fits the
  * types used here (|G| < 2**31 and the like); the kernels only check shapes.
@@ -22,7 +22,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-#include <stdlib.h>
 
 /* Each hot loop is compiled for AVX-512 and AVX2 too; the loader picks the best the CPU has. */
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
@@ -58,8 +57,9 @@ static inline int32_t tdiv32(int32_t n, uint32_t multiplier, int shift)
 }
 
 MULTIVERSION
-static void scale_loop(const double *z, int8_t *out, Py_ssize_t n, double limit,
-                       uint32_t multiplier, int shift)
+static void scale_loop(const double *restrict z, int8_t *restrict out, Py_ssize_t n, double limit,
+                       uint32_t multiplier, int shift, const int8_t *restrict table,
+                       int8_t *restrict activated)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         /* |z| >= 128 * SF saturates anyway: clamping first keeps the division in 32 bits */
@@ -67,28 +67,22 @@ static void scale_loop(const double *z, int8_t *out, Py_ssize_t n, double limit,
         int32_t q = tdiv32((int32_t)v, multiplier, shift);
         out[i] = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
     }
+    if (table)
+        for (Py_ssize_t i = 0; i < n; i++)
+            activated[i] = table[(uint8_t)out[i]];
 }
 
 MULTIVERSION
-static void backward_loop(const double *g, const int8_t *pre, const int32_t *table, double *out,
-                          int64_t *column_l1, Py_ssize_t rows, Py_ssize_t cols,
+static void backward_loop(const int32_t *restrict g, const int8_t *restrict pre,
+                          const int32_t *restrict table, int32_t *restrict out, Py_ssize_t n,
                           uint32_t multiplier, int shift)
 {
-    for (Py_ssize_t r = 0; r < rows; r++) {
-        const double *g_row = g + r * cols;
-        const int8_t *s_row = pre + r * cols;
-        double *out_row = out + r * cols;
-        for (Py_ssize_t c = 0; c < cols; c++) {
-            int32_t product = (int32_t)g_row[c] * table[(uint8_t)s_row[c]];
-            int32_t q = tdiv32(product, multiplier, shift);
-            out_row[c] = (double)q;
-            column_l1[c] += q < 0 ? -q : q;
-        }
-    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[i] = tdiv32(g[i] * table[(uint8_t)pre[i]], multiplier, shift);
 }
 
 MULTIVERSION
-static int64_t update_loop(int32_t *w, const double *g, double *mirror, Py_ssize_t n,
+static int64_t update_loop(int32_t *restrict w, const double *restrict g, double *restrict mirror, Py_ssize_t n,
                            divisor_t lr, int decays, divisor_t decay)
 {
     int64_t largest = 0;
@@ -128,26 +122,41 @@ static int check_divisor(long long d, const char *name)
 }
 
 PyDoc_STRVAR(scale_to_int8_doc,
-"scale_to_int8(z, scale, out)\n--\n\n"
+"scale_to_int8(z, scale, out, table=None, activated=None)\n--\n\n"
 "out[i] = clip(tdiv(z[i], scale), -127, 127) for float64 z holding integers, int8 out;\n"
-"128 * scale must be below 2**31.");
+"128 * scale must be below 2**31. With an int8 table of 256 entries, also\n"
+"activated[i] = table[out[i] as uint8] (an activation looked up by bit pattern).");
 
 static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    Py_buffer z, out;
+    Py_buffer z, out, table = {0}, activated = {0};
     long long scale;
-    if (!PyArg_ParseTuple(args, "y*Lw*", &z, &scale, &out))
+    PyObject *table_obj = Py_None, *activated_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "y*Lw*|OO", &z, &scale, &out, &table_obj, &activated_obj))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = out.len;
-    if (check_size(&z, n, 8, "z") == 0 && check_divisor(128 * scale, "128 * scale") == 0) {
+    int has_table = table_obj != Py_None;
+    if (has_table && (PyObject_GetBuffer(table_obj, &table, PyBUF_SIMPLE) < 0
+                      || PyObject_GetBuffer(activated_obj, &activated, PyBUF_WRITABLE) < 0)) {
+        has_table = 0;  /* the error is set; release what was acquired below */
+        if (table.obj)
+            PyBuffer_Release(&table);
+    } else if (check_size(&z, n, 8, "z") == 0 && check_divisor(128 * scale, "128 * scale") == 0
+               && (!has_table || (check_size(&table, 256, 1, "table") == 0
+                                  && check_size(&activated, n, 1, "activated") == 0))) {
         divisor_t d = make_divisor(scale);
         Py_BEGIN_ALLOW_THREADS
         scale_loop((const double *)z.buf, (int8_t *)out.buf, n, 128.0 * (double)scale,
-                   d.multiplier, d.shift);
+                   d.multiplier, d.shift, has_table ? (const int8_t *)table.buf : NULL,
+                   has_table ? (int8_t *)activated.buf : NULL);
         Py_END_ALLOW_THREADS
         result = Py_None;
         Py_INCREF(result);
+    }
+    if (has_table) {
+        PyBuffer_Release(&table);
+        PyBuffer_Release(&activated);
     }
     PyBuffer_Release(&z);
     PyBuffer_Release(&out);
@@ -155,40 +164,27 @@ static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
 }
 
 PyDoc_STRVAR(activation_backward_doc,
-"activation_backward(g, pre, table, divisor, out, cols) -> int\n--\n\n"
-"out = tdiv(g * table[pre], divisor) for a (rows, cols) float64 g holding integers, int8\n"
-"pre, int32 table of 256 entries indexed by the bit pattern of pre, float64 out;\n"
-"|g| * max(table) must be below 2**31. Returns the largest column L1 norm of out.");
+"activation_backward(g, pre, table, divisor, out)\n--\n\n"
+"out = tdiv(g * table[pre], divisor) for int32 g and out, int8 pre, and an int32 table of\n"
+"256 entries indexed by the bit pattern of pre; |g| * max|table| must be below 2**31.");
 
 static PyObject *activation_backward(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer g, pre, table, out;
     long long divisor;
-    Py_ssize_t cols;
-    if (!PyArg_ParseTuple(args, "y*y*y*Lw*n", &g, &pre, &table, &divisor, &out, &cols))
+    if (!PyArg_ParseTuple(args, "y*y*y*Lw*", &g, &pre, &table, &divisor, &out))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = pre.len;
-    if (cols < 1 || n % cols != 0) {
-        PyErr_Format(PyExc_ValueError, "cols must divide the size %zd, got %zd", n, cols);
-    } else if (check_size(&g, n, 8, "g") == 0 && check_size(&out, n, 8, "out") == 0
-               && check_size(&table, 256, 4, "table") == 0
-               && check_divisor(divisor, "divisor") == 0) {
-        int64_t *column_l1 = calloc((size_t)cols, sizeof(int64_t));
-        if (column_l1 == NULL) {
-            PyErr_NoMemory();
-        } else {
-            divisor_t d = make_divisor(divisor);
-            int64_t largest = 0;
-            Py_BEGIN_ALLOW_THREADS
-            backward_loop((const double *)g.buf, (const int8_t *)pre.buf, (const int32_t *)table.buf,
-                          (double *)out.buf, column_l1, n / cols, cols, d.multiplier, d.shift);
-            for (Py_ssize_t c = 0; c < cols; c++)
-                largest = column_l1[c] > largest ? column_l1[c] : largest;
-            Py_END_ALLOW_THREADS
-            free(column_l1);
-            result = PyLong_FromLongLong(largest);
-        }
+    if (check_size(&g, n, 4, "g") == 0 && check_size(&out, n, 4, "out") == 0
+        && check_size(&table, 256, 4, "table") == 0 && check_divisor(divisor, "divisor") == 0) {
+        divisor_t d = make_divisor(divisor);
+        Py_BEGIN_ALLOW_THREADS
+        backward_loop((const int32_t *)g.buf, (const int8_t *)pre.buf, (const int32_t *)table.buf,
+                      (int32_t *)out.buf, n, d.multiplier, d.shift);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
     }
     PyBuffer_Release(&g);
     PyBuffer_Release(&pre);

@@ -32,7 +32,7 @@ class LinearHead:
         self.scale = scale_factor(scale_bits, in_features)
 
     def forward(self, x: Any) -> Any:
-        return nitro_scale(self.linear.forward(x), self.scale)
+        return self.linear.scaled_forward(x, self.scale)
 
     def learn(self, x: Any, target: Any, sgd: IntegerSGD, decay_inv: int,
               propagate: bool = False) -> tuple[Any, Any, int]:
@@ -94,12 +94,11 @@ class LinearBlock:
     def forward(self, x: Any) -> Any:
         """Inference: no dropout."""
         x = x.reshape(x.shape[0], -1)  # flattens a conv feature map
-        return self.activation.forward(nitro_scale(self.linear.forward(x), self.scale))
+        return self.linear.scaled_activated_forward(x, self.scale, self.activation)[1]
 
     def forward_train(self, x: Any, rng: np.random.Generator) -> BlockCache:
         x = x.reshape(x.shape[0], -1)
-        pre_activation = nitro_scale(self.linear.forward(x), self.scale)
-        output = self.activation.forward(pre_activation)
+        pre_activation, output = self.linear.scaled_activated_forward(x, self.scale, self.activation)
         mask = None
         if self.dropout is not None:
             mask = self.dropout.draw_mask(rng, output.shape, xp=array_namespace(output))

@@ -8,7 +8,8 @@ and in NumPy each of those is one pass over memory. ``sknitro._fused`` (C, built
 package) does the whole IntegerSGD update of a layer in one pass:
 ``W -= tdiv(G, lr_inv * amp) + tdiv(W, decay_inv)`` straight from the float64 product
 ``G``, keeping a float64 copy of ``W`` (the next forward product's operand) and returning
-``max|W|``.
+``max|W|``. Likewise NITRO scaling and the activation table lookup run in one pass over the
+float64 forward product, and the activation's backward in one pass over its gradient.
 
 The kernels compute exactly what the NumPy path computes; they run only when a bound proves
 that every integer fits their 32-bit arithmetic, and otherwise the NumPy path does the
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._config import fused_kernels_allowed
-from ..backend import INT32_LIMIT, float64_product
+from ..backend import FLOAT64_EXACT_LIMIT, INT32_LIMIT, abs_max, dtype_bound, float64_product
 
 try:
     from .. import _fused as _kernels
@@ -34,10 +35,41 @@ AVAILABLE = _kernels is not None
 KERNEL_DIVISOR_LIMIT = 2**31  # divisors of the 32-bit multiply-and-shift division
 
 
-def active(weight: Any) -> bool:
-    """Whether the fused kernels may update ``weight`` (a host int32 array) now."""
-    return (_kernels is not None and isinstance(weight, np.ndarray) and weight.dtype == np.int32
-            and weight.flags.c_contiguous and fused_kernels_allowed())
+def active(array: Any) -> bool:
+    """Whether the fused kernels may process ``array`` (a host int32 array) now."""
+    return (_kernels is not None and isinstance(array, np.ndarray) and array.dtype == np.int32
+            and array.flags.c_contiguous and fused_kernels_allowed())
+
+
+def scaled_product(layer: Any, x: Any, scale: int, table: Any = None) -> Any:
+    """NITRO scaling of ``x @ layer.weight.T`` as int8, fused; None if it cannot run.
+
+    With an activation ``table`` (256 int8 values indexed by bit pattern) returns the pair
+    ``(scaled, table[scaled])``. The kernel clamps the float64 product to ``±128 * scale``
+    (where the result saturates anyway) and divides in 32 bits, so it needs
+    ``128 * scale < 2**31``.
+    """
+    if not active(layer.weight) or 128 * scale >= KERNEL_DIVISOR_LIMIT \
+            or dtype_bound(x) * layer.weight_bound * x.shape[-1] >= FLOAT64_EXACT_LIMIT:
+        return None
+    product = float64_product(x, layer.weight.T, None if layer.weight64 is None else layer.weight64.T)
+    scaled = np.empty(product.shape, dtype=np.int8)
+    if table is None:
+        _kernels.scale_to_int8(product, scale, scaled)
+        return scaled
+    activated = np.empty_like(scaled)
+    _kernels.scale_to_int8(product, scale, scaled, table, activated)
+    return scaled, activated
+
+
+def activation_backward(delta: Any, pre_activation: Any, multiplier: Any, divisor: int) -> Any:
+    """``tdiv(delta * multiplier[pre_activation], divisor)``, fused; None if it cannot run."""
+    if not active(delta) or not pre_activation.flags.c_contiguous or divisor >= KERNEL_DIVISOR_LIMIT \
+            or abs_max(delta) * int(multiplier.max()) > INT32_LIMIT:
+        return None
+    out = np.empty_like(delta)
+    _kernels.activation_backward(delta, pre_activation, multiplier, divisor, out)
+    return out
 
 
 def sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, new_bound: int, divisor: int,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import abs_max, array_namespace, dtype_bound, exact_matmul, to_namespace
+from . import fused
 from .functional import INT8_MAX, tdiv, to_int8
 from .init import LEAKY_GAINS, RELU_GAIN, integer_uniform, kaiming_bound, xavier_bound
 
@@ -47,6 +48,20 @@ class IntegerLinear:
         if self.bias is not None:
             z = z + self.bias
         return z
+
+    def scaled_forward(self, x: Any, scale: int) -> Any:
+        """``nitro_scale(self.forward(x), scale)``: the int8 output of Linear -> scaling."""
+        out = None if self.bias is not None else fused.scaled_product(self, x, scale)
+        return nitro_scale(self.forward(x), scale) if out is None else out
+
+    def scaled_activated_forward(self, x: Any, scale: int, activation: Any) -> tuple[Any, Any]:
+        """``(s, activation.forward(s))`` for ``s = self.scaled_forward(x, scale)``."""
+        if self.bias is None and isinstance(activation, TabulatedActivation):
+            out = fused.scaled_product(self, x, scale, activation.forward_table)
+            if out is not None:
+                return out
+        pre_activation = self.scaled_forward(x, scale)
+        return pre_activation, activation.forward(pre_activation)
 
     def weight_grad_bound(self, delta: Any, x: Any) -> int:
         """A bound of ``sum_i |delta[i, j] * x[i, k]|``, hence of ``max|G|``, without forming G.
@@ -137,6 +152,9 @@ class TabulatedActivation:
             return np.where(divisor > 0, tdiv(delta, np.maximum(divisor, 1)), 0)
         xp = array_namespace(delta)
         _, multiplier = self._tables(xp)
+        out = fused.activation_backward(delta, s, multiplier, self.backward_divisor)
+        if out is not None:
+            return out
         # int32 arithmetic when the product provably fits (half the memory traffic), else int64
         if delta.dtype.itemsize > 4 or abs_max(delta) * self.backward_divisor > INT32_MAX:
             delta = delta.astype(np.int64)

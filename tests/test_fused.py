@@ -1,0 +1,217 @@
+"""The compiled fused kernels (sknitro._fused): each against the NumPy path it replaces, on
+random and extreme integers, and whole fits that must give identical weights either way."""
+
+import joblib
+import numpy as np
+import pytest
+
+import sknitro
+from sknitro import NitroCNNClassifier, NitroMLPClassifier
+from sknitro.nn import fused
+from sknitro.nn.functional import tdiv
+from sknitro.nn.layers import ACTIVATIONS, IntegerLinear, make_activation, nitro_scale
+from sknitro.nn.optim import integer_sgd_step
+
+INT32_MAX = 2**31 - 1
+
+
+def test_the_extension_is_built():
+    # CI and the README's commands build it; without it every test below would only
+    # compare the NumPy path with itself.
+    assert fused.AVAILABLE, "sknitro._fused is missing: reinstall with a C compiler (pip install -e .)"
+
+
+class KernelSpy:
+    """Stands in for sknitro._fused and counts the calls of each kernel."""
+
+    def __init__(self, kernels):
+        self.kernels = kernels
+        self.calls = {}
+
+    def __getattr__(self, name):
+        kernel = getattr(self.kernels, name)
+
+        def counted(*args):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return kernel(*args)
+
+        return counted
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    spy = KernelSpy(fused._kernels)
+    monkeypatch.setattr(fused, "_kernels", spy)
+    return spy
+
+
+# -- the kernels, one by one -------------------------------------------------------------
+
+DIVISORS = [1, 2, 3, 7, 255, 256, 640, 12345, 163840, 2**20 + 1, 2**30, 2**31 - 1]
+
+
+@pytest.mark.parametrize("divisor", DIVISORS)
+@pytest.mark.parametrize("decay_inv", [0, 1, 3, 5000, 2**31 - 1])
+def test_sgd_update_matches_integer_sgd_step(divisor, decay_inv):
+    rng = np.random.default_rng(divisor % 1000 + decay_inv % 7)
+    weight = rng.integers(-2**29, 2**29, size=(37, 53)).astype(np.int32)
+    limit = min(INT32_MAX, (2**30 - 1) * divisor)  # so that the new weights fit int32
+    grad = rng.integers(-limit, limit + 1, size=weight.shape)
+    grad.flat[:6] = [0, 1, -1, limit, -limit, divisor - 1]
+    weight.flat[:3] = [2**29, -2**29, 0]
+    expected = weight.copy()
+    bound = integer_sgd_step(expected, grad, limit, 2**29, divisor, decay_inv)
+    mirror = np.empty(weight.shape)
+    assert fused._kernels.sgd_update(weight, grad.astype(np.float64), divisor, decay_inv, mirror) == bound
+    np.testing.assert_array_equal(weight, expected)
+    np.testing.assert_array_equal(mirror, expected.astype(np.float64))
+
+
+@pytest.mark.parametrize("divisor", DIVISORS + [5, 9, 641, 6700417, 2**31 - 3])
+def test_division_is_exact_around_multiples_of_the_divisor(divisor):
+    # with zero weights and no decay the update is w = -tdiv(g, divisor): the multiply-and-
+    # shift division must be exact right below, at and above every multiple it meets
+    multiples = np.unique(np.linspace(0, INT32_MAX // divisor, 2000).astype(np.int64)) * divisor
+    g = np.concatenate([multiples - 1, multiples, multiples + 1, [INT32_MAX, INT32_MAX - 1]])
+    g = g[(g >= 0) & (g <= INT32_MAX)]
+    g = np.concatenate([g, -g])
+    weight = np.zeros(g.size, np.int32)
+    fused._kernels.sgd_update(weight, g.astype(np.float64), divisor, 0, None)
+    np.testing.assert_array_equal(weight, -tdiv(g, divisor))
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 100, 2**8 * 784, 2**8 * 4608, 2**24 - 1])
+def test_scale_to_int8_matches_nitro_scale(scale):
+    rng = np.random.default_rng(scale)
+    z = rng.integers(-2**53 + 1, 2**53, size=(40, 25))
+    z[0, :] = rng.integers(-300 * scale, 300 * scale, size=25)  # around the saturation
+    z[1, :12] = [0, 1, -1, scale - 1, -(scale - 1), scale, -scale, 127 * scale, -127 * scale,
+                 128 * scale - 1, -(128 * scale - 1), 128 * scale]
+    expected = nitro_scale(z, scale)
+    table = make_activation("nitro_relu").forward_table
+    out, activated = np.empty(z.shape, np.int8), np.empty(z.shape, np.int8)
+    fused._kernels.scale_to_int8(z.astype(np.float64), scale, out, table, activated)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(activated, table[expected.view(np.uint8)])
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_backward_matches_numpy(name):
+    activation = make_activation(name)
+    rng = np.random.default_rng(len(name))
+    limit = INT32_MAX // activation.backward_divisor
+    delta = rng.integers(-limit, limit + 1, size=(64, 50)).astype(np.int32)
+    delta[0, :4] = [limit, -limit, 0, 1]
+    s = np.tile(np.arange(-128, 128, dtype=np.int16), 13)[:delta.size].reshape(delta.shape).astype(np.int8)
+    with sknitro.config_context(fused_kernels=False):
+        expected = activation.backward(delta, s)
+    out = fused.activation_backward(delta, s, activation.backward_multiplier, activation.backward_divisor)
+    assert out is not None and out.dtype == np.int32
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_kernels_reject_buffers_of_the_wrong_size():
+    weight = np.zeros(10, np.int32)
+    with pytest.raises(ValueError, match="g: expected 10 items"):
+        fused._kernels.sgd_update(weight, np.zeros(9), 3, 0, None)
+    with pytest.raises(ValueError, match="divisor must be in"):
+        fused._kernels.sgd_update(weight, np.zeros(10), 0, 0, None)
+    with pytest.raises(ValueError, match="128 \\* scale"):
+        fused._kernels.scale_to_int8(np.zeros(4), 2**24, np.zeros(4, np.int8))
+
+
+# -- when they run, and when the NumPy path takes over ------------------------------------
+
+def make_linear(weight):
+    layer = IntegerLinear(weight.shape[1], weight.shape[0], 1, np.random.default_rng(0))
+    layer.weight = weight.astype(np.int32)
+    layer.refresh_bounds()
+    return layer
+
+
+def test_scaled_product_needs_the_32_bit_bound():
+    layer = make_linear(np.ones((3, 4)))
+    x = np.full((2, 4), 100, np.int8)
+    assert fused.scaled_product(layer, x, 2**24 - 1) is not None
+    assert fused.scaled_product(layer, x, 2**24) is None  # 128 * scale would pass 2**31
+    with sknitro.config_context(fused_kernels=False):
+        assert fused.scaled_product(layer, x, 100) is None
+    with sknitro.config_context(gemm="integer"):
+        assert fused.scaled_product(layer, x, 100) is None
+    # and the layer's own method gives the same integers on either path
+    np.testing.assert_array_equal(layer.scaled_forward(x, 2**24), nitro_scale(x.astype(np.int64) @ layer.weight.T, 2**24))
+
+
+def test_sgd_update_declines_gradients_past_int32():
+    layer = make_linear(np.ones((3, 4)))
+    delta, x = np.ones((2, 3), np.int32), np.ones((2, 4), np.int8)
+    assert not fused.sgd_update(layer, delta, x, INT32_MAX + 1, 10, 1, 0)
+    assert fused.sgd_update(layer, delta, x, INT32_MAX, 10, 1, 0)
+    np.testing.assert_array_equal(layer.weight, np.full((3, 4), -1))  # 1 - 2 // 1
+    np.testing.assert_array_equal(layer.weight64, np.full((3, 4), -1.0))
+    assert layer.weight_bound == 1
+
+
+# -- whole fits ------------------------------------------------------------------------------
+
+def fitted_weights(estimator):
+    return estimator.weights_ + estimator.head_weights_
+
+
+def assert_same_weights(a, b):
+    assert len(a) == len(b)
+    for left, right in zip(a, b):
+        np.testing.assert_array_equal(left, right)
+
+
+def test_fit_gives_identical_weights_with_and_without_the_kernels(spy, digits_small):
+    X, y = digits_small
+    params = dict(hidden_layer_sizes=(40, 20), max_iter=4, random_state=5)
+    fast = NitroMLPClassifier(**params).fit(X, y)
+    assert spy.calls["sgd_update"] > 0 and spy.calls["scale_to_int8"] > 0
+    assert spy.calls["activation_backward"] > 0
+    with sknitro.config_context(fused_kernels=False):
+        numpy_path = NitroMLPClassifier(**params).fit(X, y)
+    with sknitro.config_context(gemm="integer"):
+        integer_path = NitroMLPClassifier(**params).fit(X, y)
+    assert_same_weights(fitted_weights(fast), fitted_weights(numpy_path))
+    assert_same_weights(fitted_weights(fast), fitted_weights(integer_path))
+    np.testing.assert_array_equal(fast.decision_function(X), integer_path.decision_function(X))
+
+
+def test_cnn_dense_part_uses_the_kernels_with_identical_weights(spy, digits):
+    X, y = digits
+    X = X.reshape(-1, 1, 8, 8)[:300]
+    params = dict(architecture=[4, "M"], hidden_layer_sizes=(16,), max_iter=2, random_state=1)
+    fast = NitroCNNClassifier(**params).fit(X, y[:300])
+    assert spy.calls["sgd_update"] > 0
+    with sknitro.config_context(fused_kernels=False):
+        slow = NitroCNNClassifier(**params).fit(X, y[:300])
+    assert_same_weights(fitted_weights(fast), fitted_weights(slow))
+
+
+def test_weight_copies_live_for_one_epoch_and_are_never_saved(tmp_path, digits_small):
+    X, y = digits_small
+    clf = NitroMLPClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0).fit(X, y)
+    layers = clf.network_.layers()
+    assert all(layer.weight64 is None for layer in layers)
+    # a copy left over (as during an epoch) is not pickled
+    layers[0].weight64 = layers[0].weight.astype(np.float64)
+    joblib.dump(clf, tmp_path / "m.joblib")
+    assert joblib.load(tmp_path / "m.joblib").network_.layers()[0].weight64 is None
+
+
+def test_weights_changed_between_epochs_are_used(digits_small):
+    # the float64 copy must never outlive a change of the integer weights
+    X, y = digits_small
+    params = dict(hidden_layer_sizes=(16,), random_state=0)
+    a = NitroMLPClassifier(**params).partial_fit(X, y, classes=np.unique(y))
+    b = NitroMLPClassifier(**params).partial_fit(X, y, classes=np.unique(y))
+    for clf in (a, b):
+        weights = clf.network_.get_weights()
+        weights[0] = tdiv(weights[0], 2).astype(np.int32)
+        clf.network_.set_weights(weights)
+    a.partial_fit(X, y)
+    with sknitro.config_context(fused_kernels=False):
+        b.partial_fit(X, y)
+    assert_same_weights(fitted_weights(a), fitted_weights(b))
