@@ -86,7 +86,8 @@ def docstring_modules() -> list[str]:
     import sknitro
 
     names = ["sknitro"] + [m.name for m in pkgutil.walk_packages(sknitro.__path__, "sknitro.")]
-    return sorted(n for n in names if ">>>" in Path(importlib.util.find_spec(n).origin).read_text())
+    sources = {n: Path(importlib.util.find_spec(n).origin) for n in names}
+    return sorted(n for n, path in sources.items() if path.suffix == ".py" and ">>>" in path.read_text())
 
 
 @pytest.mark.parametrize("name", docstring_modules())
