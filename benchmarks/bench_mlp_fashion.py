@@ -11,6 +11,7 @@ Run from the repository root::
 
     python benchmarks/bench_mlp_fashion.py                      # per-epoch mode, 5 epochs
     python benchmarks/bench_mlp_fashion.py --epochs 40          # long enough to reach 88%
+    python benchmarks/bench_mlp_fashion.py --epochs 30 --lr-inv 256   # sknitro's default lr_inv
     python benchmarks/bench_mlp_fashion.py --full --seeds 10    # published schedule, no peer
     python benchmarks/bench_mlp_fashion.py --epochs 3 --n-train 10000 --n-test 2000 \\
         --out /tmp/bench_smoke                                  # smoke run
@@ -56,6 +57,7 @@ Needs Fashion-MNIST on disk (``apt-get install dataset-fashion-mnist``, or
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 import warnings
@@ -127,6 +129,19 @@ CONTENDERS = {
     "sknitro": Contender("sknitro", "sknitro NitroMLPClassifier", make_nitro, raw_pixels),
     "sklearn": Contender("sklearn", "scikit-learn MLPClassifier (adam)", make_peer, unit_float),
 }
+
+
+def use_lr_inv(lr_inv: int) -> str:
+    """Give sknitro's contender the initial ``lr_inv``; returns the results' file stem.
+
+    The published 512 writes ``mlp_fashion.*``; another value (sknitro's default is 256)
+    writes ``mlp_fashion_lr<N>.*`` and says so in the contender's label.
+    """
+    if lr_inv == NITRO_PARAMS["lr_inv"]:
+        return "mlp_fashion"
+    CONTENDERS["sknitro"] = Contender("sknitro", f"sknitro NitroMLPClassifier (lr_inv {lr_inv})",
+                                      functools.partial(make_nitro, lr_inv=lr_inv), raw_pixels)
+    return f"mlp_fashion_lr{lr_inv}"
 
 
 def load_data(n_train: int | None, n_test: int | None) -> tuple[np.ndarray, ...]:
@@ -222,7 +237,7 @@ def memory_child(name: str, n_train: int | None, epochs: int) -> dict:
 def memory_child_arguments(name: str, args: argparse.Namespace) -> list[str]:
     """The command line of this script as the memory child of ``name``."""
     arguments = ["--memory-child", name, "--memory-epochs", str(args.memory_epochs)]
-    for flag, value in (("--n-train", args.n_train), ("--threads", args.threads)):
+    for flag, value in (("--n-train", args.n_train), ("--threads", args.threads), ("--lr-inv", args.lr_inv)):
         if value is not None:
             arguments += [flag, str(value)]
     return arguments
@@ -369,22 +384,23 @@ def full_markdown(results: dict, args: argparse.Namespace, data: tuple[np.ndarra
     return "\n".join(lines) + "\n"
 
 
-def write_plots(results: dict, out: Path, target: float) -> list[Path]:
+def write_plots(results: dict, out: Path, target: float, stem: str = "mlp_fashion") -> list[Path]:
     """Accuracy and epoch-time plots, if matplotlib is importable."""
     summary, title = results["summary"], "Fashion-MNIST MLP 784-200-100-50-10, batch 64"
     accuracy = [{"y": s["mean_test_accuracy"], "marker": "o", "label": CONTENDERS[name].label}
                 for name, s in summary.items()]
     seconds = [{"y": results["runs"][0][name]["epoch_seconds"], "marker": "o",
                 "label": CONTENDERS[name].label} for name in summary]
-    paths = [line_plot(out / "mlp_fashion_accuracy.png", accuracy, "epoch", "test accuracy", title,
+    paths = [line_plot(out / f"{stem}_accuracy.png", accuracy, "epoch", "test accuracy", title,
                        hline=(target, f"target {target:.0%}")),
-             line_plot(out / "mlp_fashion_epoch_time.png", seconds, "epoch",
+             line_plot(out / f"{stem}_epoch_time.png", seconds, "epoch",
                        "seconds per epoch (seed 0)", title)]
     return [path for path in paths if path is not None]
 
 
 # -- the two modes ------------------------------------------------------------------------
 def epoch_mode(args: argparse.Namespace, out: Path) -> None:
+    use_lr_inv(args.lr_inv)
     contenders = [CONTENDERS["sknitro"]] + ([] if args.skip_peer else [CONTENDERS["sklearn"]])
     results: dict[str, Any] = {"config": vars(args), "machine": machine_info()}
     if not args.skip_memory:  # first: the children must not inherit a big parent's ru_maxrss
@@ -408,9 +424,10 @@ def epoch_mode(args: argparse.Namespace, out: Path) -> None:
                                            results["summary"]["sknitro"]["median_epoch_seconds"])
     results["machine"]["load_average_end"] = load_average()
     print_epoch_summary(results)
-    write_json(out / "mlp_fashion.json", results)
-    write_text(out / "mlp_fashion.md", epoch_markdown(results, args, data))
-    write_plots(results, out, args.target)
+    stem = use_lr_inv(args.lr_inv)
+    write_json(out / f"{stem}.json", results)
+    write_text(out / f"{stem}.md", epoch_markdown(results, args, data))
+    write_plots(results, out, args.target, stem)
 
 
 def print_epoch_summary(results: dict) -> None:
@@ -455,7 +472,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="fit once per seed with the published early-stopping schedule")
     parser.add_argument("--max-epochs", type=int, default=150, help="max_iter of --full (default 150)")
     parser.add_argument("--lr-inv", type=int, default=NITRO_PARAMS["lr_inv"],
-                        help="--full: initial lr_inv (default: the published 512; sknitro's default is 256)")
+                        help="initial lr_inv of sknitro (default: the published 512; sknitro's default "
+                             "is 256); another value writes mlp_fashion_lr<N>.* (--full: mlp_fashion_full_lr<N>.*)")
     parser.add_argument("--memory-epochs", type=int, default=1,
                         help="epochs trained by each memory child (default 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
@@ -483,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.memory_child:
+        use_lr_inv(args.lr_inv)
         print_memory_result(memory_child(args.memory_child, args.n_train, args.memory_epochs))
         return
     args.out.mkdir(parents=True, exist_ok=True)

@@ -139,10 +139,12 @@ static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
     int has_table = table_obj != Py_None;
     if (has_table && (PyObject_GetBuffer(table_obj, &table, PyBUF_SIMPLE) < 0
                       || PyObject_GetBuffer(activated_obj, &activated, PyBUF_WRITABLE) < 0)) {
-        has_table = 0;  /* the error is set; release what was acquired below */
+        has_table = 0;  /* the error is set; release the table if it was acquired */
         if (table.obj)
             PyBuffer_Release(&table);
-    } else if (check_size(&z, n, 8, "z") == 0 && check_divisor(128 * scale, "128 * scale") == 0
+    } else if (scale < 1 || scale >= ((long long)1 << 24)) {
+        PyErr_Format(PyExc_ValueError, "scale must be in [1, 2**24) (128 * scale < 2**31), got %lld", scale);
+    } else if (check_size(&z, n, 8, "z") == 0
                && (!has_table || (check_size(&table, 256, 1, "table") == 0
                                   && check_size(&activated, n, 1, "activated") == 0))) {
         divisor_t d = make_divisor(scale);

@@ -116,7 +116,7 @@ def test_kernels_reject_buffers_of_the_wrong_size():
         fused._kernels.sgd_update(weight, np.zeros(9), 3, 0, None)
     with pytest.raises(ValueError, match="divisor must be in"):
         fused._kernels.sgd_update(weight, np.zeros(10), 0, 0, None)
-    with pytest.raises(ValueError, match="128 \\* scale"):
+    with pytest.raises(ValueError, match="scale must be in"):
         fused._kernels.scale_to_int8(np.zeros(4), 2**24, np.zeros(4, np.int8))
 
 
