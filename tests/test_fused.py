@@ -145,8 +145,8 @@ def test_scaled_product_needs_the_32_bit_bound():
 def test_sgd_update_declines_gradients_past_int32():
     layer = make_linear(np.ones((3, 4)))
     delta, x = np.ones((2, 3), np.int32), np.ones((2, 4), np.int8)
-    assert not fused.sgd_update(layer, delta, x, INT32_MAX + 1, 10, 1, 0)
-    assert fused.sgd_update(layer, delta, x, INT32_MAX, 10, 1, 0)
+    assert not fused.sgd_update(layer, delta, x, INT32_MAX + 1, 1, 0)
+    assert fused.sgd_update(layer, delta, x, INT32_MAX, 1, 0)
     np.testing.assert_array_equal(layer.weight, np.full((3, 4), -1))  # 1 - 2 // 1
     np.testing.assert_array_equal(layer.weight64, np.full((3, 4), -1.0))
     assert layer.weight_bound == 1
@@ -215,3 +215,16 @@ def test_weights_changed_between_epochs_are_used(digits_small):
     with sknitro.config_context(fused_kernels=False):
         b.partial_fit(X, y)
     assert_same_weights(fitted_weights(a), fitted_weights(b))
+
+
+@pytest.mark.parametrize("fused_kernels", [True, False])
+def test_step_refuses_int32_overflow_and_leaves_the_weights_alone(spy, fused_kernels):
+    from sknitro.nn.optim import IntegerSGD
+
+    layer = make_linear(np.array([[2**31 - 10, 5]]))
+    before = layer.weight.copy()
+    delta, x = np.array([[-100]], np.int32), np.array([[1, 1]], np.int8)  # G = [[-100, -100]]
+    with sknitro.config_context(fused_kernels=fused_kernels), pytest.raises(OverflowError):
+        IntegerSGD(lr_inv=1).step(layer, delta, x, amp=1, decay_inv=0)
+    np.testing.assert_array_equal(layer.weight, before)
+    assert "sgd_update" not in spy.calls

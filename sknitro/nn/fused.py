@@ -72,16 +72,15 @@ def activation_backward(delta: Any, pre_activation: Any, multiplier: Any, diviso
     return out
 
 
-def sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, new_bound: int, divisor: int,
-               decay_inv: int) -> bool:
+def sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int) -> bool:
     """IntegerSGD on ``layer.weight`` with ``G = delta.T @ x``, fused; False if it cannot run.
 
-    ``grad_bound`` bounds ``max|G|`` and ``new_bound`` the updated ``max|W|`` (both proven
-    by the caller). The kernel needs ``|G| < 2**31`` and divisors below ``2**31``; the
-    product is exact in float64 far beyond that. On success ``layer.weight_bound`` and the
-    float64 copy ``layer.weight64`` are up to date.
+    ``grad_bound`` bounds ``max|G|``, and the caller has proven that the updated weights fit
+    int32. The kernel needs ``|G| < 2**31`` and divisors below ``2**31``; the product is
+    exact in float64 far beyond that. On success ``layer.weight_bound`` and the float64 copy
+    ``layer.weight64`` are up to date.
     """
-    if grad_bound > INT32_LIMIT or new_bound > INT32_LIMIT or not 1 <= divisor < KERNEL_DIVISOR_LIMIT \
+    if grad_bound > INT32_LIMIT or not 1 <= divisor < KERNEL_DIVISOR_LIMIT \
             or not 0 <= decay_inv < KERNEL_DIVISOR_LIMIT:
         return False
     grad = float64_product(delta.T, x)

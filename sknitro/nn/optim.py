@@ -30,9 +30,9 @@ def integer_sgd_step(param: Any, grad: Any, grad_bound: int, param_bound: int,
     The decay term is skipped when ``decay_inv == 0`` and whenever ``max|param| < decay_inv``,
     where ``tdiv(param, decay_inv)`` is zero everywhere anyway.
     """
-    decays = decay_inv > 0 and param_bound >= decay_inv
-    updated_bound(param_bound, grad_bound, divisor, decay_inv)
+    updated_bound(param_bound, grad_bound, divisor, decay_inv)  # raises past int32
     update = tdiv(grad, divisor)
+    decays = decay_inv > 0 and param_bound >= decay_inv
     if decays:
         update += tdiv(param, decay_inv)
     param -= update  # int64 -> int32 in place: the bound above proves it fits
@@ -57,8 +57,8 @@ class IntegerSGD:
         dense = isinstance(layer, IntegerLinear)
         if dense and layer.bias is None and fused.active(layer.weight):
             grad_bound = layer.weight_grad_bound(delta, x)
-            new_bound = updated_bound(layer.weight_bound, grad_bound, divisor, decay_inv)
-            if fused.sgd_update(layer, delta, x, grad_bound, new_bound, divisor, decay_inv):
+            updated_bound(layer.weight_bound, grad_bound, divisor, decay_inv)  # raises past int32
+            if fused.sgd_update(layer, delta, x, grad_bound, divisor, decay_inv):
                 return
         if dense:
             layer.weight64 = None  # the in-place update below would leave the copy stale
