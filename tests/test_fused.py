@@ -132,12 +132,16 @@ def make_linear(weight):
 def test_scaled_product_needs_the_32_bit_bound():
     layer = make_linear(np.ones((3, 4)))
     x = np.full((2, 4), 100, np.int8)
-    assert fused.scaled_product(layer, x, 2**24 - 1) is not None
-    assert fused.scaled_product(layer, x, 2**24) is None  # 128 * scale would pass 2**31
+
+    def scaled(scale):
+        return fused.scaled_product(x, layer.weight, layer.weight_bound, scale)
+
+    assert scaled(2**24 - 1) is not None
+    assert scaled(2**24) is None  # 128 * scale would pass 2**31
     with sknitro.config_context(fused_kernels=False):
-        assert fused.scaled_product(layer, x, 100) is None
+        assert scaled(100) is None
     with sknitro.config_context(gemm="integer"):
-        assert fused.scaled_product(layer, x, 100) is None
+        assert scaled(100) is None
     # and the layer's own method gives the same integers on either path
     np.testing.assert_array_equal(layer.scaled_forward(x, 2**24), nitro_scale(x.astype(np.int64) @ layer.weight.T, 2**24))
 
@@ -188,6 +192,19 @@ def test_cnn_dense_part_uses_the_kernels_with_identical_weights(spy, digits):
     with sknitro.config_context(fused_kernels=False):
         slow = NitroCNNClassifier(**params).fit(X, y[:300])
     assert_same_weights(fitted_weights(fast), fitted_weights(slow))
+
+
+def test_conv_blocks_use_the_scaling_kernel_with_identical_weights(spy, digits):
+    X, y = digits
+    X = X.reshape(-1, 1, 8, 8)[:300]
+    params = dict(architecture=[6, "M", 8], hidden_layer_sizes=(), max_iter=2, conv_dropout=0.1,
+                  random_state=3)
+    fast = NitroCNNClassifier(**params).fit(X, y[:300])
+    assert spy.calls["scale_to_int8"] > 0
+    with sknitro.config_context(gemm="integer"):
+        exact = NitroCNNClassifier(**params).fit(X, y[:300])
+    assert_same_weights(fitted_weights(fast), fitted_weights(exact))
+    np.testing.assert_array_equal(fast.decision_function(X), exact.decision_function(X))
 
 
 def test_weight_copies_live_for_one_epoch_and_are_never_saved(tmp_path, digits_small):

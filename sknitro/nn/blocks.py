@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backend import array_namespace
 from .conv import AvgPool2d, IntegerConv2d, MaxPool2d, conv_amp, head_pool_window
-from .layers import IntegerDropout, IntegerLinear, nitro_scale, scale_factor
+from .layers import IntegerDropout, IntegerLinear, scale_factor
 from .optim import IntegerSGD
 
 
@@ -165,9 +165,7 @@ class ConvBlock:
         return height * width * self.conv.in_channels * IntegerConv2d.kernel**2
 
     def _features(self, x: Any) -> tuple[Any, Any, Any]:
-        z, patches = self.conv.forward(x)
-        pre_activation = nitro_scale(z, self.scale)
-        return pre_activation, self.activation.forward(pre_activation), patches
+        return self.conv.scaled_activated_forward(x, self.scale, self.activation)
 
     def forward(self, x: Any) -> Any:
         """Inference: no dropout."""

@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 
 from ..backend import abs_max, array_namespace, dtype_bound, exact_matmul, to_namespace
+from . import fused
 from .functional import im2col, tdiv
 from .init import integer_uniform
+from .layers import nitro_scale
 
 INT8_MIN = -128
 
@@ -42,12 +44,27 @@ class IntegerConv2d:
         self.weight_bound = abs_max(self.weight)
         self.bias_bound = 0
 
-    def forward(self, x: Any) -> tuple[Any, Any]:
+    def forward(self, x: Any, patches: Any = None) -> tuple[Any, Any]:
         """``z`` of shape ``(n, F, H, W)`` and the patches ``(n*H*W, C*9)`` of ``x``."""
         n, _, h, w = x.shape
-        patches = im2col(x, self.kernel, self.padding)
+        if patches is None:
+            patches = im2col(x, self.kernel, self.padding)
         z = exact_matmul(patches, self._weight_rows().T, bound_b=self.weight_bound)
         return z.reshape(n, h, w, self.out_channels).transpose(0, 3, 1, 2), patches
+
+    def scaled_activated_forward(self, x: Any, scale: int, activation: Any) -> tuple[Any, Any, Any]:
+        """NITRO scaling of the conv, its activation (both ``(n, F, H, W)``), and the patches."""
+        n, _, h, w = x.shape
+        patches = im2col(x, self.kernel, self.padding)
+        table = getattr(activation, "forward_table", None)
+        out = None if table is None else fused.scaled_product(patches, self._weight_rows(), self.weight_bound,
+                                                              scale, table)
+        if out is None:
+            z, _ = self.forward(x, patches)
+            pre_activation = nitro_scale(z, scale)
+            return pre_activation, activation.forward(pre_activation), patches
+        pre_activation, activated = (a.reshape(n, h, w, self.out_channels).transpose(0, 3, 1, 2) for a in out)
+        return pre_activation, activated, patches
 
     def _weight_rows(self) -> Any:
         """Weights as ``(F, k * k * C)`` in the column order of :func:`im2col`."""

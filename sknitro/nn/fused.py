@@ -41,18 +41,21 @@ def active(array: Any) -> bool:
             and array.flags.c_contiguous and fused_kernels_allowed())
 
 
-def scaled_product(layer: Any, x: Any, scale: int, table: Any = None) -> Any:
-    """NITRO scaling of ``x @ layer.weight.T`` as int8, fused; None if it cannot run.
+def scaled_product(x: Any, weight: Any, weight_bound: int, scale: int, table: Any = None,
+                   weight64: Any = None) -> Any:
+    """NITRO scaling of ``x @ weight.T`` as int8, fused; None if it cannot run.
 
-    With an activation ``table`` (256 int8 values indexed by bit pattern) returns the pair
-    ``(scaled, table[scaled])``. The kernel clamps the float64 product to ``±128 * scale``
-    (where the result saturates anyway) and divides in 32 bits, so it needs
-    ``128 * scale < 2**31``.
+    ``weight`` is ``(out, in)`` with ``max|weight| <= weight_bound`` (``weight64``: its
+    float64 copy, if the caller keeps one). With an activation ``table`` (256 int8 values
+    indexed by bit pattern) returns the pair ``(scaled, table[scaled])``. The kernel clamps
+    the float64 product to ``±128 * scale`` (where the result saturates anyway) and divides
+    in 32 bits, so it needs ``128 * scale < 2**31``.
     """
-    if not active(layer.weight) or 128 * scale >= KERNEL_DIVISOR_LIMIT \
-            or dtype_bound(x) * layer.weight_bound * x.shape[-1] >= FLOAT64_EXACT_LIMIT:
+    if _kernels is None or not isinstance(x, np.ndarray) or not fused_kernels_allowed() \
+            or 128 * scale >= KERNEL_DIVISOR_LIMIT \
+            or dtype_bound(x) * weight_bound * x.shape[-1] >= FLOAT64_EXACT_LIMIT:
         return None
-    product = float64_product(x, layer.weight.T, None if layer.weight64 is None else layer.weight64.T)
+    product = float64_product(x, weight.T, None if weight64 is None else weight64.T)
     scaled = np.empty(product.shape, dtype=np.int8)
     if table is None:
         _kernels.scale_to_int8(product, scale, scaled)

@@ -51,13 +51,15 @@ class IntegerLinear:
 
     def scaled_forward(self, x: Any, scale: int) -> Any:
         """``nitro_scale(self.forward(x), scale)``: the int8 output of Linear -> scaling."""
-        out = None if self.bias is not None else fused.scaled_product(self, x, scale)
+        out = None if self.bias is not None else fused.scaled_product(
+            x, self.weight, self.weight_bound, scale, weight64=self.weight64)
         return nitro_scale(self.forward(x), scale) if out is None else out
 
     def scaled_activated_forward(self, x: Any, scale: int, activation: Any) -> tuple[Any, Any]:
         """``(s, activation.forward(s))`` for ``s = self.scaled_forward(x, scale)``."""
         if self.bias is None and isinstance(activation, TabulatedActivation):
-            out = fused.scaled_product(self, x, scale, activation.forward_table)
+            out = fused.scaled_product(x, self.weight, self.weight_bound, scale, activation.forward_table,
+                                       self.weight64)
             if out is not None:
                 return out
         pre_activation = self.scaled_forward(x, scale)
