@@ -115,6 +115,19 @@ def test_integer_linear_weight_grad_bound_is_the_column_l1_norm():
     assert np.abs(grad).max() <= bound < 1000 * 128 * 3
 
 
+def test_integer_linear_weight_grad_bound_with_a_known_delta_bound():
+    layer = make_linear()
+    x = np.array([[127, -128, 5], [1, 2, 3], [-7, 0, 9]], dtype=np.int8)
+    delta = np.array([[255, -1], [-2, 3], [4, 5]], dtype=np.int16)
+    # max|delta| <= 255 is known: the factor bound 128 * 255 * 3 fits int32, no pass over delta
+    assert layer.weight_grad_bound(delta, x, delta_bound=255) == 128 * 255 * 3
+    grad, bound = layer.weight_grad(delta, x, delta_bound=255)
+    assert grad.tolist() == (delta.T.astype(object) @ x.astype(object)).tolist()
+    assert bound == 128 * 255 * 3
+    # a factor bound past int32 is not used: the column L1 norm (255 + 2 + 4) is
+    assert layer.weight_grad_bound(delta, x, delta_bound=2**30) == 128 * 261
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_integer_linear_weight_grad_bound_holds_on_random_inputs(seed):
     rng = np.random.default_rng(seed)

@@ -20,6 +20,9 @@ from .layers import IntegerDropout, IntegerLinear, scale_factor
 from .optim import IntegerSGD
 
 
+ERROR_BOUND = 127 + 128  # |yhat - target| for int8 scores in [-127, 127] and int8 targets
+
+
 class LinearHead:
     """IntegerLinear -> NITRO scaling producing int8 class scores, trained on ``yhat - y``.
 
@@ -46,8 +49,8 @@ class LinearHead:
         """
         yhat = self.forward(x)
         error = yhat.astype(np.int16) - target  # int8 would wrap: 32 - (-127) = 159
-        input_grad = self.linear.input_grad(error) if propagate else None
-        sgd.step(self.linear, error, x, amp=1, decay_inv=decay_inv)
+        input_grad = self.linear.input_grad(error, ERROR_BOUND) if propagate else None
+        sgd.step(self.linear, error, x, amp=1, decay_inv=decay_inv, delta_bound=ERROR_BOUND)
         error32 = error.astype(np.int32)
         return yhat, input_grad, int((error32 * error32).sum())
 

@@ -65,25 +65,30 @@ class IntegerLinear:
         pre_activation = self.scaled_forward(x, scale)
         return pre_activation, activation.forward(pre_activation)
 
-    def weight_grad_bound(self, delta: Any, x: Any) -> int:
+    def weight_grad_bound(self, delta: Any, x: Any, delta_bound: int | None = None) -> int:
         """A bound of ``sum_i |delta[i, j] * x[i, k]|``, hence of ``max|G|``, without forming G.
 
         ``|G[j, k]| <= max|x| * sum_i |delta[i, j]|``: the largest column L1 norm of ``delta``
         (one pass over the small ``(batch, out)`` delta) bounds G about ten times tighter than
         ``max|delta| * max|x| * batch`` does, which keeps G, and the whole update, in int32.
+        A caller that knows ``max|delta| <= delta_bound`` (a head's error) skips that pass
+        whenever the factor bound already keeps G in int32.
         """
+        x_bound = dtype_bound(x)
+        if delta_bound is not None and x_bound * delta_bound * delta.shape[0] <= INT32_MAX:
+            return x_bound * delta_bound * delta.shape[0]
         xp = array_namespace(delta)
         column_l1 = int(abs(delta.astype(xp.int64)).sum(axis=0).max()) if delta.size else 0
-        return dtype_bound(x) * column_l1
+        return x_bound * column_l1
 
-    def weight_grad(self, delta: Any, x: Any) -> tuple[Any, int]:
+    def weight_grad(self, delta: Any, x: Any, delta_bound: int | None = None) -> tuple[Any, int]:
         """``G = delta.T @ x`` and a bound of ``max|G|`` (no pass over G)."""
-        bound = self.weight_grad_bound(delta, x)
+        bound = self.weight_grad_bound(delta, x, delta_bound)
         return exact_matmul(delta.T, x, sum_bound=bound), bound
 
-    def input_grad(self, delta: Any) -> Any:
+    def input_grad(self, delta: Any, delta_bound: int | None = None) -> Any:
         """``delta @ W``: the gradient with respect to the layer's input."""
-        return exact_matmul(delta, self.weight, bound_b=self.weight_bound, b_float64=self.weight64)
+        return exact_matmul(delta, self.weight, delta_bound, self.weight_bound, b_float64=self.weight64)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "weight64": None}  # a cache: not pickled, not copied

@@ -51,18 +51,22 @@ class IntegerSGD:
     def __init__(self, lr_inv: int) -> None:
         self.lr_inv = lr_inv
 
-    def step(self, layer: IntegerLinear, delta: Any, x: Any, amp: int, decay_inv: int) -> None:
-        """Update ``layer`` with the gradient of its output ``delta`` for input ``x``."""
+    def step(self, layer: IntegerLinear, delta: Any, x: Any, amp: int, decay_inv: int,
+             delta_bound: int | None = None) -> None:
+        """Update ``layer`` with the gradient of its output ``delta`` for input ``x``.
+
+        ``delta_bound``, when the caller knows one, bounds ``max|delta|`` (dense layers).
+        """
         divisor = self.lr_inv * amp
         dense = isinstance(layer, IntegerLinear)
         if dense and layer.bias is None and fused.active(layer.weight):
-            grad_bound = layer.weight_grad_bound(delta, x)
+            grad_bound = layer.weight_grad_bound(delta, x, delta_bound)
             updated_bound(layer.weight_bound, grad_bound, divisor, decay_inv)  # raises past int32
             if fused.sgd_update(layer, delta, x, grad_bound, divisor, decay_inv):
                 return
         if dense:
             layer.weight64 = None  # the in-place update below would leave the copy stale
-        grad, grad_bound = layer.weight_grad(delta, x)
+        grad, grad_bound = layer.weight_grad(delta, x, delta_bound) if dense else layer.weight_grad(delta, x)
         layer.weight_bound = integer_sgd_step(layer.weight, grad, grad_bound, layer.weight_bound,
                                               divisor, decay_inv)
         if layer.bias is not None:
