@@ -86,7 +86,7 @@ CLASSES = np.arange(N_CLASSES)
 
 # The published NITRO-D hyperparameters of this MLP.
 NITRO_PARAMS = dict(hidden_layer_sizes=HIDDEN, lr_inv=512, lr_amp=640, fwd_decay_inv=10000,
-                    head_decay_inv=8000, batch_size=BATCH_SIZE)
+                    head_decay_inv=8000, target_value=32, batch_size=BATCH_SIZE)
 # The published schedule (--full): early stopping and lr_inv plateaus on a validation split.
 FULL_SCHEDULE = PUBLISHED_SCHEDULE
 
@@ -131,17 +131,22 @@ CONTENDERS = {
 }
 
 
-def use_lr_inv(lr_inv: int) -> str:
-    """Give sknitro's contender the initial ``lr_inv``; returns the results' file stem.
+def use_params(lr_inv: int, target_value: int) -> str:
+    """Give sknitro's contender an initial ``lr_inv`` and a ``target_value``; returns the
+    suffix of the results' file names.
 
-    The published 512 writes ``mlp_fashion.*``; another value (sknitro's default is 256)
-    writes ``mlp_fashion_lr<N>.*`` and says so in the contender's label.
+    The published values (512, 32) write ``mlp_fashion.*``; others (sknitro's defaults are
+    256 and 64) write ``mlp_fashion_lr<N>.*`` / ``mlp_fashion_lr<N>_tv<T>.*`` and say so in the
+    contender's label.
     """
-    if lr_inv == NITRO_PARAMS["lr_inv"]:
-        return "mlp_fashion"
-    CONTENDERS["sknitro"] = Contender("sknitro", f"sknitro NitroMLPClassifier (lr_inv {lr_inv})",
-                                      functools.partial(make_nitro, lr_inv=lr_inv), raw_pixels)
-    return f"mlp_fashion_lr{lr_inv}"
+    changed = {name: value for name, value in (("lr_inv", lr_inv), ("target_value", target_value))
+               if value != NITRO_PARAMS[name]}
+    if not changed:
+        return ""
+    CONTENDERS["sknitro"] = Contender(
+        "sknitro", "sknitro NitroMLPClassifier (" + ", ".join(f"{k} {v}" for k, v in changed.items()) + ")",
+        functools.partial(make_nitro, **changed), raw_pixels)
+    return f"_lr{lr_inv}" + (f"_tv{target_value}" if "target_value" in changed else "")
 
 
 def load_data(n_train: int | None, n_test: int | None) -> tuple[np.ndarray, ...]:
@@ -237,7 +242,8 @@ def memory_child(name: str, n_train: int | None, epochs: int) -> dict:
 def memory_child_arguments(name: str, args: argparse.Namespace) -> list[str]:
     """The command line of this script as the memory child of ``name``."""
     arguments = ["--memory-child", name, "--memory-epochs", str(args.memory_epochs)]
-    for flag, value in (("--n-train", args.n_train), ("--threads", args.threads), ("--lr-inv", args.lr_inv)):
+    for flag, value in (("--n-train", args.n_train), ("--threads", args.threads), ("--lr-inv", args.lr_inv),
+                        ("--target-value", args.target_value)):
         if value is not None:
             arguments += [flag, str(value)]
     return arguments
@@ -260,11 +266,13 @@ def measure_memory(contenders: Sequence[Contender], args: argparse.Namespace) ->
 
 # -- --full: the published schedule --------------------------------------------------------
 def run_full_schedule(data: tuple[np.ndarray, ...], seeds: Sequence[int], max_epochs: int,
-                      verbose: bool, lr_inv: int = NITRO_PARAMS["lr_inv"]) -> dict:
+                      verbose: bool, lr_inv: int = NITRO_PARAMS["lr_inv"],
+                      target_value: int = NITRO_PARAMS["target_value"]) -> dict:
     X_train, y_train, X_test, y_test = data
     runs = []
     for seed in seeds:
-        model = make_nitro(seed, max_iter=max_epochs, verbose=verbose, lr_inv=lr_inv, **FULL_SCHEDULE)
+        model = make_nitro(seed, max_iter=max_epochs, verbose=verbose, lr_inv=lr_inv,
+                           target_value=target_value, **FULL_SCHEDULE)
         print(f"  seed {seed}: fit, at most {max_epochs} epochs...", flush=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
@@ -364,7 +372,8 @@ def acc_cell(summary: dict, epoch: int, n_seeds: int) -> str:
 
 def full_markdown(results: dict, args: argparse.Namespace, data: tuple[np.ndarray, ...]) -> str:
     full = results["full"]
-    lines = header_lines(f"Fashion-MNIST MLP: sknitro, published schedule, lr_inv {args.lr_inv}",
+    lines = header_lines(f"Fashion-MNIST MLP: sknitro, published schedule, lr_inv {args.lr_inv}, "
+                         f"target_value {args.target_value}",
                          args, data, results["machine"])
     lines += [f"Early stopping on a {FULL_SCHEDULE['validation_fraction']:.0%} validation split, "
               f"at most {args.max_epochs} epochs, n_iter_no_change "
@@ -400,7 +409,7 @@ def write_plots(results: dict, out: Path, target: float, stem: str = "mlp_fashio
 
 # -- the two modes ------------------------------------------------------------------------
 def epoch_mode(args: argparse.Namespace, out: Path) -> None:
-    use_lr_inv(args.lr_inv)
+    use_params(args.lr_inv, args.target_value)
     contenders = [CONTENDERS["sknitro"]] + ([] if args.skip_peer else [CONTENDERS["sklearn"]])
     results: dict[str, Any] = {"config": vars(args), "machine": machine_info()}
     if not args.skip_memory:  # first: the children must not inherit a big parent's ru_maxrss
@@ -424,7 +433,7 @@ def epoch_mode(args: argparse.Namespace, out: Path) -> None:
                                            results["summary"]["sknitro"]["median_epoch_seconds"])
     results["machine"]["load_average_end"] = load_average()
     print_epoch_summary(results)
-    stem = use_lr_inv(args.lr_inv)
+    stem = "mlp_fashion" + use_params(args.lr_inv, args.target_value)
     write_json(out / f"{stem}.json", results)
     write_text(out / f"{stem}.md", epoch_markdown(results, args, data))
     write_plots(results, out, args.target, stem)
@@ -445,16 +454,15 @@ def print_epoch_summary(results: dict) -> None:
 def full_mode(args: argparse.Namespace, out: Path) -> None:
     results: dict[str, Any] = {"config": vars(args), "machine": machine_info(),
                                "params": {**NITRO_PARAMS, **FULL_SCHEDULE, "max_iter": args.max_epochs,
-                                          "lr_inv": args.lr_inv}}
+                                          "lr_inv": args.lr_inv, "target_value": args.target_value}}
     data = load_data(args.n_train, args.n_test)
     print(f"[full] published schedule, {args.seeds} seed(s), {len(data[1])} train / "
           f"{len(data[3])} test samples", flush=True)
     results["full"] = run_full_schedule(data, range(args.seeds), args.max_epochs, args.verbose,
-                                        args.lr_inv)
+                                        args.lr_inv, args.target_value)
     full = results["full"]
     print(f"test accuracy {full['mean_test_accuracy']:.4f} ± {full['std_test_accuracy']:.4f}", flush=True)
-    # the published lr_inv writes mlp_fashion_full.*, another one mlp_fashion_full_lr<N>.*
-    stem = "mlp_fashion_full" + ("" if args.lr_inv == NITRO_PARAMS["lr_inv"] else f"_lr{args.lr_inv}")
+    stem = "mlp_fashion_full" + use_params(args.lr_inv, args.target_value)
     write_json(out / f"{stem}.json", results)
     write_text(out / f"{stem}.md", full_markdown(results, args, data))
 
@@ -474,6 +482,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-inv", type=int, default=NITRO_PARAMS["lr_inv"],
                         help="initial lr_inv of sknitro (default: the published 512; sknitro's default "
                              "is 256); another value writes mlp_fashion_lr<N>.* (--full: mlp_fashion_full_lr<N>.*)")
+    parser.add_argument("--target-value", type=int, default=NITRO_PARAMS["target_value"],
+                        help="target_value of sknitro (default: the published 32; sknitro's default is 64)")
     parser.add_argument("--memory-epochs", type=int, default=1,
                         help="epochs trained by each memory child (default 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
@@ -501,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.memory_child:
-        use_lr_inv(args.lr_inv)
+        use_params(args.lr_inv, args.target_value)
         print_memory_result(memory_child(args.memory_child, args.n_train, args.memory_epochs))
         return
     args.out.mkdir(parents=True, exist_ok=True)

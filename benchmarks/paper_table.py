@@ -83,6 +83,7 @@ from sknitro.nn.network import IntegerNetwork, build_cnn, build_mlp
 BATCH_SIZE = 64
 LR_INV = 512
 LR_AMP = 640
+TARGET_VALUE = 32
 VGG_HEAD_DIM = 4096
 CROP_PADDING = 2  # NitroCNNClassifier's default; the row's augmentation pads by this many pixels
 N_CLASSES = 10
@@ -313,6 +314,7 @@ class LoggedMLPClassifier(MLPClassifier):
 def integer_model(config: PaperConfig, seed: int, max_epochs: int, args: argparse.Namespace) -> Any:
     """The sknitro estimator with the row's published hyperparameters and schedule."""
     params = dict(hidden_layer_sizes=config.hidden, lr_inv=LR_INV, lr_amp=LR_AMP,
+                  target_value=TARGET_VALUE,
                   fwd_decay_inv=config.fwd_decay_inv, head_decay_inv=config.head_decay_inv,
                   dropout=config.dropout, batch_size=BATCH_SIZE, max_iter=max_epochs,
                   random_state=seed, **PUBLISHED_SCHEDULE)

@@ -37,7 +37,8 @@ def _estimator(args: argparse.Namespace) -> NitroMLPClassifier:
         params = {"hidden_layer_sizes": (100,), "max_iter": args.epochs or 100}
     else:  # the published Fashion-MNIST configuration (algorithm.md §8)
         params = {"hidden_layer_sizes": (200, 100, 50), "lr_inv": 512, "lr_amp": 640,
-                  "fwd_decay_inv": 10000, "head_decay_inv": 8000, "max_iter": args.epochs or 150,
+                  "fwd_decay_inv": 10000, "head_decay_inv": 8000, "target_value": 32,
+                  "max_iter": args.epochs or 150,
                   "early_stopping": True, "n_iter_no_change": 35, "lr_plateau_patience": 15,
                   "tol": 0.01}
     if args.hidden:

@@ -39,8 +39,11 @@ class NitroMLPClassifier(BaseNitroClassifier):
         Weight-decay inverse of the learning heads and the output layer; 0 disables it.
     scale_bits : int, default=8
         NITRO scaling divides pre-activations by ``2**scale_bits * fan_in``.
-    target_value : int, default=32
-        Integer target score of the true class (others: 0), in ``[1, 127]``.
+    target_value : int, default=64
+        Integer target score of the true class (others: 0), in ``[1, 127]``. The published
+        runs use 32; on Fashion-MNIST 64 reaches a given accuracy in fewer epochs and ends
+        higher (88.97 % against 88.79 % with the published schedule, three seeds, decided
+        on a validation split).
     dropout : float, default=0.0
         Dropout rate after each block's activation, a multiple of 0.05 in [0.05, 0.95], or 0.
     batch_size : int, default=64
@@ -124,7 +127,7 @@ class NitroMLPClassifier(BaseNitroClassifier):
 
     def __init__(self, hidden_layer_sizes=(100,), activation="nitro_relu", negative_slope_inv=4,
                  lr_inv=256, lr_amp=None, fwd_decay_inv=10000, head_decay_inv=8000, scale_bits=8,
-                 target_value=32, dropout=0.0, batch_size=64, max_iter=100, shuffle=True,
+                 target_value=64, dropout=0.0, batch_size=64, max_iter=100, shuffle=True,
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=20, tol=0.001,
                  lr_plateau_factor=3, lr_plateau_patience=10, warm_start=False, random_state=None,
                  verbose=False, device="cpu"):

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 PUBLISHED = dict(hidden_layer_sizes=(200, 100, 50), lr_inv=512, lr_amp=640, fwd_decay_inv=10000,
-                 head_decay_inv=8000, batch_size=64)
+                 head_decay_inv=8000, target_value=32, batch_size=64)
 
 
 @pytest.fixture(scope="module")
