@@ -10,6 +10,7 @@
  *   scale_to_int8        s = clip(tdiv(z, SF), -127, 127), a = table[s]  (scaling, activation)
  *   activation_backward  d = tdiv(g * multiplier[s], D)                  (the activation's backward)
  *   sgd_update           W -= tdiv(G, lr_inv * amp) + tdiv(W, decay_inv), returning max|W|
+ *   head_step            a learning head's whole update, in int32 loops (no float at all)
  *
  * The caller (sknitro/nn/fused.py) proves before each call that every integer fits the
  * types used here (|G| < 2**31 and the like); the kernels only check shapes.
@@ -97,6 +98,71 @@ static int64_t update_loop(int32_t *restrict w, const double *restrict g, double
         int64_t magnitude = value < 0 ? -value : value;
         largest = magnitude > largest ? magnitude : largest;
     }
+    return largest;
+}
+
+/* A learning head, whole: z = x W^T, yhat = clip(tdiv(z, SF)), e = yhat - target,
+ * input_grad = e W (the weights before the update), G = e^T x, W -= tdiv(G, lr) + decay.
+ * Heads have few outputs (the classes), so their products are small enough that plain
+ * int32 loops beat a round trip through float64 BLAS; the caller proves that every sum fits
+ * int32. `row` is scratch space for one row of G. */
+MULTIVERSION
+static int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *restrict target,
+                         int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict row,
+                         int16_t *restrict error, Py_ssize_t batch, Py_ssize_t classes,
+                         Py_ssize_t features, divisor_t scale, int32_t limit, divisor_t lr,
+                         int decays, divisor_t decay, int64_t *squared_error)
+{
+    int64_t squares = 0;
+    for (Py_ssize_t b = 0; b < batch; b++) {
+        for (Py_ssize_t c = 0; c < classes; c++) {
+            int32_t z = 0;
+            for (Py_ssize_t n = 0; n < features; n++)
+                z += (int32_t)x[b * features + n] * w[c * features + n];
+            z = z > limit ? limit : (z < -limit ? -limit : z);
+            int32_t q = tdiv32(z, scale.multiplier, scale.shift);
+            int8_t score = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
+            yhat[b * classes + c] = score;
+            int16_t e = (int16_t)(score - target[b * classes + c]);
+            error[b * classes + c] = e;
+            squares += (int64_t)e * e;
+        }
+    }
+    if (input_grad) {
+        for (Py_ssize_t b = 0; b < batch; b++) {
+            int32_t *out = input_grad + b * features;
+            for (Py_ssize_t n = 0; n < features; n++)
+                out[n] = 0;
+            for (Py_ssize_t c = 0; c < classes; c++) {
+                int32_t e = error[b * classes + c];
+                const int32_t *w_row = w + c * features;
+                for (Py_ssize_t n = 0; n < features; n++)
+                    out[n] += e * w_row[n];
+            }
+        }
+    }
+    int64_t largest = 0;
+    for (Py_ssize_t c = 0; c < classes; c++) {
+        for (Py_ssize_t n = 0; n < features; n++)
+            row[n] = 0;
+        for (Py_ssize_t b = 0; b < batch; b++) {
+            int32_t e = error[b * classes + c];
+            const int8_t *x_row = x + b * features;
+            for (Py_ssize_t n = 0; n < features; n++)
+                row[n] += e * (int32_t)x_row[n];
+        }
+        int32_t *w_row = w + c * features;
+        for (Py_ssize_t n = 0; n < features; n++) {
+            int64_t step = tdiv32(row[n], lr.multiplier, lr.shift);
+            if (decays)
+                step += tdiv32(w_row[n], decay.multiplier, decay.shift);
+            int64_t value = (int64_t)w_row[n] - step;
+            w_row[n] = (int32_t)value;
+            int64_t magnitude = value < 0 ? -value : value;
+            largest = magnitude > largest ? magnitude : largest;
+        }
+    }
+    *squared_error = squares;
     return largest;
 }
 
@@ -236,7 +302,70 @@ static PyObject *sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
     return result;
 }
 
+PyDoc_STRVAR(head_step_doc,
+"head_step(x, w, target, batch, scale, divisor, decay_inv, yhat, input_grad) -> (squared_error, max_w)\n--\n\n"
+"One update of a learning head on its local loss, in int32: for int8 x (batch, features),\n"
+"int32 w (classes, features), int8 target (batch, classes): yhat = clip(tdiv(x w^T, scale)),\n"
+"e = yhat - target, input_grad = e w (before the update; skipped when None), then\n"
+"w -= tdiv(e^T x, divisor) + tdiv(w, decay_inv). Returns sum(e**2) and max|w| after the\n"
+"update. The caller proves that every sum fits int32 and that the new w fits int32.");
+
+static PyObject *head_step(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer x, w, target, yhat, input_grad = {0};
+    Py_ssize_t batch;
+    long long scale, divisor, decay_inv;
+    PyObject *input_grad_obj;
+    if (!PyArg_ParseTuple(args, "y*w*y*nLLLw*O", &x, &w, &target, &batch, &scale, &divisor,
+                          &decay_inv, &yhat, &input_grad_obj))
+        return NULL;
+    int propagate = input_grad_obj != Py_None;
+    PyObject *result = NULL;
+    Py_ssize_t features = batch > 0 ? x.len / batch : 0, classes = batch > 0 ? target.len / batch : 0;
+    if (propagate && PyObject_GetBuffer(input_grad_obj, &input_grad, PyBUF_WRITABLE) < 0) {
+        propagate = 0;
+    } else if (scale < 1 || scale >= ((long long)1 << 24)) {
+        PyErr_Format(PyExc_ValueError, "scale must be in [1, 2**24), got %lld", scale);
+    } else if (batch < 1 || features < 1 || classes < 1) {
+        PyErr_Format(PyExc_ValueError, "empty head: batch %zd, %zd features, %zd classes",
+                     batch, features, classes);
+    } else if (check_size(&x, batch * features, 1, "x") == 0
+               && check_size(&target, batch * classes, 1, "target") == 0
+               && check_size(&yhat, batch * classes, 1, "yhat") == 0
+               && check_size(&w, classes * features, 4, "w") == 0
+               && (!propagate || check_size(&input_grad, batch * features, 4, "input_grad") == 0)
+               && check_divisor(divisor, "divisor") == 0
+               && (decay_inv == 0 || check_divisor(decay_inv, "decay_inv") == 0)) {
+        int32_t *row = PyMem_Malloc((size_t)features * sizeof(int32_t));
+        int16_t *error = PyMem_Malloc((size_t)(batch * classes) * sizeof(int16_t));
+        if (row == NULL || error == NULL) {
+            PyErr_NoMemory();
+        } else {
+            divisor_t d_scale = make_divisor(scale), lr = make_divisor(divisor);
+            divisor_t decay = make_divisor(decay_inv > 0 ? decay_inv : 1);
+            int64_t squares, largest;
+            Py_BEGIN_ALLOW_THREADS
+            largest = head_loop((const int8_t *)x.buf, (int32_t *)w.buf, (const int8_t *)target.buf,
+                                (int8_t *)yhat.buf, propagate ? (int32_t *)input_grad.buf : NULL,
+                                row, error, batch, classes, features, d_scale,
+                                (int32_t)(128 * scale), lr, decay_inv > 0, decay, &squares);
+            Py_END_ALLOW_THREADS
+            result = Py_BuildValue("LL", (long long)squares, (long long)largest);
+        }
+        PyMem_Free(row);
+        PyMem_Free(error);
+    }
+    if (propagate)
+        PyBuffer_Release(&input_grad);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&target);
+    PyBuffer_Release(&yhat);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"head_step", head_step, METH_VARARGS, head_step_doc},
     {"scale_to_int8", scale_to_int8, METH_VARARGS, scale_to_int8_doc},
     {"activation_backward", activation_backward, METH_VARARGS, activation_backward_doc},
     {"sgd_update", sgd_update, METH_VARARGS, sgd_update_doc},

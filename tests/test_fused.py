@@ -110,6 +110,52 @@ def test_activation_backward_matches_numpy(name):
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("propagate", [True, False])
+def test_head_step_matches_the_numpy_head(seed, propagate):
+    from sknitro.nn.blocks import LinearHead
+    from sknitro.nn.optim import IntegerSGD
+
+    rng = np.random.default_rng(seed)
+    batch, features, classes = [(64, 200, 10), (7, 33, 3), (1, 1, 2)][seed % 3]
+    heads = [LinearHead(features, classes, 3000, scale_bits=8, rng=np.random.default_rng(seed))
+             for _ in range(2)]
+    x = rng.integers(-127, 128, size=(batch, features)).astype(np.int8)
+    x[0, :] = -127  # extremes of the int8 inputs
+    target = np.zeros((batch, classes), np.int8)
+    target[np.arange(batch), rng.integers(0, classes, batch)] = [32, 127, 1][seed % 3]
+    sgd = IntegerSGD(lr_inv=[1, 3, 256][seed % 3])
+    decay = [0, 7, 8000][seed % 3]
+    with sknitro.config_context(fused_kernels=False):
+        expected = heads[0].learn(x, target, sgd, decay, propagate=propagate)
+    fast = heads[1].learn(x, target, sgd, decay, propagate=propagate)
+    np.testing.assert_array_equal(fast[0], expected[0])
+    if propagate:
+        np.testing.assert_array_equal(fast[1], expected[1])
+    else:
+        assert fast[1] is None and expected[1] is None
+    assert fast[2] == expected[2]
+    np.testing.assert_array_equal(heads[1].linear.weight, heads[0].linear.weight)
+    assert heads[1].linear.weight_bound == heads[0].linear.weight_bound
+
+
+def test_head_step_runs_only_on_int8_inputs_within_int32(spy):
+    from sknitro.nn.blocks import LinearHead
+    from sknitro.nn.optim import IntegerSGD
+
+    head = LinearHead(4, 2, 100, scale_bits=8, rng=np.random.default_rng(0))
+    target = np.array([[32, 0]], np.int8)
+    head.learn(np.ones((1, 4), np.int16), target, IntegerSGD(8), 0)  # dropout output: int16
+    assert "head_step" not in spy.calls
+    head.linear.weight[:] = 2**30 // 4
+    head.linear.refresh_bounds()  # scores could pass int32: 128 * 2**28 * 4
+    head.learn(np.ones((1, 4), np.int8), target, IntegerSGD(2**20), 0)
+    assert "head_step" not in spy.calls
+    small = LinearHead(4, 2, 100, scale_bits=8, rng=np.random.default_rng(0))
+    small.learn(np.ones((1, 4), np.int8), target, IntegerSGD(8), 0)
+    assert spy.calls["head_step"] == 1
+
+
 def test_kernels_reject_buffers_of_the_wrong_size():
     weight = np.zeros(10, np.int32)
     with pytest.raises(ValueError, match="g: expected 10 items"):
@@ -173,7 +219,7 @@ def test_fit_gives_identical_weights_with_and_without_the_kernels(spy, digits_sm
     params = dict(hidden_layer_sizes=(40, 20), max_iter=4, random_state=5)
     fast = NitroMLPClassifier(**params).fit(X, y)
     assert spy.calls["sgd_update"] > 0 and spy.calls["scale_to_int8"] > 0
-    assert spy.calls["activation_backward"] > 0
+    assert spy.calls["activation_backward"] > 0 and spy.calls["head_step"] > 0
     with sknitro.config_context(fused_kernels=False):
         numpy_path = NitroMLPClassifier(**params).fit(X, y)
     with sknitro.config_context(gemm="integer"):

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import array_namespace
+from ..backend import array_namespace, dtype_bound
+from . import fused
 from .conv import AvgPool2d, IntegerConv2d, MaxPool2d, conv_amp, head_pool_window
-from .layers import IntegerDropout, IntegerLinear, scale_factor
-from .optim import IntegerSGD
+from .layers import INT32_MAX, IntegerDropout, IntegerLinear, scale_factor
+from .optim import IntegerSGD, updated_bound
 
 
 ERROR_BOUND = 127 + 128  # |yhat - target| for int8 scores in [-127, 127] and int8 targets
@@ -47,12 +48,27 @@ class LinearHead:
         input_grad : ``e @ W`` with the weights from before the update, or None
         squared_error : int, ``sum(e**2)`` over the batch
         """
+        fused_result = self._learn_fused(x, target, sgd, decay_inv, propagate)
+        if fused_result is not None:
+            return fused_result
         yhat = self.forward(x)
         error = yhat.astype(np.int16) - target  # int8 would wrap: 32 - (-127) = 159
         input_grad = self.linear.input_grad(error, ERROR_BOUND) if propagate else None
         sgd.step(self.linear, error, x, amp=1, decay_inv=decay_inv, delta_bound=ERROR_BOUND)
         error32 = error.astype(np.int32)
         return yhat, input_grad, int((error32 * error32).sum())
+
+    def _learn_fused(self, x: Any, target: Any, sgd: IntegerSGD, decay_inv: int,
+                     propagate: bool) -> tuple[Any, Any, int] | None:
+        """The same update in one compiled call (:func:`.fused.head_step`), or None."""
+        if self.linear.bias is not None or not fused.active(self.linear.weight):
+            return None
+        grad_bound = ERROR_BOUND * dtype_bound(x) * x.shape[0]  # the bound the step would use
+        if grad_bound > INT32_MAX:
+            return None
+        updated_bound(self.linear.weight_bound, grad_bound, sgd.lr_inv, decay_inv)  # raises past int32
+        return fused.head_step(self.linear, x, target, self.scale, sgd.lr_inv, decay_inv, propagate,
+                               ERROR_BOUND)
 
 
 @dataclass

@@ -91,3 +91,33 @@ def sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, de
         layer.weight64 = np.empty(layer.weight.shape, dtype=np.float64)
     layer.weight_bound = _kernels.sgd_update(layer.weight, grad, divisor, decay_inv, layer.weight64)
     return True
+
+
+def head_step(layer: Any, x: Any, target: Any, scale: int, divisor: int, decay_inv: int,
+              propagate: bool, error_bound: int) -> tuple[Any, Any, int] | None:
+    """A learning head's update (``LinearHead.learn``) in one compiled call; None if it
+    cannot run.
+
+    The kernel works in int32 loops, no float at all: heads have few outputs, so their
+    three products are cheaper there than through float64 BLAS and back. It needs int8
+    ``x`` and ``target``, and every sum in int32: the scores (``max|x| * max|W| * in``), the
+    input gradient (``error_bound * max|W| * classes``) and ``G``
+    (``error_bound * max|x| * batch``). The caller has proven that the updated weights fit
+    int32. Returns ``(yhat, input_grad or None, squared_error)``.
+    """
+    weight = layer.weight
+    if not active(weight) or layer.bias is not None or x.ndim != 2 or x.dtype != np.int8 \
+            or target.dtype != np.int8 or not (x.flags.c_contiguous and target.flags.c_contiguous) \
+            or 128 * scale >= KERNEL_DIVISOR_LIMIT or not 1 <= divisor < KERNEL_DIVISOR_LIMIT \
+            or not 0 <= decay_inv < KERNEL_DIVISOR_LIMIT:
+        return None
+    (batch, features), classes = x.shape, weight.shape[0]
+    if max(128 * layer.weight_bound * features, error_bound * layer.weight_bound * classes,
+           error_bound * 128 * batch) > INT32_LIMIT:
+        return None
+    yhat = np.empty((batch, classes), dtype=np.int8)
+    input_grad = np.empty((batch, features), dtype=np.int32) if propagate else None
+    squared_error, layer.weight_bound = _kernels.head_step(x, weight, target, batch, scale, divisor,
+                                                           decay_inv, yhat, input_grad)
+    layer.weight64 = None  # the kernel updated the weights in place
+    return yhat, input_grad, squared_error
