@@ -11,6 +11,7 @@
  *   activation_backward  d = tdiv(g * multiplier[s], D)                  (the activation's backward)
  *   sgd_update           W -= tdiv(G, lr_inv * amp) + tdiv(W, decay_inv), returning max|W|
  *   head_step            a learning head's whole update, in int32 loops (no float at all)
+ *   lookup_uint8         out = table[x] for uint8 x                      (the image encoder)
  *
  * The caller (sknitro/nn/fused.py) proves before each call that every integer fits the
  * types used here (|G| < 2**31 and the like); the kernels only check shapes.
@@ -164,6 +165,14 @@ static int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const in
     }
     *squared_error = squares;
     return largest;
+}
+
+MULTIVERSION
+static void lookup_loop(const int8_t *restrict table, const uint8_t *restrict x, int8_t *restrict out,
+                        Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[i] = table[x[i]];
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -364,7 +373,32 @@ static PyObject *head_step(PyObject *Py_UNUSED(self), PyObject *args)
     return result;
 }
 
+PyDoc_STRVAR(lookup_uint8_doc,
+"lookup_uint8(table, x, out)\n--\n\n"
+"out[i] = table[x[i]] for an int8 table of 256 entries, uint8 x and int8 out (the image\n"
+"encoder's lookup: one pass, where numpy.take goes through a generic gather).");
+
+static PyObject *lookup_uint8(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer table, x, out;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &table, &x, &out))
+        return NULL;
+    PyObject *result = NULL;
+    if (check_size(&table, 256, 1, "table") == 0 && check_size(&out, x.len, 1, "out") == 0) {
+        Py_BEGIN_ALLOW_THREADS
+        lookup_loop((const int8_t *)table.buf, (const uint8_t *)x.buf, (int8_t *)out.buf, x.len);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"lookup_uint8", lookup_uint8, METH_VARARGS, lookup_uint8_doc},
     {"head_step", head_step, METH_VARARGS, head_step_doc},
     {"scale_to_int8", scale_to_int8, METH_VARARGS, scale_to_int8_doc},
     {"activation_backward", activation_backward, METH_VARARGS, activation_backward_doc},

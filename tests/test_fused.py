@@ -291,3 +291,19 @@ def test_step_refuses_int32_overflow_and_leaves_the_weights_alone(spy, fused_ker
         IntegerSGD(lr_inv=1).step(layer, delta, x, amp=1, decay_inv=0)
     np.testing.assert_array_equal(layer.weight, before)
     assert "sgd_update" not in spy.calls
+
+
+def test_image_encoding_lookup_matches_take(spy):
+    from sknitro.encoding import InputEncoder
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+    images[0] = 0
+    images[1] = 255
+    encoder = InputEncoder().fit(images)
+    fast = encoder.transform(images)
+    assert spy.calls["lookup_uint8"] > 0
+    with sknitro.config_context(fused_kernels=False):
+        slow = encoder.transform(images)
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_array_equal(fast, np.take(encoder.lookup_table[0], images))

@@ -121,3 +121,14 @@ def head_step(layer: Any, x: Any, target: Any, scale: int, divisor: int, decay_i
                                                            decay_inv, yhat, input_grad)
     layer.weight64 = None  # the kernel updated the weights in place
     return yhat, input_grad, squared_error
+
+
+def lookup_uint8(table: Any, x: Any) -> Any:
+    """``table[x]`` for a uint8 array ``x`` and an int8 table of 256 entries, in one compiled
+    pass (the image encoder's lookup); None if it cannot run."""
+    if _kernels is None or not isinstance(x, np.ndarray) or x.dtype != np.uint8 \
+            or not x.flags.c_contiguous or not fused_kernels_allowed():
+        return None
+    out = np.empty(x.shape, dtype=np.int8)
+    _kernels.lookup_uint8(table, x, out)
+    return out
