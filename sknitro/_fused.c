@@ -1,11 +1,12 @@
 /*
- * sknitro._fused: the elementwise passes of a dense training step, fused in C.
+ * sknitro._fused: the elementwise passes of the CPU training step, fused in C.
  *
  * On the CPU the engine's matrix products run on float64 BLAS when a bound proves them
  * exact (algorithm.md section 9), so they arrive here as float64 arrays holding integers.
  * NumPy would need one pass per operation to convert, divide (truncated division is four
- * passes), clip, update and scan them; these kernels do each job in one pass. Every kernel
- * computes exactly what the NumPy path computes, integer for integer:
+ * passes), clip, update and scan them; these kernels do each job in one pass. The learning
+ * heads, whose products are tiny, run whole in int32 loops instead. Every kernel computes
+ * exactly what the NumPy path computes, integer for integer:
  *
  *   scale_to_int8        s = clip(tdiv(z, SF), -127, 127), a = table[s]  (scaling, activation)
  *   activation_backward  d = tdiv(g * multiplier[s], D)                  (the activation's backward)

@@ -105,9 +105,10 @@ class InputEncoder:
         # (in chunks: a gather or a formula makes a wide temporary the size of its input)
         if self.kind == "image":
             if self.channel_axis is None:
-                encoded = fused.lookup_uint8(self.lookup_table[0], X)
-                # take: twice as fast as table[X]
-                return np.take(self.lookup_table[0], X) if encoded is None else encoded
+                encoded = fused.lookup_uint8(self.lookup_table[0], X)  # None without the extension
+                if encoded is None:
+                    encoded = np.take(self.lookup_table[0], X)  # take: twice as fast as table[X]
+                return encoded
             out = np.empty(X.shape, dtype=np.int8)
             for c, table in enumerate(self.lookup_table):
                 index = (slice(None),) * self.channel_axis + (c,)

@@ -9,7 +9,9 @@ package) does the whole IntegerSGD update of a layer in one pass:
 ``W -= tdiv(G, lr_inv * amp) + tdiv(W, decay_inv)`` straight from the float64 product
 ``G``, keeping a float64 copy of ``W`` (the next forward product's operand) and returning
 ``max|W|``. Likewise NITRO scaling and the activation table lookup run in one pass over the
-float64 forward product, and the activation's backward in one pass over its gradient.
+float64 forward product, and the activation's backward in one pass over its gradient. A
+learning head's whole update runs in one call of int32 loops (:func:`head_step`), and the
+image encoder's table lookup in one pass (:func:`lookup_uint8`).
 
 The kernels compute exactly what the NumPy path computes; they run only when a bound proves
 that every integer fits their 32-bit arithmetic, and otherwise the NumPy path does the
