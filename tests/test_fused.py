@@ -7,10 +7,12 @@ import pytest
 
 import sknitro
 from sknitro import NitroCNNClassifier, NitroMLPClassifier
+from sknitro.encoding import InputEncoder
 from sknitro.nn import fused
+from sknitro.nn.blocks import LinearHead
 from sknitro.nn.functional import tdiv
 from sknitro.nn.layers import ACTIVATIONS, IntegerLinear, make_activation, nitro_scale
-from sknitro.nn.optim import integer_sgd_step
+from sknitro.nn.optim import IntegerSGD, integer_sgd_step
 
 INT32_MAX = 2**31 - 1
 
@@ -113,9 +115,6 @@ def test_activation_backward_matches_numpy(name):
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("propagate", [True, False])
 def test_head_step_matches_the_numpy_head(seed, propagate):
-    from sknitro.nn.blocks import LinearHead
-    from sknitro.nn.optim import IntegerSGD
-
     rng = np.random.default_rng(seed)
     batch, features, classes = [(64, 200, 10), (7, 33, 3), (1, 1, 2)][seed % 3]
     heads = [LinearHead(features, classes, 3000, scale_bits=8, rng=np.random.default_rng(seed))
@@ -140,9 +139,6 @@ def test_head_step_matches_the_numpy_head(seed, propagate):
 
 
 def test_head_step_runs_only_on_int8_inputs_within_int32(spy):
-    from sknitro.nn.blocks import LinearHead
-    from sknitro.nn.optim import IntegerSGD
-
     head = LinearHead(4, 2, 100, scale_bits=8, rng=np.random.default_rng(0))
     target = np.array([[32, 0]], np.int8)
     head.learn(np.ones((1, 4), np.int16), target, IntegerSGD(8), 0)  # dropout output: int16
@@ -282,8 +278,6 @@ def test_weights_changed_between_epochs_are_used(digits_small):
 
 @pytest.mark.parametrize("fused_kernels", [True, False])
 def test_step_refuses_int32_overflow_and_leaves_the_weights_alone(spy, fused_kernels):
-    from sknitro.nn.optim import IntegerSGD
-
     layer = make_linear(np.array([[2**31 - 10, 5]]))
     before = layer.weight.copy()
     delta, x = np.array([[-100]], np.int32), np.array([[1, 1]], np.int8)  # G = [[-100, -100]]
@@ -294,8 +288,6 @@ def test_step_refuses_int32_overflow_and_leaves_the_weights_alone(spy, fused_ker
 
 
 def test_image_encoding_lookup_matches_take(spy):
-    from sknitro.encoding import InputEncoder
-
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
     images[0] = 0
