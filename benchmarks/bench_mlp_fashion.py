@@ -408,8 +408,7 @@ def write_plots(results: dict, out: Path, target: float, stem: str = "mlp_fashio
 
 
 # -- the two modes ------------------------------------------------------------------------
-def epoch_mode(args: argparse.Namespace, out: Path) -> None:
-    use_params(args.lr_inv, args.target_value)
+def epoch_mode(args: argparse.Namespace, out: Path, suffix: str = "") -> None:
     contenders = [CONTENDERS["sknitro"]] + ([] if args.skip_peer else [CONTENDERS["sklearn"]])
     results: dict[str, Any] = {"config": vars(args), "machine": machine_info()}
     if not args.skip_memory:  # first: the children must not inherit a big parent's ru_maxrss
@@ -433,7 +432,7 @@ def epoch_mode(args: argparse.Namespace, out: Path) -> None:
                                            results["summary"]["sknitro"]["median_epoch_seconds"])
     results["machine"]["load_average_end"] = load_average()
     print_epoch_summary(results)
-    stem = "mlp_fashion" + use_params(args.lr_inv, args.target_value)
+    stem = "mlp_fashion" + suffix
     write_json(out / f"{stem}.json", results)
     write_text(out / f"{stem}.md", epoch_markdown(results, args, data))
     write_plots(results, out, args.target, stem)
@@ -451,7 +450,7 @@ def print_epoch_summary(results: dict) -> None:
           f"{roof['achieved_gflops']:.2f} GFLOP/s = {100 * roof['fraction_of_roofline']:.1f} %", flush=True)
 
 
-def full_mode(args: argparse.Namespace, out: Path) -> None:
+def full_mode(args: argparse.Namespace, out: Path, suffix: str = "") -> None:
     results: dict[str, Any] = {"config": vars(args), "machine": machine_info(),
                                "params": {**NITRO_PARAMS, **FULL_SCHEDULE, "max_iter": args.max_epochs,
                                           "lr_inv": args.lr_inv, "target_value": args.target_value}}
@@ -462,7 +461,7 @@ def full_mode(args: argparse.Namespace, out: Path) -> None:
                                         args.lr_inv, args.target_value)
     full = results["full"]
     print(f"test accuracy {full['mean_test_accuracy']:.4f} ± {full['std_test_accuracy']:.4f}", flush=True)
-    stem = "mlp_fashion_full" + use_params(args.lr_inv, args.target_value)
+    stem = "mlp_fashion_full" + suffix
     write_json(out / f"{stem}.json", results)
     write_text(out / f"{stem}.md", full_markdown(results, args, data))
 
@@ -510,12 +509,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    suffix = use_params(args.lr_inv, args.target_value)
     if args.memory_child:
-        use_params(args.lr_inv, args.target_value)
         print_memory_result(memory_child(args.memory_child, args.n_train, args.memory_epochs))
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    (full_mode if args.full else epoch_mode)(args, args.out)
+    (full_mode if args.full else epoch_mode)(args, args.out, suffix)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ class IntegerLinear:
                                        self.weight64)
             if out is not None:
                 return out
-        pre_activation = self.scaled_forward(x, scale)
+        pre_activation = nitro_scale(self.forward(x), scale)  # the kernel declined: NumPy path
         return pre_activation, activation.forward(pre_activation)
 
     def weight_grad_bound(self, delta: Any, x: Any, delta_bound: int | None = None) -> int:
