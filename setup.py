@@ -9,7 +9,8 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("sknitro._fused", ["sknitro/_fused.c"], optional=True,
+        Extension("sknitro._fused", ["sknitro/_fused.c", "sknitro/_vnni.c"], depends=["sknitro/_vnni.h"],
+                  optional=True,
                   extra_compile_args=["-O3", "-fno-trapping-math"]),
     ],
 )

@@ -26,6 +26,8 @@
 #include <Python.h>
 #include <stdint.h>
 
+#include "_vnni.h" /* divisor_t: multiplier < 2**32 for every d < 2**31 */
+
 /* Each hot loop is compiled for AVX-512 and AVX2 too; the loader picks the best the CPU has. */
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
 #define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -33,10 +35,6 @@
 #define MULTIVERSION
 #endif
 
-typedef struct {
-    uint32_t multiplier; /* < 2**32 for every d < 2**31 */
-    int shift;
-} divisor_t;
 
 /* The magic multiplier of d, 1 <= d < 2**31 (see the header). */
 static divisor_t make_divisor(int64_t d)
@@ -59,20 +57,28 @@ static inline int32_t tdiv32(int32_t n, uint32_t multiplier, int shift)
     return n < 0 ? -q : q;
 }
 
+static inline int8_t clip_int8(int32_t q)
+{
+    return (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
+}
+
 MULTIVERSION
 static void scale_loop(const double *restrict z, int8_t *restrict out, Py_ssize_t n, double limit,
-                       uint32_t multiplier, int shift, const int8_t *restrict table,
-                       int8_t *restrict activated)
+                       uint32_t multiplier, int shift)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         /* |z| >= 128 * SF saturates anyway: clamping first keeps the division in 32 bits */
         double v = z[i] > limit ? limit : (z[i] < -limit ? -limit : z[i]);
-        int32_t q = tdiv32((int32_t)v, multiplier, shift);
-        out[i] = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
+        out[i] = clip_int8(tdiv32((int32_t)v, multiplier, shift));
     }
-    if (table)
-        for (Py_ssize_t i = 0; i < n; i++)
-            activated[i] = table[(uint8_t)out[i]];
+}
+
+MULTIVERSION
+static void scale_loop_int32(const int32_t *restrict z, int8_t *restrict out, Py_ssize_t n,
+                             uint32_t multiplier, int shift)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[i] = clip_int8(tdiv32(z[i], multiplier, shift));
 }
 
 MULTIVERSION
@@ -176,6 +182,14 @@ static void lookup_loop(const int8_t *restrict table, const uint8_t *restrict x,
         out[i] = table[x[i]];
 }
 
+MULTIVERSION
+static void lookup_int8(const int8_t *restrict table, const int8_t *restrict x, int8_t *restrict out,
+                        Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[i] = table[(uint8_t)x[i]];
+}
+
 /* ---------------------------------------------------------------------------------- */
 
 static int check_size(Py_buffer *view, Py_ssize_t count, Py_ssize_t itemsize, const char *name)
@@ -199,7 +213,8 @@ static int check_divisor(long long d, const char *name)
 
 PyDoc_STRVAR(scale_to_int8_doc,
 "scale_to_int8(z, scale, out, table=None, activated=None)\n--\n\n"
-"out[i] = clip(tdiv(z[i], scale), -127, 127) for float64 z holding integers, int8 out;\n"
+"out[i] = clip(tdiv(z[i], scale), -127, 127) for int32 z, or float64 z holding integers;\n"
+"int8 out; "
 "128 * scale must be below 2**31. With an int8 table of 256 entries, also\n"
 "activated[i] = table[out[i] as uint8] (an activation looked up by bit pattern).");
 
@@ -220,14 +235,18 @@ static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
             PyBuffer_Release(&table);
     } else if (scale < 1 || scale >= ((long long)1 << 24)) {
         PyErr_Format(PyExc_ValueError, "scale must be in [1, 2**24) (128 * scale < 2**31), got %lld", scale);
-    } else if (check_size(&z, n, 8, "z") == 0
+    } else if ((z.len == 4 * n || check_size(&z, n, 8, "z") == 0)
                && (!has_table || (check_size(&table, 256, 1, "table") == 0
                                   && check_size(&activated, n, 1, "activated") == 0))) {
         divisor_t d = make_divisor(scale);
         Py_BEGIN_ALLOW_THREADS
-        scale_loop((const double *)z.buf, (int8_t *)out.buf, n, 128.0 * (double)scale,
-                   d.multiplier, d.shift, has_table ? (const int8_t *)table.buf : NULL,
-                   has_table ? (int8_t *)activated.buf : NULL);
+        if (z.len == 4 * n)
+            scale_loop_int32((const int32_t *)z.buf, (int8_t *)out.buf, n, d.multiplier, d.shift);
+        else
+            scale_loop((const double *)z.buf, (int8_t *)out.buf, n, 128.0 * (double)scale, d.multiplier,
+                       d.shift);
+        if (has_table)
+            lookup_int8((const int8_t *)table.buf, (const int8_t *)out.buf, (int8_t *)activated.buf, n);
         Py_END_ALLOW_THREADS
         result = Py_None;
         Py_INCREF(result);
@@ -398,12 +417,157 @@ static PyObject *lookup_uint8(PyObject *Py_UNUSED(self), PyObject *args)
     return result;
 }
 
+/* ---- the VNNI products (sknitro/_vnni.c) ---------------------------------------- */
+
+PyDoc_STRVAR(vnni_available_doc,
+"vnni_available() -> bool\n--\n\n"
+"Whether this CPU runs the VNNI products (AVX-512 F, BW, VL and VNNI).");
+
+static PyObject *vnni_available(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args))
+{
+    return PyBool_FromLong(vnni_supported());
+}
+
+static int check_matrix(Py_buffer *view, Py_ssize_t rows, Py_ssize_t cols, const char *name)
+{
+    if (rows < 1 || cols < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: shape (%zd, %zd) is empty", name, rows, cols);
+        return -1;
+    }
+    return check_size(view, rows * cols, 4, name);
+}
+
+PyDoc_STRVAR(input_units_doc,
+"input_units(x, units) -> int\n--\n\n"
+"units[i, k] = (x, 256 x) as a pair of int16 for int8 x of shape (rows, cols), int32 units\n"
+"of the same shape; returns the largest row L1 norm of x.");
+
+static PyObject *input_units(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer x, units;
+    Py_ssize_t cols;
+    if (!PyArg_ParseTuple(args, "y*nw*", &x, &cols, &units))
+        return NULL;
+    PyObject *result = NULL;
+    if (cols >= 1 && x.len % cols == 0 && check_matrix(&units, x.len / cols, cols, "units") == 0) {
+        int64_t largest;
+        Py_BEGIN_ALLOW_THREADS
+        largest = vnni_input_units((const int8_t *)x.buf, (int32_t *)units.buf, x.len / cols, cols);
+        Py_END_ALLOW_THREADS
+        result = PyLong_FromLongLong(largest);
+    } else if (!PyErr_Occurred()) {
+        PyErr_Format(PyExc_ValueError, "x: %zd bytes do not make rows of %zd", x.len, cols);
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&units);
+    return result;
+}
+
+PyDoc_STRVAR(split_units_doc,
+"split_units(a, units)\n--\n\n"
+"units[i] = (a & 255, a >> 8) as a pair of int16 for int32 a with |a| < 2**23.");
+
+static PyObject *split_units(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer a, units;
+    if (!PyArg_ParseTuple(args, "y*w*", &a, &units))
+        return NULL;
+    PyObject *result = NULL;
+    if (check_size(&units, a.len / 4, 4, "units") == 0 && check_size(&a, units.len / 4, 4, "a") == 0) {
+        Py_BEGIN_ALLOW_THREADS
+        vnni_split_units((const int32_t *)a.buf, (int32_t *)units.buf, a.len / 4);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&units);
+    return result;
+}
+
+static int check_vnni(void)
+{
+    if (!vnni_supported()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU has no AVX-512 VNNI");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(units_product_doc,
+"units_product(x_units, w_units, m, n, k, chunk, z)\n--\n\n"
+"z = x w^T saturated to int32, (m, n), from the input units of x (m, k) and the split units\n"
+"of w (n, k). Exact (before saturation) when every partial sum over chunk consecutive k fits\n"
+"int32, which the caller proves; the chunks add up in int64.");
+
+static PyObject *units_product(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer x, w, z;
+    Py_ssize_t m, n, k, chunk;
+    if (!PyArg_ParseTuple(args, "y*y*nnnnw*", &x, &w, &m, &n, &k, &chunk, &z))
+        return NULL;
+    PyObject *result = NULL;
+    if (check_vnni() == 0 && check_matrix(&x, m, k, "x_units") == 0 && check_matrix(&w, n, k, "w_units") == 0
+        && check_matrix(&z, m, n, "z") == 0) {
+        if (chunk < 1)
+            chunk = k;
+        Py_BEGIN_ALLOW_THREADS
+        vnni_product((const int32_t *)x.buf, (const int32_t *)w.buf, (int32_t *)z.buf, m, n, k, chunk);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&z);
+    return result;
+}
+
+PyDoc_STRVAR(units_sgd_update_doc,
+"units_sgd_update(delta, x_units, w, w_units, divisor, decay_inv) -> int\n--\n\n"
+"IntegerSGD with G = delta^T x on the VNNI products: for int32 delta (batch, n) with\n"
+"|delta| < 2**23, x as input units (batch, k) and int32 w (n, k), in place\n"
+"w -= tdiv(G, divisor) + (tdiv(w, decay_inv) if decay_inv else 0); writes the split units\n"
+"of the new w and returns max|w|. The caller proves |G| < 2**31 and that the new w fits int32.");
+
+static PyObject *units_sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer delta, x, w, w_units;
+    Py_ssize_t batch, n, k;
+    long long divisor, decay_inv;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*nnnLL", &delta, &x, &w, &w_units, &batch, &n, &k, &divisor,
+                          &decay_inv))
+        return NULL;
+    PyObject *result = NULL;
+    if (check_vnni() == 0 && check_matrix(&delta, batch, n, "delta") == 0 && check_matrix(&x, batch, k, "x_units") == 0
+        && check_matrix(&w, n, k, "w") == 0 && check_matrix(&w_units, n, k, "w_units") == 0
+        && check_divisor(divisor, "divisor") == 0 && (decay_inv == 0 || check_divisor(decay_inv, "decay_inv") == 0)) {
+        divisor_t lr = make_divisor(divisor), decay = make_divisor(decay_inv > 0 ? decay_inv : 1);
+        int64_t largest;
+        Py_BEGIN_ALLOW_THREADS
+        largest = vnni_sgd_update((const int32_t *)delta.buf, (const int32_t *)x.buf, (int32_t *)w.buf,
+                                  (int32_t *)w_units.buf, n, batch, k, lr, decay_inv > 0, decay);
+        Py_END_ALLOW_THREADS
+        result = largest < 0 ? PyErr_NoMemory() : PyLong_FromLongLong(largest);
+    }
+    PyBuffer_Release(&delta);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&w_units);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"lookup_uint8", lookup_uint8, METH_VARARGS, lookup_uint8_doc},
     {"head_step", head_step, METH_VARARGS, head_step_doc},
     {"scale_to_int8", scale_to_int8, METH_VARARGS, scale_to_int8_doc},
     {"activation_backward", activation_backward, METH_VARARGS, activation_backward_doc},
     {"sgd_update", sgd_update, METH_VARARGS, sgd_update_doc},
+    {"vnni_available", vnni_available, METH_NOARGS, vnni_available_doc},
+    {"input_units", input_units, METH_VARARGS, input_units_doc},
+    {"split_units", split_units, METH_VARARGS, split_units_doc},
+    {"units_product", units_product, METH_VARARGS, units_product_doc},
+    {"units_sgd_update", units_sgd_update, METH_VARARGS, units_sgd_update_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -210,11 +210,22 @@ def assert_same_weights(a, b):
         np.testing.assert_array_equal(left, right)
 
 
-def test_fit_gives_identical_weights_with_and_without_the_kernels(spy, digits_small):
+@pytest.fixture(params=["vnni", "float64"])
+def products(request, monkeypatch):
+    """Runs a test on each product path of the kernels: VNNI (on CPUs that have it) and
+    float64 BLAS. Returns the name of the update kernel that path calls."""
+    if request.param == "vnni" and not fused.VNNI:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    if request.param == "float64":
+        monkeypatch.setattr(fused, "VNNI", False)
+    return "units_sgd_update" if request.param == "vnni" else "sgd_update"
+
+
+def test_fit_gives_identical_weights_with_and_without_the_kernels(spy, products, digits_small):
     X, y = digits_small
     params = dict(hidden_layer_sizes=(40, 20), max_iter=4, random_state=5)
     fast = NitroMLPClassifier(**params).fit(X, y)
-    assert spy.calls["sgd_update"] > 0 and spy.calls["scale_to_int8"] > 0
+    assert spy.calls[products] > 0 and spy.calls["scale_to_int8"] > 0
     assert spy.calls["activation_backward"] > 0 and spy.calls["head_step"] > 0
     with sknitro.config_context(fused_kernels=False):
         numpy_path = NitroMLPClassifier(**params).fit(X, y)
@@ -225,12 +236,12 @@ def test_fit_gives_identical_weights_with_and_without_the_kernels(spy, digits_sm
     np.testing.assert_array_equal(fast.decision_function(X), integer_path.decision_function(X))
 
 
-def test_cnn_dense_part_uses_the_kernels_with_identical_weights(spy, digits):
+def test_cnn_dense_part_uses_the_kernels_with_identical_weights(spy, products, digits):
     X, y = digits
     X = X.reshape(-1, 1, 8, 8)[:300]
     params = dict(architecture=[4, "M"], hidden_layer_sizes=(16,), max_iter=2, random_state=1)
     fast = NitroCNNClassifier(**params).fit(X, y[:300])
-    assert spy.calls["sgd_update"] > 0
+    assert spy.calls[products] > 0
     with sknitro.config_context(fused_kernels=False):
         slow = NitroCNNClassifier(**params).fit(X, y[:300])
     assert_same_weights(fitted_weights(fast), fitted_weights(slow))
@@ -253,11 +264,14 @@ def test_weight_copies_live_for_one_epoch_and_are_never_saved(tmp_path, digits_s
     X, y = digits_small
     clf = NitroMLPClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0).fit(X, y)
     layers = clf.network_.layers()
-    assert all(layer.weight64 is None for layer in layers)
-    # a copy left over (as during an epoch) is not pickled
+    assert all(getattr(layer, name) is None for layer in layers for name in IntegerLinear.CACHES)
+    # copies left over (as during an epoch) are not pickled
     layers[0].weight64 = layers[0].weight.astype(np.float64)
+    layers[0].weight_units = layers[0].weight.copy()
+    layers[0].input_units = (X, X, 0)
     joblib.dump(clf, tmp_path / "m.joblib")
-    assert joblib.load(tmp_path / "m.joblib").network_.layers()[0].weight64 is None
+    loaded = joblib.load(tmp_path / "m.joblib").network_.layers()[0]
+    assert all(getattr(loaded, name) is None for name in IntegerLinear.CACHES)
 
 
 def test_weights_changed_between_epochs_are_used(digits_small):

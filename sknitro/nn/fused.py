@@ -57,7 +57,11 @@ def scaled_product(x: Any, weight: Any, weight_bound: int, scale: int, table: An
             or 128 * scale >= KERNEL_DIVISOR_LIMIT \
             or dtype_bound(x) * weight_bound * x.shape[-1] >= FLOAT64_EXACT_LIMIT:
         return None
-    product = float64_product(x, weight.T, None if weight64 is None else weight64.T)
+    return _scaled(float64_product(x, weight.T, None if weight64 is None else weight64.T), scale, table)
+
+
+def _scaled(product: np.ndarray, scale: int, table: Any) -> Any:
+    """NITRO scaling (and the activation ``table``) of an exact product, int32 or float64."""
     scaled = np.empty(product.shape, dtype=np.int8)
     if table is None:
         _kernels.scale_to_int8(product, scale, scaled)
@@ -65,6 +69,86 @@ def scaled_product(x: Any, weight: Any, weight_bound: int, scale: int, table: An
     activated = np.empty_like(scaled)
     _kernels.scale_to_int8(product, scale, scaled, table, activated)
     return scaled, activated
+
+
+# -- the VNNI products (sknitro/_vnni.c) ---------------------------------------------------
+#
+# On CPUs with AVX-512 VNNI a dense layer's two big products -- the forward x @ W.T and the
+# weight gradient delta.T @ x, fused there with the whole IntegerSGD update -- run on int16
+# pair instructions instead of float64 BLAS: 16 exact products per instruction, twice a
+# float64 FMA's 8. Each integer travels as a pair of int16 that the instruction recombines
+# (x as (x, 256 x), W and delta as (a & 255, a >> 8), |a| < 2**23), and int32 sums wrap
+# modulo 2**32, so a product is exact whenever its true sums fit int32, which these
+# functions prove from L1 norms before each call.
+
+VNNI = AVAILABLE and _kernels.vnni_available()
+UNITS_LIMIT = 2**23  # |a| < 2**23: a >> 8 fits the int16 half of a split unit
+
+
+def units_active(x: Any) -> bool:
+    """Whether the VNNI products may take ``x`` (a host int8 matrix) as their input now."""
+    return (VNNI and isinstance(x, np.ndarray) and x.dtype == np.int8 and x.ndim == 2 and x.size > 0
+            and x.flags.c_contiguous and fused_kernels_allowed())
+
+
+def _input_units(layer: Any, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """``x`` as input units and its largest row L1 norm, cached on ``layer``: the forward
+    product makes them and the weight update of the same batch reuses them."""
+    cached = layer.input_units
+    if cached is None or cached[0] is not x:
+        units = np.empty(x.shape, dtype=np.int32)
+        cached = layer.input_units = (x, units, _kernels.input_units(x, x.shape[1], units))
+    return cached[1], cached[2]
+
+
+def units_scaled_product(layer: Any, x: Any, scale: int, table: Any = None) -> Any:
+    """:func:`scaled_product` of a bias-free ``layer`` on the VNNI product; None if it
+    cannot run.
+
+    The kernel's int32 lanes must hold exact partial sums. When ``max_i sum_k |x[i, k]|
+    * max|W|`` is below ``2**31`` one sum covers a whole row; otherwise the kernel adds up
+    chunks of ``2**31 // (128 * max|W|)`` inputs in int64 and saturates ``z`` to int32, which
+    scaling cannot tell apart from ``z`` itself since ``128 * scale < 2**31``.
+    """
+    if not units_active(x) or not active(layer.weight) or 128 * scale >= KERNEL_DIVISOR_LIMIT \
+            or layer.weight_bound >= UNITS_LIMIT:
+        return None
+    x_units, row_l1 = _input_units(layer, x)
+    inputs = x.shape[1]
+    if row_l1 * layer.weight_bound <= INT32_LIMIT:
+        chunk = inputs
+    else:
+        chunk = INT32_LIMIT // (dtype_bound(x) * layer.weight_bound) // 16 * 16  # whole vectors
+        if chunk == 0:
+            return None
+    if layer.weight_units is None:
+        layer.weight_units = np.empty_like(layer.weight)
+        _kernels.split_units(layer.weight, layer.weight_units)
+    product = np.empty((x.shape[0], layer.out_features), dtype=np.int32)
+    _kernels.units_product(x_units, layer.weight_units, x.shape[0], layer.out_features, inputs, chunk, product)
+    return _scaled(product, scale, table)
+
+
+def units_sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int) -> bool:
+    """:func:`sgd_update` on the VNNI product; False if it cannot run.
+
+    ``grad_bound / max|x|`` bounds ``max|delta|`` too (it is ``max|x|`` times a column L1
+    norm of ``delta``, or times ``max|delta| * batch``), which proves the split units.
+    """
+    if not units_active(x) or not active(delta) or delta.ndim != 2 or grad_bound > INT32_LIMIT \
+            or grad_bound // dtype_bound(x) >= UNITS_LIMIT or not 1 <= divisor < KERNEL_DIVISOR_LIMIT \
+            or not 0 <= decay_inv < KERNEL_DIVISOR_LIMIT:
+        return False
+    x_units, _ = _input_units(layer, x)
+    if layer.weight_units is None:
+        layer.weight_units = np.empty_like(layer.weight)
+    (batch, outputs), inputs = delta.shape, x.shape[1]
+    layer.weight_bound = _kernels.units_sgd_update(delta, x_units, layer.weight, layer.weight_units, batch,
+                                                   outputs, inputs, divisor, decay_inv)
+    layer.weight64 = layer.input_units = None  # the float64 copy is stale; the input is used up
+    if layer.weight_bound >= UNITS_LIMIT:
+        layer.weight_units = None  # past the units' range: the copy is not valid
+    return True
 
 
 def activation_backward(delta: Any, pre_activation: Any, multiplier: Any, divisor: int) -> Any:
@@ -92,6 +176,7 @@ def sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, de
     if layer.weight64 is None:
         layer.weight64 = np.empty(layer.weight.shape, dtype=np.float64)
     layer.weight_bound = _kernels.sgd_update(layer.weight, grad, divisor, decay_inv, layer.weight64)
+    layer.weight_units = None
     return True
 
 
@@ -121,7 +206,7 @@ def head_step(layer: Any, x: Any, target: Any, scale: int, divisor: int, decay_i
     input_grad = np.empty((batch, features), dtype=np.int32) if propagate else None
     squared_error, layer.weight_bound = _kernels.head_step(x, weight, target, batch, scale, divisor,
                                                            decay_inv, yhat, input_grad)
-    layer.weight64 = None  # the kernel updated the weights in place
+    layer.drop_copies()  # the kernel updated the weights in place
     return yhat, input_grad, squared_error
 
 

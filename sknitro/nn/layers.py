@@ -23,11 +23,15 @@ class IntegerLinear:
     """``z = x @ W.T (+ b)`` with int32 weights ``W`` of shape ``(out_features, in_features)``.
 
     ``weight_bound`` is kept equal to ``max|W|`` after every update, so that the exact
-    GEMM can prove its float64 fast path without scanning the weights again. ``weight64``
-    is a float64 copy of ``W`` that the fused CPU update (:mod:`.fused`) keeps in step
-    during training, the next product's operand; it is dropped (None) whenever anything
-    else could change ``W``.
+    GEMM can prove its fast paths without scanning the weights again. The compiled CPU
+    kernels (:mod:`.fused`) keep copies of ``W`` in the form their next product reads:
+    ``weight64`` (float64, for BLAS) or ``weight_units`` (int16 pairs, for VNNI), and
+    ``input_units``, the last input in VNNI form, which the weight update of the same batch
+    reuses. They are caches: dropped (:meth:`drop_copies`) whenever anything else could
+    change ``W``, and never pickled.
     """
+
+    CACHES = ("weight64", "weight_units", "input_units")
 
     def __init__(self, in_features: int, out_features: int, init_bound: int,
                  rng: np.random.Generator, bias: bool = False, xp: Any = np) -> None:
@@ -40,7 +44,12 @@ class IntegerLinear:
     def refresh_bounds(self) -> None:
         self.weight_bound = abs_max(self.weight)
         self.bias_bound = 0 if self.bias is None else abs_max(self.bias)
-        self.weight64 = None
+        self.drop_copies()
+
+    def drop_copies(self) -> None:
+        """Forget the cached copies of ``W`` and of the last input."""
+        for name in self.CACHES:
+            setattr(self, name, None)
 
     def forward(self, x: Any) -> Any:
         mirror = None if self.weight64 is None else self.weight64.T
@@ -49,20 +58,27 @@ class IntegerLinear:
             z = z + self.bias
         return z
 
+    def _fused_scaled_forward(self, x: Any, scale: int, table: Any = None) -> Any:
+        """The compiled kernels' scaled forward (see :func:`.fused.scaled_product`), or None."""
+        if self.bias is not None:
+            return None
+        out = fused.units_scaled_product(self, x, scale, table)
+        if out is None:
+            out = fused.scaled_product(x, self.weight, self.weight_bound, scale, table, self.weight64)
+        return out
+
     def scaled_forward(self, x: Any, scale: int) -> Any:
         """``nitro_scale(self.forward(x), scale)``: the int8 output of Linear -> scaling."""
-        out = None if self.bias is not None else fused.scaled_product(
-            x, self.weight, self.weight_bound, scale, weight64=self.weight64)
+        out = self._fused_scaled_forward(x, scale)
         return nitro_scale(self.forward(x), scale) if out is None else out
 
     def scaled_activated_forward(self, x: Any, scale: int, activation: Any) -> tuple[Any, Any]:
         """``(s, activation.forward(s))`` for ``s = self.scaled_forward(x, scale)``."""
-        if self.bias is None and isinstance(activation, TabulatedActivation):
-            out = fused.scaled_product(x, self.weight, self.weight_bound, scale, activation.forward_table,
-                                       self.weight64)
+        if isinstance(activation, TabulatedActivation):
+            out = self._fused_scaled_forward(x, scale, activation.forward_table)
             if out is not None:
                 return out
-        pre_activation = nitro_scale(self.forward(x), scale)  # the kernel declined: NumPy path
+        pre_activation = nitro_scale(self.forward(x), scale)  # the kernels declined: NumPy path
         return pre_activation, activation.forward(pre_activation)
 
     def weight_grad_bound(self, delta: Any, x: Any, delta_bound: int | None = None) -> int:
@@ -91,10 +107,10 @@ class IntegerLinear:
         return exact_matmul(delta, self.weight, delta_bound, self.weight_bound, b_float64=self.weight64)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "weight64": None}  # a cache: not pickled, not copied
+        return {**self.__dict__, **dict.fromkeys(self.CACHES)}  # caches: not pickled, not copied
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"weight64": None, **state})  # models saved before the cache existed
+        self.__dict__.update({**dict.fromkeys(self.CACHES), **state})  # models saved before a cache existed
 
 
 def nitro_scale(z: Any, scale_factor: int) -> Any:

@@ -76,8 +76,11 @@ class IntegerNetwork:
                           + [self.output.linear.in_features])
             batch_size = min(max(INFERENCE_BATCH_VALUES // largest, 1), 2048)
         xp = array_namespace(self.output.linear.weight)
-        parts = [to_host(self.forward(to_namespace(X[i:i + batch_size], xp)))
-                 for i in range(0, X.shape[0], batch_size)]
+        try:
+            parts = [to_host(self.forward(to_namespace(X[i:i + batch_size], xp)))
+                     for i in range(0, X.shape[0], batch_size)]
+        finally:
+            self.drop_weight_copies()  # the last batch's input copies: as large as the batch
         return np.concatenate(parts) if parts else np.zeros((0, self.n_classes), np.int8)
 
     @property
@@ -114,10 +117,11 @@ class IntegerNetwork:
                 + [self.output.linear])
 
     def drop_weight_copies(self) -> None:
-        """Drop the float64 weight copies of the fused update (they live for one epoch)."""
+        """Drop the compiled kernels' copies of the weights and inputs (they live for one
+        epoch, or one call of :meth:`predict_scores`)."""
         for layer in self.layers():
-            if hasattr(layer, "weight64"):
-                layer.weight64 = None
+            if hasattr(layer, "drop_copies"):
+                layer.drop_copies()
 
     def get_weights(self) -> list[np.ndarray]:
         """Host copies of every weight (and bias) array, in ``layers()`` order."""

@@ -62,10 +62,11 @@ class IntegerSGD:
         if dense and layer.bias is None and fused.active(layer.weight):
             grad_bound = layer.weight_grad_bound(delta, x, delta_bound)
             updated_bound(layer.weight_bound, grad_bound, divisor, decay_inv)  # raises past int32
-            if fused.sgd_update(layer, delta, x, grad_bound, divisor, decay_inv):
+            if fused.units_sgd_update(layer, delta, x, grad_bound, divisor, decay_inv) \
+                    or fused.sgd_update(layer, delta, x, grad_bound, divisor, decay_inv):
                 return
         if dense:
-            layer.weight64 = None  # the in-place update below would leave the copy stale
+            layer.drop_copies()  # the in-place update below would leave the copies stale
         grad, grad_bound = layer.weight_grad(delta, x, delta_bound) if dense else layer.weight_grad(delta, x)
         layer.weight_bound = integer_sgd_step(layer.weight, grad, grad_bound, layer.weight_bound,
                                               divisor, decay_inv)

@@ -1,0 +1,241 @@
+/*
+ * sknitro/_vnni.c: exact integer products of the dense layers on AVX-512 VNNI.
+ *
+ * VPDPWSSD multiplies pairs of int16 and adds both products to an int32 lane:
+ *   acc += a0 * b0 + a1 * b1.
+ * The engine's operands are wider than int16 (weights pass 2**15, gradients reach 2**18),
+ * so each integer travels as a "unit", a pair of int16 that the instruction recombines:
+ *   input units   (x, 256 x)            for int8 x
+ *   split units   (a & 255, a >> 8)     for |a| < 2**23
+ * and then (x, 256 x) . (a & 255, a >> 8) = x (a & 255) + 256 x (a >> 8) = x * a exactly.
+ * One instruction does 16 such products, twice what a float64 FMA does, on half the bytes.
+ *
+ * VPDPWSSD wraps modulo 2**32 and each product fits 32 bits, so a sum is exact whenever its
+ * true value fits int32; the caller (sknitro/nn/fused.py) proves that before each call.
+ *
+ * The kernels are compiled for AVX-512 VNNI only; vnni_supported() says whether the CPU
+ * runs them, and otherwise the engine's float64 path does the same products.
+ */
+#include "_vnni.h"
+
+#include <stdlib.h>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define HAVE_VNNI_BUILD 1
+#include <immintrin.h>
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#else
+#define HAVE_VNNI_BUILD 0
+#endif
+
+int64_t vnni_input_units(const int8_t *x, int32_t *units, ptrdiff_t rows, ptrdiff_t cols)
+{
+    int64_t largest = 0;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        int32_t l1 = 0;
+        for (ptrdiff_t k = 0; k < cols; k++) {
+            int32_t v = x[i * cols + k];
+            units[i * cols + k] = (int32_t)(((uint32_t)v & 0xFFFFu) | ((uint32_t)(v * 256) << 16));
+            l1 += v < 0 ? -v : v;
+        }
+        largest = l1 > largest ? l1 : largest;
+    }
+    return largest;
+}
+
+void vnni_split_units(const int32_t *a, int32_t *units, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        units[i] = (int32_t)(((uint32_t)a[i] & 0xFFu) | ((uint32_t)(a[i] >> 8) << 16));
+}
+
+#if HAVE_VNNI_BUILD
+
+int vnni_supported(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+#define DP(acc, a, b) acc = _mm512_dpwssd_epi32(acc, a, b)
+#define DP4(r, a, b0, b1, b2, b3) DP(r##0, a, b0); DP(r##1, a, b1); DP(r##2, a, b2); DP(r##3, a, b3)
+
+/* 16 vectors -> one vector of their horizontal sums: lane i is the sum of v[i]'s lanes. */
+VNNI_TARGET static inline __m512i horizontal_sums(const __m512i v[16])
+{
+    __m512i s8[8], s4[4], s2[2];
+    for (int i = 0; i < 8; i++)
+        s8[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                                 _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        s4[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(s8[2 * i], s8[2 * i + 1]),
+                                 _mm512_unpackhi_epi64(s8[2 * i], s8[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        s2[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(s4[2 * i], s4[2 * i + 1], 0x88),
+                                 _mm512_shuffle_i32x4(s4[2 * i], s4[2 * i + 1], 0xDD));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(s2[0], s2[1], 0x88), _mm512_shuffle_i32x4(s2[0], s2[1], 0xDD));
+}
+
+/* Row r of a matrix with `count` rows, the last row standing in for those past the end (the
+ * edge tiles compute them and drop the result). */
+static inline ptrdiff_t clamp_row(ptrdiff_t r, ptrdiff_t count)
+{
+    return r < count ? r : count - 1;
+}
+
+#define PRODUCT_COLUMN_BLOCK 32 /* rows of w per sweep over x: they stay in L1 */
+
+/* One 4 x 4 tile of z: rows i0.. of x against rows j0.. of w, both contiguous along k. The
+ * int32 lanes hold partial sums over `chunk` units at a time (the caller proves that those
+ * fit int32); the chunks add up in int64, and z saturates to the int32 range. */
+VNNI_TARGET static void product_tile(const int32_t *x_units, const int32_t *w_units, int32_t *z,
+                                     ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0,
+                                     ptrdiff_t j0)
+{
+    const int32_t *x0 = x_units + clamp_row(i0, m) * k, *x1 = x_units + clamp_row(i0 + 1, m) * k,
+                  *x2 = x_units + clamp_row(i0 + 2, m) * k, *x3 = x_units + clamp_row(i0 + 3, m) * k;
+    const int32_t *w0 = w_units + clamp_row(j0, n) * k, *w1 = w_units + clamp_row(j0 + 1, n) * k,
+                  *w2 = w_units + clamp_row(j0 + 2, n) * k, *w3 = w_units + clamp_row(j0 + 3, n) * k;
+    __m512i total_low = _mm512_setzero_si512(), total_high = total_low; /* int64 sums of tiles 0-7, 8-15 */
+    for (ptrdiff_t start = 0; start < k; start += chunk) {
+        ptrdiff_t end = start + chunk < k ? start + chunk : k;
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0,
+                c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
+        for (ptrdiff_t o = start; o < end; o += 16) {
+            __mmask16 mask = end - o >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (end - o)) - 1);
+            __m512i W0 = _mm512_maskz_loadu_epi32(mask, w0 + o), W1 = _mm512_maskz_loadu_epi32(mask, w1 + o),
+                    W2 = _mm512_maskz_loadu_epi32(mask, w2 + o), W3 = _mm512_maskz_loadu_epi32(mask, w3 + o);
+            __m512i X = _mm512_maskz_loadu_epi32(mask, x0 + o);
+            DP4(a, X, W0, W1, W2, W3);
+            X = _mm512_maskz_loadu_epi32(mask, x1 + o);
+            DP4(b, X, W0, W1, W2, W3);
+            X = _mm512_maskz_loadu_epi32(mask, x2 + o);
+            DP4(c, X, W0, W1, W2, W3);
+            X = _mm512_maskz_loadu_epi32(mask, x3 + o);
+            DP4(d, X, W0, W1, W2, W3);
+        }
+        const __m512i tiles[16] = {a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3};
+        __m512i sums = horizontal_sums(tiles); /* lane 4 r + c: z[i0 + r, j0 + c] over this chunk */
+        total_low = _mm512_add_epi64(total_low, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(sums)));
+        total_high = _mm512_add_epi64(total_high, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sums, 1)));
+    }
+    int32_t out[16];
+    _mm256_storeu_si256((__m256i *)out, _mm512_cvtsepi64_epi32(total_low)); /* saturating */
+    _mm256_storeu_si256((__m256i *)(out + 8), _mm512_cvtsepi64_epi32(total_high));
+    __mmask8 columns = (__mmask8)(n - j0 >= 4 ? 0xF : (1u << (n - j0)) - 1);
+    for (int r = 0; r < 4 && i0 + r < m; r++)
+        _mm_mask_storeu_epi32(z + (i0 + r) * n + j0, columns, _mm_loadu_si128((const __m128i *)(out + 4 * r)));
+}
+
+VNNI_TARGET void vnni_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
+                              ptrdiff_t n, ptrdiff_t k, ptrdiff_t chunk)
+{
+    for (ptrdiff_t block = 0; block < n; block += PRODUCT_COLUMN_BLOCK)
+        for (ptrdiff_t i0 = 0; i0 < m; i0 += 4)
+            for (ptrdiff_t j0 = block; j0 < n && j0 < block + PRODUCT_COLUMN_BLOCK; j0 += 4)
+                product_tile(x_units, w_units, z, m, n, k, chunk, i0, j0);
+}
+
+/* tdiv(v, d) in each lane for |v| < 2**31: the multiply and shift of _fused.c, on the even
+ * and the odd lanes in turn (VPMULUDQ multiplies the low halves of 64-bit lanes). */
+VNNI_TARGET static inline __m512i tdiv_lanes(__m512i v, divisor_t d)
+{
+    const __m512i multiplier = _mm512_set1_epi64(d.multiplier);
+    const __m128i shift = _mm_cvtsi32_si128(d.shift);
+    __m512i magnitude = _mm512_abs_epi32(v);
+    __m512i even = _mm512_srl_epi64(_mm512_mul_epu32(magnitude, multiplier), shift);
+    __m512i odd = _mm512_srl_epi64(_mm512_mul_epu32(_mm512_srli_epi64(magnitude, 32), multiplier), shift);
+    __m512i quotient = _mm512_mask_blend_epi32((__mmask16)0xAAAA, even, _mm512_slli_epi64(odd, 32));
+    const __m512i zero = _mm512_setzero_si512();
+    return _mm512_mask_sub_epi32(quotient, _mm512_cmplt_epi32_mask(v, zero), zero, quotient);
+}
+
+#define UPDATE_COLUMNS 64 /* columns of w per tile: x's units for them stay in L1 */
+
+/* Applies the update to 16 columns of row `row` of w from their gradient g; returns the
+ * lanes' |w| for the running maximum. */
+VNNI_TARGET static inline __m512i update_lanes(int32_t *w, int32_t *w_units, __mmask16 mask, __m512i g,
+                                               divisor_t lr, int decays, divisor_t decay)
+{
+    __m512i old = _mm512_maskz_loadu_epi32(mask, w);
+    __m512i step = tdiv_lanes(g, lr);
+    if (decays)
+        step = _mm512_add_epi32(step, tdiv_lanes(old, decay));
+    __m512i updated = _mm512_sub_epi32(old, step);
+    _mm512_mask_storeu_epi32(w, mask, updated);
+    __m512i units = _mm512_or_si512(_mm512_and_si512(updated, _mm512_set1_epi32(0xFF)),
+                                    _mm512_slli_epi32(_mm512_srai_epi32(updated, 8), 16));
+    _mm512_mask_storeu_epi32(w_units, mask, units);
+    return _mm512_maskz_abs_epi32(mask, updated);
+}
+
+VNNI_TARGET int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units, int32_t *w,
+                                    int32_t *w_units, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
+                                    divisor_t lr, int decays, divisor_t decay)
+{
+    /* delta^T as split units: row j holds column j of delta, the broadcast operand */
+    int32_t *delta_units = malloc((size_t)(n * batch) * sizeof(int32_t) + 1);
+    if (!delta_units)
+        return -1;
+    for (ptrdiff_t b = 0; b < batch; b++)
+        for (ptrdiff_t j = 0; j < n; j++) {
+            int32_t v = delta[b * n + j];
+            delta_units[j * batch + b] = (int32_t)(((uint32_t)v & 0xFFu) | ((uint32_t)(v >> 8) << 16));
+        }
+    __m512i largest = _mm512_setzero_si512();
+    for (ptrdiff_t k0 = 0; k0 < k; k0 += UPDATE_COLUMNS) {
+        __mmask16 mask[4];
+        for (int c = 0; c < 4; c++) {
+            ptrdiff_t left = k - k0 - 16 * c;
+            mask[c] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? 0 : (__mmask16)((1u << left) - 1));
+        }
+        for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
+            const int32_t *e0 = delta_units + clamp_row(j0, n) * batch, *e1 = delta_units + clamp_row(j0 + 1, n) * batch,
+                          *e2 = delta_units + clamp_row(j0 + 2, n) * batch, *e3 = delta_units + clamp_row(j0 + 3, n) * batch;
+            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0,
+                    c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
+            const int32_t *x = x_units + k0;
+            for (ptrdiff_t b = 0; b < batch; b++, x += k) {
+                __m512i X0 = _mm512_maskz_loadu_epi32(mask[0], x), X1 = _mm512_maskz_loadu_epi32(mask[1], x + 16),
+                        X2 = _mm512_maskz_loadu_epi32(mask[2], x + 32), X3 = _mm512_maskz_loadu_epi32(mask[3], x + 48);
+                DP4(a, _mm512_set1_epi32(e0[b]), X0, X1, X2, X3);
+                DP4(b, _mm512_set1_epi32(e1[b]), X0, X1, X2, X3);
+                DP4(c, _mm512_set1_epi32(e2[b]), X0, X1, X2, X3);
+                DP4(d, _mm512_set1_epi32(e3[b]), X0, X1, X2, X3);
+            }
+            const __m512i grads[4][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}, {c0, c1, c2, c3}, {d0, d1, d2, d3}};
+            for (int r = 0; r < 4 && j0 + r < n; r++)
+                for (int c = 0; c < 4 && mask[c]; c++) {
+                    ptrdiff_t at = (j0 + r) * k + k0 + 16 * c;
+                    largest = _mm512_max_epi32(largest, update_lanes(w + at, w_units + at, mask[c], grads[r][c],
+                                                                     lr, decays, decay));
+                }
+        }
+    }
+    free(delta_units);
+    return (int64_t)(uint32_t)_mm512_reduce_max_epu32(largest);
+}
+
+#else /* no VNNI build: vnni_supported() is 0 and the engine never calls the kernels */
+
+int vnni_supported(void)
+{
+    return 0;
+}
+
+void vnni_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
+                  ptrdiff_t k, ptrdiff_t chunk)
+{
+    (void)x_units, (void)w_units, (void)z, (void)m, (void)n, (void)k, (void)chunk;
+}
+
+int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units, int32_t *w, int32_t *w_units,
+                        ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
+{
+    (void)delta, (void)x_units, (void)w, (void)w_units, (void)n, (void)batch, (void)k, (void)lr,
+        (void)decays, (void)decay;
+    return -1;
+}
+
+#endif
