@@ -14,6 +14,9 @@
  *   head_step            a learning head's whole update, in int32 loops (no float at all)
  *   lookup_uint8         out = table[x] for uint8 x                      (the image encoder)
  *
+ * and the Python side of the VNNI products of _vnni.c (input_units, split_units,
+ * units_product, units_sgd_update), which replace float64 BLAS where the CPU has VNNI.
+ *
  * The caller (sknitro/nn/fused.py) proves before each call that every integer fits the
  * types used here (|G| < 2**31 and the like); the kernels only check shapes.
  *

@@ -11,7 +11,9 @@ package) does the whole IntegerSGD update of a layer in one pass:
 ``max|W|``. Likewise NITRO scaling and the activation table lookup run in one pass over the
 float64 forward product, and the activation's backward in one pass over its gradient. A
 learning head's whole update runs in one call of int32 loops (:func:`head_step`), and the
-image encoder's table lookup in one pass (:func:`lookup_uint8`).
+image encoder's table lookup in one pass (:func:`lookup_uint8`). On CPUs with AVX-512 VNNI
+the dense products themselves leave float64 BLAS (:func:`units_scaled_product`,
+:func:`units_sgd_update`; see the section below).
 
 The kernels compute exactly what the NumPy path computes; they run only when a bound proves
 that every integer fits their 32-bit arithmetic, and otherwise the NumPy path does the
