@@ -84,13 +84,42 @@ static void scale_loop_int32(const int32_t *restrict z, int8_t *restrict out, Py
         out[i] = clip_int8(tdiv32(z[i], multiplier, shift));
 }
 
+/* out = tdiv(g * table[pre], d) for any int32 g and 0 <= table <= d: a vectorized pass in
+ * 32 bits, and a second, exact pass in 64 bits in the rare batch where some product left
+ * int32 (then |out| <= |g| still fits). */
 MULTIVERSION
 static void backward_loop(const int32_t *restrict g, const int8_t *restrict pre,
                           const int32_t *restrict table, int32_t *restrict out, Py_ssize_t n,
-                          uint32_t multiplier, int shift)
+                          int64_t d, uint32_t multiplier, int shift)
 {
-    for (Py_ssize_t i = 0; i < n; i++)
-        out[i] = tdiv32(g[i] * table[(uint8_t)pre[i]], multiplier, shift);
+    int64_t largest = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t product = (int64_t)g[i] * table[(uint8_t)pre[i]];
+        int64_t magnitude = product < 0 ? -product : product;
+        largest = magnitude > largest ? magnitude : largest;
+        out[i] = tdiv32((int32_t)product, multiplier, shift);
+    }
+    if (largest > INT32_MAX)
+        for (Py_ssize_t i = 0; i < n; i++)
+            out[i] = (int32_t)(((int64_t)g[i] * table[(uint8_t)pre[i]]) / d); /* C division truncates */
+}
+
+/* max_j sum_i |a[i, j]| of an int32 matrix (rows, cols); `sums` is scratch for one row. */
+MULTIVERSION
+static int64_t column_l1_max(const int32_t *restrict a, int64_t *restrict sums, Py_ssize_t rows,
+                             Py_ssize_t cols)
+{
+    for (Py_ssize_t j = 0; j < cols; j++)
+        sums[j] = 0;
+    for (Py_ssize_t i = 0; i < rows; i++)
+        for (Py_ssize_t j = 0; j < cols; j++) {
+            int64_t v = a[i * cols + j];
+            sums[j] += v < 0 ? -v : v;
+        }
+    int64_t largest = 0;
+    for (Py_ssize_t j = 0; j < cols; j++)
+        largest = sums[j] > largest ? sums[j] : largest;
+    return largest;
 }
 
 MULTIVERSION
@@ -264,28 +293,40 @@ static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
 }
 
 PyDoc_STRVAR(activation_backward_doc,
-"activation_backward(g, pre, table, divisor, out)\n--\n\n"
+"activation_backward(g, pre, table, divisor, out, cols) -> int\n--\n\n"
 "out = tdiv(g * table[pre], divisor) for int32 g and out, int8 pre, and an int32 table of\n"
-"256 entries indexed by the bit pattern of pre; |g| * max|table| must be below 2**31.");
+"256 entries in [0, divisor] indexed by the bit pattern of pre; exact for every int32 g.\n"
+"Returns max_j sum_i |out[i, j]| for out seen as a matrix of cols columns (the weight\n"
+"gradient's bound).");
 
 static PyObject *activation_backward(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer g, pre, table, out;
     long long divisor;
-    if (!PyArg_ParseTuple(args, "y*y*y*Lw*", &g, &pre, &table, &divisor, &out))
+    Py_ssize_t cols;
+    if (!PyArg_ParseTuple(args, "y*y*y*Lw*n", &g, &pre, &table, &divisor, &out, &cols))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = pre.len;
-    if (check_size(&g, n, 4, "g") == 0 && check_size(&out, n, 4, "out") == 0
-        && check_size(&table, 256, 4, "table") == 0 && check_divisor(divisor, "divisor") == 0) {
-        divisor_t d = make_divisor(divisor);
-        Py_BEGIN_ALLOW_THREADS
-        backward_loop((const int32_t *)g.buf, (const int8_t *)pre.buf, (const int32_t *)table.buf,
-                      (int32_t *)out.buf, n, d.multiplier, d.shift);
-        Py_END_ALLOW_THREADS
-        result = Py_None;
-        Py_INCREF(result);
+    int64_t *sums = NULL;
+    if (cols < 1 || n % cols != 0) {
+        PyErr_Format(PyExc_ValueError, "out: %zd items do not make rows of %zd", n, cols);
+    } else if (check_size(&g, n, 4, "g") == 0 && check_size(&out, n, 4, "out") == 0
+               && check_size(&table, 256, 4, "table") == 0 && check_divisor(divisor, "divisor") == 0) {
+        if ((sums = PyMem_Malloc((size_t)cols * sizeof(int64_t))) == NULL) {
+            PyErr_NoMemory();
+        } else {
+            divisor_t d = make_divisor(divisor);
+            int64_t largest;
+            Py_BEGIN_ALLOW_THREADS
+            backward_loop((const int32_t *)g.buf, (const int8_t *)pre.buf, (const int32_t *)table.buf,
+                          (int32_t *)out.buf, n, divisor, d.multiplier, d.shift);
+            largest = column_l1_max((const int32_t *)out.buf, sums, n / cols, cols);
+            Py_END_ALLOW_THREADS
+            result = PyLong_FromLongLong(largest);
+        }
     }
+    PyMem_Free(sums);
     PyBuffer_Release(&g);
     PyBuffer_Release(&pre);
     PyBuffer_Release(&table);

@@ -98,18 +98,26 @@ def test_scale_to_int8_matches_nitro_scale(scale):
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
-def test_activation_backward_matches_numpy(name):
+@pytest.mark.parametrize("wide", [False, True])
+def test_activation_backward_matches_numpy(name, wide):
+    # wide: deltas over the whole int32 range, whose products with the multipliers leave
+    # int32 (the kernel's exact second pass); otherwise every product fits 32 bits
     activation = make_activation(name)
     rng = np.random.default_rng(len(name))
-    limit = INT32_MAX // activation.backward_divisor
+    limit = INT32_MAX if wide else INT32_MAX // activation.backward_divisor
     delta = rng.integers(-limit, limit + 1, size=(64, 50)).astype(np.int32)
     delta[0, :4] = [limit, -limit, 0, 1]
+    if wide:
+        delta[1, :2] = -(2**31)
     s = np.tile(np.arange(-128, 128, dtype=np.int16), 13)[:delta.size].reshape(delta.shape).astype(np.int8)
     with sknitro.config_context(fused_kernels=False):
         expected = activation.backward(delta, s)
-    out = fused.activation_backward(delta, s, activation.backward_multiplier, activation.backward_divisor)
-    assert out is not None and out.dtype == np.int32
+    out, column_l1 = fused.activation_backward(delta, s, activation.backward_multiplier,
+                                               activation.backward_divisor)
+    assert out.dtype == np.int32
     np.testing.assert_array_equal(out, expected)
+    assert column_l1 == np.abs(expected.astype(np.int64)).sum(axis=0).max()
+    assert activation.backward_and_column_l1(delta, s)[1] == column_l1
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -130,8 +130,8 @@ class LinearBlock:
         yhat, delta, _ = self.head.learn(cache.output, target, sgd, head_decay_inv, propagate=True)
         if self.dropout is not None:
             delta = self.dropout.backward(delta, cache.dropout_mask)
-        delta = self.activation.backward(delta, cache.pre_activation)  # scaling: identity
-        sgd.step(self.linear, delta, cache.inputs, amp=amp, decay_inv=fwd_decay_inv)
+        delta, column_l1 = self.activation.backward_and_column_l1(delta, cache.pre_activation)  # scaling: identity
+        sgd.step(self.linear, delta, cache.inputs, amp=amp, decay_inv=fwd_decay_inv, column_l1=column_l1)
         return yhat
 
 

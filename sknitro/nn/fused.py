@@ -153,14 +153,17 @@ def units_sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, divisor: i
     return True
 
 
-def activation_backward(delta: Any, pre_activation: Any, multiplier: Any, divisor: int) -> Any:
-    """``tdiv(delta * multiplier[pre_activation], divisor)``, fused; None if it cannot run."""
+def activation_backward(delta: Any, pre_activation: Any, multiplier: Any, divisor: int) -> tuple[Any, int] | None:
+    """``tdiv(delta * multiplier[pre_activation], divisor)``, fused, and the largest column L1
+    norm of the result (rows: the batch), which bounds the weight gradient
+    (:meth:`~sknitro.nn.layers.IntegerLinear.weight_grad_bound`); None if it cannot run.
+    The kernel is exact for every int32 ``delta`` (``multiplier <= divisor``)."""
     if not active(delta) or not pre_activation.flags.c_contiguous or divisor >= KERNEL_DIVISOR_LIMIT \
-            or abs_max(delta) * int(multiplier.max()) > INT32_LIMIT:
+            or delta.ndim == 0:
         return None
     out = np.empty_like(delta)
-    _kernels.activation_backward(delta, pre_activation, multiplier, divisor, out)
-    return out
+    column_l1 = _kernels.activation_backward(delta, pre_activation, multiplier, divisor, out, delta.shape[-1])
+    return out, column_l1
 
 
 def sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int) -> bool:

@@ -81,16 +81,20 @@ class IntegerLinear:
         pre_activation = nitro_scale(self.forward(x), scale)  # the kernels declined: NumPy path
         return pre_activation, activation.forward(pre_activation)
 
-    def weight_grad_bound(self, delta: Any, x: Any, delta_bound: int | None = None) -> int:
+    def weight_grad_bound(self, delta: Any, x: Any, delta_bound: int | None = None,
+                          column_l1: int | None = None) -> int:
         """A bound of ``sum_i |delta[i, j] * x[i, k]|``, hence of ``max|G|``, without forming G.
 
         ``|G[j, k]| <= max|x| * sum_i |delta[i, j]|``: the largest column L1 norm of ``delta``
-        (one pass over the small ``(batch, out)`` delta) bounds G about ten times tighter than
-        ``max|delta| * max|x| * batch`` does, which keeps G, and the whole update, in int32.
-        A caller that knows ``max|delta| <= delta_bound`` (a head's error) skips that pass
-        whenever the factor bound already keeps G in int32.
+        (one pass over the small ``(batch, out)`` delta, unless the caller has it as
+        ``column_l1``) bounds G about ten times tighter than ``max|delta| * max|x| * batch``
+        does, which keeps G, and the whole update, in int32. A caller that knows
+        ``max|delta| <= delta_bound`` (a head's error) skips that pass whenever the factor
+        bound already keeps G in int32.
         """
         x_bound = dtype_bound(x)
+        if column_l1 is not None:
+            return x_bound * column_l1
         if delta_bound is not None and x_bound * delta_bound * delta.shape[0] <= INT32_MAX:
             return x_bound * delta_bound * delta.shape[0]
         xp = array_namespace(delta)
@@ -170,9 +174,14 @@ class TabulatedActivation:
         return xp.take(table, s.view(np.uint8))  # take: twice as fast as table[index]
 
     def backward(self, delta: Any, s: Any) -> Any:
+        return self.backward_and_column_l1(delta, s)[0]
+
+    def backward_and_column_l1(self, delta: Any, s: Any) -> tuple[Any, int | None]:
+        """:meth:`backward`, and ``max_j sum_i |result[i, j]|`` when the compiled kernel
+        computed it on the way (None otherwise): it bounds the weight gradient."""
         if s.dtype != np.int8:
             divisor = self.gradient_divisor(s.astype(np.int64))
-            return np.where(divisor > 0, tdiv(delta, np.maximum(divisor, 1)), 0)
+            return np.where(divisor > 0, tdiv(delta, np.maximum(divisor, 1)), 0), None
         xp = array_namespace(delta)
         _, multiplier = self._tables(xp)
         out = fused.activation_backward(delta, s, multiplier, self.backward_divisor)
@@ -181,7 +190,7 @@ class TabulatedActivation:
         # int32 arithmetic when the product provably fits (half the memory traffic), else int64
         if delta.dtype.itemsize > 4 or abs_max(delta) * self.backward_divisor > INT32_MAX:
             delta = delta.astype(np.int64)
-        return tdiv(delta * xp.take(multiplier, s.view(np.uint8)), self.backward_divisor)
+        return tdiv(delta * xp.take(multiplier, s.view(np.uint8)), self.backward_divisor), None
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_device_tables"}

@@ -52,15 +52,16 @@ class IntegerSGD:
         self.lr_inv = lr_inv
 
     def step(self, layer: IntegerLinear, delta: Any, x: Any, amp: int, decay_inv: int,
-             delta_bound: int | None = None) -> None:
+             delta_bound: int | None = None, column_l1: int | None = None) -> None:
         """Update ``layer`` with the gradient of its output ``delta`` for input ``x``.
 
-        ``delta_bound``, when the caller knows one, bounds ``max|delta|`` (dense layers).
+        ``delta_bound``, when the caller knows one, bounds ``max|delta|``, and ``column_l1``
+        is ``max_j sum_i |delta[i, j]|`` (dense layers; see ``weight_grad_bound``).
         """
         divisor = self.lr_inv * amp
         dense = isinstance(layer, IntegerLinear)
         if dense and layer.bias is None and fused.active(layer.weight):
-            grad_bound = layer.weight_grad_bound(delta, x, delta_bound)
+            grad_bound = layer.weight_grad_bound(delta, x, delta_bound, column_l1)
             updated_bound(layer.weight_bound, grad_bound, divisor, decay_inv)  # raises past int32
             if fused.units_sgd_update(layer, delta, x, grad_bound, divisor, decay_inv) \
                     or fused.sgd_update(layer, delta, x, grad_bound, divisor, decay_inv):
