@@ -14,8 +14,9 @@
  *   head_step            a learning head's whole update, in int32 loops (no float at all)
  *   lookup_uint8         out = table[x] for uint8 x                      (the image encoder)
  *
- * and the Python side of the VNNI products of _vnni.c (input_units, split_units,
- * units_product, units_sgd_update), which replace float64 BLAS where the CPU has VNNI.
+ * and the Python side of the VNNI products of _vnni.c (input_units, split_units, pair_form,
+ * units_product, pairs_product, units_sgd_update), which replace float64 BLAS where the CPU
+ * has VNNI.
  *
  * The caller (sknitro/nn/fused.py) proves before each call that every integer fits the
  * types used here (|G| < 2**31 and the like); the kernels only check shapes.
@@ -482,26 +483,34 @@ static int check_matrix(Py_buffer *view, Py_ssize_t rows, Py_ssize_t cols, const
 }
 
 PyDoc_STRVAR(input_units_doc,
-"input_units(x, units) -> int\n--\n\n"
+"input_units(x, cols, units, pairs=None) -> int\n--\n\n"
 "units[i, k] = (x, 256 x) as a pair of int16 for int8 x of shape (rows, cols), int32 units\n"
-"of the same shape; returns the largest row L1 norm of x.");
+"of the same shape, and pairs = x as int16 unless None; returns the largest row L1 norm of x.");
 
 static PyObject *input_units(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    Py_buffer x, units;
+    Py_buffer x, units, pairs = {0};
     Py_ssize_t cols;
-    if (!PyArg_ParseTuple(args, "y*nw*", &x, &cols, &units))
+    PyObject *pairs_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nw*|O", &x, &cols, &units, &pairs_obj))
         return NULL;
     PyObject *result = NULL;
-    if (cols >= 1 && x.len % cols == 0 && check_matrix(&units, x.len / cols, cols, "units") == 0) {
+    int has_pairs = pairs_obj != Py_None;
+    if (has_pairs && PyObject_GetBuffer(pairs_obj, &pairs, PyBUF_WRITABLE) < 0) {
+        has_pairs = 0;
+    } else if (cols < 1 || x.len % cols != 0) {
+        PyErr_Format(PyExc_ValueError, "x: %zd bytes do not make rows of %zd", x.len, cols);
+    } else if (check_matrix(&units, x.len / cols, cols, "units") == 0
+               && (!has_pairs || check_size(&pairs, x.len, 2, "pairs") == 0)) {
         int64_t largest;
         Py_BEGIN_ALLOW_THREADS
-        largest = vnni_input_units((const int8_t *)x.buf, (int32_t *)units.buf, x.len / cols, cols);
+        largest = vnni_input_units((const int8_t *)x.buf, (int32_t *)units.buf,
+                                   has_pairs ? (int16_t *)pairs.buf : NULL, x.len / cols, cols);
         Py_END_ALLOW_THREADS
         result = PyLong_FromLongLong(largest);
-    } else if (!PyErr_Occurred()) {
-        PyErr_Format(PyExc_ValueError, "x: %zd bytes do not make rows of %zd", x.len, cols);
     }
+    if (has_pairs)
+        PyBuffer_Release(&pairs);
     PyBuffer_Release(&x);
     PyBuffer_Release(&units);
     return result;
@@ -529,6 +538,51 @@ static PyObject *split_units(PyObject *Py_UNUSED(self), PyObject *args)
     return result;
 }
 
+/* An outlier list over two int32 buffers of the same capacity. */
+static int get_outliers(Py_buffer *index, Py_buffer *residual, outliers_t *outliers)
+{
+    if (index->len != residual->len || index->len % 4 != 0) {
+        PyErr_SetString(PyExc_ValueError, "index and residual: int32 buffers of one size expected");
+        return -1;
+    }
+    outliers->index = (int32_t *)index->buf;
+    outliers->residual = (int32_t *)residual->buf;
+    outliers->capacity = index->len / 4;
+    outliers->count = 0;
+    return 0;
+}
+
+PyDoc_STRVAR(pair_form_doc,
+"pair_form(a, cols, pairs, index, residual) -> int\n--\n\n"
+"pairs = a saturated to int16 for int32 a of cols columns, and its outliers (the flat index\n"
+"of each value past int16, ascending, and what saturation cut off) written to the int32\n"
+"buffers index and residual; returns their count, which may exceed the buffers' capacity\n"
+"(then the lists are incomplete).");
+
+static PyObject *pair_form(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer a, pairs, index, residual;
+    Py_ssize_t cols;
+    if (!PyArg_ParseTuple(args, "y*nw*w*w*", &a, &cols, &pairs, &index, &residual))
+        return NULL;
+    PyObject *result = NULL;
+    outliers_t outliers;
+    if (cols >= 1 && a.len % (4 * cols) == 0 && check_size(&pairs, a.len / 4, 2, "pairs") == 0
+        && get_outliers(&index, &residual, &outliers) == 0) {
+        Py_BEGIN_ALLOW_THREADS
+        vnni_pair_form((const int32_t *)a.buf, (int16_t *)pairs.buf, a.len / 4 / cols, cols, &outliers);
+        Py_END_ALLOW_THREADS
+        result = PyLong_FromSsize_t(outliers.count);
+    } else if (!PyErr_Occurred()) {
+        PyErr_Format(PyExc_ValueError, "a: %zd bytes do not make int32 rows of %zd", a.len, cols);
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&pairs);
+    PyBuffer_Release(&index);
+    PyBuffer_Release(&residual);
+    return result;
+}
+
 static int check_vnni(void)
 {
     if (!vnni_supported()) {
@@ -553,13 +607,12 @@ static PyObject *units_product(PyObject *Py_UNUSED(self), PyObject *args)
     PyObject *result = NULL;
     if (check_vnni() == 0 && check_matrix(&x, m, k, "x_units") == 0 && check_matrix(&w, n, k, "w_units") == 0
         && check_matrix(&z, m, n, "z") == 0) {
-        if (chunk < 1)
-            chunk = k;
+        int status;
         Py_BEGIN_ALLOW_THREADS
-        vnni_product((const int32_t *)x.buf, (const int32_t *)w.buf, (int32_t *)z.buf, m, n, k, chunk);
+        status = vnni_product((const int32_t *)x.buf, (const int32_t *)w.buf, (int32_t *)z.buf, m, n, k,
+                              chunk < 1 ? k : chunk, NULL, NULL);
         Py_END_ALLOW_THREADS
-        result = Py_None;
-        Py_INCREF(result);
+        result = status < 0 ? PyErr_NoMemory() : Py_NewRef(Py_None);
     }
     PyBuffer_Release(&x);
     PyBuffer_Release(&w);
@@ -567,37 +620,97 @@ static PyObject *units_product(PyObject *Py_UNUSED(self), PyObject *args)
     return result;
 }
 
+PyDoc_STRVAR(pairs_product_doc,
+"pairs_product(x_pairs, w_pairs, x, index, residual, count, m, n, k, chunk, z)\n--\n\n"
+"z = x w^T saturated to int32, (m, n), from int8 x (m, k) as int16 pairs and the pair form of\n"
+"w (n, k) with its first count outliers (index, residual; see pair_form); k even. Exact\n"
+"(before saturation) when every partial sum over chunk consecutive pairs of k fits int32,\n"
+"which the caller proves; the chunks and the outliers add up in int64.");
+
+static PyObject *pairs_product(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer x_pairs, w_pairs, x, index, residual, z;
+    Py_ssize_t count, m, n, k, chunk;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*nnnnnw*", &x_pairs, &w_pairs, &x, &index, &residual, &count, &m, &n,
+                          &k, &chunk, &z))
+        return NULL;
+    PyObject *result = NULL;
+    outliers_t outliers;
+    if (k % 2 != 0) {
+        PyErr_Format(PyExc_ValueError, "k must be even, got %zd", k);
+    } else if (check_vnni() == 0 && check_matrix(&x_pairs, m, k / 2, "x_pairs") == 0
+               && check_matrix(&w_pairs, n, k / 2, "w_pairs") == 0 && check_size(&x, m * k, 1, "x") == 0
+               && check_matrix(&z, m, n, "z") == 0 && get_outliers(&index, &residual, &outliers) == 0) {
+        if (count < 0 || count > outliers.capacity) {
+            PyErr_Format(PyExc_ValueError, "count must be in [0, %zd], got %zd", outliers.capacity, count);
+        } else {
+            int status;
+            outliers.count = count;
+            Py_BEGIN_ALLOW_THREADS
+            status = vnni_product((const int32_t *)x_pairs.buf, (const int32_t *)w_pairs.buf, (int32_t *)z.buf,
+                                  m, n, k / 2, chunk < 1 ? k / 2 : chunk, (const int8_t *)x.buf, &outliers);
+            Py_END_ALLOW_THREADS
+            result = status < 0 ? PyErr_NoMemory() : Py_NewRef(Py_None);
+        }
+    }
+    PyBuffer_Release(&x_pairs);
+    PyBuffer_Release(&w_pairs);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&index);
+    PyBuffer_Release(&residual);
+    PyBuffer_Release(&z);
+    return result;
+}
+
 PyDoc_STRVAR(units_sgd_update_doc,
-"units_sgd_update(delta, x_units, w, w_units, divisor, decay_inv) -> int\n--\n\n"
+"units_sgd_update(delta, x_units, w, mirror, batch, n, k, divisor, decay_inv, index=None, residual=None)\n"
+"--\n\n"
 "IntegerSGD with G = delta^T x on the VNNI products: for int32 delta (batch, n) with\n"
 "|delta| < 2**23, x as input units (batch, k) and int32 w (n, k), in place\n"
-"w -= tdiv(G, divisor) + (tdiv(w, decay_inv) if decay_inv else 0); writes the split units\n"
-"of the new w and returns max|w|. The caller proves |G| < 2**31 and that the new w fits int32.");
+"w -= tdiv(G, divisor) + (tdiv(w, decay_inv) if decay_inv else 0). Writes to mirror the new\n"
+"w's split units (int32), or, given the outlier buffers index and residual, its pair form\n"
+"(int16) and outliers (see pair_form). Returns (max|w|, outlier count). The caller proves\n"
+"|G| < 2**31 and that the new w fits int32.");
 
 static PyObject *units_sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    Py_buffer delta, x, w, w_units;
+    Py_buffer delta, x, w, mirror, index = {0}, residual = {0};
     Py_ssize_t batch, n, k;
     long long divisor, decay_inv;
-    if (!PyArg_ParseTuple(args, "y*y*w*w*nnnLL", &delta, &x, &w, &w_units, &batch, &n, &k, &divisor,
-                          &decay_inv))
+    PyObject *index_obj = Py_None, *residual_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*nnnLL|OO", &delta, &x, &w, &mirror, &batch, &n, &k, &divisor,
+                          &decay_inv, &index_obj, &residual_obj))
         return NULL;
     PyObject *result = NULL;
-    if (check_vnni() == 0 && check_matrix(&delta, batch, n, "delta") == 0 && check_matrix(&x, batch, k, "x_units") == 0
-        && check_matrix(&w, n, k, "w") == 0 && check_matrix(&w_units, n, k, "w_units") == 0
-        && check_divisor(divisor, "divisor") == 0 && (decay_inv == 0 || check_divisor(decay_inv, "decay_inv") == 0)) {
+    int pairs = index_obj != Py_None;
+    outliers_t outliers = {0};
+    if (pairs && PyObject_GetBuffer(index_obj, &index, PyBUF_WRITABLE) < 0) {
+        pairs = 0;
+    } else if (pairs && PyObject_GetBuffer(residual_obj, &residual, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&index);
+        pairs = 0;
+    } else if ((!pairs || get_outliers(&index, &residual, &outliers) == 0) && check_vnni() == 0
+               && check_matrix(&delta, batch, n, "delta") == 0 && check_matrix(&x, batch, k, "x_units") == 0
+               && check_matrix(&w, n, k, "w") == 0 && check_size(&mirror, n * k, pairs ? 2 : 4, "mirror") == 0
+               && check_divisor(divisor, "divisor") == 0
+               && (decay_inv == 0 || check_divisor(decay_inv, "decay_inv") == 0)) {
         divisor_t lr = make_divisor(divisor), decay = make_divisor(decay_inv > 0 ? decay_inv : 1);
         int64_t largest;
         Py_BEGIN_ALLOW_THREADS
         largest = vnni_sgd_update((const int32_t *)delta.buf, (const int32_t *)x.buf, (int32_t *)w.buf,
-                                  (int32_t *)w_units.buf, n, batch, k, lr, decay_inv > 0, decay);
+                                  pairs ? NULL : (int32_t *)mirror.buf, pairs ? (int16_t *)mirror.buf : NULL,
+                                  &outliers, n, batch, k, lr, decay_inv > 0, decay);
         Py_END_ALLOW_THREADS
-        result = largest < 0 ? PyErr_NoMemory() : PyLong_FromLongLong(largest);
+        result = largest < 0 ? PyErr_NoMemory() : Py_BuildValue("Ln", (long long)largest, outliers.count);
+    }
+    if (pairs) {
+        PyBuffer_Release(&index);
+        PyBuffer_Release(&residual);
     }
     PyBuffer_Release(&delta);
     PyBuffer_Release(&x);
     PyBuffer_Release(&w);
-    PyBuffer_Release(&w_units);
+    PyBuffer_Release(&mirror);
     return result;
 }
 
@@ -610,7 +723,9 @@ static PyMethodDef methods[] = {
     {"vnni_available", vnni_available, METH_NOARGS, vnni_available_doc},
     {"input_units", input_units, METH_VARARGS, input_units_doc},
     {"split_units", split_units, METH_VARARGS, split_units_doc},
+    {"pair_form", pair_form, METH_VARARGS, pair_form_doc},
     {"units_product", units_product, METH_VARARGS, units_product_doc},
+    {"pairs_product", pairs_product, METH_VARARGS, pairs_product_doc},
     {"units_sgd_update", units_sgd_update, METH_VARARGS, units_sgd_update_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -28,7 +28,7 @@
 #define HAVE_VNNI_BUILD 0
 #endif
 
-int64_t vnni_input_units(const int8_t *x, int32_t *units, ptrdiff_t rows, ptrdiff_t cols)
+int64_t vnni_input_units(const int8_t *x, int32_t *units, int16_t *pairs, ptrdiff_t rows, ptrdiff_t cols)
 {
     int64_t largest = 0;
     for (ptrdiff_t i = 0; i < rows; i++) {
@@ -38,6 +38,9 @@ int64_t vnni_input_units(const int8_t *x, int32_t *units, ptrdiff_t rows, ptrdif
             units[i * cols + k] = (int32_t)(((uint32_t)v & 0xFFFFu) | ((uint32_t)(v * 256) << 16));
             l1 += v < 0 ? -v : v;
         }
+        if (pairs)
+            for (ptrdiff_t k = 0; k < cols; k++)
+                pairs[i * cols + k] = x[i * cols + k];
         largest = l1 > largest ? l1 : largest;
     }
     return largest;
@@ -49,7 +52,47 @@ void vnni_split_units(const int32_t *a, int32_t *units, ptrdiff_t n)
         units[i] = (int32_t)(((uint32_t)a[i] & 0xFFu) | ((uint32_t)(a[i] >> 8) << 16));
 }
 
+static void add_outlier(outliers_t *outliers, ptrdiff_t index, int32_t residual)
+{
+    if (outliers->count < outliers->capacity) {
+        outliers->index[outliers->count] = (int32_t)index;
+        outliers->residual[outliers->count] = residual;
+    }
+    outliers->count++;
+}
+
+static inline int16_t saturate_int16(int32_t v)
+{
+    return (int16_t)(v > 32767 ? 32767 : (v < -32768 ? -32768 : v));
+}
+
+void vnni_pair_form(const int32_t *a, int16_t *pairs, ptrdiff_t n, ptrdiff_t k, outliers_t *outliers)
+{
+    outliers->count = 0;
+    for (ptrdiff_t i = 0; i < n * k; i++) {
+        pairs[i] = saturate_int16(a[i]);
+        if (pairs[i] != a[i])
+            add_outlier(outliers, i, a[i] - pairs[i]);
+    }
+}
+
 #if HAVE_VNNI_BUILD
+
+/* Sorts the outliers found by the update (few: weights past 2**15 are rare) by index. */
+static void sort_outliers(outliers_t *outliers)
+{
+    ptrdiff_t count = outliers->count < outliers->capacity ? outliers->count : outliers->capacity;
+    for (ptrdiff_t i = 1; i < count; i++) {
+        int32_t index = outliers->index[i], residual = outliers->residual[i];
+        ptrdiff_t j = i;
+        for (; j > 0 && outliers->index[j - 1] > index; j--) {
+            outliers->index[j] = outliers->index[j - 1];
+            outliers->residual[j] = outliers->residual[j - 1];
+        }
+        outliers->index[j] = index;
+        outliers->residual[j] = residual;
+    }
+}
 
 int vnni_supported(void)
 {
@@ -127,24 +170,46 @@ VNNI_TARGET __attribute__((noinline)) static void dot_4x4(const int32_t *const x
     sums[8] = c0, sums[9] = c1, sums[10] = c2, sums[11] = c3, sums[12] = d0, sums[13] = d1, sums[14] = d2, sums[15] = d3;
 }
 
+/* What the pair form of w cut off, added back to a tile's int64 totals (lane 4 r + c for
+ * z[i0 + r, j0 + c]): the outliers of rows j0..j0+3 are [row_start[j0], row_start[j0 + 4]). */
+static void add_outliers(int64_t totals[16], const int8_t *x, ptrdiff_t x_cols, const outliers_t *outliers,
+                         const ptrdiff_t *row_start, ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t j0)
+{
+    ptrdiff_t end = row_start[j0 + 4 < n ? j0 + 4 : n];
+    for (ptrdiff_t o = row_start[j0]; o < end; o++) {
+        ptrdiff_t column = outliers->index[o] % x_cols, c = outliers->index[o] / x_cols - j0;
+        for (ptrdiff_t r = 0; r < 4 && i0 + r < m; r++)
+            totals[4 * r + c] += (int64_t)x[(i0 + r) * x_cols + column] * outliers->residual[o];
+    }
+}
+
 /* One 4 x 4 tile of z: rows i0.. of x against rows j0.. of w, both contiguous along k. The
  * int32 lanes hold partial sums over `chunk` units at a time (the caller proves that those
  * fit int32); the chunks add up in int64, and z saturates to the int32 range. */
 VNNI_TARGET static void product_tile(const int32_t *x_units, const int32_t *w_units, int32_t *z,
                                      ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0,
-                                     ptrdiff_t j0)
+                                     ptrdiff_t j0, const int8_t *x, const outliers_t *outliers,
+                                     const ptrdiff_t *row_start)
 {
-    const int32_t *const x[4] = {x_units + clamp_row(i0, m) * k, x_units + clamp_row(i0 + 1, m) * k,
-                                 x_units + clamp_row(i0 + 2, m) * k, x_units + clamp_row(i0 + 3, m) * k};
-    const int32_t *const w[4] = {w_units + clamp_row(j0, n) * k, w_units + clamp_row(j0 + 1, n) * k,
-                                 w_units + clamp_row(j0 + 2, n) * k, w_units + clamp_row(j0 + 3, n) * k};
+    const int32_t *const xs[4] = {x_units + clamp_row(i0, m) * k, x_units + clamp_row(i0 + 1, m) * k,
+                                  x_units + clamp_row(i0 + 2, m) * k, x_units + clamp_row(i0 + 3, m) * k};
+    const int32_t *const ws[4] = {w_units + clamp_row(j0, n) * k, w_units + clamp_row(j0 + 1, n) * k,
+                                  w_units + clamp_row(j0 + 2, n) * k, w_units + clamp_row(j0 + 3, n) * k};
     __m512i total_low = _mm512_setzero_si512(), total_high = total_low; /* int64 sums of tiles 0-7, 8-15 */
     __m512i lanes[16];
     for (ptrdiff_t start = 0; start < k; start += chunk) {
-        dot_4x4(x, w, start, start + chunk < k ? start + chunk : k, lanes);
+        dot_4x4(xs, ws, start, start + chunk < k ? start + chunk : k, lanes);
         __m512i sums = horizontal_sums(lanes); /* lane 4 r + c: z[i0 + r, j0 + c] over this chunk */
         total_low = _mm512_add_epi64(total_low, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(sums)));
         total_high = _mm512_add_epi64(total_high, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sums, 1)));
+    }
+    if (row_start && row_start[j0] < row_start[j0 + 4 < n ? j0 + 4 : n]) {
+        int64_t totals[16];
+        _mm512_storeu_si512((void *)totals, total_low);
+        _mm512_storeu_si512((void *)(totals + 8), total_high);
+        add_outliers(totals, x, k * 2, outliers, row_start, m, n, i0, j0);
+        total_low = _mm512_loadu_si512((const void *)totals);
+        total_high = _mm512_loadu_si512((const void *)(totals + 8));
     }
     int32_t out[16];
     _mm256_storeu_si256((__m256i *)out, _mm512_cvtsepi64_epi32(total_low)); /* saturating */
@@ -154,13 +219,26 @@ VNNI_TARGET static void product_tile(const int32_t *x_units, const int32_t *w_un
         _mm_mask_storeu_epi32(z + (i0 + r) * n + j0, columns, _mm_loadu_si128((const __m128i *)(out + 4 * r)));
 }
 
-VNNI_TARGET void vnni_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
-                              ptrdiff_t n, ptrdiff_t k, ptrdiff_t chunk)
+VNNI_TARGET int vnni_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
+                             ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
+                             const outliers_t *outliers)
 {
+    ptrdiff_t *row_start = NULL; /* the outliers of row j: [row_start[j], row_start[j + 1]) */
+    if (outliers && outliers->count > 0) {
+        if (!(row_start = calloc((size_t)(n + 1), sizeof(ptrdiff_t))))
+            return -1;
+        ptrdiff_t count = outliers->count < outliers->capacity ? outliers->count : outliers->capacity;
+        for (ptrdiff_t o = 0; o < count; o++)
+            row_start[outliers->index[o] / (units * 2) + 1]++;
+        for (ptrdiff_t j = 0; j < n; j++)
+            row_start[j + 1] += row_start[j];
+    }
     for (ptrdiff_t block = 0; block < m; block += PRODUCT_ROW_BLOCK)
         for (ptrdiff_t j0 = 0; j0 < n; j0 += 4)
             for (ptrdiff_t i0 = block; i0 < m && i0 < block + PRODUCT_ROW_BLOCK; i0 += 4)
-                product_tile(x_units, w_units, z, m, n, k, chunk, i0, j0);
+                product_tile(x_units, w_units, z, m, n, units, chunk, i0, j0, x, outliers, row_start);
+    free(row_start);
+    return 0;
 }
 
 /* tdiv(v, d) in each lane for |v| < 2**31: the multiply and shift of _fused.c, on the even
@@ -179,26 +257,41 @@ VNNI_TARGET static inline __m512i tdiv_lanes(__m512i v, divisor_t d)
 
 #define UPDATE_COLUMNS 64 /* columns of w per tile: x's units for them stay in L1 */
 
-/* Applies the update to 16 columns of row `row` of w from their gradient g; returns the
- * lanes' |w| for the running maximum. */
-VNNI_TARGET static inline __m512i update_lanes(int32_t *w, int32_t *w_units, __mmask16 mask, __m512i g,
+/* Applies the update to 16 columns of a row of w (starting at flat index `at`) from their
+ * gradient g, and writes the new values' split units, or their pair form and outliers;
+ * returns the lanes' |w| for the running maximum. */
+VNNI_TARGET static inline __m512i update_lanes(int32_t *w, int32_t *w_units, int16_t *w_pairs,
+                                               outliers_t *outliers, ptrdiff_t at, __mmask16 mask, __m512i g,
                                                divisor_t lr, int decays, divisor_t decay)
 {
-    __m512i old = _mm512_maskz_loadu_epi32(mask, w);
+    __m512i old = _mm512_maskz_loadu_epi32(mask, w + at);
     __m512i step = tdiv_lanes(g, lr);
     if (decays)
         step = _mm512_add_epi32(step, tdiv_lanes(old, decay));
     __m512i updated = _mm512_sub_epi32(old, step);
-    _mm512_mask_storeu_epi32(w, mask, updated);
-    __m512i units = _mm512_or_si512(_mm512_and_si512(updated, _mm512_set1_epi32(0xFF)),
-                                    _mm512_slli_epi32(_mm512_srai_epi32(updated, 8), 16));
-    _mm512_mask_storeu_epi32(w_units, mask, units);
+    _mm512_mask_storeu_epi32(w + at, mask, updated);
+    if (w_units) {
+        __m512i units = _mm512_or_si512(_mm512_and_si512(updated, _mm512_set1_epi32(0xFF)),
+                                        _mm512_slli_epi32(_mm512_srai_epi32(updated, 8), 16));
+        _mm512_mask_storeu_epi32(w_units + at, mask, units);
+    } else {
+        __m256i pairs = _mm512_cvtsepi32_epi16(updated); /* saturating */
+        _mm256_mask_storeu_epi16(w_pairs + at, mask, pairs);
+        __mmask16 cut = _mm512_mask_cmpneq_epi32_mask(mask, updated, _mm512_cvtepi16_epi32(pairs));
+        if (cut) { /* rare: a weight past int16 */
+            int32_t values[16];
+            _mm512_storeu_si512((void *)values, updated);
+            for (int lane = 0; lane < 16; lane++)
+                if (cut >> lane & 1)
+                    add_outlier(outliers, at + lane, values[lane] - saturate_int16(values[lane]));
+        }
+    }
     return _mm512_maskz_abs_epi32(mask, updated);
 }
 
 VNNI_TARGET int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units, int32_t *w,
-                                    int32_t *w_units, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
-                                    divisor_t lr, int decays, divisor_t decay)
+                                    int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
+                                    ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
 {
     /* delta^T as split units: row j holds column j of delta, the broadcast operand */
     int32_t *delta_units = malloc((size_t)(n * batch) * sizeof(int32_t) + 1);
@@ -209,6 +302,8 @@ VNNI_TARGET int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units
             int32_t v = delta[b * n + j];
             delta_units[j * batch + b] = (int32_t)(((uint32_t)v & 0xFFu) | ((uint32_t)(v >> 8) << 16));
         }
+    if (!w_units)
+        outliers->count = 0;
     __m512i largest = _mm512_setzero_si512();
     for (ptrdiff_t k0 = 0; k0 < k; k0 += UPDATE_COLUMNS) {
         __mmask16 mask[4];
@@ -234,12 +329,14 @@ VNNI_TARGET int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units
             for (int r = 0; r < 4 && j0 + r < n; r++)
                 for (int c = 0; c < 4 && mask[c]; c++) {
                     ptrdiff_t at = (j0 + r) * k + k0 + 16 * c;
-                    largest = _mm512_max_epi32(largest, update_lanes(w + at, w_units + at, mask[c], grads[r][c],
-                                                                     lr, decays, decay));
+                    largest = _mm512_max_epi32(largest, update_lanes(w, w_units, w_pairs, outliers, at, mask[c],
+                                                                     grads[r][c], lr, decays, decay));
                 }
         }
     }
     free(delta_units);
+    if (!w_units)
+        sort_outliers(outliers);
     return (int64_t)(uint32_t)_mm512_reduce_max_epu32(largest);
 }
 
@@ -250,17 +347,19 @@ int vnni_supported(void)
     return 0;
 }
 
-void vnni_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
-                  ptrdiff_t k, ptrdiff_t chunk)
+int vnni_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
+                 ptrdiff_t units, ptrdiff_t chunk, const int8_t *x, const outliers_t *outliers)
 {
-    (void)x_units, (void)w_units, (void)z, (void)m, (void)n, (void)k, (void)chunk;
+    (void)x_units, (void)w_units, (void)z, (void)m, (void)n, (void)units, (void)chunk, (void)x, (void)outliers;
+    return -1;
 }
 
 int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units, int32_t *w, int32_t *w_units,
-                        ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
+                        int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
+                        divisor_t lr, int decays, divisor_t decay)
 {
-    (void)delta, (void)x_units, (void)w, (void)w_units, (void)n, (void)batch, (void)k, (void)lr,
-        (void)decays, (void)decay;
+    (void)delta, (void)x_units, (void)w, (void)w_units, (void)w_pairs, (void)outliers, (void)n, (void)batch,
+        (void)k, (void)lr, (void)decays, (void)decay;
     return -1;
 }
 

@@ -77,14 +77,19 @@ def _scaled(product: np.ndarray, scale: int, table: Any) -> Any:
 #
 # On CPUs with AVX-512 VNNI a dense layer's two big products -- the forward x @ W.T and the
 # weight gradient delta.T @ x, fused there with the whole IntegerSGD update -- run on int16
-# pair instructions instead of float64 BLAS: 16 exact products per instruction, twice a
-# float64 FMA's 8. Each integer travels as a pair of int16 that the instruction recombines
-# (x as (x, 256 x), W and delta as (a & 255, a >> 8), |a| < 2**23), and int32 sums wrap
-# modulo 2**32, so a product is exact whenever its true sums fit int32, which these
-# functions prove from L1 norms before each call.
+# pair instructions instead of float64 BLAS (VPDPWSSD: acc += a0 * b0 + a1 * b1 in each int32
+# lane). Wider integers travel as a pair of int16 that the instruction recombines: x as
+# (x, 256 x), delta (and W, where needed) as (a & 255, a >> 8), |a| < 2**23, one product per
+# pair. The forward takes two products per pair instead, from x and W as plain int16: W's
+# "pair form" saturates it to int16, and the few weights past that (its outliers: dozens of
+# the first layer's 157k) are added back exactly. int32 lanes wrap modulo 2**32, so a sum is
+# exact whenever its true value fits int32, which these functions prove from L1 norms before
+# each call.
 
 VNNI = AVAILABLE and _kernels.vnni_available()
 UNITS_LIMIT = 2**23  # |a| < 2**23: a >> 8 fits the int16 half of a split unit
+PAIR_LIMIT = 2**15  # |w| <= 2**15 in a weight's pair form (int16, saturated)
+OUTLIER_CAPACITY = 512  # outliers a pair form corrects; past that, the forward uses split units
 
 
 def units_active(x: Any) -> bool:
@@ -93,14 +98,36 @@ def units_active(x: Any) -> bool:
             and x.flags.c_contiguous and fused_kernels_allowed())
 
 
-def _input_units(layer: Any, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """``x`` as input units and its largest row L1 norm, cached on ``layer``: the forward
-    product makes them and the weight update of the same batch reuses them."""
+def _input_units(layer: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """``x`` as input units, as int16 (when its width is even, for the pair product), and its
+    largest row L1 norm, cached on ``layer``: the forward product makes them and the weight
+    update of the same batch reuses them."""
     cached = layer.input_units
     if cached is None or cached[0] is not x:
         units = np.empty(x.shape, dtype=np.int32)
-        cached = layer.input_units = (x, units, _kernels.input_units(x, x.shape[1], units))
-    return cached[1], cached[2]
+        pairs = np.empty(x.shape, dtype=np.int16) if x.shape[1] % 2 == 0 else None
+        cached = layer.input_units = (x, units, pairs, _kernels.input_units(x, x.shape[1], units, pairs))
+    return cached[1], cached[2], cached[3]
+
+
+def _weight_pairs(layer: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """``layer``'s pair form ``(pairs, index, residual, count)``, made if missing; None when
+    it has more outliers than it can hold."""
+    if layer.weight_pairs is None:
+        pairs = np.empty(layer.weight.shape, dtype=np.int16)
+        index, residual = np.empty(OUTLIER_CAPACITY, np.int32), np.empty(OUTLIER_CAPACITY, np.int32)
+        count = _kernels.pair_form(layer.weight, layer.in_features, pairs, index, residual)
+        layer.weight_pairs = (pairs, index, residual, count)
+    return layer.weight_pairs if layer.weight_pairs[3] <= OUTLIER_CAPACITY else None
+
+
+def _chunk(row_l1: int, x_bound: int, weight_bound: int, products_per_unit: int, units: int) -> int:
+    """Units per int32 partial sum: all of them when ``row_l1 * weight_bound`` fits int32,
+    else as many whole vectors (16 units) as ``x_bound * weight_bound`` per product allows
+    (0: none)."""
+    if row_l1 * weight_bound <= INT32_LIMIT:
+        return units
+    return INT32_LIMIT // (products_per_unit * x_bound * weight_bound) // 16 * 16
 
 
 def units_scaled_product(layer: Any, x: Any, scale: int, table: Any = None) -> Any:
@@ -108,26 +135,31 @@ def units_scaled_product(layer: Any, x: Any, scale: int, table: Any = None) -> A
     cannot run.
 
     The kernel's int32 lanes must hold exact partial sums. When ``max_i sum_k |x[i, k]|
-    * max|W|`` is below ``2**31`` one sum covers a whole row; otherwise the kernel adds up
-    chunks of ``2**31 // (128 * max|W|)`` inputs in int64 and saturates ``z`` to int32, which
-    scaling cannot tell apart from ``z`` itself since ``128 * scale < 2**31``.
+    * max|W|`` (``max|W|`` of the pair form: at most ``2**15``) is below ``2**31`` one sum
+    covers a whole row; otherwise the kernel adds up chunks that fit in int64 and saturates
+    ``z`` to int32, which scaling cannot tell apart from ``z`` itself since
+    ``128 * scale < 2**31``.
     """
-    if not units_active(x) or not active(layer.weight) or 128 * scale >= KERNEL_DIVISOR_LIMIT \
-            or layer.weight_bound >= UNITS_LIMIT:
+    if not units_active(x) or not active(layer.weight) or 128 * scale >= KERNEL_DIVISOR_LIMIT:
         return None
-    x_units, row_l1 = _input_units(layer, x)
-    inputs = x.shape[1]
-    if row_l1 * layer.weight_bound <= INT32_LIMIT:
-        chunk = inputs
-    else:
-        chunk = INT32_LIMIT // (dtype_bound(x) * layer.weight_bound) // 16 * 16  # whole vectors
-        if chunk == 0:
-            return None
+    x_units, x_pairs, row_l1 = _input_units(layer, x)
+    (batch, inputs), outputs = x.shape, layer.out_features
+    product = np.empty((batch, outputs), dtype=np.int32)
+    weight_pairs = None if x_pairs is None else _weight_pairs(layer)
+    if weight_pairs is not None:
+        pairs, index, residual, count = weight_pairs
+        chunk = _chunk(row_l1, dtype_bound(x), min(layer.weight_bound, PAIR_LIMIT), 2, inputs // 2)
+        _kernels.pairs_product(x_pairs, pairs, x, index, residual, count, batch, outputs, inputs, chunk, product)
+        return _scaled(product, scale, table)
+    if layer.weight_bound >= UNITS_LIMIT:
+        return None
+    chunk = _chunk(row_l1, dtype_bound(x), layer.weight_bound, 1, inputs)
+    if chunk == 0:
+        return None
     if layer.weight_units is None:
         layer.weight_units = np.empty_like(layer.weight)
         _kernels.split_units(layer.weight, layer.weight_units)
-    product = np.empty((x.shape[0], layer.out_features), dtype=np.int32)
-    _kernels.units_product(x_units, layer.weight_units, x.shape[0], layer.out_features, inputs, chunk, product)
+    _kernels.units_product(x_units, layer.weight_units, batch, outputs, inputs, chunk, product)
     return _scaled(product, scale, table)
 
 
@@ -135,21 +167,31 @@ def units_sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, divisor: i
     """:func:`sgd_update` on the VNNI product; False if it cannot run.
 
     ``grad_bound / max|x|`` bounds ``max|delta|`` too (it is ``max|x|`` times a column L1
-    norm of ``delta``, or times ``max|delta| * batch``), which proves the split units.
+    norm of ``delta``, or times ``max|delta| * batch``), which proves the split units. The
+    kernel writes the next forward's copy of ``W``: its pair form, or, for an odd number of
+    inputs, its split units.
     """
     if not units_active(x) or not active(delta) or delta.ndim != 2 or grad_bound > INT32_LIMIT \
             or grad_bound // dtype_bound(x) >= UNITS_LIMIT or not 1 <= divisor < KERNEL_DIVISOR_LIMIT \
             or not 0 <= decay_inv < KERNEL_DIVISOR_LIMIT:
         return False
-    x_units, _ = _input_units(layer, x)
-    if layer.weight_units is None:
-        layer.weight_units = np.empty_like(layer.weight)
+    x_units, x_pairs, _ = _input_units(layer, x)
     (batch, outputs), inputs = delta.shape, x.shape[1]
-    layer.weight_bound = _kernels.units_sgd_update(delta, x_units, layer.weight, layer.weight_units, batch,
-                                                   outputs, inputs, divisor, decay_inv)
+    if x_pairs is not None:  # even width: the pair form, in the buffers of the last one if any
+        pairs, index, residual, _ = layer.weight_pairs or (
+            np.empty(layer.weight.shape, np.int16), np.empty(OUTLIER_CAPACITY, np.int32),
+            np.empty(OUTLIER_CAPACITY, np.int32), 0)
+        layer.weight_bound, count = _kernels.units_sgd_update(delta, x_units, layer.weight, pairs, batch, outputs,
+                                                              inputs, divisor, decay_inv, index, residual)
+        layer.weight_pairs, layer.weight_units = (pairs, index, residual, count), None
+    else:
+        units = layer.weight_units if layer.weight_units is not None else np.empty_like(layer.weight)
+        layer.weight_bound, _ = _kernels.units_sgd_update(delta, x_units, layer.weight, units, batch, outputs,
+                                                          inputs, divisor, decay_inv)
+        # past the units' range the copy is not valid
+        layer.weight_units = units if layer.weight_bound < UNITS_LIMIT else None
+        layer.weight_pairs = None
     layer.weight64 = layer.input_units = None  # the float64 copy is stale; the input is used up
-    if layer.weight_bound >= UNITS_LIMIT:
-        layer.weight_units = None  # past the units' range: the copy is not valid
     return True
 
 
@@ -181,7 +223,7 @@ def sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, de
     if layer.weight64 is None:
         layer.weight64 = np.empty(layer.weight.shape, dtype=np.float64)
     layer.weight_bound = _kernels.sgd_update(layer.weight, grad, divisor, decay_inv, layer.weight64)
-    layer.weight_units = None
+    layer.weight_units = layer.weight_pairs = None
     return True
 
 

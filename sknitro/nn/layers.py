@@ -25,13 +25,13 @@ class IntegerLinear:
     ``weight_bound`` is kept equal to ``max|W|`` after every update, so that the exact
     GEMM can prove its fast paths without scanning the weights again. The compiled CPU
     kernels (:mod:`.fused`) keep copies of ``W`` in the form their next product reads:
-    ``weight64`` (float64, for BLAS) or ``weight_units`` (int16 pairs, for VNNI), and
-    ``input_units``, the last input in VNNI form, which the weight update of the same batch
-    reuses. They are caches: dropped (:meth:`drop_copies`) whenever anything else could
+    ``weight64`` (float64, for BLAS), ``weight_pairs`` or ``weight_units`` (int16, for VNNI),
+    and ``input_units``, the last input in VNNI form, which the weight update of the same
+    batch reuses. They are caches: dropped (:meth:`drop_copies`) whenever anything else could
     change ``W``, and never pickled.
     """
 
-    CACHES = ("weight64", "weight_units", "input_units")
+    CACHES = ("weight64", "weight_pairs", "weight_units", "input_units")
 
     def __init__(self, in_features: int, out_features: int, init_bound: int,
                  rng: np.random.Generator, bias: bool = False, xp: Any = np) -> None:
