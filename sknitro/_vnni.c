@@ -3,12 +3,16 @@
  *
  * VPDPWSSD multiplies pairs of int16 and adds both products to an int32 lane:
  *   acc += a0 * b0 + a1 * b1.
- * The engine's operands are wider than int16 (weights pass 2**15, gradients reach 2**18),
- * so each integer travels as a "unit", a pair of int16 that the instruction recombines:
+ * The forward product takes x (int8) and the weights as plain int16, two products per lane:
+ * the weights' "pair form" saturates them to int16, and the few past it (their "outliers")
+ * are added back from a list, in int64. The weight gradient's delta is wider (it reaches
+ * 2**19), so each of its integers travels as a "unit", a pair of int16 that the instruction
+ * recombines:
  *   input units   (x, 256 x)            for int8 x
  *   split units   (a & 255, a >> 8)     for |a| < 2**23
- * and then (x, 256 x) . (a & 255, a >> 8) = x (a & 255) + 256 x (a >> 8) = x * a exactly.
- * One instruction does 16 such products, twice what a float64 FMA does, on half the bytes.
+ * and then (x, 256 x) . (a & 255, a >> 8) = x (a & 255) + 256 x (a >> 8) = x * a exactly,
+ * one product per lane. (The forward falls back to split units of W when the pair form has
+ * too many outliers, or x an odd width.)
  *
  * VPDPWSSD wraps modulo 2**32 and each product fits 32 bits, so a sum is exact whenever its
  * true value fits int32; the caller (sknitro/nn/fused.py) proves that before each call.
@@ -32,7 +36,7 @@ int64_t vnni_input_units(const int8_t *x, int32_t *units, int16_t *pairs, ptrdif
 {
     int64_t largest = 0;
     for (ptrdiff_t i = 0; i < rows; i++) {
-        int32_t l1 = 0;
+        int64_t l1 = 0;
         for (ptrdiff_t k = 0; k < cols; k++) {
             int32_t v = x[i * cols + k];
             units[i * cols + k] = (int32_t)(((uint32_t)v & 0xFFFFu) | ((uint32_t)(v * 256) << 16));

@@ -99,13 +99,15 @@ def units_active(x: Any) -> bool:
 
 
 def _input_units(layer: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """``x`` as input units, as int16 (when its width is even, for the pair product), and its
-    largest row L1 norm, cached on ``layer``: the forward product makes them and the weight
+    """``x`` as input units, as int16 (for the pair product, when the layer can take it), and
+    its largest row L1 norm, cached on ``layer``: the forward product makes them and the weight
     update of the same batch reuses them."""
     cached = layer.input_units
     if cached is None or cached[0] is not x:
         units = np.empty(x.shape, dtype=np.int32)
-        pairs = np.empty(x.shape, dtype=np.int16) if x.shape[1] % 2 == 0 else None
+        # the pair form needs an even width, and int32 flat indices for its outliers
+        pairs = np.empty(x.shape, dtype=np.int16) if x.shape[1] % 2 == 0 and layer.weight.size <= INT32_LIMIT \
+            else None
         cached = layer.input_units = (x, units, pairs, _kernels.input_units(x, x.shape[1], units, pairs))
     return cached[1], cached[2], cached[3]
 
