@@ -144,31 +144,27 @@ VNNI_TARGET __attribute__((noinline)) static void dot_4x4(const int32_t *const x
     const int32_t *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3], *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0,
             c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
+/* One step of 16 units at offset o; LOAD(p) reads 16 int32 at p (whole, or masked at the end). */
+#define DOT_STEP(LOAD)                                                                             \
+    do {                                                                                           \
+        __m512i W0 = LOAD(w0 + o), W1 = LOAD(w1 + o), W2 = LOAD(w2 + o), W3 = LOAD(w3 + o);       \
+        __m512i X = LOAD(x0 + o);                                                                  \
+        DP4(a, X, W0, W1, W2, W3);                                                                 \
+        X = LOAD(x1 + o);                                                                          \
+        DP4(b, X, W0, W1, W2, W3);                                                                 \
+        X = LOAD(x2 + o);                                                                          \
+        DP4(c, X, W0, W1, W2, W3);                                                                 \
+        X = LOAD(x3 + o);                                                                          \
+        DP4(d, X, W0, W1, W2, W3);                                                                 \
+    } while (0)
+#define LOAD_WHOLE(p) _mm512_loadu_si512(p)
+#define LOAD_MASKED(p) _mm512_maskz_loadu_epi32(mask, p)
     ptrdiff_t o = start;
-    for (; o + 16 <= end; o += 16) {
-        __m512i W0 = _mm512_loadu_si512(w0 + o), W1 = _mm512_loadu_si512(w1 + o),
-                W2 = _mm512_loadu_si512(w2 + o), W3 = _mm512_loadu_si512(w3 + o);
-        __m512i X = _mm512_loadu_si512(x0 + o);
-        DP4(a, X, W0, W1, W2, W3);
-        X = _mm512_loadu_si512(x1 + o);
-        DP4(b, X, W0, W1, W2, W3);
-        X = _mm512_loadu_si512(x2 + o);
-        DP4(c, X, W0, W1, W2, W3);
-        X = _mm512_loadu_si512(x3 + o);
-        DP4(d, X, W0, W1, W2, W3);
-    }
+    for (; o + 16 <= end; o += 16)
+        DOT_STEP(LOAD_WHOLE);
     if (o < end) {
         __mmask16 mask = (__mmask16)((1u << (end - o)) - 1);
-        __m512i W0 = _mm512_maskz_loadu_epi32(mask, w0 + o), W1 = _mm512_maskz_loadu_epi32(mask, w1 + o),
-                W2 = _mm512_maskz_loadu_epi32(mask, w2 + o), W3 = _mm512_maskz_loadu_epi32(mask, w3 + o);
-        __m512i X = _mm512_maskz_loadu_epi32(mask, x0 + o);
-        DP4(a, X, W0, W1, W2, W3);
-        X = _mm512_maskz_loadu_epi32(mask, x1 + o);
-        DP4(b, X, W0, W1, W2, W3);
-        X = _mm512_maskz_loadu_epi32(mask, x2 + o);
-        DP4(c, X, W0, W1, W2, W3);
-        X = _mm512_maskz_loadu_epi32(mask, x3 + o);
-        DP4(d, X, W0, W1, W2, W3);
+        DOT_STEP(LOAD_MASKED);
     }
     sums[0] = a0, sums[1] = a1, sums[2] = a2, sums[3] = a3, sums[4] = b0, sums[5] = b1, sums[6] = b2, sums[7] = b3;
     sums[8] = c0, sums[9] = c1, sums[10] = c2, sums[11] = c3, sums[12] = d0, sums[13] = d1, sums[14] = d2, sums[15] = d3;

@@ -126,6 +126,8 @@ def test_integer_linear_weight_grad_bound_with_a_known_delta_bound():
     assert bound == 128 * 255 * 3
     # a factor bound past int32 is not used: the column L1 norm (255 + 2 + 4) is
     assert layer.weight_grad_bound(delta, x, delta_bound=2**30) == 128 * 261
+    # a column L1 norm the caller has (from the activation's backward kernel) is used as is
+    assert layer.weight_grad_bound(delta, x, delta_bound=255, column_l1=261) == 128 * 261
 
 
 @pytest.mark.parametrize("seed", range(20))
