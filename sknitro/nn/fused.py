@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .._config import fused_kernels_allowed
-from ..backend import FLOAT64_EXACT_LIMIT, INT32_LIMIT, abs_max, dtype_bound, float64_product
+from ..backend import FLOAT64_EXACT_LIMIT, INT32_LIMIT, dtype_bound, float64_product
 
 try:
     from .. import _fused as _kernels
