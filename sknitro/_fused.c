@@ -235,6 +235,16 @@ static int check_size(Py_buffer *view, Py_ssize_t count, Py_ssize_t itemsize, co
     return 0;
 }
 
+/* `count` items make whole rows of `cols` (cols >= 1). */
+static int check_rows(Py_ssize_t count, Py_ssize_t cols, const char *name)
+{
+    if (cols < 1 || count % cols != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd items do not make rows of %zd", name, count, cols);
+        return -1;
+    }
+    return 0;
+}
+
 static int check_divisor(long long d, const char *name)
 {
     if (d < 1 || d >= ((long long)1 << 31)) {
@@ -310,10 +320,8 @@ static PyObject *activation_backward(PyObject *Py_UNUSED(self), PyObject *args)
     PyObject *result = NULL;
     Py_ssize_t n = pre.len;
     int64_t *sums = NULL;
-    if (cols < 1 || n % cols != 0) {
-        PyErr_Format(PyExc_ValueError, "out: %zd items do not make rows of %zd", n, cols);
-    } else if (check_size(&g, n, 4, "g") == 0 && check_size(&out, n, 4, "out") == 0
-               && check_size(&table, 256, 4, "table") == 0 && check_divisor(divisor, "divisor") == 0) {
+    if (check_rows(n, cols, "out") == 0 && check_size(&g, n, 4, "g") == 0 && check_size(&out, n, 4, "out") == 0
+        && check_size(&table, 256, 4, "table") == 0 && check_divisor(divisor, "divisor") == 0) {
         if ((sums = PyMem_Malloc((size_t)cols * sizeof(int64_t))) == NULL) {
             PyErr_NoMemory();
         } else {
@@ -498,9 +506,7 @@ static PyObject *input_units(PyObject *Py_UNUSED(self), PyObject *args)
     int has_pairs = pairs_obj != Py_None;
     if (has_pairs && PyObject_GetBuffer(pairs_obj, &pairs, PyBUF_WRITABLE) < 0) {
         has_pairs = 0;
-    } else if (cols < 1 || x.len % cols != 0) {
-        PyErr_Format(PyExc_ValueError, "x: %zd bytes do not make rows of %zd", x.len, cols);
-    } else if (check_matrix(&units, x.len / cols, cols, "units") == 0
+    } else if (check_rows(x.len, cols, "x") == 0 && check_matrix(&units, x.len / cols, cols, "units") == 0
                && (!has_pairs || check_size(&pairs, x.len, 2, "pairs") == 0)) {
         int64_t largest;
         Py_BEGIN_ALLOW_THREADS
@@ -567,14 +573,12 @@ static PyObject *pair_form(PyObject *Py_UNUSED(self), PyObject *args)
         return NULL;
     PyObject *result = NULL;
     outliers_t outliers;
-    if (cols >= 1 && a.len % (4 * cols) == 0 && check_size(&pairs, a.len / 4, 2, "pairs") == 0
-        && get_outliers(&index, &residual, &outliers) == 0) {
+    if (check_size(&a, a.len / 4, 4, "a") == 0 && check_rows(a.len / 4, cols, "a") == 0
+        && check_size(&pairs, a.len / 4, 2, "pairs") == 0 && get_outliers(&index, &residual, &outliers) == 0) {
         Py_BEGIN_ALLOW_THREADS
         vnni_pair_form((const int32_t *)a.buf, (int16_t *)pairs.buf, a.len / 4 / cols, cols, &outliers);
         Py_END_ALLOW_THREADS
         result = PyLong_FromSsize_t(outliers.count);
-    } else if (!PyErr_Occurred()) {
-        PyErr_Format(PyExc_ValueError, "a: %zd bytes do not make int32 rows of %zd", a.len, cols);
     }
     PyBuffer_Release(&a);
     PyBuffer_Release(&pairs);

@@ -50,10 +50,16 @@ int64_t vnni_input_units(const int8_t *x, int32_t *units, int16_t *pairs, ptrdif
     return largest;
 }
 
+/* The split unit (a & 255, a >> 8) of |a| < 2**23, as one int32. */
+static inline int32_t split_unit(int32_t a)
+{
+    return (int32_t)(((uint32_t)a & 0xFFu) | ((uint32_t)(a >> 8) << 16));
+}
+
 void vnni_split_units(const int32_t *a, int32_t *units, ptrdiff_t n)
 {
     for (ptrdiff_t i = 0; i < n; i++)
-        units[i] = (int32_t)(((uint32_t)a[i] & 0xFFu) | ((uint32_t)(a[i] >> 8) << 16));
+        units[i] = split_unit(a[i]);
 }
 
 static void add_outlier(outliers_t *outliers, ptrdiff_t index, int32_t residual)
@@ -298,10 +304,8 @@ VNNI_TARGET int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units
     if (!delta_units)
         return -1;
     for (ptrdiff_t b = 0; b < batch; b++)
-        for (ptrdiff_t j = 0; j < n; j++) {
-            int32_t v = delta[b * n + j];
-            delta_units[j * batch + b] = (int32_t)(((uint32_t)v & 0xFFu) | ((uint32_t)(v >> 8) << 16));
-        }
+        for (ptrdiff_t j = 0; j < n; j++)
+            delta_units[j * batch + b] = split_unit(delta[b * n + j]);
     if (!w_units)
         outliers->count = 0;
     __m512i largest = _mm512_setzero_si512();
