@@ -39,6 +39,11 @@ AVAILABLE = _kernels is not None
 KERNEL_DIVISOR_LIMIT = 2**31  # divisors of the 32-bit multiply-and-shift division
 
 
+def _update_divisors_fit(divisor: int, decay_inv: int) -> bool:
+    """Whether an update's divisors suit the kernels' 32-bit division (``decay_inv`` 0: no decay)."""
+    return 1 <= divisor < KERNEL_DIVISOR_LIMIT and 0 <= decay_inv < KERNEL_DIVISOR_LIMIT
+
+
 def active(array: Any) -> bool:
     """Whether the fused kernels may process ``array`` (a host int32 array) now."""
     return (_kernels is not None and isinstance(array, np.ndarray) and array.dtype == np.int32
@@ -112,12 +117,20 @@ def _input_units(layer: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | No
     return cached[1], cached[2], cached[3]
 
 
+def _pair_buffers(layer: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The buffers ``(pairs, index, residual)`` of ``layer``'s pair form: its current ones,
+    or new ones."""
+    if layer.weight_pairs is not None:
+        return layer.weight_pairs[:3]
+    return (np.empty(layer.weight.shape, dtype=np.int16), np.empty(OUTLIER_CAPACITY, np.int32),
+            np.empty(OUTLIER_CAPACITY, np.int32))
+
+
 def _weight_pairs(layer: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     """``layer``'s pair form ``(pairs, index, residual, count)``, made if missing; None when
     it has more outliers than it can hold."""
     if layer.weight_pairs is None:
-        pairs = np.empty(layer.weight.shape, dtype=np.int16)
-        index, residual = np.empty(OUTLIER_CAPACITY, np.int32), np.empty(OUTLIER_CAPACITY, np.int32)
+        pairs, index, residual = _pair_buffers(layer)
         count = _kernels.pair_form(layer.weight, layer.in_features, pairs, index, residual)
         layer.weight_pairs = (pairs, index, residual, count)
     return layer.weight_pairs if layer.weight_pairs[3] <= OUTLIER_CAPACITY else None
@@ -174,15 +187,12 @@ def units_sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, divisor: i
     inputs, its split units.
     """
     if not units_active(x) or not active(delta) or delta.ndim != 2 or grad_bound > INT32_LIMIT \
-            or grad_bound // dtype_bound(x) >= UNITS_LIMIT or not 1 <= divisor < KERNEL_DIVISOR_LIMIT \
-            or not 0 <= decay_inv < KERNEL_DIVISOR_LIMIT:
+            or grad_bound // dtype_bound(x) >= UNITS_LIMIT or not _update_divisors_fit(divisor, decay_inv):
         return False
     x_units, x_pairs, _ = _input_units(layer, x)
     (batch, outputs), inputs = delta.shape, x.shape[1]
     if x_pairs is not None:  # even width: the pair form, in the buffers of the last one if any
-        pairs, index, residual, _ = layer.weight_pairs or (
-            np.empty(layer.weight.shape, np.int16), np.empty(OUTLIER_CAPACITY, np.int32),
-            np.empty(OUTLIER_CAPACITY, np.int32), 0)
+        pairs, index, residual = _pair_buffers(layer)
         layer.weight_bound, count = _kernels.units_sgd_update(delta, x_units, layer.weight, pairs, batch, outputs,
                                                               inputs, divisor, decay_inv, index, residual)
         layer.weight_pairs, layer.weight_units = (pairs, index, residual, count), None
@@ -218,8 +228,7 @@ def sgd_update(layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, de
     exact in float64 far beyond that. On success ``layer.weight_bound`` and the float64 copy
     ``layer.weight64`` are up to date.
     """
-    if grad_bound > INT32_LIMIT or not 1 <= divisor < KERNEL_DIVISOR_LIMIT \
-            or not 0 <= decay_inv < KERNEL_DIVISOR_LIMIT:
+    if grad_bound > INT32_LIMIT or not _update_divisors_fit(divisor, decay_inv):
         return False
     grad = float64_product(delta.T, x)
     if layer.weight64 is None:
@@ -244,8 +253,7 @@ def head_step(layer: Any, x: Any, target: Any, scale: int, divisor: int, decay_i
     weight = layer.weight
     if not active(weight) or layer.bias is not None or x.ndim != 2 or x.dtype != np.int8 \
             or target.dtype != np.int8 or not (x.flags.c_contiguous and target.flags.c_contiguous) \
-            or 128 * scale >= KERNEL_DIVISOR_LIMIT or not 1 <= divisor < KERNEL_DIVISOR_LIMIT \
-            or not 0 <= decay_inv < KERNEL_DIVISOR_LIMIT:
+            or 128 * scale >= KERNEL_DIVISOR_LIMIT or not _update_divisors_fit(divisor, decay_inv):
         return None
     (batch, features), classes = x.shape, weight.shape[0]
     if max(128 * layer.weight_bound * features, error_bound * layer.weight_bound * classes,
