@@ -2,13 +2,15 @@
 
     python benchmarks/bench_cnn_fashion.py [--budget-minutes 60] [--architecture compact]
     python benchmarks/bench_cnn_fashion.py --vgg8b-samples 256     # cost of a VGG8B epoch
+    python benchmarks/bench_cnn_fashion.py --architecture vgg8b --width-divisor 4 --hidden 256 \
+        --scale-calibration --name vgg8b_quarter_calibrated        # a quarter-width VGG8B
 
 Trains with the validation-driven schedule (10% validation split, lr_inv plateau, early
 stopping, best validated model kept) until the budget or ``--max-epochs`` runs out: an epoch
 is started only if, at the pace of the last one (training + validation), it ends within the
 budget, so the whole training run fits in it. Reports test accuracy and seconds per epoch;
 the test accuracy of each epoch's weights is measured after training, for the report only:
-no decision ever reads it. Results: benchmarks/results/cnn_fashion.{json,md,png}.
+no decision ever reads it. Results: benchmarks/results/<name>.{json,md,png} (``--name``, default cnn_fashion).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from _common import call_with_threads, line_plot, machine_info, machine_line, write_json
 
 from sknitro import NitroCNNClassifier
+from sknitro.cnn import PRESETS
 from sknitro.datasets import load_fashion_mnist
 
 
@@ -69,9 +72,26 @@ def vgg8b_epoch_cost(n_samples: int) -> dict:
     return {"samples": n_samples, "seconds": seconds, "hours_per_60000_epoch": seconds / n_samples * 60000 / 3600}
 
 
+def architecture(name: str, width_divisor: int) -> str | list:
+    """A preset name, or its feature list with every conv width divided by ``width_divisor``."""
+    if width_divisor == 1:
+        return name
+    return [f if f == "M" else f // width_divisor for f in PRESETS[name]["features"]]
+
+
+def head_dim(name: str, width_divisor: int) -> int | None:
+    """The preset's ``head_dim`` divided like its widths: the heads pool with the same windows."""
+    return None if width_divisor == 1 else PRESETS[name]["head_dim"] // width_divisor
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architecture", default="compact")
+    parser.add_argument("--width-divisor", type=int, default=1,
+                        help="divide every conv width of the architecture by this (4: a quarter-width VGG8B)")
+    parser.add_argument("--scale-calibration", action="store_true",
+                        help="calibrate the initial weights to the NITRO scaling (an opt-in departure)")
+    parser.add_argument("--name", default="cnn_fashion", help="base name of the result files")
     parser.add_argument("--hidden", type=int, nargs="*", default=[256])
     parser.add_argument("--lr-inv", type=int, default=128)
     parser.add_argument("--fwd-decay-inv", type=int, default=28000)
@@ -104,7 +124,9 @@ def run(args: argparse.Namespace) -> None:
         print(f"VGG8B: {result['vgg8b']['hours_per_60000_epoch']:.2f} h per Fashion-MNIST epoch", flush=True)
     if args.budget_minutes > 0:
         X_train, y_train, X_test, y_test = load_fashion_mnist(n_train=args.n_train, n_test=args.n_test)
-        clf = BudgetedCNN(architecture=args.architecture, hidden_layer_sizes=tuple(args.hidden),
+        clf = BudgetedCNN(architecture=architecture(args.architecture, args.width_divisor),
+                          hidden_layer_sizes=tuple(args.hidden), scale_calibration=args.scale_calibration,
+                          head_dim=head_dim(args.architecture, args.width_divisor),
                           lr_inv=args.lr_inv, fwd_decay_inv=args.fwd_decay_inv,
                           head_decay_inv=args.head_decay_inv, dropout=args.dropout,
                           augment=not args.no_augment, early_stopping=True, max_iter=args.max_epochs,
@@ -126,12 +148,15 @@ def run(args: argparse.Namespace) -> None:
             "history": clf.history_,
         }
         write_report(out, result)
-    write_json(out / "cnn_fashion.json", result)
+    write_json(out / f"{args.name}.json", result)
 
 
 def write_report(out: Path, result: dict) -> None:
     cnn, args = result["cnn"], result["args"]
-    lines = [f"# Fashion-MNIST CNN `{args['architecture']}` + dense {args['hidden']} ({result['date']})", "",
+    width = f" with conv widths / {args['width_divisor']}" if args["width_divisor"] > 1 else ""
+    calibration = ", initial weights calibrated to the NITRO scaling" if args["scale_calibration"] else ""
+    lines = [f"# Fashion-MNIST CNN `{args['architecture']}`{width} + dense {args['hidden']}{calibration} "
+             f"({result['date']})", "",
              f"{machine_line(result['machine'])} · BLAS threads {args['threads'] or 'as the libraries choose'}",
              "",
              f"Budget {args['budget_minutes']} min; final model (best validated epoch): "
@@ -140,18 +165,21 @@ def write_report(out: Path, result: dict) -> None:
              f"lr_inv {args['lr_inv']} (x3 after {args['plateau_patience']} epochs without a validation gain "
              f"of {args['tol']}), dropout {args['dropout']}, augmentation {not args['no_augment']}, "
              f"fwd/head decay inv {args['fwd_decay_inv']}/{args['head_decay_inv']}, seed {args['seed']}.", "",
-             "| epoch | seconds | train acc | validation acc | test acc (report only) | lr_inv |",
-             "|---|---|---|---|---|---|"]
+             "| epoch | seconds | train acc | validation acc | test acc (report only) | lr_inv "
+             "| heads' train acc (block by block) |",
+             "|---|---|---|---|---|---|---|"]
     for r in cnn["history"]:
+        heads = " / ".join(f"{h:.3f}" for h in r.get("head_accuracies", []))
         lines.append(f"| {r['epoch']} | {r['seconds']:.1f} | {r['train_accuracy']:.4f} | "
-                     f"{r.get('validation_accuracy', float('nan')):.4f} | {r['test_accuracy']:.4f} | {r['lr_inv']} |")
+                     f"{r.get('validation_accuracy', float('nan')):.4f} | {r['test_accuracy']:.4f} | {r['lr_inv']} "
+                     f"| {heads} |")
     if "vgg8b" in result:
         v = result["vgg8b"]
         lines += ["", f"VGG8B: {v['seconds']:.1f} s for {v['samples']} samples, i.e. "
                       f"{v['hours_per_60000_epoch']:.2f} h per Fashion-MNIST epoch on this machine."]
-    (out / "cnn_fashion.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args['name']}.md").write_text("\n".join(lines) + "\n")
     history = cnn["history"]
-    line_plot(out / "cnn_fashion_accuracy.png",
+    line_plot(out / f"{args['name']}_accuracy.png",
               [{"y": [r["test_accuracy"] for r in history], "marker": "o", "label": "test"},
                {"y": [r.get("validation_accuracy", np.nan) for r in history], "marker": ".",
                 "label": "validation"}],

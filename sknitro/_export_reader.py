@@ -20,7 +20,7 @@ import pathlib
 import numpy as np
 
 FORMAT = "sknitro-integer-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _FLOAT64_EXACT = 2**53
 _INT64_MAX = 2**63 - 1
 _BATCH = 1024  # samples per batch: bounds the size of the wide intermediates
@@ -198,6 +198,5 @@ class IntegerModel:
     def _maxpool2d(self, x, layer):
         kh, kw = layer["window"]
         n, c, h, w = x.shape
-        ph, pw = -h % kh, -w % kw  # ceil mode: pad the bottom and right
-        x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), constant_values=layer["padding_value"])
-        return x.reshape(n, c, (h + ph) // kh, kh, (w + pw) // kw, kw).max(axis=(3, 5))
+        x = x[:, :, :h // kh * kh, :w // kw * kw]  # floor mode: whole windows only
+        return x.reshape(n, c, h // kh, kh, w // kw, kw).max(axis=(3, 5))

@@ -13,7 +13,9 @@ from sklearn.utils.validation import validate_data
 
 from ._base import BaseNitroClassifier
 from .encoding import InputEncoder
+from .backend import to_namespace
 from .nn.augment import random_crop_flip
+from .nn.calibration import calibrate_scaling
 from .nn.layers import check_dropout_rate
 from .nn.network import IntegerNetwork, build_cnn
 
@@ -30,17 +32,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 class NitroCNNClassifier(BaseNitroClassifier):
     """Convolutional classifier trained with integer arithmetic only (NITRO-D).
 
-    Each convolution is a local-loss block (3×3 IntegerConv2d -> NITRO scaling -> integer
-    activation, optionally followed by 2×2 max pooling) whose learning head pools its output
-    to at most ``head_dim`` values and scores the classes; dense blocks and the output layer
-    follow, as in :class:`NitroMLPClassifier`. Every other parameter and attribute is that of
-    :class:`NitroMLPClassifier`.
+    The network is the published NITRO-D CNN: each convolution is a local-loss block (3×3
+    IntegerConv2d -> NITRO scaling -> integer activation) whose learning head pools the
+    block's activation to at most ``head_dim`` values and scores the classes; 2×2 max
+    pooling (floor mode) and dropout run between blocks, where no gradient crosses them;
+    dense blocks and the output layer follow, as in :class:`NitroMLPClassifier`. Every
+    other parameter and attribute is that of :class:`NitroMLPClassifier`.
 
     Parameters
     ----------
     architecture : {"small", "compact", "vgg8b", "vgg11b"} or sequence, default="small"
         A preset, or the feature extractor as a sequence of conv widths (int) and ``"M"``
-        (2×2 max pooling after the previous conv): "small" is conv32-pool (seconds on
+        (2×2 max pooling, stride 2, floor mode: 7 -> 3): "small" is conv32-pool (seconds on
         digits), "compact" conv32-pool-conv64-pool; the VGG presets are the published ones.
     hidden_layer_sizes : array-like of int, default=()
         Dense blocks after the feature extractor (the published VGGs use (1024,)).
@@ -50,9 +53,19 @@ class NitroCNNClassifier(BaseNitroClassifier):
     head_pooling : {"max", "avg"}, default="max"
         Pooling of the conv heads.
     conv_dropout : float, default=0.0
-        Dropout after each conv block's activation.
+        Dropout after each conv block (on the feature path: the block's own head reads the
+        activation before it).
     dropout : float, default=0.0
-        Dropout after each dense block's activation.
+        Dropout after each dense block and, when ``conv_dropout`` is 0, once more before the
+        last layer of the feature extractor, as in the published VGG runs.
+    scale_calibration : bool, default=False
+        Calibrate the initial weights to the NITRO scaling: on one random batch of the
+        training data, multiply each block's initial forward weights by the integer gain
+        that spreads its scaled pre-activations over the int8 range
+        (:mod:`sknitro.nn.calibration`). A departure from NITRO-D, off by default: with the
+        published initialisation, a deep network's blocks after the first pass almost no
+        signal until the blocks before them have grown their weights. Heads, the output
+        layer and training itself are unchanged.
     augment : bool, default=False
         Per-sample random crop (after padding by ``crop_padding`` pixels of black) and random
         horizontal flip, each with probability 0.5, during training.
@@ -62,8 +75,8 @@ class NitroCNNClassifier(BaseNitroClassifier):
         ``(H, W)`` or ``(C, H, W)`` of each sample when ``X`` is flat ``(n, d)``. Without it a
         flat ``X`` is read as one-channel square images when ``d`` is a perfect square, and as
         ``1 × d`` images otherwise. ``X`` may also be ``(n, H, W)`` or ``(n, C, H, W)``.
-    lr_inv : int, default=128
-        Inverse learning rate (see :class:`NitroMLPClassifier`).
+    lr_inv : int, default=384
+        Inverse learning rate (see :class:`NitroMLPClassifier`; the published runs use 512).
     max_iter : int, default=40
         Maximum number of epochs of :meth:`fit` (conv epochs cost more than dense ones).
     **mlp_parameters
@@ -96,14 +109,16 @@ class NitroCNNClassifier(BaseNitroClassifier):
         "head_dim": [Interval(Integral, 1, None, closed="left"), None],
         "head_pooling": [StrOptions({"max", "avg"})],
         "conv_dropout": [Interval(Real, 0, 0.95, closed="both")],
+        "scale_calibration": ["boolean"],
         "augment": ["boolean"],
         "crop_padding": [Interval(Integral, 1, None, closed="left")],
         "image_shape": ["array-like", None],
     }
 
     def __init__(self, architecture="small", hidden_layer_sizes=(), head_dim=None,
-                 head_pooling="max", conv_dropout=0.0, dropout=0.0, augment=False, crop_padding=2,
-                 image_shape=None, activation="nitro_relu", negative_slope_inv=4, lr_inv=128,
+                 head_pooling="max", conv_dropout=0.0, dropout=0.0, scale_calibration=False,
+                 augment=False, crop_padding=2,
+                 image_shape=None, activation="nitro_relu", negative_slope_inv=4, lr_inv=384,
                  lr_amp=None, fwd_decay_inv=10000, head_decay_inv=8000, scale_bits=8,
                  target_value=32, batch_size=64, max_iter=40, shuffle=True, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=20, tol=0.001, lr_plateau_factor=3,
@@ -115,6 +130,7 @@ class NitroCNNClassifier(BaseNitroClassifier):
         self.head_pooling = head_pooling
         self.conv_dropout = conv_dropout
         self.dropout = dropout
+        self.scale_calibration = scale_calibration
         self.augment = augment
         self.crop_padding = crop_padding
         self.image_shape = image_shape
@@ -190,6 +206,12 @@ class NitroCNNClassifier(BaseNitroClassifier):
             return shape
         side = math.isqrt(n_features)
         return (1, side, side) if side * side == n_features else (1, 1, n_features)
+
+    def _initialise(self, X: np.ndarray) -> None:
+        super()._initialise(X)
+        if self.scale_calibration:
+            batch = self._rng.choice(X.shape[0], size=min(self.batch_size, X.shape[0]), replace=False)
+            calibrate_scaling(self.network_, to_namespace(X[np.sort(batch)], self.network_.namespace()))
 
     def _make_encoder(self) -> InputEncoder:
         return InputEncoder(channel_axis=1)

@@ -28,9 +28,9 @@ arithmetic, spelled out in ``model.json``:
 ``activation``
     ``y = table[s + 128]``: a 256-entry int8 table over every int8 input ``s``.
 ``maxpool2d``
-    2×2 windows, stride 2; the map is padded at the bottom and right with -128 up to a
-    multiple of the window (ceil mode: ``ceil(H / 2) × ceil(W / 2)`` outputs), and each
-    output is its window's maximum.
+    ``kh×kw`` windows (2×2, or 1 on a side shorter than 2), stride = window, no padding;
+    rows and columns that no whole window covers are dropped (floor mode:
+    ``(H // kh) × (W // kw)`` outputs), and each output is its window's maximum.
 ``flatten``
     ``(n, C, H, W) -> (n, C * H * W)`` in row-major order: feature ``(c * H + i) * W + j``.
 
@@ -61,11 +61,11 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import BaseNitroClassifier
 from .backend import to_host
 from .encoding import MAD_SCALE
-from .nn.blocks import ConvBlock, LinearBlock
+from .nn.blocks import ConvBlock, FeatureDropout, FeaturePool, LinearBlock
 from .nn.layers import ACTIVATIONS, S_VALUES
 
 EXPORT_FORMAT = "sknitro-integer-model"
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
 READER_SOURCE = Path(__file__).with_name("_export_reader.py")
 
 _ACTIVATION_NAMES = {cls: name for name, cls in ACTIVATIONS.items()}
@@ -251,9 +251,11 @@ def _describe_layers(network: Any, sample_shape: tuple[int, ...]) -> tuple[list[
             entry["negative_slope_inv"] = int(activation.alpha)
         layers.append(entry)
 
-    for i, block in enumerate(network.blocks):
-        if isinstance(block, ConvBlock):
-            conv = block.conv
+    blocks = network.blocks
+    for stage in network.path:
+        if isinstance(stage, ConvBlock):
+            i = blocks.index(stage)
+            conv = stage.conv
             arrays[f"block{i}.weight"] = np.asarray(to_host(conv.weight))
             out_shape = (conv.out_channels, *shape[1:])
             layers.append({"type": "conv2d", "block": i, "weight": f"block{i}.weight",
@@ -261,20 +263,21 @@ def _describe_layers(network: Any, sample_shape: tuple[int, ...]) -> tuple[list[
                            "stride": 1, "padding": conv.padding, "padding_value": 0,
                            "input_shape": list(shape), "output_shape": list(out_shape)})
             shape = out_shape
-            add_scale_and_activation(block.scale, block.activation, i)
-            if block.pool is not None:
-                kh, kw = block.pool.window
-                out_shape = (shape[0], -(-shape[1] // kh), -(-shape[2] // kw))
-                layers.append({"type": "maxpool2d", "block": i, "window": [kh, kw], "stride": [kh, kw],
-                               "padding": "bottom and right, up to a multiple of the window (ceil mode)",
-                               "padding_value": -128, "input_shape": list(shape),
-                               "output_shape": list(out_shape)})
-                shape = out_shape
-        elif isinstance(block, LinearBlock):
-            add_linear(block.linear, f"block{i}", i)
-            add_scale_and_activation(block.scale, block.activation, i)
-        else:
-            raise TypeError(f"cannot export a block of type {type(block).__name__}")
+            add_scale_and_activation(stage.scale, stage.activation, i)
+        elif isinstance(stage, LinearBlock):
+            i = blocks.index(stage)
+            add_linear(stage.linear, f"block{i}", i)
+            add_scale_and_activation(stage.scale, stage.activation, i)
+        elif isinstance(stage, FeaturePool):
+            kh, kw = stage.pool.window
+            out_shape = stage.output_shape(shape)
+            layers.append({"type": "maxpool2d", "block": None, "window": [kh, kw], "stride": [kh, kw],
+                           "padding": "none; rows and columns that no whole window covers are dropped "
+                                      "(floor mode)",
+                           "input_shape": list(shape), "output_shape": list(out_shape)})
+            shape = out_shape
+        elif not isinstance(stage, FeatureDropout):  # dropout: the identity at inference
+            raise TypeError(f"cannot export a layer of type {type(stage).__name__}")
     add_linear(network.output.linear, "output", "output")
     add_scale_and_activation(network.output.scale, None, "output")
     return layers, arrays

@@ -29,7 +29,7 @@ from .backend import get_namespace
 
 #: Persistence format of the estimators' pickled state. Bump it whenever a change of the
 #: estimator or engine attributes makes an older pickle load into a wrong model.
-FORMAT = 1
+FORMAT = 2  # 2: the published CNN structure (a feature path of blocks, pooling and dropout)
 
 _VERSION_KEY = "_sknitro_version"
 _FORMAT_KEY = "_sknitro_format"
@@ -43,6 +43,8 @@ _TRUSTED_TYPES = (
     "sknitro.encoding.InputEncoder",
     "sknitro.mlp.NitroMLPClassifier",
     "sknitro.nn.blocks.ConvBlock",
+    "sknitro.nn.blocks.FeatureDropout",
+    "sknitro.nn.blocks.FeaturePool",
     "sknitro.nn.blocks.LinearBlock",
     "sknitro.nn.blocks.LinearHead",
     "sknitro.nn.conv.AvgPool2d",

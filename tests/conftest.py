@@ -24,3 +24,30 @@ def digits_small(digits):
 
 def weights_equal(a, b):
     return len(a) == len(b) and all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b))
+
+
+class KernelSpy:
+    """Stands in for sknitro._fused and counts the calls of each kernel."""
+
+    def __init__(self, kernels):
+        self.kernels = kernels
+        self.calls = {}
+
+    def __getattr__(self, name):
+        kernel = getattr(self.kernels, name)
+
+        def counted(*args):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return kernel(*args)
+
+        return counted
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts the compiled kernels' calls (sknitro._fused must be built)."""
+    from sknitro.nn import fused
+
+    spy = KernelSpy(fused._kernels)
+    monkeypatch.setattr(fused, "_kernels", spy)
+    return spy

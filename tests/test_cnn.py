@@ -118,4 +118,6 @@ def test_pooling_on_maps_too_small_degrades_gracefully():
     X = np.random.default_rng(0).integers(0, 256, size=(30, 1, 2, 2)).astype(np.uint8)
     clf = NitroCNNClassifier(architecture=[4, "M", 4, "M", 4, "M"], hidden_layer_sizes=(),
                              max_iter=1, random_state=0).fit(X, np.arange(30) % 2)
-    assert [b.output_shape for b in clf.network_.blocks] == [(4, 1, 1)] * 3
+    pools = [stage for stage in clf.network_.path if not hasattr(stage, "head")]
+    assert [p.output_shape(None) for p in pools] == [(4, 1, 1)] * 3  # 2 -> 1, then windows of 1
+    assert clf.network_.output.linear.in_features == 4

@@ -60,11 +60,13 @@ CASES = {
     "mlp-binary-float-labels": lambda X, y: (NitroMLPClassifier(**MLP), X, (y % 2).astype(float)),
     "cnn-pooling": lambda X, y: (NitroCNNClassifier(architecture=(8, "M", 16, "M"), max_iter=6,
                                                     random_state=0), _images(X).reshape(-1, 1, 8, 8), y),
-    # a dense block after the convolutions; odd sizes: the 2x2 max pools pad the bottom and
-    # right (ceil mode); float pixels
+    # a dense block after the convolutions; odd sizes: the 2x2 max pools drop the last row
+    # or column (floor mode: 7x9 -> 3x4 -> 1x2); dropout on the feature path; calibrated
+    # scaling divisors (a deep signal in 3 epochs); float pixels
     "cnn-dense-odd-size": lambda X, y: (NitroCNNClassifier(architecture=(4, "M", 4, "M"),
                                                            hidden_layer_sizes=(16,), image_shape=(1, 7, 9),
-                                                           dropout=0.1, lr_inv=64, max_iter=3,
+                                                           dropout=0.1, scale_calibration=True,
+                                                           lr_inv=512, max_iter=3,
                                                            random_state=0),
                                         X[:, :63], y),
 }

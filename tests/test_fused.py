@@ -23,30 +23,6 @@ def test_the_extension_is_built():
     assert fused.AVAILABLE, "sknitro._fused is missing: reinstall with a C compiler (pip install -e .)"
 
 
-class KernelSpy:
-    """Stands in for sknitro._fused and counts the calls of each kernel."""
-
-    def __init__(self, kernels):
-        self.kernels = kernels
-        self.calls = {}
-
-    def __getattr__(self, name):
-        kernel = getattr(self.kernels, name)
-
-        def counted(*args):
-            self.calls[name] = self.calls.get(name, 0) + 1
-            return kernel(*args)
-
-        return counted
-
-
-@pytest.fixture
-def spy(monkeypatch):
-    spy = KernelSpy(fused._kernels)
-    monkeypatch.setattr(fused, "_kernels", spy)
-    return spy
-
-
 # -- the kernels, one by one -------------------------------------------------------------
 
 DIVISORS = [1, 2, 3, 7, 255, 256, 640, 12345, 163840, 2**20 + 1, 2**30, 2**31 - 1]

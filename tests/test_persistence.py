@@ -154,7 +154,7 @@ def test_state_without_format_raises(digits_small):
     est = _fit("mlp", *digits_small)
     old_state = dict(est.__dict__)
     blank = NitroMLPClassifier.__new__(NitroMLPClassifier)
-    with pytest.raises(IncompatibleModelError, match="no persistence format.*reads persistence format 1"):
+    with pytest.raises(IncompatibleModelError, match="no persistence format.*reads persistence format 2"):
         blank.__setstate__(old_state)
 
 

@@ -1,14 +1,17 @@
 """Local-loss blocks and their learning heads (algorithm.md §4).
 
 A block's forward layers are IntegerLinear (or IntegerConv2d) -> NITRO scaling ->
-activation (-> dropout, -> max pooling between conv blocks). Its learning head turns the
-block output into class scores (conv blocks first pool the map down to at most ``head_dim``
-values); the head's error ``e = yhat - y`` trains the head and, through the head's weights
+activation. Its learning head turns the activation into class scores (conv blocks first
+pool the map down to at most ``head_dim`` values); the head's error ``e = yhat - y`` trains the head and, through the head's weights
 from *before* the update, the block's own layer. Nothing flows into the previous block.
+
+Between blocks runs the feature path (§4): 2×2 max pooling (floor mode) and dropout. Heads
+read their block's activation before those layers, so no gradient ever crosses them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +19,7 @@ import numpy as np
 
 from ..backend import array_namespace, dtype_bound
 from . import fused
-from .conv import AvgPool2d, IntegerConv2d, MaxPool2d, conv_amp, head_pool_window
+from .conv import IntegerConv2d, MaxPool2d, head_pool
 from .layers import INT32_MAX, IntegerDropout, IntegerLinear, scale_factor
 from .optim import IntegerSGD, updated_bound
 
@@ -77,23 +80,26 @@ class BlockCache:
 
     inputs: Any  # the layer's input (im2col patches for a conv block)
     pre_activation: Any
-    dropout_mask: Any
-    output: Any
-    pool_argmax: Any = None
-    pool_input_shape: tuple = ()
+    output: Any  # the activation's output: what the head reads and the feature path continues with
 
 
 class LinearBlock:
-    """Dense local-loss block: Linear -> scaling -> activation (-> dropout) + a linear head."""
+    """Dense local-loss block: Linear -> scaling -> activation, with a linear head.
+
+    ``updates_per_step`` is how many times :meth:`learn` runs on each batch's forward pass:
+    1, except for the dense blocks of the published CNNs, which it trains twice per step
+    (the published code updates its nested MLP's blocks both from the CNN's loop and from
+    the MLP's own; its recorded traces, and so its results, have that double update).
+    """
 
     def __init__(self, in_features: int, out_features: int, n_classes: int, activation: Any,
-                 scale_bits: int, rng: np.random.Generator, dropout: float = 0.0,
-                 bias: bool = False, xp: Any = np) -> None:
+                 scale_bits: int, rng: np.random.Generator, bias: bool = False, xp: Any = np,
+                 updates_per_step: int = 1) -> None:
+        self.updates_per_step = updates_per_step
         self.linear = IntegerLinear(in_features, out_features,
                                     activation.init_bound(in_features, out_features), rng, bias, xp)
         self.scale = scale_factor(scale_bits, in_features)
         self.activation = activation
-        self.dropout = IntegerDropout(dropout) if dropout else None
         self.head = LinearHead(out_features, n_classes,
                                activation.init_bound(out_features, n_classes), scale_bits, rng, bias, xp)
 
@@ -110,68 +116,59 @@ class LinearBlock:
         """Size of one sample's row of the forward product's input."""
         return self.linear.in_features
 
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.linear.out_features,)
+
     def forward(self, x: Any) -> Any:
-        """Inference: no dropout."""
         x = x.reshape(x.shape[0], -1)  # flattens a conv feature map
         return self.linear.scaled_activated_forward(x, self.scale, self.activation)[1]
 
     def forward_train(self, x: Any, rng: np.random.Generator) -> BlockCache:
         x = x.reshape(x.shape[0], -1)
         pre_activation, output = self.linear.scaled_activated_forward(x, self.scale, self.activation)
-        mask = None
-        if self.dropout is not None:
-            mask = self.dropout.draw_mask(rng, output.shape, xp=array_namespace(output))
-            output = self.dropout.forward(output, mask)
-        return BlockCache(x, pre_activation, mask, output)
+        return BlockCache(x, pre_activation, output)
+
+    def head_input(self, cache: BlockCache) -> Any:
+        return cache.output
 
     def learn(self, cache: BlockCache, target: Any, sgd: IntegerSGD, amp: int,
               fwd_decay_inv: int, head_decay_inv: int) -> Any:
         """Update the head and then the block from the head's error; returns the head scores."""
         yhat, delta, _ = self.head.learn(cache.output, target, sgd, head_decay_inv, propagate=True)
-        if self.dropout is not None:
-            delta = self.dropout.backward(delta, cache.dropout_mask)
         delta, column_l1 = self.activation.backward_and_column_l1(delta, cache.pre_activation)  # scaling: identity
         sgd.step(self.linear, delta, cache.inputs, amp=amp, decay_inv=fwd_decay_inv, column_l1=column_l1)
         return yhat
 
 
 class ConvBlock:
-    """Conv local-loss block: Conv3×3 -> scaling -> activation (-> dropout) (-> 2×2 max pool),
-    with a learning head that pools the output to at most ``head_dim`` values, flattens it and
-    applies IntegerLinear -> scaling.
+    """Conv local-loss block: Conv3×3 -> scaling -> activation, with a learning head that
+    pools the activation to at most ``head_dim`` values (§4: window from the block's own
+    output size, symmetric padding, floor mode), flattens it and applies IntegerLinear ->
+    scaling.
 
     Parameters
     ----------
     input_shape : (C, H, W)
     out_channels : int
-    pool : bool
-        2×2 max pooling after the activation (a map smaller than the window is padded).
     head_dim : int
         Largest flattened size of the head's input (§4).
     head_pooling : {"max", "avg"}
     """
 
     def __init__(self, input_shape: tuple[int, int, int], out_channels: int, n_classes: int,
-                 activation: Any, scale_bits: int, rng: np.random.Generator, pool: bool = False,
-                 dropout: float = 0.0, head_dim: int = 2048, head_pooling: str = "max",
-                 xp: Any = np) -> None:
+                 activation: Any, scale_bits: int, rng: np.random.Generator, head_dim: int = 2048,
+                 head_pooling: str = "max", xp: Any = np) -> None:
+        self.updates_per_step = 1
         self.input_shape = tuple(input_shape)
         channels, height, width = input_shape
         fan_in = channels * IntegerConv2d.kernel**2
         self.conv = IntegerConv2d(channels, out_channels, activation.init_bound(fan_in, out_channels * 9), rng, xp)
         self.scale = scale_factor(scale_bits, fan_in)
         self.activation = activation
-        self.dropout = IntegerDropout(dropout) if dropout else None
-        self.pool = MaxPool2d((2, 2)) if pool else None
-        out_h, out_w = (-(-height // 2), -(-width // 2)) if pool else (height, width)
-        self.output_shape = (out_channels, out_h, out_w)
-        window = head_pool_window(out_channels, out_h, out_w, head_dim)
-        self.head_pool = (MaxPool2d if head_pooling == "max" else AvgPool2d)(window)
-        head_features = out_channels * -(-out_h // window[0]) * -(-out_w // window[1])
+        self.head_pool = head_pool(head_pooling, out_channels, height, width, head_dim)
+        head_features = math.prod(self.head_pool.output_shape(out_channels, height, width))
         self.head = LinearHead(head_features, n_classes, activation.init_bound(head_features, n_classes),
                                scale_bits, rng, False, xp)
-        # §5: the gradient sums over the conv output positions of each head pooling window
-        self.amp_factor = conv_amp(1, height, width, window)
 
     @property
     def forward_layer(self) -> IntegerConv2d:
@@ -183,24 +180,19 @@ class ConvBlock:
         _, height, width = self.input_shape
         return height * width * self.conv.in_channels * IntegerConv2d.kernel**2
 
-    def _features(self, x: Any) -> tuple[Any, Any, Any]:
-        return self.conv.scaled_activated_forward(x, self.scale, self.activation)
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.conv.out_channels, *self.input_shape[1:])
 
     def forward(self, x: Any) -> Any:
-        """Inference: no dropout."""
-        _, output, _ = self._features(x)
-        return output if self.pool is None else self.pool.forward(output)[0]
+        return self.conv.scaled_activated_forward(x, self.scale, self.activation)[1]
 
     def forward_train(self, x: Any, rng: np.random.Generator) -> BlockCache:
-        pre_activation, output, patches = self._features(x)
-        mask = argmax = None
-        if self.dropout is not None:
-            mask = self.dropout.draw_mask(rng, output.shape, xp=array_namespace(output))
-            output = self.dropout.forward(output, mask)
-        pool_input_shape = output.shape
-        if self.pool is not None:
-            output, argmax = self.pool.forward(output)
-        return BlockCache(patches, pre_activation, mask, output, argmax, pool_input_shape)
+        pre_activation, output, patches = self.conv.scaled_activated_forward(x, self.scale, self.activation)
+        return BlockCache(patches, pre_activation, output)
+
+    def head_input(self, cache: BlockCache) -> Any:
+        pooled, _ = self.head_pool.forward(cache.output)
+        return pooled.reshape(pooled.shape[0], -1)
 
     def learn(self, cache: BlockCache, target: Any, sgd: IntegerSGD, amp: int,
               fwd_decay_inv: int, head_decay_inv: int) -> Any:
@@ -209,10 +201,49 @@ class ConvBlock:
         flat = pooled.reshape(pooled.shape[0], -1)
         yhat, delta, _ = self.head.learn(flat, target, sgd, head_decay_inv, propagate=True)
         delta = self.head_pool.backward(delta.reshape(pooled.shape), head_argmax, cache.output.shape)
-        if self.pool is not None:
-            delta = self.pool.backward(delta, cache.pool_argmax, cache.pool_input_shape)
-        if self.dropout is not None:
-            delta = self.dropout.backward(delta, cache.dropout_mask)
         delta = self.activation.backward(delta, cache.pre_activation)  # scaling: identity
-        sgd.step(self.conv, delta, cache.inputs, amp=amp * self.amp_factor, decay_inv=fwd_decay_inv)
+        sgd.step(self.conv, delta, cache.inputs, amp=amp, decay_inv=fwd_decay_inv)
         return yhat
+
+
+# ---------------------------------------------------------------------------------------
+# the feature path between blocks (§4): layers that learn nothing and pass no gradient
+
+
+class FeaturePool:
+    """2×2 max pooling, stride 2, no padding, floor mode (7 -> 3), between blocks.
+
+    A side shorter than 2 (images of one row, a map already pooled to 1) keeps a window of 1
+    on that side, where the published code would fail: flat tables still go through a CNN.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int]) -> None:
+        channels, height, width = input_shape
+        self.pool = MaxPool2d((min(2, height), min(2, width)))
+        self._output_shape = self.pool.output_shape(channels, height, width)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self._output_shape
+
+    def forward(self, x: Any) -> Any:
+        return self.pool.forward(x)[0]
+
+    def forward_train(self, x: Any, rng: np.random.Generator) -> Any:
+        return self.forward(x)
+
+
+class FeatureDropout:
+    """Dropout on the feature path: active in training only; heads never read its output."""
+
+    def __init__(self, p: float) -> None:
+        self.dropout = IntegerDropout(p)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
+
+    def forward(self, x: Any) -> Any:
+        return x
+
+    def forward_train(self, x: Any, rng: np.random.Generator) -> Any:
+        mask = self.dropout.draw_mask(rng, x.shape, xp=array_namespace(x))
+        return self.dropout.forward(x, mask)

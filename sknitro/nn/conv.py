@@ -80,13 +80,19 @@ class IntegerConv2d:
         return grad, delta_bound * patch_bound * rows.shape[0]
 
 
-def _pad_to_windows(x: Any, window: tuple[int, int], fill: int) -> Any:
-    """Pad the bottom and right of the map so that the windows tile it."""
+def _pad_and_crop(x: Any, window: tuple[int, int], padding: tuple[int, int], fill: int) -> Any:
+    """Pad ``padding`` rows (columns) on both sides of the map, then keep the rows (columns)
+    that whole windows cover: floor mode, as the published network's pooling."""
     xp = array_namespace(x)
-    ph, pw = -x.shape[2] % window[0], -x.shape[3] % window[1]
+    (kh, kw), (ph, pw) = window, padding
     if ph or pw:
-        x = xp.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), constant_values=fill)
-    return x
+        x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    return x[:, :, :x.shape[2] // kh * kh, :x.shape[3] // kw * kw]
+
+
+def pooled_size(size: int, window: int, padding: int = 0) -> int:
+    """Output length of a floor-mode pooling: ``(size + 2 * padding - window) // window + 1``."""
+    return (size + 2 * padding - window) // window + 1
 
 
 def _window_positions(window: tuple[int, int]):
@@ -98,16 +104,39 @@ def _window_positions(window: tuple[int, int]):
             yield di * kw + dj, (slice(None), slice(None), slice(di, None, kh), slice(dj, None, kw))
 
 
-class MaxPool2d:
-    """Window maximum (stride = window); backward routes ``delta`` to the first arg-max."""
+class _Pool2d:
+    """Pooling with stride = window, ``padding`` rows and columns on both sides, floor mode."""
 
-    def __init__(self, window: tuple[int, int]) -> None:
-        self.window = tuple(window)
+    def __init__(self, window: tuple[int, int], padding: tuple[int, int] = (0, 0)) -> None:
+        self.window = tuple(int(k) for k in window)
+        self.padding = tuple(int(p) for p in padding)
+
+    def output_shape(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
+        return (channels, pooled_size(height, self.window[0], self.padding[0]),
+                pooled_size(width, self.window[1], self.padding[1]))
+
+    def _spread(self, values_at: Any, delta: Any, input_shape: tuple[int, ...]) -> Any:
+        """The map of ``input_shape`` with ``values_at(k)`` at window position ``k`` of every
+        window; padding and the rows (columns) no window covers receive 0."""
+        xp = array_namespace(delta)
+        n, c, h, w = input_shape
+        (kh, kw), (ph, pw) = self.window, self.padding
+        out = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=delta.dtype)
+        covered = out[:, :, :delta.shape[2] * kh, :delta.shape[3] * kw]
+        for k, index in _window_positions(self.window):
+            covered[index] = values_at(k)
+        return out[:, :, ph:ph + h, pw:pw + w]
+
+
+class MaxPool2d(_Pool2d):
+    """Window maximum; padding (the map dtype's minimum) never wins; backward routes
+    ``delta`` to the first arg-max of each window."""
 
     def forward(self, x: Any) -> tuple[Any, Any]:
         """Pooled map and the arg-max position of each window (for backward)."""
         xp = array_namespace(x)
-        x = _pad_to_windows(x, self.window, INT8_MIN)
+        fill = int(np.iinfo(x.dtype).min) if x.dtype.kind in "iu" else INT8_MIN
+        x = _pad_and_crop(x, self.window, self.padding, fill)
         index_dtype = np.uint8 if self.window[0] * self.window[1] <= 256 else np.uint16
         best = argmax = None
         for k, index in _window_positions(self.window):
@@ -123,60 +152,51 @@ class MaxPool2d:
         return best, argmax
 
     def backward(self, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
-        xp = array_namespace(delta)
-        n, c, h, w = input_shape
-        out = xp.empty((n, c, delta.shape[2] * self.window[0], delta.shape[3] * self.window[1]),
-                       dtype=delta.dtype)
-        for k, index in _window_positions(self.window):
-            out[index] = delta * (argmax == k)
-        return out[:, :, :h, :w]
+        return self._spread(lambda k: delta * (argmax == k), delta, input_shape)
 
 
-class AvgPool2d:
+class AvgPool2d(_Pool2d):
     """``tdiv(window sum, kh * kw)``, padding counts as 0; backward spreads ``tdiv(delta, kh * kw)``."""
-
-    def __init__(self, window: tuple[int, int]) -> None:
-        self.window = tuple(window)
 
     @property
     def size(self) -> int:
         return self.window[0] * self.window[1]
 
     def forward(self, x: Any) -> tuple[Any, None]:
-        x = _pad_to_windows(x, self.window, 0)
+        x = _pad_and_crop(x, self.window, self.padding, 0)
         total = None
         for _, index in _window_positions(self.window):
             total = x[index].astype(np.int32) if total is None else total + x[index]
         return tdiv(total, self.size).astype(x.dtype), None
 
     def backward(self, delta: Any, _: Any, input_shape: tuple[int, ...]) -> Any:
-        xp = array_namespace(delta)
-        n, c, h, w = input_shape
         share = tdiv(delta, self.size)
-        out = xp.empty((n, c, delta.shape[2] * self.window[0], delta.shape[3] * self.window[1]),
-                       dtype=share.dtype)
-        for _, index in _window_positions(self.window):
-            out[index] = share
-        return out[:, :, :h, :w]
+        return self._spread(lambda k: share, share, input_shape)
 
 
 def head_pool_window(channels: int, height: int, width: int, head_dim: int) -> tuple[int, int]:
     """The learning head's pooling window (§4): from (1, 1), double the height window, then
-    the width window, alternately, until ``channels * ceil(H/kh) * ceil(W/kw) <= head_dim``
-    (a window never grows past the map)."""
+    the width window, alternately, while ``channels * ceil(H/kh) * ceil(W/kw) > head_dim``
+    (a window stops growing once it covers its side of the map)."""
     kh = kw = 1
     grow_height = True
-    while channels * -(-height // kh) * -(-width // kw) > head_dim:
+    while channels * -(-height // kh) * -(-width // kw) > head_dim and (kh < height or kw < width):
         if grow_height and kh < height or kw >= width:
             kh *= 2
         else:
             kw *= 2
         grow_height = not grow_height
-        if kh >= height and kw >= width:
-            break
     return kh, kw
 
 
-def conv_amp(lr_amp: int, height: int, width: int, window: tuple[int, int]) -> int:
-    """§5: a conv block's amplification times ``(H_out * W_out) // (kh * kw)``."""
-    return lr_amp * max((height * width) // (window[0] * window[1]), 1)
+def head_pool_padding(height: int, width: int, window: tuple[int, int]) -> tuple[int, int]:
+    """Rows (columns) the head's pool pads on *both* sides (§4):
+    ``(k * (ceil(d / k) - d // k)) // 2`` for each side ``d`` and window ``k``."""
+    return tuple((k * (-(-d // k) - d // k)) // 2 for d, k in zip((height, width), window))
+
+
+def head_pool(kind: str, channels: int, height: int, width: int, head_dim: int) -> MaxPool2d | AvgPool2d:
+    """The pooling of a conv block's learning head, for the block's ``(channels, H, W)`` output."""
+    window = head_pool_window(channels, height, width, head_dim)
+    cls = {"max": MaxPool2d, "avg": AvgPool2d}[kind]
+    return cls(window, head_pool_padding(height, width, window))

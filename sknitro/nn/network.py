@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_namespace, get_namespace, to_host, to_namespace
-from .blocks import ConvBlock, LinearBlock, LinearHead
+from .blocks import BlockCache, ConvBlock, FeatureDropout, FeaturePool, LinearBlock, LinearHead
 from .layers import make_activation
 from .optim import IntegerSGD
 
@@ -37,11 +38,15 @@ class StepStats:
 
 
 class IntegerNetwork:
-    """Blocks + output layer, with the integer hyperparameters of IntegerSGD.
+    """The feature path (blocks, pooling, dropout) + output layer, with the integer
+    hyperparameters of IntegerSGD.
 
     Parameters
     ----------
-    blocks : list of blocks (``forward``, ``forward_train``, ``learn``)
+    path : list of stages
+        Local-loss blocks (``forward``, ``forward_train`` returning a :class:`BlockCache`,
+        ``learn``) and the layers between them (``forward``, ``forward_train`` returning the
+        array: :class:`FeaturePool`, :class:`FeatureDropout`), in forward order.
     output : LinearHead
     lr_amp : int
         Learning-rate amplification of the blocks' forward layers (heads and output use 1).
@@ -49,19 +54,24 @@ class IntegerNetwork:
         Weight-decay inverses of forward layers and of heads/output (0: no decay).
     """
 
-    def __init__(self, blocks: Sequence[Any], output: LinearHead, lr_amp: int,
+    def __init__(self, path: Sequence[Any], output: LinearHead, lr_amp: int,
                  fwd_decay_inv: int, head_decay_inv: int) -> None:
-        self.blocks = list(blocks)
+        self.path = list(path)
         self.output = output
         self.lr_amp = lr_amp
         self.fwd_decay_inv = fwd_decay_inv
         self.head_decay_inv = head_decay_inv
 
+    @property
+    def blocks(self) -> list[Any]:
+        """The local-loss blocks of the path, in forward order."""
+        return [stage for stage in self.path if isinstance(stage, (LinearBlock, ConvBlock))]
+
     # -- inference ----------------------------------------------------------------------
     def forward(self, x: Any) -> Any:
         """Integer class scores (int8, ``(n, n_classes)``) of the output layer."""
-        for block in self.blocks:
-            x = block.forward(x)
+        for stage in self.path:
+            x = stage.forward(x)
         return self.output.forward(x.reshape(x.shape[0], -1))
 
     def predict_scores(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
@@ -95,17 +105,21 @@ class IntegerNetwork:
         ``target`` is the int8 one-hot target scaled to ``target_value``; ``labels`` the
         class indices (for the accuracy counters).
         """
-        caches = []
-        for block in self.blocks:
-            cache = block.forward_train(x, rng)
-            caches.append(cache)
-            x = cache.output
+        learning = []
+        for stage in self.path:
+            result = stage.forward_train(x, rng)
+            if isinstance(result, BlockCache):
+                learning.append((stage, result))
+                result = result.output
+            x = result
         x = x.reshape(x.shape[0], -1)
         scores, _, squared_error = self.output.learn(x, target, sgd, self.head_decay_inv)
         head_correct = []
-        for block, cache in zip(self.blocks, caches):
+        for block, cache in learning:
             head_scores = block.learn(cache, target, sgd, self.lr_amp,
                                       self.fwd_decay_inv, self.head_decay_inv)
+            for _ in range(block.updates_per_step - 1):
+                block.learn(cache, target, sgd, self.lr_amp, self.fwd_decay_inv, self.head_decay_inv)
             head_correct.append(int((head_scores.argmax(axis=1) == labels).sum()))
         n_correct = int((scores.argmax(axis=1) == labels).sum())
         return StepStats(len(labels), n_correct, squared_error, head_correct)
@@ -170,11 +184,12 @@ def build_mlp(n_features: int, hidden_layer_sizes: Sequence[int], n_classes: int
               dropout: float = 0.0, lr_amp: int | None = None, fwd_decay_inv: int = 0,
               head_decay_inv: int = 0, bias: bool = False, rng: np.random.Generator,
               device: str = "cpu") -> IntegerNetwork:
-    """Build a dense NITRO-D network: one local-loss block per hidden layer, then the output."""
+    """Build a dense NITRO-D network: one local-loss block per hidden layer (each followed by
+    dropout when ``dropout > 0``), then the output layer."""
     xp = get_namespace(device)
-    blocks, output = _dense_part(n_features, hidden_layer_sizes, n_classes, activation,
-                                 negative_slope_inv, scale_bits, dropout, bias, rng, xp)
-    return IntegerNetwork(blocks, output, 64 * n_classes if lr_amp is None else lr_amp,
+    path, output = _dense_part(n_features, hidden_layer_sizes, n_classes, activation,
+                               negative_slope_inv, scale_bits, dropout, bias, rng, xp)
+    return IntegerNetwork(path, output, 64 * n_classes if lr_amp is None else lr_amp,
                           fwd_decay_inv, head_decay_inv)
 
 
@@ -184,36 +199,48 @@ def build_cnn(input_shape: tuple[int, int, int], features: Sequence[int | str],
               dropout: float = 0.0, head_dim: int = 2048, head_pooling: str = "max",
               lr_amp: int | None = None, fwd_decay_inv: int = 0, head_decay_inv: int = 0,
               rng: np.random.Generator, device: str = "cpu") -> IntegerNetwork:
-    """Build a NITRO-D CNN: conv blocks from ``features`` (an int is a 3×3 conv of that many
-    channels, ``"M"`` a 2×2 max pool after the previous conv), then dense blocks, then the output."""
+    """Build the published NITRO-D CNN (§4): conv blocks from ``features`` (an int is a 3×3
+    conv block of that many channels, ``"M"`` a 2×2 max pooling, floor mode, on the feature
+    path), then dense blocks, then the output layer.
+
+    Dropout: ``conv_dropout`` after every conv block; ``dropout`` after every dense block,
+    and, when ``conv_dropout`` is 0, once more just before the last layer of ``features``.
+    The dense blocks learn twice per step, as in the published code (see :class:`LinearBlock`).
+    Weights are drawn in forward order (each block's layer, then its head), then the output.
+    """
     xp = get_namespace(device)
-    blocks: list[Any] = []
-    shape = tuple(input_shape)
-    items = list(features)
-    for i, item in enumerate(items):
+    path: list[Any] = []
+    shape = tuple(int(s) for s in input_shape)
+    for item in features:
         if item == "M":
-            continue
-        pool = i + 1 < len(items) and items[i + 1] == "M"
-        act = make_activation(activation, negative_slope_inv)
-        block = ConvBlock(shape, int(item), n_classes, act, scale_bits, rng, pool, conv_dropout,
-                          head_dim, head_pooling, xp)
-        blocks.append(block)
-        shape = block.output_shape
-    dense, output = _dense_part(int(np.prod(shape)), hidden_layer_sizes, n_classes, activation,
-                                negative_slope_inv, scale_bits, dropout, False, rng, xp)
-    return IntegerNetwork(blocks + dense, output, 64 * n_classes if lr_amp is None else lr_amp,
+            stage: Any = FeaturePool(shape)
+        else:
+            act = make_activation(activation, negative_slope_inv)
+            stage = ConvBlock(shape, int(item), n_classes, act, scale_bits, rng, head_dim, head_pooling, xp)
+        path.append(stage)
+        shape = stage.output_shape(shape)
+        if conv_dropout and item != "M":
+            path.append(FeatureDropout(conv_dropout))
+    if dropout and not conv_dropout:
+        path.insert(len(path) - 1, FeatureDropout(dropout))
+    dense, output = _dense_part(math.prod(shape), hidden_layer_sizes, n_classes, activation,
+                                negative_slope_inv, scale_bits, dropout, False, rng, xp, updates_per_step=2)
+    return IntegerNetwork(path + dense, output, 64 * n_classes if lr_amp is None else lr_amp,
                           fwd_decay_inv, head_decay_inv)
 
 
 def _dense_part(in_features: int, hidden_layer_sizes: Sequence[int], n_classes: int, activation: str,
                 negative_slope_inv: int, scale_bits: int, dropout: float, bias: bool,
-                rng: np.random.Generator, xp: Any) -> tuple[list[LinearBlock], LinearHead]:
-    """Dense local-loss blocks and the output layer (same init law as the blocks)."""
-    blocks = []
+                rng: np.random.Generator, xp: Any, updates_per_step: int = 1) -> tuple[list[Any], LinearHead]:
+    """Dense local-loss blocks, each followed by dropout when ``dropout > 0``, and the output
+    layer (same init law as the blocks). ``updates_per_step``: see :class:`LinearBlock`."""
+    path: list[Any] = []
     for width in hidden_layer_sizes:
         act = make_activation(activation, negative_slope_inv)
-        blocks.append(LinearBlock(in_features, width, n_classes, act, scale_bits, rng, dropout, bias, xp))
+        path.append(LinearBlock(in_features, width, n_classes, act, scale_bits, rng, bias, xp, updates_per_step))
+        if dropout:
+            path.append(FeatureDropout(dropout))
         in_features = width
     act = make_activation(activation, negative_slope_inv)
     output = LinearHead(in_features, n_classes, act.init_bound(in_features, n_classes), scale_bits, rng, bias, xp)
-    return blocks, output
+    return path, output
