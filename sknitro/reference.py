@@ -5,12 +5,12 @@ A trace is a ``.npz`` file with a ``.json`` beside it (the format of the traces 
 weights, the int8 batches it was trained on, its outputs before each step, its weights after
 some steps, and its output on one more batch after training. :func:`replay_trace` builds the
 same network with sknitro's engine, loads the initial weights, trains on the same batches and
-compares every recorded array.
+compares every recorded array::
 
->>> from sknitro.reference import replay_trace
->>> report = replay_trace("tests/data/nitro_d_mlp.npz")  # doctest: +SKIP
->>> report.identical, report.steps                        # doctest: +SKIP
-(True, 12)
+    from sknitro.reference import replay_trace
+
+    report = replay_trace("tests/data/nitro_d_mlp.npz")   # in a clone of the repository
+    report.identical, report.steps                        # (True, 12)
 """
 
 from __future__ import annotations
