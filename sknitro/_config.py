@@ -15,6 +15,12 @@ tests) can check that claim.
 compiled kernels of ``sknitro._fused`` (built with the package when a C compiler is there),
 which fuse the scaling, activation and update passes around the float64 products. They
 give bit-identical weights too; they are off under ``gemm="integer"`` and on the GPU.
+
+The settings are per thread, as scikit-learn's are: :func:`set_config` and
+:func:`config_context` change them for the calling thread only. A context does not reach the
+threads that run inside it (joblib's threading backend, a thread pool, a web server's
+workers): each of those starts from the defaults, so enter the context in the function the
+thread runs. Every setting gives the same integers; only the speed differs.
 """
 
 from __future__ import annotations
@@ -79,7 +85,10 @@ def set_config(gemm: str | None = None, fused_kernels: bool | None = None) -> No
 
 @contextmanager
 def config_context(*, gemm: str | None = None, fused_kernels: bool | None = None) -> Iterator[None]:
-    """Temporarily change the settings inside a ``with`` block.
+    """Temporarily change the settings inside a ``with`` block, for the calling thread.
+
+    Threads started inside the block (joblib's threading backend, thread pools) do not see
+    the change: enter the context inside the function each thread runs.
 
     Parameters
     ----------

@@ -107,7 +107,7 @@ def _input_units(layer: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | No
     """``x`` as input units, as int16 (for the pair product, when the layer can take it), and
     its largest row L1 norm, cached on ``layer``: the forward product makes them and the weight
     update of the same batch reuses them."""
-    cached = layer.input_units
+    cached = layer.input_units  # read once: another thread may replace or drop it
     if cached is None or cached[0] is not x:
         units = np.empty(x.shape, dtype=np.int32)
         # the pair form needs an even width, and int32 flat indices for its outliers
@@ -118,22 +118,31 @@ def _input_units(layer: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | No
 
 
 def _pair_buffers(layer: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The buffers ``(pairs, index, residual)`` of ``layer``'s pair form: its current ones,
-    or new ones."""
-    if layer.weight_pairs is not None:
-        return layer.weight_pairs[:3]
+    """The buffers ``(pairs, index, residual)`` of ``layer``'s pair form: its current ones
+    (training reuses them: no other thread reads a model being fitted), or new ones."""
+    weight_pairs = layer.weight_pairs
+    return _new_pair_buffers(layer) if weight_pairs is None else weight_pairs[:3]
+
+
+def _new_pair_buffers(layer: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (np.empty(layer.weight.shape, dtype=np.int16), np.empty(OUTLIER_CAPACITY, np.int32),
             np.empty(OUTLIER_CAPACITY, np.int32))
 
 
 def _weight_pairs(layer: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     """``layer``'s pair form ``(pairs, index, residual, count)``, made if missing; None when
-    it has more outliers than it can hold."""
-    if layer.weight_pairs is None:
-        pairs, index, residual = _pair_buffers(layer)
+    it has more outliers than it can hold.
+
+    Safe from many threads at once (a fitted model predicting in parallel): the attribute is
+    read once, and a new pair form is made in new buffers and published whole, so no thread
+    ever reads a buffer that another one is filling or has dropped.
+    """
+    weight_pairs = layer.weight_pairs
+    if weight_pairs is None:
+        pairs, index, residual = _new_pair_buffers(layer)
         count = _kernels.pair_form(layer.weight, layer.in_features, pairs, index, residual)
-        layer.weight_pairs = (pairs, index, residual, count)
-    return layer.weight_pairs if layer.weight_pairs[3] <= OUTLIER_CAPACITY else None
+        weight_pairs = layer.weight_pairs = (pairs, index, residual, count)
+    return weight_pairs if weight_pairs[3] <= OUTLIER_CAPACITY else None
 
 
 def _chunk(row_l1: int, x_bound: int, weight_bound: int, products_per_unit: int, units: int) -> int:
@@ -171,10 +180,12 @@ def units_scaled_product(layer: Any, x: Any, scale: int, table: Any = None) -> A
     chunk = _chunk(row_l1, dtype_bound(x), layer.weight_bound, 1, inputs)
     if chunk == 0:
         return None
-    if layer.weight_units is None:
-        layer.weight_units = np.empty_like(layer.weight)
-        _kernels.split_units(layer.weight, layer.weight_units)
-    _kernels.units_product(x_units, layer.weight_units, batch, outputs, inputs, chunk, product)
+    weight_units = layer.weight_units  # read once, made whole before it is published (threads)
+    if weight_units is None:
+        weight_units = np.empty_like(layer.weight)
+        _kernels.split_units(layer.weight, weight_units)
+        layer.weight_units = weight_units
+    _kernels.units_product(x_units, weight_units, batch, outputs, inputs, chunk, product)
     return _scaled(product, scale, table)
 
 

@@ -52,7 +52,8 @@ class IntegerLinear:
             setattr(self, name, None)
 
     def forward(self, x: Any) -> Any:
-        mirror = None if self.weight64 is None else self.weight64.T
+        weight64 = self.weight64  # read once: another thread may drop the copies meanwhile
+        mirror = None if weight64 is None else weight64.T
         z = exact_matmul(x, self.weight.T, bound_b=self.weight_bound, b_float64=mirror)
         if self.bias is not None:
             z = z + self.bias
