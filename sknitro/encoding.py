@@ -22,6 +22,7 @@ import numpy as np
 
 from .nn import fused
 from .nn.functional import tdiv, to_int8
+from .nn.state import InvalidModelError, check_array, check_int, checked_state
 
 MAD_SCALE = 51  # 64 / 1.25: MAD ≈ 0.8 std, so a standard deviation maps to ±64
 MAD_FLOOR_FRACTION = 0.5
@@ -84,6 +85,31 @@ class InputEncoder:
             tables.append(to_int8(tdiv((values - mean) * MAD_SCALE, mad)))
         self.mean, self.mad = np.array(means), np.array(mads)
         self.lookup_table = np.stack(tables)
+
+    def __setstate__(self, state: dict) -> None:
+        # a model file: statistics of the right kinds and sizes, tables the lookups can index
+        kind = state.get("kind") if isinstance(state, dict) else None
+        fields = {"image": ("mean", "mad", "lookup_table"), "integer": ("mean", "mad"), "float": ("mean", "mad")}
+        if kind not in fields:
+            raise InvalidModelError(f"InputEncoder.kind must be one of {sorted(fields)}, got {kind!r}")
+        state = checked_state(state, "InputEncoder", ("channel_axis", "kind", *fields[kind]))
+        axis = state["channel_axis"]
+        self.channel_axis = None if axis is None else check_int(axis, "InputEncoder.channel_axis", 1, 32)
+        self.kind = kind
+        mean, mad = state["mean"], state["mad"]
+        if not (isinstance(mean, np.ndarray) and isinstance(mad, np.ndarray)) or mean.shape != mad.shape:
+            raise InvalidModelError("InputEncoder.mean and .mad must be arrays of one shape")
+        if kind == "float":
+            if mean.dtype.kind != "f" or mad.dtype.kind != "f" or not (np.isfinite(mean).all()
+                                                                        and np.isfinite(mad).all() and (mad > 0).all()):
+                raise InvalidModelError("InputEncoder (float): mean and mad must be finite floats, mad > 0")
+        elif mean.dtype != np.int64 or mad.dtype != np.int64 or (mad < 1).any() \
+                or np.abs(mean).max(initial=0) > 2**56 or mad.max(initial=1) > 2**56:
+            raise InvalidModelError("InputEncoder (integer): mean and mad must be int64 within 2**56, mad >= 1")
+        self.mean, self.mad = mean, mad
+        if kind == "image":
+            self.lookup_table = check_array(state["lookup_table"], "InputEncoder.lookup_table", np.int8,
+                                            (mean.size, 256))
 
     def black_level(self, sample_shape: tuple[int, ...]) -> np.ndarray:
         """The int8 encoding of a black (all-zero) pixel in each channel: what augmentation

@@ -16,16 +16,28 @@ stays ``"cuda"``: a new ``fit`` needs a GPU, or ``set_params(device="cpu")``.
 
 skops: ``skops.io.load(path, trusted=trusted_types())`` loads an sknitro model without
 trusting anything else.
+
+Security: loading a pickle or joblib file runs whatever code the file holds, so load those
+only from sources you trust; for files from anywhere else use skops with
+:func:`trusted_types`. Whatever the format, a model file only ever sets the weights, the
+encoder's statistics and the structure: every array's dtype, shape and range is checked on
+load, the network's layers must fit together, and everything the engine derives and relies
+on for safety (weight bounds, activation tables, the compiled kernels' copies) is recomputed,
+never read from the file. A file that does not fit raises :class:`InvalidModelError`.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
 import numpy as np
 
 from .backend import get_namespace
+from .encoding import InputEncoder
+from .nn.network import IntegerNetwork
+from .nn.state import InvalidModelError, check_int
 
 #: Persistence format of the estimators' pickled state. Bump it whenever a change of the
 #: estimator or engine attributes makes an older pickle load into a wrong model.
@@ -58,6 +70,9 @@ _TRUSTED_TYPES = (
     "sknitro.nn.layers.PocketTanh",
     "sknitro.nn.network.IntegerNetwork",
 )
+
+
+__all__ = ["FORMAT", "IncompatibleModelError", "InvalidModelError", "trusted_types"]
 
 
 class IncompatibleModelError(ValueError):
@@ -144,6 +159,7 @@ def restore_state(state: dict[str, Any], estimator_name: str) -> dict[str, Any]:
     """
     check_format(state, estimator_name)
     state = {k: v for k, v in state.items() if k not in (_VERSION_KEY, _FORMAT_KEY)}
+    check_fitted_state(state, estimator_name)
     network = state.get("network_")
     if network is not None and state.get("device") == "cuda":
         try:
@@ -158,3 +174,33 @@ def restore_state(state: dict[str, Any], estimator_name: str) -> dict[str, Any]:
             if network.namespace() is not xp:
                 state["network_"] = network.to(xp)
     return state
+
+
+def check_fitted_state(state: dict[str, Any], estimator_name: str) -> None:
+    """Raise :class:`InvalidModelError` unless a fitted estimator's parts fit together.
+
+    Each engine object has checked its own attributes while loading (and recomputed what it
+    derives from them); this checks what ties them together: the network reads the encoded
+    input's shape and scores every class, and the integer schedule state is in range.
+    """
+    if "network_" not in state:
+        return  # an unfitted estimator: only parameters, validated by fit
+    network, encoder = state["network_"], state.get("encoder_")
+    if not isinstance(network, IntegerNetwork) or not isinstance(encoder, InputEncoder):
+        raise InvalidModelError(f"{estimator_name}: network_ and encoder_ must be sknitro's own classes")
+    classes = state.get("classes_")
+    if not isinstance(classes, np.ndarray) or classes.ndim != 1 or len(classes) != network.n_classes \
+            or len(classes) < 2:
+        raise InvalidModelError(f"{estimator_name}: classes_ must list the {network.n_classes} classes the "
+                                "output layer scores")
+    sample_shape = tuple(state["image_shape_"]) if "image_shape_" in state else (state.get("n_features_in_"),)
+    if tuple(network.input_shape()) != sample_shape:
+        raise InvalidModelError(f"{estimator_name}: the network reads samples of shape {network.input_shape()}, "
+                                f"but the estimator takes {sample_shape}")
+    if encoder.kind == "image" and encoder.channel_axis is not None and encoder.mean.size != sample_shape[0]:
+        raise InvalidModelError(f"{estimator_name}: the encoder has {encoder.mean.size} channels, the images "
+                                f"{sample_shape[0]}")
+    if encoder.kind != "image" and encoder.mean.size != math.prod(sample_shape):
+        raise InvalidModelError(f"{estimator_name}: the encoder has {encoder.mean.size} features, the network "
+                                f"reads {math.prod(sample_shape)}")
+    check_int(state.get("lr_inv_"), f"{estimator_name}.lr_inv_", 1, 2**62)

@@ -19,12 +19,20 @@ import numpy as np
 
 from ..backend import array_namespace, dtype_bound
 from . import fused
-from .conv import IntegerConv2d, MaxPool2d, head_pool
-from .layers import INT32_MAX, IntegerDropout, IntegerLinear, scale_factor
+from .conv import AvgPool2d, IntegerConv2d, MaxPool2d, head_pool
+from .layers import INT32_MAX, IntegerDropout, IntegerLinear, TabulatedActivation, scale_factor
+from .state import check_instance, check_int, check_shape, checked_state
 from .optim import IntegerSGD, updated_bound
 
 
 ERROR_BOUND = 127 + 128  # |yhat - target| for int8 scores in [-127, 127] and int8 targets
+
+
+SCALE_LIMIT = 2**62  # NITRO divisors are positive; far past any fan_in times 2**scale_bits
+
+
+def _check_scale(value: Any, owner: str) -> int:
+    return check_int(value, f"{owner}.scale", 1, SCALE_LIMIT)
 
 
 class LinearHead:
@@ -40,6 +48,11 @@ class LinearHead:
 
     def forward(self, x: Any) -> Any:
         return self.linear.scaled_forward(x, self.scale)
+
+    def __setstate__(self, state: dict) -> None:
+        state = checked_state(state, "LinearHead", ("linear", "scale"))
+        self.linear = check_instance(state["linear"], "LinearHead.linear", IntegerLinear)
+        self.scale = _check_scale(state["scale"], "LinearHead")
 
     def learn(self, x: Any, target: Any, sgd: IntegerSGD, decay_inv: int,
               propagate: bool = False) -> tuple[Any, Any, int]:
@@ -131,6 +144,14 @@ class LinearBlock:
     def head_input(self, cache: BlockCache) -> Any:
         return cache.output
 
+    def __setstate__(self, state: dict) -> None:
+        state = checked_state(state, "LinearBlock", ("linear", "scale", "activation", "head", "updates_per_step"))
+        self.linear = check_instance(state["linear"], "LinearBlock.linear", IntegerLinear)
+        self.scale = _check_scale(state["scale"], "LinearBlock")
+        self.activation = check_instance(state["activation"], "LinearBlock.activation", TabulatedActivation)
+        self.head = check_instance(state["head"], "LinearBlock.head", LinearHead)
+        self.updates_per_step = check_int(state["updates_per_step"], "LinearBlock.updates_per_step", 1, 2)
+
     def learn(self, cache: BlockCache, target: Any, sgd: IntegerSGD, amp: int,
               fwd_decay_inv: int, head_decay_inv: int) -> Any:
         """Update the head and then the block from the head's error; returns the head scores."""
@@ -194,6 +215,17 @@ class ConvBlock:
         pooled, _ = self.head_pool.forward(cache.output)
         return pooled.reshape(pooled.shape[0], -1)
 
+    def __setstate__(self, state: dict) -> None:
+        state = checked_state(state, "ConvBlock", ("input_shape", "conv", "scale", "activation", "head_pool",
+                                                   "head", "updates_per_step"))
+        self.input_shape = check_shape(state["input_shape"], "ConvBlock.input_shape", 3)
+        self.conv = check_instance(state["conv"], "ConvBlock.conv", IntegerConv2d)
+        self.scale = _check_scale(state["scale"], "ConvBlock")
+        self.activation = check_instance(state["activation"], "ConvBlock.activation", TabulatedActivation)
+        self.head_pool = check_instance(state["head_pool"], "ConvBlock.head_pool", (MaxPool2d, AvgPool2d))
+        self.head = check_instance(state["head"], "ConvBlock.head", LinearHead)
+        self.updates_per_step = check_int(state["updates_per_step"], "ConvBlock.updates_per_step", 1, 1)
+
     def learn(self, cache: BlockCache, target: Any, sgd: IntegerSGD, amp: int,
               fwd_decay_inv: int, head_decay_inv: int) -> Any:
         """Update the head and then the conv layer from the head's error; returns the head scores."""
@@ -218,12 +250,16 @@ class FeaturePool:
     """
 
     def __init__(self, input_shape: tuple[int, int, int]) -> None:
+        self.input_shape = tuple(input_shape)
         channels, height, width = input_shape
         self.pool = MaxPool2d((min(2, height), min(2, width)))
-        self._output_shape = self.pool.output_shape(channels, height, width)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return self._output_shape
+        return self.pool.output_shape(*self.input_shape)
+
+    def __setstate__(self, state: dict) -> None:
+        state = checked_state(state, "FeaturePool", ("input_shape",), derived=("pool",))
+        self.__init__(check_shape(state["input_shape"], "FeaturePool.input_shape", 3))
 
     def forward(self, x: Any) -> Any:
         return self.pool.forward(x)[0]
@@ -237,6 +273,10 @@ class FeatureDropout:
 
     def __init__(self, p: float) -> None:
         self.dropout = IntegerDropout(p)
+
+    def __setstate__(self, state: dict) -> None:
+        state = checked_state(state, "FeatureDropout", ("dropout",))
+        self.dropout = check_instance(state["dropout"], "FeatureDropout.dropout", IntegerDropout)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)

@@ -17,6 +17,7 @@ from . import fused
 from .functional import im2col, tdiv
 from .init import integer_uniform
 from .layers import nitro_scale
+from .state import InvalidModelError, check_array, check_int, check_shape, checked_state
 
 INT8_MIN = -128
 
@@ -43,6 +44,19 @@ class IntegerConv2d:
     def refresh_bounds(self) -> None:
         self.weight_bound = abs_max(self.weight)
         self.bias_bound = 0
+
+    def __setstate__(self, state: dict) -> None:
+        # a model file sets the weights only: the bound is recomputed (see .state)
+        state = checked_state(state, "IntegerConv2d", ("in_channels", "out_channels", "weight", "bias"),
+                              derived=("weight_bound", "bias_bound"))
+        c_in = check_int(state["in_channels"], "IntegerConv2d.in_channels", 1, 2**31 - 1)
+        c_out = check_int(state["out_channels"], "IntegerConv2d.out_channels", 1, 2**31 - 1)
+        if state["bias"] is not None:
+            raise InvalidModelError("IntegerConv2d.bias must be None")
+        self.in_channels, self.out_channels, self.bias = c_in, c_out, None
+        self.weight = check_array(state["weight"], "IntegerConv2d.weight", np.int32,
+                                  (c_out, c_in, self.kernel, self.kernel))
+        self.refresh_bounds()
 
     def forward(self, x: Any, patches: Any = None) -> tuple[Any, Any]:
         """``z`` of shape ``(n, F, H, W)`` and the patches ``(n*H*W, C*9)`` of ``x``."""
@@ -110,6 +124,15 @@ class _Pool2d:
     def __init__(self, window: tuple[int, int], padding: tuple[int, int] = (0, 0)) -> None:
         self.window = tuple(int(k) for k in window)
         self.padding = tuple(int(p) for p in padding)
+
+    def __setstate__(self, state: dict) -> None:
+        name = type(self).__name__
+        state = checked_state(state, name, ("window", "padding"))
+        window = check_shape(state["window"], f"{name}.window", 2, 1, 2**16)
+        padding = check_shape(state["padding"], f"{name}.padding", 2, 0, 2**16)
+        if any(p >= k for p, k in zip(padding, window)):
+            raise InvalidModelError(f"{name}.padding {padding} must be smaller than the window {window}")
+        self.__init__(window, padding)
 
     def output_shape(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
         return (channels, pooled_size(height, self.window[0], self.padding[0]),

@@ -15,6 +15,7 @@ from ..backend import abs_max, array_namespace, dtype_bound, exact_matmul, to_na
 from . import fused
 from .functional import INT8_MAX, tdiv, to_int8
 from .init import LEAKY_GAINS, RELU_GAIN, integer_uniform, kaiming_bound, xavier_bound
+from .state import InvalidModelError, check_array, check_int, checked_state
 
 INT32_MAX = 2**31 - 1
 
@@ -115,7 +116,16 @@ class IntegerLinear:
         return {**self.__dict__, **dict.fromkeys(self.CACHES)}  # caches: not pickled, not copied
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({**dict.fromkeys(self.CACHES), **state})  # models saved before a cache existed
+        # a model file sets the weights only: bounds and caches are recomputed (see .state)
+        state = checked_state(state, "IntegerLinear", ("in_features", "out_features", "weight", "bias"),
+                              derived=("weight_bound", "bias_bound", *self.CACHES))
+        n_in = check_int(state["in_features"], "IntegerLinear.in_features", 1, 2**31 - 1)
+        n_out = check_int(state["out_features"], "IntegerLinear.out_features", 1, 2**31 - 1)
+        self.in_features, self.out_features = n_in, n_out
+        self.weight = check_array(state["weight"], "IntegerLinear.weight", np.int32, (n_out, n_in))
+        bias = state["bias"]
+        self.bias = None if bias is None else check_array(bias, "IntegerLinear.bias", np.int32, (n_out,))
+        self.refresh_bounds()
 
 
 def nitro_scale(z: Any, scale_factor: int) -> Any:
@@ -193,12 +203,21 @@ class TabulatedActivation:
             delta = delta.astype(np.int64)
         return tdiv(delta * xp.take(multiplier, s.view(np.uint8)), self.backward_divisor), None
 
+    #: the constructor's arguments: the only state restored from a model file
+    ARGUMENTS: tuple[str, ...] = ()
+    _TABLES = ("forward_table", "backward_divisor", "backward_multiplier", "mean_correction")
+
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_device_tables"}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._device_tables = {}
+        # the tables index memory in the compiled kernels: rebuilt, never read from a file
+        state = checked_state(state, type(self).__name__, self.ARGUMENTS, derived=self._TABLES)
+        try:
+            self.__init__(**{name: check_int(state[name], f"{type(self).__name__}.{name}", 1, 2**31 - 1)
+                             for name in self.ARGUMENTS})
+        except ValueError as exc:
+            raise InvalidModelError(f"{type(self).__name__}: {exc}") from None
 
 
 # NITRO-ReLU output mean correction mu(alpha): centres the output for s spread on [-127, 127]
@@ -209,6 +228,7 @@ class PocketLeakyReLU(TabulatedActivation):
     """``clip(s, 0, 127) + tdiv(clip(s, -127, 0), alpha)``; slope 1 / alpha below zero."""
 
     mean_correction = 0
+    ARGUMENTS = ("alpha",)
 
     def __init__(self, alpha: int = 4) -> None:
         if alpha not in NITRO_RELU_MEANS:
@@ -315,6 +335,11 @@ class IntegerDropout:
         check_dropout_rate("dropout", p)
         self.keep_percent = 100 - round(p * 100)
         self.rescale = 100000 // self.keep_percent
+
+    def __setstate__(self, state: dict) -> None:
+        state = checked_state(state, "IntegerDropout", ("keep_percent",), derived=("rescale",))
+        keep = check_int(state["keep_percent"], "IntegerDropout.keep_percent", 5, 95)
+        self.__init__((100 - keep) / 100)
 
     def draw_mask(self, rng: np.random.Generator, shape: tuple[int, ...], xp: Any = np) -> Any:
         """Keep mask, drawn on the host (so CPU and GPU runs agree bit for bit)."""

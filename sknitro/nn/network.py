@@ -15,8 +15,10 @@ from ..backend import array_namespace, get_namespace, to_host, to_namespace
 from .blocks import BlockCache, ConvBlock, FeatureDropout, FeaturePool, LinearBlock, LinearHead
 from .layers import make_activation
 from .optim import IntegerSGD
+from .state import InvalidModelError, check_instance, check_int, checked_state
 
 INFERENCE_BATCH_VALUES = 2**22
+PATH_STAGES = (ConvBlock, LinearBlock, FeaturePool, FeatureDropout)
 
 
 @dataclass
@@ -61,6 +63,53 @@ class IntegerNetwork:
         self.lr_amp = lr_amp
         self.fwd_decay_inv = fwd_decay_inv
         self.head_decay_inv = head_decay_inv
+
+    def __setstate__(self, state: dict) -> None:
+        state = checked_state(state, "IntegerNetwork", ("path", "output", "lr_amp", "fwd_decay_inv",
+                                                        "head_decay_inv"))
+        if not isinstance(state["path"], list):
+            raise InvalidModelError("IntegerNetwork.path must be a list")
+        self.path = [check_instance(stage, "IntegerNetwork.path[]", PATH_STAGES) for stage in state["path"]]
+        self.output = check_instance(state["output"], "IntegerNetwork.output", LinearHead)
+        self.lr_amp = check_int(state["lr_amp"], "IntegerNetwork.lr_amp", 1, 2**31 - 1)
+        self.fwd_decay_inv = check_int(state["fwd_decay_inv"], "IntegerNetwork.fwd_decay_inv", 0, 2**31 - 1)
+        self.head_decay_inv = check_int(state["head_decay_inv"], "IntegerNetwork.head_decay_inv", 0, 2**31 - 1)
+        self.check_structure()
+
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample the network reads: ``(C, H, W)`` or ``(features,)``."""
+        first = next((stage for stage in self.path if not isinstance(stage, FeatureDropout)), None)
+        if isinstance(first, (ConvBlock, FeaturePool)):
+            return first.input_shape
+        return (first.linear.in_features,) if first is not None else (self.output.linear.in_features,)
+
+    def check_structure(self) -> None:
+        """Raise :class:`InvalidModelError` unless each layer reads what the one before it
+        produces (a loaded model file could pair any arrays)."""
+        shape, n_classes = self.input_shape(), self.n_classes
+        for i, stage in enumerate(self.path):
+            where = f"IntegerNetwork.path[{i}] ({type(stage).__name__})"
+            if isinstance(stage, (ConvBlock, FeaturePool)):
+                if len(shape) != 3 or tuple(stage.input_shape) != tuple(shape):
+                    raise InvalidModelError(f"{where} reads {stage.input_shape}, but receives {shape}")
+            if isinstance(stage, ConvBlock):
+                pooled = stage.head_pool.output_shape(stage.conv.out_channels, *shape[1:])
+                if stage.conv.in_channels != shape[0] or min(pooled) < 1 \
+                        or stage.head.linear.in_features != math.prod(pooled):
+                    raise InvalidModelError(f"{where}: its convolution or head does not fit its {shape} input")
+            elif isinstance(stage, LinearBlock):
+                if stage.linear.in_features != math.prod(shape) \
+                        or stage.head.linear.in_features != stage.linear.out_features:
+                    raise InvalidModelError(f"{where}: its layer or head does not fit its {shape} input")
+            if hasattr(stage, "head") and stage.head.linear.out_features != n_classes:
+                raise InvalidModelError(f"{where}: its head scores {stage.head.linear.out_features} classes, "
+                                        f"the output layer {n_classes}")
+            shape = stage.output_shape(shape)
+            if min(shape) < 1:
+                raise InvalidModelError(f"{where} produces an empty map {shape}")
+        if self.output.linear.in_features != math.prod(shape):
+            raise InvalidModelError(f"IntegerNetwork.output reads {self.output.linear.in_features} features, "
+                                    f"but receives {math.prod(shape)}")
 
     @property
     def blocks(self) -> list[Any]:
