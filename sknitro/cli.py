@@ -34,27 +34,38 @@ def _load(dataset: str, data_home: str | None, seed: int):
 
 def _estimator(args: argparse.Namespace) -> NitroMLPClassifier:
     if args.dataset == "digits":
-        params = {"hidden_layer_sizes": (100,), "max_iter": args.epochs or 100}
+        params = {"hidden_layer_sizes": (100,), "max_iter": 100 if args.epochs is None else args.epochs}
     else:  # the published Fashion-MNIST configuration (algorithm.md §8)
         params = {"hidden_layer_sizes": (200, 100, 50), "lr_inv": 512, "lr_amp": 640,
                   "fwd_decay_inv": 10000, "head_decay_inv": 8000, "target_value": 32,
-                  "max_iter": args.epochs or 150,
+                  "max_iter": 150 if args.epochs is None else args.epochs,
                   "early_stopping": True, "n_iter_no_change": 35, "lr_plateau_patience": 15,
                   "tol": 0.01}
     if args.hidden:
         params["hidden_layer_sizes"] = tuple(args.hidden)
-    if args.lr_inv:
+    if args.lr_inv is not None:
         params["lr_inv"] = args.lr_inv
     return NitroMLPClassifier(random_state=args.seed, verbose=True, device=args.device, **params)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--epochs 0`` or ``--lr-inv 0`` would be ignored)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sknitro", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=["digits", "fashion-mnist"], default="digits")
     parser.add_argument("--data-home", help="directory of the Fashion-MNIST IDX files")
-    parser.add_argument("--epochs", type=int, help="maximum epochs (default: 100 digits, 150 fashion-mnist)")
-    parser.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes, e.g. --hidden 200 100 50")
-    parser.add_argument("--lr-inv", type=int, help="inverse learning rate")
+    parser.add_argument("--epochs", type=_positive_int, help="maximum epochs (default: 100 digits, 150 fashion-mnist)")
+    parser.add_argument("--hidden", type=_positive_int, nargs="+", help="hidden layer sizes, e.g. --hidden 200 100 50")
+    parser.add_argument("--lr-inv", type=_positive_int, help="inverse learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--save", metavar="PATH", help="save the fitted model with joblib")

@@ -492,20 +492,20 @@ def _storage_file(storage: Any) -> str | None:
 
 @contextlib.contextmanager
 def _file_lock(path: str | None) -> Iterator[None]:
-    """An inter-process lock on ``path + ".sknitro.lock"`` (nothing when ``path`` is None)."""
+    """An inter-process lock on ``path + ".sknitro.lock"`` (nothing when ``path`` is None).
+
+    An operating-system lock (``filelock``): it is held for as long as its holder lives,
+    however slow the guarded setup, and released by the system when the holder dies. The
+    lock file itself stays (removing it could let two workers lock two different files).
+    Not the journal's own lock file (``path + ".lock"``), which the backend takes per write.
+    """
     if path is None:
         yield
         return
-    from optuna.storages.journal import JournalFileOpenLock
+    from filelock import FileLock
 
-    # not the journal's own lock file (path + ".lock"), which the backend takes per write;
-    # a lock left by a killed worker is broken after 30 s
-    lock = JournalFileOpenLock(path + ".sknitro", grace_period=30)
-    lock.acquire()
-    try:
+    with FileLock(path + ".sknitro.lock"):
         yield
-    finally:
-        lock.release()
 
 
 def _estimator_point(estimator: BaseNitroClassifier, space: Mapping[str, Any], n_classes: int
