@@ -7,7 +7,9 @@ and keeps scikit-learn's conventions.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 import warnings
 from abc import abstractmethod
 from numbers import Integral, Real
@@ -121,10 +123,11 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         self._validate_params()
         self._check_params()
         keep = self.warm_start and hasattr(self, "network_")
-        X, y_idx = self._prepare_data(X, y, first_call=not keep, classes=None)
-        if not keep:
-            self._initialise(X)
-        self._run_epochs(X, y_idx, self.max_iter, monitored=True)
+        with self._unfitted_on_error(fresh=not keep):
+            X, y_idx = self._prepare_data(X, y, first_call=not keep, classes=None)
+            if not keep:
+                self._initialise(X)
+            self._run_epochs(X, y_idx, self.max_iter, monitored=True)
         return self
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> BaseNitroClassifier:
@@ -147,11 +150,26 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
             self._check_params()
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")
-        X, y_idx = self._prepare_data(X, y, first_call=first_call, classes=classes)
-        if first_call:
-            self._initialise(X)
-        self._run_epochs(X, y_idx, 1, monitored=False)
+        with self._unfitted_on_error(fresh=first_call):
+            X, y_idx = self._prepare_data(X, y, first_call=first_call, classes=classes)
+            if first_call:
+                self._initialise(X)
+            self._run_epochs(X, y_idx, 1, monitored=False)
         return self
+
+    @contextlib.contextmanager
+    def _unfitted_on_error(self, fresh: bool) -> Iterator[None]:
+        """An error (other than Ctrl-C) never leaves a half-fitted model: the model is back
+        at the end of its last finished epoch (``_run_epochs`` restores it), and a fresh fit
+        that finished none is forgotten whole (``check_is_fitted`` fails again)."""
+        try:
+            yield
+        except Exception:
+            if fresh and getattr(self, "n_iter_", 0) == 0:
+                for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("__")] \
+                        + ["_rng", "_input_shape"]:
+                    self.__dict__.pop(name, None)
+            raise
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Integer class scores of the output layer.
@@ -270,6 +288,10 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
                     f"Training interrupted during epoch {self.n_iter_ + 1}: keeping the model of "
                     f"epoch {self.n_iter_}.", UserWarning, stacklevel=3)
                 break
+            except Exception:
+                self.network_.set_weights(snapshot)  # no half-updated weights
+                self._rng.bit_generator.state = rng_state
+                raise
             record = self._record_epoch(stats, time.perf_counter() - started, sgd.lr_inv)
             if not monitored:
                 continue

@@ -175,26 +175,38 @@ class NitroCNNClassifier(BaseNitroClassifier):
         return features, head_dim if self.head_dim is None else self.head_dim
 
     def _validate_X(self, X: Any, reset: bool, y: Any = None) -> Any:
-        kwargs = {"reset": reset, "dtype": "numeric", "allow_nd": True}
-        if y is None:
-            return self._to_images(validate_data(self, X, **kwargs), reset)
-        X, y = validate_data(self, X, y, **kwargs)
-        return self._to_images(X, reset), y
+        """``X`` as ``(n, C, H, W)``. Images of any accepted layout are flattened first, so
+        that scikit-learn's checks (and ``n_features_in_``, the pixels per sample) treat
+        image and flat input alike; a flat row of the fitted size is that image."""
+        ndim = X.ndim if hasattr(X, "ndim") else np.asarray(X).ndim
+        if ndim > 4:
+            raise ValueError(f"X must be 2-D (flat), 3-D (n, H, W) or 4-D (n, C, H, W); got {ndim}-D")
+        if ndim in (3, 4):
+            X = self._flatten_images(np.asarray(X), reset)
+        elif reset:
+            self.image_shape_ = None  # set below from the number of features
+        kwargs = {"reset": reset, "dtype": "numeric"}
+        try:
+            out = validate_data(self, X, **kwargs) if y is None else validate_data(self, X, y, **kwargs)
+        except ValueError as exc:
+            if reset or "features" not in str(exc):
+                raise
+            raise ValueError(f"{exc} {type(self).__name__} was fitted on images of shape {self.image_shape_} "
+                             f"({math.prod(self.image_shape_)} features when flat).") from None
+        X, y = (out, None) if y is None else out
+        if reset and self.image_shape_ is None:
+            self.image_shape_ = self._flat_image_shape(X.shape[1])
+        X = X.reshape(X.shape[0], *self.image_shape_)
+        return X if y is None else (X, y)
 
-    def _to_images(self, X: np.ndarray, reset: bool) -> np.ndarray:
-        """``X`` as ``(n, C, H, W)`` (see ``image_shape``)."""
-        if X.ndim == 3:
-            X = X[:, None]
-        elif X.ndim == 2:
-            X = X.reshape(X.shape[0], *self._flat_image_shape(X.shape[1]))
-        elif X.ndim != 4:
-            raise ValueError(f"X must be 2-D (flat), 3-D (n, H, W) or 4-D (n, C, H, W); got {X.ndim}-D")
+    def _flatten_images(self, X: np.ndarray, reset: bool) -> np.ndarray:
+        shape = tuple(int(s) for s in (X.shape[1:] if X.ndim == 4 else (1, *X.shape[1:])))
         if reset:
-            self.image_shape_ = tuple(int(s) for s in X.shape[1:])
-        elif X.shape[1:] != self.image_shape_:
-            raise ValueError(f"X has images of shape {X.shape[1:]}, but {type(self).__name__} "
-                             f"was fitted on images of shape {self.image_shape_}")
-        return X
+            self.image_shape_ = shape
+        elif shape != tuple(self.image_shape_):
+            raise ValueError(f"X has images of shape {shape}, but {type(self).__name__} was fitted on "
+                             f"images of shape {tuple(self.image_shape_)}")
+        return X.reshape(X.shape[0], -1)
 
     def _flat_image_shape(self, n_features: int) -> tuple[int, int, int]:
         if self.image_shape is not None:
