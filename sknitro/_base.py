@@ -38,6 +38,10 @@ from .nn.training import train_epoch
 PROBA_SHARPNESS = 4
 
 
+AUTO_BATCH_SIZE = 64  # the published batch
+AUTO_BATCH_MIN = 16
+
+
 class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
     """Shared implementation of the NITRO-D classifiers (not for direct use)."""
 
@@ -52,7 +56,7 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         "scale_bits": [Interval(Integral, 0, 24, closed="both")],
         "target_value": [Interval(Integral, 1, 127, closed="both")],
         "dropout": [Interval(Real, 0, 0.95, closed="both")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "shuffle": ["boolean"],
         "early_stopping": ["boolean"],
@@ -233,6 +237,13 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         return [np.asarray(to_host(b.head.linear.weight)) for b in self.network_.blocks]
 
     # -- internals ---------------------------------------------------------------------------
+    def _batch_size(self, n_samples: int) -> int:
+        """``batch_size``; ``"auto"``: 64, or a tenth of the data for fewer than 640 samples
+        (at least 16), so that small tables get enough steps per epoch."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        return min(AUTO_BATCH_SIZE, max(AUTO_BATCH_MIN, n_samples // 10))
+
     def _prepare_data(self, X: Any, y: Any, first_call: bool, classes: Any) -> tuple[np.ndarray, np.ndarray]:
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
@@ -332,7 +343,7 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
             bar.update(0)
 
         try:
-            return train_epoch(self.network_, X, y_idx, self.target_value, sgd, self.batch_size,
+            return train_epoch(self.network_, X, y_idx, self.target_value, sgd, self._batch_size(len(X)),
                                self._rng, shuffle=self.shuffle, on_batch=progress if bar else None,
                                augment=self._augmenter())
         finally:

@@ -120,7 +120,7 @@ class NitroCNNClassifier(BaseNitroClassifier):
                  augment=False, crop_padding=2,
                  image_shape=None, activation="nitro_relu", negative_slope_inv=4, lr_inv=384,
                  lr_amp=None, fwd_decay_inv=10000, head_decay_inv=8000, scale_bits=8,
-                 target_value=32, batch_size=64, max_iter=40, shuffle=True, early_stopping=False,
+                 target_value=32, batch_size="auto", max_iter=40, shuffle=True, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=20, tol=0.001, lr_plateau_factor=3,
                  lr_plateau_patience=10, warm_start=False, random_state=None, verbose=False,
                  device="cpu"):
@@ -222,7 +222,7 @@ class NitroCNNClassifier(BaseNitroClassifier):
     def _initialise(self, X: np.ndarray) -> None:
         super()._initialise(X)
         if self.scale_calibration:
-            batch = self._rng.choice(X.shape[0], size=min(self.batch_size, X.shape[0]), replace=False)
+            batch = self._rng.choice(X.shape[0], size=min(self._batch_size(X.shape[0]), X.shape[0]), replace=False)
             calibrate_scaling(self.network_, to_namespace(X[np.sort(batch)], self.network_.namespace()))
 
     def _make_encoder(self) -> InputEncoder:

@@ -8,9 +8,10 @@ Two fitted encoders, both a mean-absolute-deviation (MAD) standardisation that m
   ``mean = tdiv(sum(x), n)`` and ``mad = tdiv(sum(|x - mean|), n)``. uint8 images are first
   shifted by -128 and share one mean/MAD per channel; other integer features get one per
   feature;
-- float features use the same formula in float64, per feature, and round the result
-  (a feature's MAD is floored at half the mean MAD of all features): this is the one
-  place where sknitro touches a float, before training starts.
+- float features use the same formula in float64, per feature, each on its own scale, and
+  round the result: this is the one place where sknitro touches a float, before training
+  starts. Integer features too large for exact int64 arithmetic (beyond ``±2**55``) take
+  this rule too.
 
 Everything after the boundary (training and inference) is integer.
 """
@@ -25,7 +26,7 @@ from .nn.functional import tdiv, to_int8
 from .nn.state import InvalidModelError, check_array, check_int, checked_state
 
 MAD_SCALE = 51  # 64 / 1.25: MAD ≈ 0.8 std, so a standard deviation maps to ±64
-MAD_FLOOR_FRACTION = 0.5
+MAD_FLOOR = 1e-300  # a float MAD is at least this: MAD_SCALE / mad stays finite
 _CHUNK_ROWS = 2048  # encode in chunks: wide intermediates of a whole data set are large
 
 
@@ -53,19 +54,16 @@ class InputEncoder:
         if X.dtype == np.uint8:
             self.kind = "image"
             self._fit_image(X)
-        elif X.dtype.kind in "iu":
+        elif X.dtype.kind in "iu" and _fits_integer_rule(X):
             self.kind = "integer"
             self.mean, self.mad = _integer_mean_mad(X)
-        else:
+        else:  # floats, and integers too large for exact int64 arithmetic
             self.kind = "float"
-            self.mean = X.mean(axis=0)
-            mad = np.abs(X - self.mean).mean(axis=0)
-            # Floor each MAD at half the mean MAD of the non-constant features: a nearly
-            # constant feature (a rare pixel, a column of outliers) would otherwise be
-            # amplified into saturated noise. A constant feature encodes to 0.
-            varying = mad[mad > 0]
-            floor = MAD_FLOOR_FRACTION * varying.mean() if varying.size else 1.0
-            self.mad = np.maximum(mad, floor)
+            self.mean, mad = _float_mean_mad(X)
+            # Each feature on its own scale, whatever the others' (a table's columns may
+            # differ by orders of magnitude); a constant feature encodes to 0, and the floor
+            # keeps 51 / mad finite.
+            self.mad = np.where(mad > 0, np.maximum(mad, MAD_FLOOR), 1.0)
         return self
 
     def _fit_image(self, X: np.ndarray) -> None:
@@ -130,6 +128,7 @@ class InputEncoder:
     def _transform_chunk(self, X: np.ndarray) -> np.ndarray:
         # (in chunks: a gather or a formula makes a wide temporary the size of its input)
         if self.kind == "image":
+            X = _as_pixels(X)
             if self.channel_axis is None:
                 encoded = fused.lookup_uint8(self.lookup_table[0], X)  # None without the extension
                 if encoded is None:
@@ -141,8 +140,53 @@ class InputEncoder:
                 out[index] = np.take(table, X[index])
             return out
         if self.kind == "float":
-            return to_int8(np.rint((X - self.mean) * (MAD_SCALE / self.mad)))
+            with np.errstate(over="ignore"):  # past the float64 range the value saturates anyway
+                return to_int8(np.rint(np.clip((X - self.mean) * (MAD_SCALE / self.mad), -128, 128)))
+        if X.dtype.kind not in "iu" or not _fits_integer_rule(X):
+            raise ValueError(f"this model encodes integer features; X has {X.dtype} values"
+                             + ("" if X.dtype.kind in "iu" else " (convert them to integers)")
+                             + f" beyond ±2**{INTEGER_RULE_BITS}" * (X.dtype.kind in "iu"))
         return to_int8(tdiv((X.astype(np.int64) - self.mean) * MAD_SCALE, self.mad))
+
+
+INTEGER_RULE_BITS = 55  # |x| < 2**55: (x - mean) * 51 stays exact in int64
+
+
+def _fits_integer_rule(X: np.ndarray) -> bool:
+    """Whether integer features are small enough for the exact integer rule."""
+    if X.size == 0:
+        return True
+    low, high = X.min(), X.max()  # in X's own dtype: no wrap-around of uint64
+    return int(high) < 2**INTEGER_RULE_BITS and int(low) > -(2**INTEGER_RULE_BITS)
+
+
+def _as_pixels(X: np.ndarray) -> np.ndarray:
+    """``X`` as uint8 pixels for a model fitted on uint8 images: other integer or float
+    arrays holding only whole values in [0, 255] are converted, anything else refused."""
+    if X.dtype == np.uint8:
+        return X
+    if X.dtype.kind not in "iuf" or X.size and (X.min() < 0 or X.max() > 255
+                                                 or X.dtype.kind == "f" and not np.array_equal(X, np.rint(X))):
+        raise ValueError(f"this model was fitted on uint8 images: X must hold whole pixel values in "
+                         f"[0, 255], got {X.dtype} values in [{X.min()}, {X.max()}]" if X.size else
+                         f"this model was fitted on uint8 images, got {X.dtype}")
+    return X.astype(np.uint8)
+
+
+def _float_mean_mad(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and mean absolute deviation of float (or huge integer) features,
+    computed in units of each feature's largest magnitude so that no sum overflows."""
+    X = np.asarray(X, dtype=np.float64) if X.dtype.kind in "iu" else X
+    with np.errstate(over="ignore"):
+        mean = X.mean(axis=0)
+        mad = np.abs(X - mean).mean(axis=0)
+    if np.isfinite(mean).all() and np.isfinite(mad).all():
+        return mean, mad
+    scale = np.abs(X).max(axis=0)  # a sum passed the float64 range: in units of the largest value
+    scale = np.where(scale > 0, scale, 1.0)
+    unit = X / scale
+    unit_mean = unit.mean(axis=0)
+    return unit_mean * scale, np.abs(unit - unit_mean).mean(axis=0) * scale
 
 
 def _histogram_uint8(X: np.ndarray) -> np.ndarray:

@@ -46,8 +46,10 @@ class NitroMLPClassifier(BaseNitroClassifier):
         the model chosen on a validation split).
     dropout : float, default=0.0
         Dropout rate after each block's activation, a multiple of 0.05 in [0.05, 0.95], or 0.
-    batch_size : int, default=64
-        Samples per step. The last, smaller batch of an epoch is trained on too.
+    batch_size : int or "auto", default="auto"
+        Samples per step. ``"auto"``: 64 (the published batch), or a tenth of the training
+        data when that is smaller (at least 16): a table of 150 samples gets 10 steps per
+        epoch. The last, smaller batch of an epoch is trained on too.
     max_iter : int, default=100
         Maximum number of epochs of :meth:`fit`.
     shuffle : bool, default=True
@@ -127,7 +129,7 @@ class NitroMLPClassifier(BaseNitroClassifier):
 
     def __init__(self, hidden_layer_sizes=(100,), activation="nitro_relu", negative_slope_inv=4,
                  lr_inv=256, lr_amp=None, fwd_decay_inv=10000, head_decay_inv=8000, scale_bits=8,
-                 target_value=64, dropout=0.0, batch_size=64, max_iter=100, shuffle=True,
+                 target_value=64, dropout=0.0, batch_size="auto", max_iter=100, shuffle=True,
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=20, tol=0.001,
                  lr_plateau_factor=3, lr_plateau_patience=10, warm_start=False, random_state=None,
                  verbose=False, device="cpu"):

@@ -75,7 +75,7 @@ def search_space(estimator_or_class: Any) -> dict[str, optuna.distributions.Base
     - ``fwd_decay_inv``: int, log scale, 1000 to 100000 (centre 10000; published 10000-30000);
     - ``head_decay_inv``: int, log scale, 800 to 80000 (centre 8000; published 3000-8000);
     - ``scale_bits``: int, 7 to 11 (8 to 11 for the CNN), see below;
-    - ``batch_size``: one of 16, 32, 64, 128, 256 (published: 64);
+    - ``batch_size``: one of "auto" (the estimators' default), 16, 32, 64, 128, 256 (published: 64);
     - ``negative_slope_inv``: one of the slopes with a NITRO-ReLU mean correction
       (3, 4, 5, 7, 8, 10, 15, 16, 20);
     - ``dropout``, and ``conv_dropout`` for the CNN: 0 to 0.3 in steps of 0.05 (a rate must be
@@ -123,7 +123,7 @@ def search_space(estimator_or_class: Any) -> dict[str, optuna.distributions.Base
         "fwd_decay_inv": IntDistribution(1000, 100_000, log=True),
         "head_decay_inv": IntDistribution(800, 80_000, log=True),
         "scale_bits": IntDistribution(8 if is_cnn else 7, 11),
-        "batch_size": CategoricalDistribution([16, 32, 64, 128, 256]),
+        "batch_size": CategoricalDistribution(["auto", 16, 32, 64, 128, 256]),
         "negative_slope_inv": CategoricalDistribution(sorted(NITRO_RELU_MEANS)),
         # step 0.05 keeps every rate a multiple of 0.05 (the integer dropout's rescale needs it)
         "dropout": FloatDistribution(0.0, 0.3, step=0.05),

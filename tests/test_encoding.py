@@ -8,7 +8,7 @@ Expected values are computed by hand in the comments: integer rule
 import numpy as np
 import pytest
 
-from sknitro.encoding import MAD_FLOOR_FRACTION, MAD_SCALE, InputEncoder
+from sknitro.encoding import MAD_FLOOR, MAD_SCALE, InputEncoder
 
 
 def image_batch():
@@ -23,7 +23,7 @@ def image_batch():
 
 def test_constants():
     assert MAD_SCALE == 51
-    assert MAD_FLOOR_FRACTION == 0.5
+    assert MAD_FLOOR == 1e-300
 
 
 def test_uint8_images_per_channel():
@@ -101,19 +101,17 @@ def test_float_features():
     # feature 0: mean 3.25 ; mad = (3.25 + 2.25 + 1.25 + 6.75) / 4 = 3.375
     #   (x - 3.25) * 51 / 3.375 = [-49.11, -34.0, -18.89, 102.0] -> rounded [-49, -34, -19, 102]
     #   (truncation would give -18 for the third value)
-    # feature 1: constant -> mad 0 -> floored ; encodes to 0
-    # feature 2: mean 0.1 ; mad = (0.1 * 3 + 0.3) / 4 = 0.15
-    #   MAD floor = 0.5 * mean(non-zero mads) = 0.5 * (3.375 + 0.15) / 2 = 0.88125
-    #   so mad = 0.88125: (x - 0.1) * 51 / 0.88125 = [-5.79 x3, 17.36] -> [-6, -6, -6, 17]
-    #   (without the floor it would be [-34, -34, -34, 102])
+    # feature 1: constant -> mad 0 -> 1 ; encodes to 0
+    # feature 2: mean 0.1 ; mad = (0.1 * 3 + 0.3) / 4 = 0.15, on its own scale whatever the
+    #   others': (x - 0.1) * 51 / 0.15 = [-34 x3, 102]
     np.testing.assert_allclose(enc.mean, [3.25, 10.0, 0.1])
-    np.testing.assert_allclose(enc.mad, [3.375, 0.88125, 0.88125])
+    np.testing.assert_allclose(enc.mad, [3.375, 1.0, 0.15])
     out = enc.transform(X)
     assert out.dtype == np.int8
-    assert out.tolist() == [[-49, 0, -6],
-                            [-34, 0, -6],
-                            [-19, 0, -6],
-                            [102, 0, 17]]
+    assert out.tolist() == [[-49, 0, -34],
+                            [-34, 0, -34],
+                            [-19, 0, -34],
+                            [102, 0, 102]]
     # new data saturates: (100 - 3.25) * 15.11 = 1462 -> 127 ; (-100 - 3.25) * 15.11 -> -127
     new = np.array([[100.0, 10.0, 0.1], [-100.0, 10.0, 0.1]])
     assert enc.transform(new).tolist() == [[127, 0, 0], [-127, 0, 0]]
@@ -163,3 +161,45 @@ def test_fit_and_transform_do_not_modify_their_input(X, channel_axis):
     np.testing.assert_array_equal(X, before)
     assert out.shape == X.shape
     assert out.dtype == np.int8
+
+
+def test_features_on_different_scales_keep_their_information():
+    # a feature in the millions next to one in thousandths: both spread over the int8 range
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(0, 1e6, 200), rng.normal(0, 1e-3, 200)])
+    out = InputEncoder().fit(X).transform(X)
+    assert 40 < np.abs(out[:, 0]).mean() < 70 and 40 < np.abs(out[:, 1]).mean() < 70
+
+
+def test_huge_integers_take_the_float_rule_instead_of_wrapping():
+    X = np.array([[2**62, 1], [2**62 - 5, 2], [-(2**62), 3]], dtype=np.int64)
+    enc = InputEncoder().fit(X)
+    assert enc.kind == "float"
+    # column 0: mean 2**62 / 3 (about), mad 8/9 * 2**62: (x - mean) * 51 / mad -> 38, 38, -76
+    assert enc.transform(X).tolist() == [[38, -76], [38, 0], [-76, 76]]
+    U = np.array([[2**63 + 10], [5], [2**64 - 1]], dtype=np.uint64)  # past int64: no wrap to negative
+    assert InputEncoder().fit(U).transform(U).ravel().tolist() == [0, -76, 76]
+
+
+def test_a_float_column_near_the_float64_maximum():
+    X = np.array([[1.7e308, 1.0], [-1.7e308, 2.0], [0.0, 3.0]])
+    with np.errstate(all="raise"):  # no overflow reaches the user
+        out = InputEncoder().fit(X).transform(X)
+    assert out.tolist() == [[77, -76], [-77, 0], [0, 76]]
+
+
+def test_an_integer_model_refuses_huge_or_float_input():
+    enc = InputEncoder().fit(np.arange(12, dtype=np.int64).reshape(6, 2))
+    with pytest.raises(ValueError, match="beyond"):
+        enc.transform(np.array([[2**60, 1]], dtype=np.int64))
+    with pytest.raises(ValueError, match="convert them to integers"):
+        enc.transform(np.array([[1.5, 1.0]]))
+
+
+@pytest.mark.parametrize("bad", [[[-1, 3, 4]], [[300, 3, 4]], [[0.5, 3, 4]]])
+def test_an_image_model_refuses_what_is_not_a_pixel(bad):
+    enc = InputEncoder().fit(np.tile(np.array([[0, 255, 10]], np.uint8), (5, 1)))
+    with pytest.raises(ValueError, match=r"whole pixel values in \[0, 255\]"):
+        enc.transform(np.array(bad))
+    good = enc.transform(np.array([[0, 255, 10]], np.int64))  # other dtypes of real pixels are fine
+    assert good.tolist() == enc.transform(np.array([[0, 255, 10]], np.uint8)).tolist()

@@ -84,7 +84,7 @@ def test_search_space_produces_only_accepted_values(cls):
         estimator._check_params()  # sknitro's own checks (slopes, dropout grid)
         for name, value in params.items():
             seen[name].add(value)
-    assert seen["batch_size"] == {16, 32, 64, 128, 256}
+    assert seen["batch_size"] == {"auto", 16, 32, 64, 128, 256}
     assert {round(p, 9) for p in seen["dropout"]} == {0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3}
     assert min(seen["lr_inv"]) == 64 and max(seen["lr_inv"]) == 2048
 
