@@ -98,41 +98,57 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     ((60000, 28, 28), dtype('uint8'))
     """
     path = pathlib.Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == _GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:  # e.g. a cut-off download
-            raise ValueError(f"{path}: corrupt gzip data ({exc})") from exc
+    with open(path, "rb") as raw_file:
+        compressed = raw_file.read(2) == _GZIP_MAGIC
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rb") as stream:
+            return _read_idx_stream(stream, path)
+    except (OSError, EOFError, zlib.error) as exc:  # e.g. a cut-off download
+        if not compressed or isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: corrupt gzip data ({exc})") from exc
 
-    if len(raw) < 4:
-        raise ValueError(f"{path}: not an IDX file (only {len(raw)} bytes)")
-    zero, code, ndim = struct.unpack(">HBB", raw[:4])
+
+_READ_CHUNK = 2**24
+IDX_MAX_DIMENSIONS = 16  # images, labels and tensors need 1-4; the header's byte allows 255
+
+
+def _read_idx_stream(stream, path: pathlib.Path) -> np.ndarray:
+    """The header first, then exactly the bytes it declares: a small file that decompresses
+    to gigabytes is refused after reading what its header allows, never loaded whole."""
+    header = stream.read(4)
+    if len(header) < 4:
+        raise ValueError(f"{path}: not an IDX file (only {len(header)} bytes)")
+    zero, code, ndim = struct.unpack(">HBB", header)
     if zero != 0:
-        raise ValueError(
-            f"{path}: not an IDX file (bad magic {raw[:2].hex()}, expected 0000)"
-        )
+        raise ValueError(f"{path}: not an IDX file (bad magic {header[:2].hex()}, expected 0000)")
     if code not in _IDX_DTYPES:
         raise ValueError(f"{path}: unknown IDX type code 0x{code:02X}")
+    if not 1 <= ndim <= IDX_MAX_DIMENSIONS:
+        raise ValueError(f"{path}: {ndim} dimensions declared; IDX files here have 1 to {IDX_MAX_DIMENSIONS}")
     dtype = _IDX_DTYPES[code]
-
-    offset = 4 + 4 * ndim
-    if len(raw) < offset:
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise ValueError(f"{path}: truncated IDX header ({ndim} dimensions)")
-    shape = struct.unpack(f">{ndim}I", raw[4:offset])
+    shape = struct.unpack(f">{ndim}I", dims)
     count = math.prod(shape)  # Python ints: no overflow
     expected = count * dtype.itemsize
-    actual = len(raw) - offset
-    if actual != expected:
-        kind = "truncated" if actual < expected else "too long"
-        raise ValueError(
-            f"{path}: IDX data {kind}: header {shape} of {dtype.name} needs "
-            f"{expected} bytes, file has {actual}"
-        )
-
-    data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
-    # astype copies: result is native-endian and writable (frombuffer's is not).
-    return data.reshape(shape).astype(dtype.newbyteorder("="))
+    data = bytearray()  # grows with what the file holds, never past what the header declares
+    while len(data) < expected:
+        chunk = stream.read(min(expected - len(data), _READ_CHUNK))
+        if not chunk:
+            break
+        data += chunk
+    read = len(data)
+    if read < expected:
+        raise ValueError(f"{path}: IDX data truncated: header {shape} of {dtype.name} needs "
+                         f"{expected} bytes, file has {read}")
+    if stream.read(1):
+        raise ValueError(f"{path}: IDX data too long: header {shape} of {dtype.name} needs "
+                         f"{expected} bytes, the file has more")
+    array = np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+    return array if dtype.byteorder in ("=", "|") else array.astype(dtype.newbyteorder("="))
 
 
 def _file_names(train_prefix: str, test_prefix: str) -> list[str]:

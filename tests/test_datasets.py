@@ -2,6 +2,7 @@
 
 import gzip
 import pathlib
+import resource
 import struct
 
 import numpy as np
@@ -281,3 +282,34 @@ def test_real_fashion_mnist():
     np.testing.assert_array_equal(np.bincount(y_train, minlength=10), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(y_test, minlength=10), [1000] * 10)
     assert X_train.max() == 255 and X_train.min() == 0
+
+
+def test_a_small_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
+    path = tmp_path / "bomb-idx1-ubyte.gz"
+    with gzip.open(path, "wb", compresslevel=9) as out:
+        out.write(struct.pack(">HBBI", 0, 0x08, 1, 10))  # declares 10 bytes
+        zeros = bytes(2**24)
+        for _ in range(32):  # then 512 MiB of zeros: a file of about 0.5 MiB
+            out.write(zeros)
+    assert path.stat().st_size < 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="too long"):
+        read_idx(path)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 64 * 1024  # far below the 512 MiB it would decompress to
+
+
+def test_too_many_dimensions_name_the_file(tmp_path):
+    path = tmp_path / "many-dims"
+    path.write_bytes(struct.pack(">HBB", 0, 0x08, 65) + b"\x00\x00\x00\x01" * 65 + b"\x07")
+    with pytest.raises(ValueError, match="many-dims.*65 dimensions"):
+        read_idx(path)
+
+
+def test_a_header_declaring_gigabytes_reads_only_what_is_there(tmp_path):
+    path = tmp_path / "huge-header"
+    path.write_bytes(struct.pack(">HBBIII", 0, 0x08, 3, 60000, 1000, 1000) + bytes(1000))  # declares 60 GB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024
