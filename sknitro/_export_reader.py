@@ -92,6 +92,7 @@ class IntegerModel:
         self.weights = weights
         self.classes_ = np.array(spec["classes"], dtype=np.dtype(spec["classes_dtype"]))
         self.sample_shape = tuple(spec["input"]["sample_shape"])
+        _check_model(spec, weights, len(self.classes_))
 
     def __repr__(self):
         return (f"IntegerModel({self.spec['estimator']}, {len(self.classes_)} classes, "
@@ -200,3 +201,125 @@ class IntegerModel:
         n, c, h, w = x.shape
         x = x[:, :, :h // kh * kh, :w // kw * kw]  # floor mode: whole windows only
         return x.reshape(n, c, h // kh, kh, w // kw, kw).max(axis=(3, 5))
+
+
+# -- checks: model.json and weights.npz are checked against each other before any computing --
+_INT32 = (-(2**31), 2**31 - 1)
+_MAX_VALUES = 2**31  # per sample, in any layer's input or output
+
+
+def _fail(message):
+    raise ValueError(f"invalid exported model: {message}")
+
+
+def _int(value, name, low, high):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        _fail(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _ints(values, name, low, high, length=None):
+    if not isinstance(values, list) or (length is not None and len(values) != length):
+        _fail(f"{name} must be a list of {length if length is not None else 'some'} integers")
+    return [_int(v, name, low, high) for v in values]
+
+
+def _integer_array(weights, key, name, shape):
+    if not isinstance(key, str) or key not in weights:
+        _fail(f"{name}: weights.npz has no array {key!r}")
+    array = weights[key]
+    if array.dtype.kind not in "iu" or tuple(array.shape) != tuple(shape):
+        _fail(f"{name}: {key} must be an integer array of shape {tuple(shape)}, got {array.dtype} {array.shape}")
+    if array.size and (int(array.min()) < _INT32[0] or int(array.max()) > _INT32[1]):
+        _fail(f"{name}: {key} holds values beyond int32")
+    return array
+
+
+def _check_input(enc, sample_shape):
+    size = int(np.prod(sample_shape))
+    kind = enc.get("encoding")
+    if kind == "uint8_lookup":
+        tables = enc.get("tables")
+        axis = enc.get("channel_axis")
+        channels = 1 if axis is None else sample_shape[_int(axis, "input.channel_axis", 1, len(sample_shape)) - 1]
+        if not isinstance(tables, list) or len(tables) != channels:
+            _fail(f"input.tables must hold one table per channel ({channels})")
+        for table in tables:
+            _ints(table, "input.tables", -128, 127, 256)
+    elif kind in ("integer_mad", "float_mad"):
+        shape = _ints(enc.get("shape"), "input.shape", 1, _MAX_VALUES)
+        if int(np.prod(shape)) != size:
+            _fail(f"input.shape {shape} does not hold the {size} features of a sample")
+        if kind == "integer_mad":
+            _ints(enc.get("mean"), "input.mean", -(2**56), 2**56, size)
+            _ints(enc.get("mad"), "input.mad", 1, 2**56, size)
+            _int(enc.get("multiplier"), "input.multiplier", 1, 2**16)
+        else:
+            if enc.get("dtype") not in ("float32", "float64"):
+                _fail("input.dtype must be float32 or float64")
+            for name in ("mean", "mad"):
+                values = enc.get(name)
+                if not isinstance(values, list) or len(values) != size or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
+                    _fail(f"input.{name} must be {size} finite numbers")
+            if min(enc["mad"], default=1) <= 0:
+                _fail("input.mad must be positive")
+            _int(enc.get("multiplier"), "input.multiplier", 1, 2**16)
+    else:
+        _fail(f"unknown input encoding {kind!r}")
+
+
+def _check_model(spec, weights, n_classes):
+    """Raise ValueError unless every layer reads what the one before produces, with arrays of
+    integer dtypes and the declared shapes, and constants in range (no huge allocation)."""
+    if n_classes < 2:
+        _fail("classes must hold at least 2 classes")
+    shape = tuple(_ints(spec["input"].get("sample_shape"), "input.sample_shape", 1, _MAX_VALUES))
+    if int(np.prod(shape)) > _MAX_VALUES:
+        _fail(f"a sample of shape {shape} is too large")
+    _check_input(spec["input"], shape)
+    layers = spec.get("layers")
+    if not isinstance(layers, list) or not layers:
+        _fail("layers must be a non-empty list")
+    for i, layer in enumerate(layers):
+        kind, name = layer.get("type"), f"layers[{i}]"
+        if kind == "flatten":
+            shape = (int(np.prod(shape)),)
+        elif kind == "linear":
+            if len(shape) != 1:
+                _fail(f"{name}: a linear layer reads flat input, it would receive {shape}")
+            out = _int(layer.get("shape", [None])[0], f"{name}.shape", 1, _MAX_VALUES)
+            _integer_array(weights, layer.get("weight"), name, (out, shape[0]))
+            if layer.get("bias") is not None:
+                _integer_array(weights, layer["bias"], name, (out,))
+            shape = (out,)
+        elif kind == "conv2d":
+            if len(shape) != 3:
+                _fail(f"{name}: a convolution reads (C, H, W) maps, it would receive {shape}")
+            k = _int(layer.get("kernel_size"), f"{name}.kernel_size", 1, 15)
+            pad = _int(layer.get("padding"), f"{name}.padding", 0, k - 1)
+            _int(layer.get("stride"), f"{name}.stride", 1, 1)
+            _int(layer.get("padding_value"), f"{name}.padding_value", 0, 0)
+            out = _int(layer.get("shape", [None])[0], f"{name}.shape", 1, 2**16)
+            _integer_array(weights, layer.get("weight"), name, (out, shape[0], k, k))
+            if layer.get("bias") is not None:
+                _fail(f"{name}: convolutions have no bias")
+            shape = (out, shape[1] + 2 * pad - k + 1, shape[2] + 2 * pad - k + 1)
+        elif kind == "nitro_scale":
+            _int(layer.get("divisor"), f"{name}.divisor", 1, 2**62)
+        elif kind == "activation":
+            _ints(layer.get("table"), f"{name}.table", -128, 127, 256)
+        elif kind == "maxpool2d":
+            if len(shape) != 3:
+                _fail(f"{name}: pooling reads (C, H, W) maps, it would receive {shape}")
+            window = _ints(layer.get("window"), f"{name}.window", 1, max(shape[1:]), 2)
+            shape = (shape[0], shape[1] // window[0], shape[2] // window[1])
+        else:
+            _fail(f"{name}: unknown layer type {kind!r}")
+        if min(shape) < 1 or int(np.prod(shape)) > _MAX_VALUES:
+            _fail(f"{name} would produce maps of shape {shape}")
+        expected = layer.get("output_shape")
+        if expected is not None and tuple(expected) != tuple(shape):
+            _fail(f"{name}: output_shape {expected} does not match the computed {list(shape)}")
+    if shape != (n_classes,):
+        _fail(f"the last layer produces {shape}, not one score per class ({n_classes})")

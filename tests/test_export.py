@@ -3,6 +3,7 @@ the estimator's scores and labels; weights.npz holds integer arrays only."""
 
 import ast
 import datetime
+import importlib.util
 import json
 import subprocess
 import sys
@@ -167,3 +168,50 @@ def test_export_errors(digits, tmp_path):
     with pytest.raises(TypeError, match="cannot be stored in model.json"):
         export_integer_model(est, tmp_path / "dates")
     assert not (tmp_path / "dates").exists()  # nothing written on error
+
+
+def _load_reader(folder):
+    spec = importlib.util.spec_from_file_location("nitro_reader_checked", folder / "nitro_reader.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _edit_weights(folder, name, array):
+    with np.load(folder / "weights.npz") as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays[name] = array
+    np.savez(folder / "weights.npz", **arrays)
+
+
+def _edit_layer(folder, kind, **changes):
+    spec = json.loads((folder / "model.json").read_text())
+    layer = next(layer for layer in spec["layers"] if layer["type"] == kind)
+    layer.update(changes)
+    (folder / "model.json").write_text(json.dumps(spec))
+
+
+TAMPERED_EXPORTS = {
+    "float weights": lambda f: _edit_weights(f, "output.weight", np.zeros((10, 8))),
+    "int64 beyond int32": lambda f: _edit_weights(f, "output.weight", np.full((10, 8), 2**40)),
+    "3 output rows for 10 classes": lambda f: _edit_weights(f, "output.weight", np.zeros((3, 8), np.int32)),
+    "a divisor of 0": lambda f: _edit_layer(f, "nitro_scale", divisor=0),
+    "a divisor of -1": lambda f: _edit_layer(f, "nitro_scale", divisor=-1),
+    "padding of 10**5": lambda f: _edit_layer(f, "conv2d", padding=10**5),
+    "a short activation table": lambda f: _edit_layer(f, "activation", table=[0] * 10),
+    "a missing array": lambda f: _edit_layer(f, "conv2d", weight="nowhere"),
+    "an unknown layer": lambda f: _edit_layer(f, "maxpool2d", type="unpool"),
+}
+
+
+@pytest.mark.parametrize("case", TAMPERED_EXPORTS)
+def test_the_reader_checks_the_files_before_computing(case, digits, tmp_path):
+    X, y = digits
+    est = _fit(NitroCNNClassifier(architecture=(4, "M"), hidden_layer_sizes=(8,), max_iter=1, random_state=0),
+               _images(X[:300]).reshape(-1, 1, 8, 8), y[:300])
+    folder = export_integer_model(est, tmp_path / "model")
+    reader = _load_reader(folder)
+    reader.load(folder)  # the untouched export loads
+    TAMPERED_EXPORTS[case](folder)
+    with pytest.raises(ValueError, match="invalid exported model"):
+        reader.load(folder)
