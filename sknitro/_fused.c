@@ -254,6 +254,101 @@ static int check_divisor(long long d, const char *name)
     return 0;
 }
 
+/* ---- typed buffers: every array argument is checked here, whatever Python passes --------
+ * An "O&" converter per element type: the object must export a C-contiguous buffer of
+ * exactly that type (by its format), writable where the kernel writes. Converters release
+ * their buffer when a later argument fails (Py_CLEANUP_SUPPORTED). */
+
+static int format_is(const char *format, char kind, Py_ssize_t itemsize)
+{
+    char found;
+    Py_ssize_t size;
+    if (format == NULL)
+        format = "B";
+    if (*format == '@' || *format == '=' || (PY_LITTLE_ENDIAN && *format == '<'))
+        format++;
+    if (format[0] == '\0' || format[1] != '\0')
+        return 0;
+    switch (format[0]) {
+    case 'b': found = 'i'; size = 1; break;
+    case 'B': found = 'u'; size = 1; break;
+    case 'h': found = 'i'; size = 2; break;
+    case 'i': found = 'i'; size = 4; break;
+    case 'l': found = 'i'; size = (Py_ssize_t)sizeof(long); break;
+    case 'q': found = 'i'; size = 8; break;
+    case 'd': found = 'f'; size = 8; break;
+    default: return 0;
+    }
+    return found == kind && size == itemsize;
+}
+
+static int typed_buffer(PyObject *obj, Py_buffer *view, char kind, Py_ssize_t itemsize, int writable,
+                        int optional, const char *type_name)
+{
+    if (obj == NULL) {  /* cleanup: a later argument failed */
+        PyBuffer_Release(view);
+        return 1;
+    }
+    view->obj = NULL;
+    if (optional && obj == Py_None) {
+        view->buf = NULL;
+        view->len = 0;
+        return Py_CLEANUP_SUPPORTED;
+    }
+    if (PyObject_GetBuffer(obj, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "expected a C-contiguous%s %s array, got %s", writable ? ", writable" : "",
+                     type_name, Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    if (!format_is(view->format, kind, itemsize)) {
+        PyErr_Format(PyExc_TypeError, "expected a %s array, got one of buffer format '%s'", type_name,
+                     view->format ? view->format : "B");
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return Py_CLEANUP_SUPPORTED;
+}
+
+#define TYPED_BUFFER(name, kind, itemsize, writable, optional, type_name)            \
+    static int name(PyObject *obj, void *view)                                      \
+    {                                                                               \
+        return typed_buffer(obj, (Py_buffer *)view, kind, itemsize, writable, optional, type_name); \
+    }
+TYPED_BUFFER(int8_in, 'i', 1, 0, 0, "int8")
+TYPED_BUFFER(int8_out, 'i', 1, 1, 0, "int8")
+TYPED_BUFFER(int8_out_or_none, 'i', 1, 1, 1, "int8")
+TYPED_BUFFER(int8_in_or_none, 'i', 1, 0, 1, "int8")
+TYPED_BUFFER(uint8_in, 'u', 1, 0, 0, "uint8")
+TYPED_BUFFER(int16_in, 'i', 2, 0, 0, "int16")
+TYPED_BUFFER(int16_out, 'i', 2, 1, 0, "int16")
+TYPED_BUFFER(int16_out_or_none, 'i', 2, 1, 1, "int16")
+TYPED_BUFFER(int32_in, 'i', 4, 0, 0, "int32")
+TYPED_BUFFER(int32_out, 'i', 4, 1, 0, "int32")
+TYPED_BUFFER(int32_out_or_none, 'i', 4, 1, 1, "int32")
+TYPED_BUFFER(float64_in, 'f', 8, 0, 0, "float64")
+TYPED_BUFFER(float64_out_or_none, 'f', 8, 1, 1, "float64")
+
+/* z of scale_to_int8: int32, or float64 holding integers */
+static int int32_or_float64_in(PyObject *obj, void *view)
+{
+    int status = typed_buffer(obj, (Py_buffer *)view, 'i', 4, 0, 0, "int32");
+    if (status || obj == NULL)
+        return status;
+    PyErr_Clear();
+    return typed_buffer(obj, (Py_buffer *)view, 'f', 8, 0, 0, "int32 or float64");
+}
+
+/* a mirror of units_sgd_update: int32 split units, or int16 pairs */
+static int int32_or_int16_out(PyObject *obj, void *view)
+{
+    int status = typed_buffer(obj, (Py_buffer *)view, 'i', 4, 1, 0, "int32");
+    if (status || obj == NULL)
+        return status;
+    PyErr_Clear();
+    return typed_buffer(obj, (Py_buffer *)view, 'i', 2, 1, 0, "int32 or int16");
+}
+
 PyDoc_STRVAR(scale_to_int8_doc,
 "scale_to_int8(z, scale, out, table=None, activated=None)\n--\n\n"
 "out[i] = clip(tdiv(z[i], scale), -127, 127) for int32 z, or float64 z holding integers;\n"
@@ -265,17 +360,14 @@ static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer z, out, table = {0}, activated = {0};
     long long scale;
-    PyObject *table_obj = Py_None, *activated_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "y*Lw*|OO", &z, &scale, &out, &table_obj, &activated_obj))
+    if (!PyArg_ParseTuple(args, "O&LO&|O&O&", int32_or_float64_in, &z, &scale, int8_out, &out,
+                          int8_in_or_none, &table, int8_out_or_none, &activated))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = out.len;
-    int has_table = table_obj != Py_None;
-    if (has_table && (PyObject_GetBuffer(table_obj, &table, PyBUF_SIMPLE) < 0
-                      || PyObject_GetBuffer(activated_obj, &activated, PyBUF_WRITABLE) < 0)) {
-        has_table = 0;  /* the error is set; release the table if it was acquired */
-        if (table.obj)
-            PyBuffer_Release(&table);
+    int has_table = table.obj != NULL;
+    if (has_table != (activated.obj != NULL)) {
+        PyErr_SetString(PyExc_ValueError, "table and activated go together");
     } else if (scale < 1 || scale >= ((long long)1 << 24)) {
         PyErr_Format(PyExc_ValueError, "scale must be in [1, 2**24) (128 * scale < 2**31), got %lld", scale);
     } else if ((z.len == 4 * n || check_size(&z, n, 8, "z") == 0)
@@ -294,10 +386,8 @@ static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
         result = Py_None;
         Py_INCREF(result);
     }
-    if (has_table) {
-        PyBuffer_Release(&table);
-        PyBuffer_Release(&activated);
-    }
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&activated);
     PyBuffer_Release(&z);
     PyBuffer_Release(&out);
     return result;
@@ -315,7 +405,8 @@ static PyObject *activation_backward(PyObject *Py_UNUSED(self), PyObject *args)
     Py_buffer g, pre, table, out;
     long long divisor;
     Py_ssize_t cols;
-    if (!PyArg_ParseTuple(args, "y*y*y*Lw*n", &g, &pre, &table, &divisor, &out, &cols))
+    if (!PyArg_ParseTuple(args, "O&O&O&LO&n", int32_in, &g, int8_in, &pre, int32_in, &table, &divisor,
+                          int32_out, &out, &cols))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = pre.len;
@@ -353,15 +444,10 @@ static PyObject *sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer w, g, mirror = {0};
     long long divisor, decay_inv;
-    PyObject *mirror_obj;
-    if (!PyArg_ParseTuple(args, "w*y*LLO", &w, &g, &divisor, &decay_inv, &mirror_obj))
+    if (!PyArg_ParseTuple(args, "O&O&LLO&", int32_out, &w, float64_in, &g, &divisor, &decay_inv,
+                          float64_out_or_none, &mirror))
         return NULL;
-    int has_mirror = mirror_obj != Py_None;
-    if (has_mirror && PyObject_GetBuffer(mirror_obj, &mirror, PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&w);
-        PyBuffer_Release(&g);
-        return NULL;
-    }
+    int has_mirror = mirror.obj != NULL;
     PyObject *result = NULL;
     Py_ssize_t n = w.len / 4;
     if (check_size(&w, n, 4, "w") == 0 && check_size(&g, n, 8, "g") == 0
@@ -379,8 +465,7 @@ static PyObject *sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
     }
     PyBuffer_Release(&w);
     PyBuffer_Release(&g);
-    if (has_mirror)
-        PyBuffer_Release(&mirror);
+    PyBuffer_Release(&mirror);
     return result;
 }
 
@@ -397,16 +482,13 @@ static PyObject *head_step(PyObject *Py_UNUSED(self), PyObject *args)
     Py_buffer x, w, target, yhat, input_grad = {0};
     Py_ssize_t batch;
     long long scale, divisor, decay_inv;
-    PyObject *input_grad_obj;
-    if (!PyArg_ParseTuple(args, "y*w*y*nLLLw*O", &x, &w, &target, &batch, &scale, &divisor,
-                          &decay_inv, &yhat, &input_grad_obj))
+    if (!PyArg_ParseTuple(args, "O&O&O&nLLLO&O&", int8_in, &x, int32_out, &w, int8_in, &target, &batch, &scale,
+                          &divisor, &decay_inv, int8_out, &yhat, int32_out_or_none, &input_grad))
         return NULL;
-    int propagate = input_grad_obj != Py_None;
+    int propagate = input_grad.obj != NULL;
     PyObject *result = NULL;
     Py_ssize_t features = batch > 0 ? x.len / batch : 0, classes = batch > 0 ? target.len / batch : 0;
-    if (propagate && PyObject_GetBuffer(input_grad_obj, &input_grad, PyBUF_WRITABLE) < 0) {
-        propagate = 0;
-    } else if (scale < 1 || scale >= ((long long)1 << 24)) {
+    if (scale < 1 || scale >= ((long long)1 << 24)) {
         PyErr_Format(PyExc_ValueError, "scale must be in [1, 2**24), got %lld", scale);
     } else if (batch < 1 || features < 1 || classes < 1) {
         PyErr_Format(PyExc_ValueError, "empty head: batch %zd, %zd features, %zd classes",
@@ -437,8 +519,7 @@ static PyObject *head_step(PyObject *Py_UNUSED(self), PyObject *args)
         PyMem_Free(row);
         PyMem_Free(error);
     }
-    if (propagate)
-        PyBuffer_Release(&input_grad);
+    PyBuffer_Release(&input_grad);
     PyBuffer_Release(&x);
     PyBuffer_Release(&w);
     PyBuffer_Release(&target);
@@ -454,7 +535,7 @@ PyDoc_STRVAR(lookup_uint8_doc,
 static PyObject *lookup_uint8(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer table, x, out;
-    if (!PyArg_ParseTuple(args, "y*y*w*", &table, &x, &out))
+    if (!PyArg_ParseTuple(args, "O&O&O&", int8_in, &table, uint8_in, &x, int8_out, &out))
         return NULL;
     PyObject *result = NULL;
     if (check_size(&table, 256, 1, "table") == 0 && check_size(&out, x.len, 1, "out") == 0) {
@@ -487,7 +568,11 @@ static int check_matrix(Py_buffer *view, Py_ssize_t rows, Py_ssize_t cols, const
         PyErr_Format(PyExc_ValueError, "%s: shape (%zd, %zd) is empty", name, rows, cols);
         return -1;
     }
-    return check_size(view, rows * cols, 4, name);
+    if (rows > PY_SSIZE_T_MAX / 4 / cols) {
+        PyErr_Format(PyExc_ValueError, "%s: shape (%zd, %zd) is too large", name, rows, cols);
+        return -1;
+    }
+    return check_size(view, rows * cols, 4, name);  /* 4 bytes: an int32, or a pair of int16 */
 }
 
 PyDoc_STRVAR(input_units_doc,
@@ -499,14 +584,11 @@ static PyObject *input_units(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer x, units, pairs = {0};
     Py_ssize_t cols;
-    PyObject *pairs_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "y*nw*|O", &x, &cols, &units, &pairs_obj))
+    if (!PyArg_ParseTuple(args, "O&nO&|O&", int8_in, &x, &cols, int32_out, &units, int16_out_or_none, &pairs))
         return NULL;
     PyObject *result = NULL;
-    int has_pairs = pairs_obj != Py_None;
-    if (has_pairs && PyObject_GetBuffer(pairs_obj, &pairs, PyBUF_WRITABLE) < 0) {
-        has_pairs = 0;
-    } else if (check_rows(x.len, cols, "x") == 0 && check_matrix(&units, x.len / cols, cols, "units") == 0
+    int has_pairs = pairs.obj != NULL;
+    if (check_rows(x.len, cols, "x") == 0 && check_matrix(&units, x.len / cols, cols, "units") == 0
                && (!has_pairs || check_size(&pairs, x.len, 2, "pairs") == 0)) {
         int64_t largest;
         Py_BEGIN_ALLOW_THREADS
@@ -515,8 +597,7 @@ static PyObject *input_units(PyObject *Py_UNUSED(self), PyObject *args)
         Py_END_ALLOW_THREADS
         result = PyLong_FromLongLong(largest);
     }
-    if (has_pairs)
-        PyBuffer_Release(&pairs);
+    PyBuffer_Release(&pairs);
     PyBuffer_Release(&x);
     PyBuffer_Release(&units);
     return result;
@@ -529,7 +610,7 @@ PyDoc_STRVAR(split_units_doc,
 static PyObject *split_units(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer a, units;
-    if (!PyArg_ParseTuple(args, "y*w*", &a, &units))
+    if (!PyArg_ParseTuple(args, "O&O&", int32_in, &a, int32_out, &units))
         return NULL;
     PyObject *result = NULL;
     if (check_size(&units, a.len / 4, 4, "units") == 0 && check_size(&a, units.len / 4, 4, "a") == 0) {
@@ -558,6 +639,21 @@ static int get_outliers(Py_buffer *index, Py_buffer *residual, outliers_t *outli
     return 0;
 }
 
+/* The first `count` outliers index a matrix of `size` values, ascending (the product's
+   kernel groups them by row through these indices). */
+static int check_outlier_indices(const outliers_t *outliers, Py_ssize_t count, Py_ssize_t size)
+{
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int32_t index = outliers->index[i];
+        if (index < 0 || index >= size || (i > 0 && index <= outliers->index[i - 1])) {
+            PyErr_Format(PyExc_ValueError, "outlier index %d at %zd is outside [0, %zd) or not ascending",
+                         (int)index, i, size);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(pair_form_doc,
 "pair_form(a, cols, pairs, index, residual) -> int\n--\n\n"
 "pairs = a saturated to int16 for int32 a of cols columns, and its outliers (the flat index\n"
@@ -569,7 +665,8 @@ static PyObject *pair_form(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer a, pairs, index, residual;
     Py_ssize_t cols;
-    if (!PyArg_ParseTuple(args, "y*nw*w*w*", &a, &cols, &pairs, &index, &residual))
+    if (!PyArg_ParseTuple(args, "O&nO&O&O&", int32_in, &a, &cols, int16_out, &pairs, int32_out, &index,
+                          int32_out, &residual))
         return NULL;
     PyObject *result = NULL;
     outliers_t outliers;
@@ -606,7 +703,7 @@ static PyObject *units_product(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer x, w, z;
     Py_ssize_t m, n, k, chunk;
-    if (!PyArg_ParseTuple(args, "y*y*nnnnw*", &x, &w, &m, &n, &k, &chunk, &z))
+    if (!PyArg_ParseTuple(args, "O&O&nnnnO&", int32_in, &x, int32_in, &w, &m, &n, &k, &chunk, int32_out, &z))
         return NULL;
     PyObject *result = NULL;
     if (check_vnni() == 0 && check_matrix(&x, m, k, "x_units") == 0 && check_matrix(&w, n, k, "w_units") == 0
@@ -635,8 +732,8 @@ static PyObject *pairs_product(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer x_pairs, w_pairs, x, index, residual, z;
     Py_ssize_t count, m, n, k, chunk;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*nnnnnw*", &x_pairs, &w_pairs, &x, &index, &residual, &count, &m, &n,
-                          &k, &chunk, &z))
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&nnnnnO&", int16_in, &x_pairs, int16_in, &w_pairs, int8_in, &x,
+                          int32_in, &index, int32_in, &residual, &count, &m, &n, &k, &chunk, int32_out, &z))
         return NULL;
     PyObject *result = NULL;
     outliers_t outliers;
@@ -647,7 +744,7 @@ static PyObject *pairs_product(PyObject *Py_UNUSED(self), PyObject *args)
                && check_matrix(&z, m, n, "z") == 0 && get_outliers(&index, &residual, &outliers) == 0) {
         if (count < 0 || count > outliers.capacity) {
             PyErr_Format(PyExc_ValueError, "count must be in [0, %zd], got %zd", outliers.capacity, count);
-        } else {
+        } else if (check_outlier_indices(&outliers, count, n * k) == 0) {
             int status;
             outliers.count = count;
             Py_BEGIN_ALLOW_THREADS
@@ -681,18 +778,15 @@ static PyObject *units_sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
     Py_buffer delta, x, w, mirror, index = {0}, residual = {0};
     Py_ssize_t batch, n, k;
     long long divisor, decay_inv;
-    PyObject *index_obj = Py_None, *residual_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "y*y*w*w*nnnLL|OO", &delta, &x, &w, &mirror, &batch, &n, &k, &divisor,
-                          &decay_inv, &index_obj, &residual_obj))
+    if (!PyArg_ParseTuple(args, "O&O&O&O&nnnLL|O&O&", int32_in, &delta, int32_in, &x, int32_out, &w,
+                          int32_or_int16_out, &mirror, &batch, &n, &k, &divisor, &decay_inv,
+                          int32_out_or_none, &index, int32_out_or_none, &residual))
         return NULL;
     PyObject *result = NULL;
-    int pairs = index_obj != Py_None;
+    int pairs = index.obj != NULL;
     outliers_t outliers = {0};
-    if (pairs && PyObject_GetBuffer(index_obj, &index, PyBUF_WRITABLE) < 0) {
-        pairs = 0;
-    } else if (pairs && PyObject_GetBuffer(residual_obj, &residual, PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&index);
-        pairs = 0;
+    if (pairs != (residual.obj != NULL) || mirror.itemsize != (pairs ? 2 : 4)) {
+        PyErr_SetString(PyExc_ValueError, "an int16 mirror goes with index and residual, an int32 one without");
     } else if ((!pairs || get_outliers(&index, &residual, &outliers) == 0) && check_vnni() == 0
                && check_matrix(&delta, batch, n, "delta") == 0 && check_matrix(&x, batch, k, "x_units") == 0
                && check_matrix(&w, n, k, "w") == 0 && check_size(&mirror, n * k, pairs ? 2 : 4, "mirror") == 0
@@ -707,10 +801,8 @@ static PyObject *units_sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
         Py_END_ALLOW_THREADS
         result = largest < 0 ? PyErr_NoMemory() : Py_BuildValue("Ln", (long long)largest, outliers.count);
     }
-    if (pairs) {
-        PyBuffer_Release(&index);
-        PyBuffer_Release(&residual);
-    }
+    PyBuffer_Release(&index);
+    PyBuffer_Release(&residual);
     PyBuffer_Release(&delta);
     PyBuffer_Release(&x);
     PyBuffer_Release(&w);

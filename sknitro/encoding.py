@@ -180,8 +180,11 @@ def _float_mean_mad(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(over="ignore"):
         mean = X.mean(axis=0)
         mad = np.abs(X - mean).mean(axis=0)
+    # a constant feature's mean is its value exactly (a rounded mean would give it a spread)
+    constant = (X == X[:1]).all(axis=0) if X.shape[0] else np.ones(X.shape[1:], dtype=bool)
+    mean, mad = np.where(constant, X[0] if X.shape[0] else 0, mean), np.where(constant, 0, mad)
     if np.isfinite(mean).all() and np.isfinite(mad).all():
-        return mean, mad
+        return mean.astype(X.dtype), mad.astype(X.dtype)
     scale = np.abs(X).max(axis=0)  # a sum passed the float64 range: in units of the largest value
     scale = np.where(scale > 0, scale, 1.0)
     unit = X / scale
