@@ -93,7 +93,7 @@ def main() -> None:
                         help="calibrate the initial weights to the NITRO scaling (an opt-in departure)")
     parser.add_argument("--name", default="cnn_fashion", help="base name of the result files")
     parser.add_argument("--hidden", type=int, nargs="*", default=[256])
-    parser.add_argument("--lr-inv", type=int, default=128)
+    parser.add_argument("--lr-inv", type=int, help="inverse learning rate (default: the estimator's)")
     parser.add_argument("--fwd-decay-inv", type=int, default=28000)
     parser.add_argument("--head-decay-inv", type=int, default=3500)
     parser.add_argument("--dropout", type=float, default=0.1)
@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> None:
         clf = BudgetedCNN(architecture=architecture(args.architecture, args.width_divisor),
                           hidden_layer_sizes=tuple(args.hidden), scale_calibration=args.scale_calibration,
                           head_dim=head_dim(args.architecture, args.width_divisor),
-                          lr_inv=args.lr_inv, fwd_decay_inv=args.fwd_decay_inv,
+                          **({} if args.lr_inv is None else {"lr_inv": args.lr_inv}),
+                          fwd_decay_inv=args.fwd_decay_inv,
                           head_decay_inv=args.head_decay_inv, dropout=args.dropout,
                           augment=not args.no_augment, early_stopping=True, max_iter=args.max_epochs,
                           n_iter_no_change=15, lr_plateau_patience=args.plateau_patience, tol=args.tol,
@@ -162,7 +163,7 @@ def write_report(out: Path, result: dict) -> None:
              f"Budget {args['budget_minutes']} min; final model (best validated epoch): "
              f"**{100 * cnn['final_test_accuracy']:.2f} %** test accuracy after {cnn['epochs']} epochs, "
              f"{cnn['total_seconds'] / 60:.1f} min of training and validation.", "",
-             f"lr_inv {args['lr_inv']} (x3 after {args['plateau_patience']} epochs without a validation gain "
+             f"lr_inv {cnn['history'][0]['lr_inv'] if cnn['history'] else args['lr_inv']} (x3 after {args['plateau_patience']} epochs without a validation gain "
              f"of {args['tol']}), dropout {args['dropout']}, augmentation {not args['no_augment']}, "
              f"fwd/head decay inv {args['fwd_decay_inv']}/{args['head_decay_inv']}, seed {args['seed']}.", "",
              "| epoch | seconds | train acc | validation acc | test acc (report only) | lr_inv "
