@@ -329,24 +329,27 @@ TYPED_BUFFER(int32_out_or_none, 'i', 4, 1, 1, "int32")
 TYPED_BUFFER(float64_in, 'f', 8, 0, 0, "float64")
 TYPED_BUFFER(float64_out_or_none, 'f', 8, 1, 1, "float64")
 
-/* z of scale_to_int8: int32, or float64 holding integers */
-static int int32_or_float64_in(PyObject *obj, void *view)
+/* A buffer of either of two element types; the caller tells them apart by view->itemsize. */
+static int either_buffer(PyObject *obj, Py_buffer *view, char kind, Py_ssize_t itemsize, char other_kind,
+                         Py_ssize_t other_itemsize, int writable, const char *type_name)
 {
-    int status = typed_buffer(obj, (Py_buffer *)view, 'i', 4, 0, 0, "int32");
+    int status = typed_buffer(obj, view, kind, itemsize, writable, 0, type_name);
     if (status || obj == NULL)
         return status;
     PyErr_Clear();
-    return typed_buffer(obj, (Py_buffer *)view, 'f', 8, 0, 0, "int32 or float64");
+    return typed_buffer(obj, view, other_kind, other_itemsize, writable, 0, type_name);
+}
+
+/* z of scale_to_int8: int32, or float64 holding integers */
+static int int32_or_float64_in(PyObject *obj, void *view)
+{
+    return either_buffer(obj, (Py_buffer *)view, 'i', 4, 'f', 8, 0, "int32 or float64");
 }
 
 /* a mirror of units_sgd_update: int32 split units, or int16 pairs */
 static int int32_or_int16_out(PyObject *obj, void *view)
 {
-    int status = typed_buffer(obj, (Py_buffer *)view, 'i', 4, 1, 0, "int32");
-    if (status || obj == NULL)
-        return status;
-    PyErr_Clear();
-    return typed_buffer(obj, (Py_buffer *)view, 'i', 2, 1, 0, "int32 or int16");
+    return either_buffer(obj, (Py_buffer *)view, 'i', 4, 'i', 2, 1, "int32 or int16");
 }
 
 PyDoc_STRVAR(scale_to_int8_doc,
@@ -370,12 +373,12 @@ static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "table and activated go together");
     } else if (scale < 1 || scale >= ((long long)1 << 24)) {
         PyErr_Format(PyExc_ValueError, "scale must be in [1, 2**24) (128 * scale < 2**31), got %lld", scale);
-    } else if ((z.len == 4 * n || check_size(&z, n, 8, "z") == 0)
+    } else if (check_size(&z, n, z.itemsize, "z") == 0
                && (!has_table || (check_size(&table, 256, 1, "table") == 0
                                   && check_size(&activated, n, 1, "activated") == 0))) {
         divisor_t d = make_divisor(scale);
         Py_BEGIN_ALLOW_THREADS
-        if (z.len == 4 * n)
+        if (z.itemsize == 4)  /* the converter took int32 or float64: the element size tells which */
             scale_loop_int32((const int32_t *)z.buf, (int8_t *)out.buf, n, d.multiplier, d.shift);
         else
             scale_loop((const double *)z.buf, (int8_t *)out.buf, n, 128.0 * (double)scale, d.multiplier,

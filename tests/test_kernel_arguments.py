@@ -126,3 +126,12 @@ def test_huge_shapes_are_refused_before_any_arithmetic_overflows():
     z = np.empty((3, 2), np.int32)
     with pytest.raises(ValueError, match="too large|expected"):
         kernels.units_product(np.ones((3, 4), np.int32), np.ones((2, 4), np.int32), 2**62, 2**62, 4, 0, z)
+
+
+def test_scale_takes_z_by_its_type_not_its_length():
+    # 6 float64 values span the bytes of 12 int32 ones: read as int32, they would be garbage
+    with pytest.raises(ValueError, match="z: expected 12 items"):
+        kernels.scale_to_int8(np.arange(6, dtype=np.float64), 3, np.empty(12, np.int8))
+    out = np.empty(12, np.int8)
+    kernels.scale_to_int8(np.arange(12, dtype=np.float64) * 3, 3, out)
+    assert out.tolist() == list(range(12))
