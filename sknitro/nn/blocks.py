@@ -2,8 +2,9 @@
 
 A block's forward layers are IntegerLinear (or IntegerConv2d) -> NITRO scaling ->
 activation. Its learning head turns the activation into class scores (conv blocks first
-pool the map down to at most ``head_dim`` values); the head's error ``e = yhat - y`` trains the head and, through the head's weights
-from *before* the update, the block's own layer. Nothing flows into the previous block.
+pool the map down to at most ``head_dim`` values); the head's error ``e = yhat - y`` trains
+the head and, through the head's weights from *before* the update, the block's own layer.
+Nothing flows into the previous block.
 
 Between blocks runs the feature path (§4): 2×2 max pooling (floor mode) and dropout. Heads
 read their block's activation before those layers, so no gradient ever crosses them.
@@ -141,8 +142,9 @@ class LinearBlock:
         pre_activation, output = self.linear.scaled_activated_forward(x, self.scale, self.activation)
         return BlockCache(x, pre_activation, output)
 
-    def head_input(self, cache: BlockCache) -> Any:
-        return cache.output
+    def product(self, x: Any) -> Any:
+        """The forward layer's integer product ``z`` for the block's input ``x`` (before scaling)."""
+        return self.linear.forward(x.reshape(x.shape[0], -1))
 
     def __setstate__(self, state: dict) -> None:
         state = checked_state(state, "LinearBlock", ("linear", "scale", "activation", "head", "updates_per_step"))
@@ -211,9 +213,9 @@ class ConvBlock:
         pre_activation, output, patches = self.conv.scaled_activated_forward(x, self.scale, self.activation)
         return BlockCache(patches, pre_activation, output)
 
-    def head_input(self, cache: BlockCache) -> Any:
-        pooled, _ = self.head_pool.forward(cache.output)
-        return pooled.reshape(pooled.shape[0], -1)
+    def product(self, x: Any) -> Any:
+        """The convolution's integer product ``z`` for the block's input ``x`` (before scaling)."""
+        return self.conv.forward(x)[0]
 
     def __setstate__(self, state: dict) -> None:
         state = checked_state(state, "ConvBlock", ("input_shape", "conv", "scale", "activation", "head_pool",

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_host
-from .conv import IntegerConv2d
+from .functional import tdiv
 
 SPREAD = 20  # mean |s - mean(s)| of a calibrated layer's int8 output (a std of about 25)
-GAIN_LIMIT = 2**15  # keeps calibrated weights far inside int32 (and the products exact)
+WEIGHT_LIMIT = 2**21  # max|W| after calibration: far inside int32 (and the products exact)
 
 
 def mean_abs_deviation(z: Any) -> int:
@@ -37,17 +37,16 @@ def mean_abs_deviation(z: Any) -> int:
     values = np.asarray(to_host(z), dtype=np.int64).ravel()
     if values.size == 0:
         return 0
-    total = int(values.sum())
-    mean = abs(total) // values.size * (1 if total >= 0 else -1)
+    mean = int(tdiv(int(values.sum()), values.size))
     return int(np.abs(values - mean).sum()) // values.size
 
 
 def calibrated_gain(z: Any, scale: int, weight_bound: int) -> int:
     """The integer factor that gives the products ``z`` a mean absolute deviation of about
     ``SPREAD * scale``, i.e. ``SPREAD`` after NITRO scaling by ``scale``; at least 1, and
-    small enough that ``max|W| * gain`` stays below ``GAIN_LIMIT * 64``."""
+    small enough that ``max|W| * gain`` stays within ``WEIGHT_LIMIT``."""
     gain = SPREAD * scale // max(mean_abs_deviation(z), 1)
-    return int(min(max(gain, 1), GAIN_LIMIT * 64 // max(weight_bound, 1)))
+    return int(min(max(gain, 1), WEIGHT_LIMIT // max(weight_bound, 1)))
 
 
 def calibrate_scaling(network: Any, x: Any) -> list[int]:
@@ -61,11 +60,7 @@ def calibrate_scaling(network: Any, x: Any) -> list[int]:
     for stage in network.path:
         if hasattr(stage, "head"):
             layer = stage.forward_layer
-            if isinstance(layer, IntegerConv2d):
-                z = layer.forward(x)[0]
-            else:
-                z = layer.forward(x.reshape(x.shape[0], -1))
-            gain = calibrated_gain(z, stage.scale, layer.weight_bound)
+            gain = calibrated_gain(stage.product(x), stage.scale, layer.weight_bound)
             if gain > 1:
                 layer.weight *= gain
                 layer.refresh_bounds()
@@ -75,4 +70,4 @@ def calibrate_scaling(network: Any, x: Any) -> list[int]:
     return gains
 
 
-__all__ = ["GAIN_LIMIT", "SPREAD", "calibrate_scaling", "calibrated_gain", "mean_abs_deviation"]
+__all__ = ["SPREAD", "WEIGHT_LIMIT", "calibrate_scaling", "calibrated_gain", "mean_abs_deviation"]
