@@ -60,7 +60,7 @@ class TraceReport:
     Attributes
     ----------
     identical : bool
-        True when every recorded array was reproduced exactly.
+        True when every recorded array was reproduced exactly (no mismatch).
     mismatches : list of Mismatch
         Every array that differs, in the order the replay met them.
     steps : int
@@ -69,10 +69,13 @@ class TraceReport:
         Arrays compared (outputs and weights).
     """
 
-    identical: bool
     mismatches: list[Mismatch] = field(default_factory=list)
     steps: int = 0
     compared: int = 0
+
+    @property
+    def identical(self) -> bool:
+        return not self.mismatches
 
 
 def replay_trace(path: str | os.PathLike, config: str | os.PathLike | None = None) -> TraceReport:
@@ -106,14 +109,13 @@ def replay_trace(path: str | os.PathLike, config: str | os.PathLike | None = Non
     network = _build(spec, arrays["x"].shape[1:], n_classes)
     layers = _layers_by_name(network, names)
 
-    report = TraceReport(identical=True)
+    report = TraceReport()
     for name, layer in layers.items():
         init = arrays[f"init/{name}"]
         if init.shape != tuple(layer.weight.shape):
             report.mismatches.append(Mismatch("init", name, f"shape {tuple(layer.weight.shape)}, "
                                                             f"trace {init.shape}"))
     if report.mismatches:
-        report.identical = False
         return report
     network.set_weights([arrays[f"init/{name}"] for name in _weight_order(network, layers)])
 
@@ -133,7 +135,6 @@ def replay_trace(path: str | os.PathLike, config: str | os.PathLike | None = Non
         _compare(report, "eval", "output", network.forward(arrays["eval/x"].astype(np.int8)),
                  arrays["eval/output"])
     report.steps = steps
-    report.identical = not report.mismatches
     return report
 
 
