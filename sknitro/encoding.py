@@ -141,7 +141,7 @@ class InputEncoder:
             return out
         if self.kind == "float":
             with np.errstate(over="ignore"):  # past the float64 range the value saturates anyway
-                return to_int8(np.rint(np.clip((X - self.mean) * (MAD_SCALE / self.mad), -128, 128)))
+                return to_int8(np.rint((X - self.mean) * (MAD_SCALE / self.mad)))
         if X.dtype.kind not in "iu" or not _fits_integer_rule(X):
             raise ValueError(f"this model encodes integer features; X has {X.dtype} values"
                              + ("" if X.dtype.kind in "iu" else " (convert them to integers)")
@@ -174,8 +174,9 @@ def _as_pixels(X: np.ndarray) -> np.ndarray:
 
 
 def _float_mean_mad(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and mean absolute deviation of float (or huge integer) features,
-    computed in units of each feature's largest magnitude so that no sum overflows."""
+    """Per-feature mean and mean absolute deviation of float (or huge integer) features; a
+    constant feature gets its exact value and 0. When a sum passes the float64 range they
+    are computed in units of each feature's largest magnitude instead."""
     X = np.asarray(X, dtype=np.float64) if X.dtype.kind in "iu" else X
     with np.errstate(over="ignore"):
         mean = X.mean(axis=0)

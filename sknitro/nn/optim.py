@@ -32,13 +32,10 @@ def integer_sgd_step(param: Any, grad: Any, grad_bound: int, param_bound: int,
     """
     updated_bound(param_bound, grad_bound, divisor, decay_inv)  # raises past int32
     decays = decay_inv > 0 and param_bound >= decay_inv
-    if divisor > grad_bound:  # tdiv(G, divisor) is 0 everywhere (and divisor may pass int64)
-        if decays:
-            param -= tdiv(param, decay_inv)
-        return abs_max(param)
-    update = tdiv(grad, divisor)
+    # past every |G| the quotient is 0 everywhere (and the divisor may not fit int64)
+    update = tdiv(grad, divisor) if divisor <= grad_bound else 0
     if decays:
-        update += tdiv(param, decay_inv)
+        update = update + tdiv(param, decay_inv)
     param -= update  # int64 -> int32 in place: the bound above proves it fits
     return abs_max(param)
 
