@@ -14,23 +14,21 @@
  *   head_step            a learning head's whole update, in int32 loops (no float at all)
  *   lookup_uint8         out = table[x] for uint8 x                      (the image encoder)
  *
- * and the Python side of the VNNI products of _vnni.c (input_units, split_units, pair_form,
+ * and the Python side of the pair products of _pairs.h (input_units, split_units, pair_form,
  * units_product, pairs_product, units_sgd_update), which replace float64 BLAS where the CPU
- * has VNNI.
+ * has AVX2 or AVX-512 VNNI.
  *
  * The caller (sknitro/nn/fused.py) proves before each call that every integer fits the
  * types used here (|G| < 2**31 and the like); the kernels only check shapes.
  *
- * Truncated division by a run-time constant is a multiply and a shift (Granlund and
- * Montgomery, 1994): for 0 <= n < 2**31 and 1 <= d < 2**31, with l = ceil(log2 d) and
- * m = ceil(2**(31 + l) / d), floor(n / d) == (n * m) >> (31 + l). Compilers vectorize that;
- * they cannot vectorize a division instruction.
+ * The elementwise rules themselves (tdiv, the int8 clip, the SGD update) live in _rules.h.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
-#include "_vnni.h" /* divisor_t: multiplier < 2**32 for every d < 2**31 */
+#include "_pairs.h" /* and _rules.h */
 
 /* Each hot loop is compiled for AVX-512 and AVX2 too; the loader picks the best the CPU has. */
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
@@ -40,49 +38,22 @@
 #endif
 
 
-/* The magic multiplier of d, 1 <= d < 2**31 (see the header). */
-static divisor_t make_divisor(int64_t d)
-{
-    int l = 0;
-    while (((int64_t)1 << l) < d)
-        l++;
-    unsigned __int128 numerator = (unsigned __int128)1 << (31 + l);
-    divisor_t out;
-    out.multiplier = (uint32_t)((numerator + (unsigned __int128)d - 1) / (unsigned __int128)d);
-    out.shift = 31 + l;
-    return out;
-}
-
-/* tdiv(n, d) for |n| < 2**31, rounding toward zero. */
-static inline int32_t tdiv32(int32_t n, uint32_t multiplier, int shift)
-{
-    uint32_t magnitude = (uint32_t)(n < 0 ? -(int64_t)n : n);
-    int32_t q = (int32_t)(((uint64_t)magnitude * multiplier) >> shift);
-    return n < 0 ? -q : q;
-}
-
-static inline int8_t clip_int8(int32_t q)
-{
-    return (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
-}
-
 MULTIVERSION
 static void scale_loop(const double *restrict z, int8_t *restrict out, Py_ssize_t n, double limit,
-                       uint32_t multiplier, int shift)
+                       divisor_t d)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         /* |z| >= 128 * SF saturates anyway: clamping first keeps the division in 32 bits */
         double v = z[i] > limit ? limit : (z[i] < -limit ? -limit : z[i]);
-        out[i] = clip_int8(tdiv32((int32_t)v, multiplier, shift));
+        out[i] = nitro_scale32((int32_t)v, d);
     }
 }
 
 MULTIVERSION
-static void scale_loop_int32(const int32_t *restrict z, int8_t *restrict out, Py_ssize_t n,
-                             uint32_t multiplier, int shift)
+static void scale_loop_int32(const int32_t *restrict z, int8_t *restrict out, Py_ssize_t n, divisor_t d)
 {
     for (Py_ssize_t i = 0; i < n; i++)
-        out[i] = clip_int8(tdiv32(z[i], multiplier, shift));
+        out[i] = nitro_scale32(z[i], d);
 }
 
 /* out = tdiv(g * table[pre], d) for any int32 g and 0 <= table <= d: a vectorized pass in
@@ -91,14 +62,13 @@ static void scale_loop_int32(const int32_t *restrict z, int8_t *restrict out, Py
 MULTIVERSION
 static void backward_loop(const int32_t *restrict g, const int8_t *restrict pre,
                           const int32_t *restrict table, int32_t *restrict out, Py_ssize_t n,
-                          int64_t d, uint32_t multiplier, int shift)
+                          int64_t d, divisor_t divisor)
 {
     int64_t largest = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t product = (int64_t)g[i] * table[(uint8_t)pre[i]];
-        int64_t magnitude = product < 0 ? -product : product;
-        largest = magnitude > largest ? magnitude : largest;
-        out[i] = tdiv32((int32_t)product, multiplier, shift);
+        largest = magnitude64(product) > largest ? magnitude64(product) : largest;
+        out[i] = tdiv32((int32_t)product, divisor);
     }
     if (largest > INT32_MAX)
         for (Py_ssize_t i = 0; i < n; i++)
@@ -129,15 +99,11 @@ static int64_t update_loop(int32_t *restrict w, const double *restrict g, double
 {
     int64_t largest = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int64_t step = tdiv32((int32_t)g[i], lr.multiplier, lr.shift);
-        if (decays)
-            step += tdiv32(w[i], decay.multiplier, decay.shift);
-        int64_t value = (int64_t)w[i] - step;
+        int64_t value = sgd_rule(w[i], (int32_t)g[i], lr, decays, decay);
         w[i] = (int32_t)value;
         if (mirror)
             mirror[i] = (double)value;
-        int64_t magnitude = value < 0 ? -value : value;
-        largest = magnitude > largest ? magnitude : largest;
+        largest = magnitude64(value) > largest ? magnitude64(value) : largest;
     }
     return largest;
 }
@@ -161,8 +127,7 @@ static int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const in
             for (Py_ssize_t n = 0; n < features; n++)
                 z += (int32_t)x[b * features + n] * w[c * features + n];
             z = z > limit ? limit : (z < -limit ? -limit : z);
-            int32_t q = tdiv32(z, scale.multiplier, scale.shift);
-            int8_t score = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
+            int8_t score = nitro_scale32(z, scale);
             yhat[b * classes + c] = score;
             int16_t e = (int16_t)(score - target[b * classes + c]);
             error[b * classes + c] = e;
@@ -194,13 +159,9 @@ static int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const in
         }
         int32_t *w_row = w + c * features;
         for (Py_ssize_t n = 0; n < features; n++) {
-            int64_t step = tdiv32(row[n], lr.multiplier, lr.shift);
-            if (decays)
-                step += tdiv32(w_row[n], decay.multiplier, decay.shift);
-            int64_t value = (int64_t)w_row[n] - step;
+            int64_t value = sgd_rule(w_row[n], row[n], lr, decays, decay);
             w_row[n] = (int32_t)value;
-            int64_t magnitude = value < 0 ? -value : value;
-            largest = magnitude > largest ? magnitude : largest;
+            largest = magnitude64(value) > largest ? magnitude64(value) : largest;
         }
     }
     *squared_error = squares;
@@ -379,10 +340,9 @@ static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
         divisor_t d = make_divisor(scale);
         Py_BEGIN_ALLOW_THREADS
         if (z.itemsize == 4)  /* the converter took int32 or float64: the element size tells which */
-            scale_loop_int32((const int32_t *)z.buf, (int8_t *)out.buf, n, d.multiplier, d.shift);
+            scale_loop_int32((const int32_t *)z.buf, (int8_t *)out.buf, n, d);
         else
-            scale_loop((const double *)z.buf, (int8_t *)out.buf, n, 128.0 * (double)scale, d.multiplier,
-                       d.shift);
+            scale_loop((const double *)z.buf, (int8_t *)out.buf, n, 128.0 * (double)scale, d);
         if (has_table)
             lookup_int8((const int8_t *)table.buf, (const int8_t *)out.buf, (int8_t *)activated.buf, n);
         Py_END_ALLOW_THREADS
@@ -423,7 +383,7 @@ static PyObject *activation_backward(PyObject *Py_UNUSED(self), PyObject *args)
             int64_t largest;
             Py_BEGIN_ALLOW_THREADS
             backward_loop((const int32_t *)g.buf, (const int8_t *)pre.buf, (const int32_t *)table.buf,
-                          (int32_t *)out.buf, n, divisor, d.multiplier, d.shift);
+                          (int32_t *)out.buf, n, divisor, d);
             largest = column_l1_max((const int32_t *)out.buf, sums, n / cols, cols);
             Py_END_ALLOW_THREADS
             result = PyLong_FromLongLong(largest);
@@ -554,15 +514,45 @@ static PyObject *lookup_uint8(PyObject *Py_UNUSED(self), PyObject *args)
     return result;
 }
 
-/* ---- the VNNI products (sknitro/_vnni.c) ---------------------------------------- */
+/* ---- the pair products (sknitro/_pairs.h) ---------------------------------------- */
 
-PyDoc_STRVAR(vnni_available_doc,
-"vnni_available() -> bool\n--\n\n"
-"Whether this CPU runs the VNNI products (AVX-512 F, BW, VL and VNNI).");
+/* The pair products of each instruction set, fastest first. */
+static const pair_kernels_t *const PAIR_KERNELS[] = {&vnni_kernels, &avx2_kernels};
+#define N_PAIR_KERNELS ((Py_ssize_t)(sizeof(PAIR_KERNELS) / sizeof(PAIR_KERNELS[0])))
 
-static PyObject *vnni_available(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args))
+PyDoc_STRVAR(pair_isas_doc,
+"pair_isas() -> tuple\n--\n\n"
+"The instruction sets of the pair products this CPU runs, fastest first: 'vnni' (AVX-512 F,\n"
+"BW, VL and VNNI) and 'avx2'.");
+
+static PyObject *pair_isas(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args))
 {
-    return PyBool_FromLong(vnni_supported());
+    PyObject *names = PyTuple_New(0);
+    for (Py_ssize_t i = 0; names && i < N_PAIR_KERNELS; i++)
+        if (PAIR_KERNELS[i]->supported()) {
+            PyObject *name = PyUnicode_FromString(PAIR_KERNELS[i]->name);
+            if (!name || _PyTuple_Resize(&names, PyTuple_GET_SIZE(names) + 1) < 0) {
+                Py_XDECREF(name);
+                Py_XDECREF(names);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(names, PyTuple_GET_SIZE(names) - 1, name);
+        }
+    return names;
+}
+
+/* The pair kernels named `isa`, which this CPU must run; NULL with an exception otherwise. */
+static const pair_kernels_t *pair_kernels(const char *isa)
+{
+    for (Py_ssize_t i = 0; i < N_PAIR_KERNELS; i++)
+        if (strcmp(PAIR_KERNELS[i]->name, isa) == 0) {
+            if (PAIR_KERNELS[i]->supported())
+                return PAIR_KERNELS[i];
+            PyErr_Format(PyExc_RuntimeError, "this CPU does not run the '%s' pair products", isa);
+            return NULL;
+        }
+    PyErr_Format(PyExc_ValueError, "isa must be 'vnni' or 'avx2', got '%s'", isa);
+    return NULL;
 }
 
 static int check_matrix(Py_buffer *view, Py_ssize_t rows, Py_ssize_t cols, const char *name)
@@ -595,7 +585,7 @@ static PyObject *input_units(PyObject *Py_UNUSED(self), PyObject *args)
                && (!has_pairs || check_size(&pairs, x.len, 2, "pairs") == 0)) {
         int64_t largest;
         Py_BEGIN_ALLOW_THREADS
-        largest = vnni_input_units((const int8_t *)x.buf, (int32_t *)units.buf,
+        largest = pairs_input_units((const int8_t *)x.buf, (int32_t *)units.buf,
                                    has_pairs ? (int16_t *)pairs.buf : NULL, x.len / cols, cols);
         Py_END_ALLOW_THREADS
         result = PyLong_FromLongLong(largest);
@@ -618,7 +608,7 @@ static PyObject *split_units(PyObject *Py_UNUSED(self), PyObject *args)
     PyObject *result = NULL;
     if (check_size(&units, a.len / 4, 4, "units") == 0 && check_size(&a, units.len / 4, 4, "a") == 0) {
         Py_BEGIN_ALLOW_THREADS
-        vnni_split_units((const int32_t *)a.buf, (int32_t *)units.buf, a.len / 4);
+        pairs_split_units((const int32_t *)a.buf, (int32_t *)units.buf, a.len / 4);
         Py_END_ALLOW_THREADS
         result = Py_None;
         Py_INCREF(result);
@@ -676,7 +666,7 @@ static PyObject *pair_form(PyObject *Py_UNUSED(self), PyObject *args)
     if (check_size(&a, a.len / 4, 4, "a") == 0 && check_rows(a.len / 4, cols, "a") == 0
         && check_size(&pairs, a.len / 4, 2, "pairs") == 0 && get_outliers(&index, &residual, &outliers) == 0) {
         Py_BEGIN_ALLOW_THREADS
-        vnni_pair_form((const int32_t *)a.buf, (int16_t *)pairs.buf, a.len / 4 / cols, cols, &outliers);
+        pairs_pair_form((const int32_t *)a.buf, (int16_t *)pairs.buf, a.len / 4 / cols, cols, &outliers);
         Py_END_ALLOW_THREADS
         result = PyLong_FromSsize_t(outliers.count);
     }
@@ -687,17 +677,8 @@ static PyObject *pair_form(PyObject *Py_UNUSED(self), PyObject *args)
     return result;
 }
 
-static int check_vnni(void)
-{
-    if (!vnni_supported()) {
-        PyErr_SetString(PyExc_RuntimeError, "this CPU has no AVX-512 VNNI");
-        return -1;
-    }
-    return 0;
-}
-
 PyDoc_STRVAR(units_product_doc,
-"units_product(x_units, w_units, m, n, k, chunk, z)\n--\n\n"
+"units_product(isa, x_units, w_units, m, n, k, chunk, z)\n--\n\n"
 "z = x w^T saturated to int32, (m, n), from the input units of x (m, k) and the split units\n"
 "of w (n, k). Exact (before saturation) when every partial sum over chunk consecutive k fits\n"
 "int32, which the caller proves; the chunks add up in int64.");
@@ -706,15 +687,17 @@ static PyObject *units_product(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer x, w, z;
     Py_ssize_t m, n, k, chunk;
-    if (!PyArg_ParseTuple(args, "O&O&nnnnO&", int32_in, &x, int32_in, &w, &m, &n, &k, &chunk, int32_out, &z))
+    const char *isa;
+    if (!PyArg_ParseTuple(args, "sO&O&nnnnO&", &isa, int32_in, &x, int32_in, &w, &m, &n, &k, &chunk, int32_out, &z))
         return NULL;
     PyObject *result = NULL;
-    if (check_vnni() == 0 && check_matrix(&x, m, k, "x_units") == 0 && check_matrix(&w, n, k, "w_units") == 0
+    const pair_kernels_t *kernels = pair_kernels(isa);
+    if (kernels && check_matrix(&x, m, k, "x_units") == 0 && check_matrix(&w, n, k, "w_units") == 0
         && check_matrix(&z, m, n, "z") == 0) {
         int status;
         Py_BEGIN_ALLOW_THREADS
-        status = vnni_product((const int32_t *)x.buf, (const int32_t *)w.buf, (int32_t *)z.buf, m, n, k,
-                              chunk < 1 ? k : chunk, NULL, NULL);
+        status = kernels->product((const int32_t *)x.buf, (const int32_t *)w.buf, (int32_t *)z.buf, m, n, k,
+                                  chunk < 1 ? k : chunk, NULL, NULL);
         Py_END_ALLOW_THREADS
         result = status < 0 ? PyErr_NoMemory() : Py_NewRef(Py_None);
     }
@@ -725,7 +708,7 @@ static PyObject *units_product(PyObject *Py_UNUSED(self), PyObject *args)
 }
 
 PyDoc_STRVAR(pairs_product_doc,
-"pairs_product(x_pairs, w_pairs, x, index, residual, count, m, n, k, chunk, z)\n--\n\n"
+"pairs_product(isa, x_pairs, w_pairs, x, index, residual, count, m, n, k, chunk, z)\n--\n\n"
 "z = x w^T saturated to int32, (m, n), from int8 x (m, k) as int16 pairs and the pair form of\n"
 "w (n, k) with its first count outliers (index, residual; see pair_form); k even. Exact\n"
 "(before saturation) when every partial sum over chunk consecutive pairs of k fits int32,\n"
@@ -735,14 +718,16 @@ static PyObject *pairs_product(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer x_pairs, w_pairs, x, index, residual, z;
     Py_ssize_t count, m, n, k, chunk;
-    if (!PyArg_ParseTuple(args, "O&O&O&O&O&nnnnnO&", int16_in, &x_pairs, int16_in, &w_pairs, int8_in, &x,
+    const char *isa;
+    const pair_kernels_t *kernels;
+    if (!PyArg_ParseTuple(args, "sO&O&O&O&O&nnnnnO&", &isa, int16_in, &x_pairs, int16_in, &w_pairs, int8_in, &x,
                           int32_in, &index, int32_in, &residual, &count, &m, &n, &k, &chunk, int32_out, &z))
         return NULL;
     PyObject *result = NULL;
     outliers_t outliers;
     if (k % 2 != 0) {
         PyErr_Format(PyExc_ValueError, "k must be even, got %zd", k);
-    } else if (check_vnni() == 0 && check_matrix(&x_pairs, m, k / 2, "x_pairs") == 0
+    } else if ((kernels = pair_kernels(isa)) != NULL && check_matrix(&x_pairs, m, k / 2, "x_pairs") == 0
                && check_matrix(&w_pairs, n, k / 2, "w_pairs") == 0 && check_size(&x, m * k, 1, "x") == 0
                && check_matrix(&z, m, n, "z") == 0 && get_outliers(&index, &residual, &outliers) == 0) {
         if (count < 0 || count > outliers.capacity) {
@@ -751,8 +736,9 @@ static PyObject *pairs_product(PyObject *Py_UNUSED(self), PyObject *args)
             int status;
             outliers.count = count;
             Py_BEGIN_ALLOW_THREADS
-            status = vnni_product((const int32_t *)x_pairs.buf, (const int32_t *)w_pairs.buf, (int32_t *)z.buf,
-                                  m, n, k / 2, chunk < 1 ? k / 2 : chunk, (const int8_t *)x.buf, &outliers);
+            status = kernels->product((const int32_t *)x_pairs.buf, (const int32_t *)w_pairs.buf,
+                                      (int32_t *)z.buf, m, n, k / 2, chunk < 1 ? k / 2 : chunk,
+                                      (const int8_t *)x.buf, &outliers);
             Py_END_ALLOW_THREADS
             result = status < 0 ? PyErr_NoMemory() : Py_NewRef(Py_None);
         }
@@ -767,9 +753,11 @@ static PyObject *pairs_product(PyObject *Py_UNUSED(self), PyObject *args)
 }
 
 PyDoc_STRVAR(units_sgd_update_doc,
-"units_sgd_update(delta, x_units, w, mirror, batch, n, k, divisor, decay_inv, index=None, residual=None)\n"
+"units_sgd_update(isa, delta, x_units, w, mirror, batch, n, k, divisor, decay_inv, index=None,\n"
+"                 residual=None)\n"
 "--\n\n"
-"IntegerSGD with G = delta^T x on the VNNI products: for int32 delta (batch, n) with\n"
+"IntegerSGD with G = delta^T x on the pair products of isa ('vnni' or 'avx2'): for int32\n"
+"delta (batch, n) with\n"
 "|delta| < 2**23, x as input units (batch, k) and int32 w (n, k), in place\n"
 "w -= tdiv(G, divisor) + (tdiv(w, decay_inv) if decay_inv else 0). Writes to mirror the new\n"
 "w's split units (int32), or, given the outlier buffers index and residual, its pair form\n"
@@ -781,7 +769,9 @@ static PyObject *units_sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
     Py_buffer delta, x, w, mirror, index = {0}, residual = {0};
     Py_ssize_t batch, n, k;
     long long divisor, decay_inv;
-    if (!PyArg_ParseTuple(args, "O&O&O&O&nnnLL|O&O&", int32_in, &delta, int32_in, &x, int32_out, &w,
+    const char *isa;
+    const pair_kernels_t *kernels;
+    if (!PyArg_ParseTuple(args, "sO&O&O&O&nnnLL|O&O&", &isa, int32_in, &delta, int32_in, &x, int32_out, &w,
                           int32_or_int16_out, &mirror, &batch, &n, &k, &divisor, &decay_inv,
                           int32_out_or_none, &index, int32_out_or_none, &residual))
         return NULL;
@@ -790,7 +780,7 @@ static PyObject *units_sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
     outliers_t outliers = {0};
     if (pairs != (residual.obj != NULL) || mirror.itemsize != (pairs ? 2 : 4)) {
         PyErr_SetString(PyExc_ValueError, "an int16 mirror goes with index and residual, an int32 one without");
-    } else if ((!pairs || get_outliers(&index, &residual, &outliers) == 0) && check_vnni() == 0
+    } else if ((!pairs || get_outliers(&index, &residual, &outliers) == 0) && (kernels = pair_kernels(isa)) != NULL
                && check_matrix(&delta, batch, n, "delta") == 0 && check_matrix(&x, batch, k, "x_units") == 0
                && check_matrix(&w, n, k, "w") == 0 && check_size(&mirror, n * k, pairs ? 2 : 4, "mirror") == 0
                && check_divisor(divisor, "divisor") == 0
@@ -798,7 +788,7 @@ static PyObject *units_sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
         divisor_t lr = make_divisor(divisor), decay = make_divisor(decay_inv > 0 ? decay_inv : 1);
         int64_t largest;
         Py_BEGIN_ALLOW_THREADS
-        largest = vnni_sgd_update((const int32_t *)delta.buf, (const int32_t *)x.buf, (int32_t *)w.buf,
+        largest = kernels->sgd_update((const int32_t *)delta.buf, (const int32_t *)x.buf, (int32_t *)w.buf,
                                   pairs ? NULL : (int32_t *)mirror.buf, pairs ? (int16_t *)mirror.buf : NULL,
                                   &outliers, n, batch, k, lr, decay_inv > 0, decay);
         Py_END_ALLOW_THREADS
@@ -819,7 +809,7 @@ static PyMethodDef methods[] = {
     {"scale_to_int8", scale_to_int8, METH_VARARGS, scale_to_int8_doc},
     {"activation_backward", activation_backward, METH_VARARGS, activation_backward_doc},
     {"sgd_update", sgd_update, METH_VARARGS, sgd_update_doc},
-    {"vnni_available", vnni_available, METH_NOARGS, vnni_available_doc},
+    {"pair_isas", pair_isas, METH_NOARGS, pair_isas_doc},
     {"input_units", input_units, METH_VARARGS, input_units_doc},
     {"split_units", split_units, METH_VARARGS, split_units_doc},
     {"pair_form", pair_form, METH_VARARGS, pair_form_doc},

@@ -1,26 +1,9 @@
 /*
- * sknitro/_vnni.c: exact integer products of the dense layers on AVX-512 VNNI.
- *
- * VPDPWSSD multiplies pairs of int16 and adds both products to an int32 lane:
- *   acc += a0 * b0 + a1 * b1.
- * The forward product takes x (int8) and the weights as plain int16, two products per lane:
- * the weights' "pair form" saturates them to int16, and the few past it (their "outliers")
- * are added back from a list, in int64. The weight gradient's delta is wider (it reaches
- * 2**19), so each of its integers travels as a "unit", a pair of int16 that the instruction
- * recombines:
- *   input units   (x, 256 x)            for int8 x
- *   split units   (a & 255, a >> 8)     for |a| < 2**23
- * and then (x, 256 x) . (a & 255, a >> 8) = x (a & 255) + 256 x (a >> 8) = x * a exactly,
- * one product per lane. (The forward falls back to split units of W when the pair form has
- * too many outliers, or x an odd width.)
- *
- * VPDPWSSD wraps modulo 2**32 and each product fits 32 bits, so a sum is exact whenever its
- * true value fits int32; the caller (sknitro/nn/fused.py) proves that before each call.
- *
- * The kernels are compiled for AVX-512 VNNI only; vnni_supported() says whether the CPU
- * runs them, and otherwise the engine's float64 path does the same products.
+ * sknitro/_vnni.c: the pair products of _pairs.h on AVX-512 VNNI: VPDPWSSD does a whole
+ * acc += a0 * b0 + a1 * b1 in each of 16 int32 lanes. Compiled for AVX-512 VNNI only;
+ * vnni_kernels.supported() says whether the CPU runs them.
  */
-#include "_vnni.h"
+#include "_pairs.h"
 
 #include <stdlib.h>
 
@@ -32,79 +15,9 @@
 #define HAVE_VNNI_BUILD 0
 #endif
 
-int64_t vnni_input_units(const int8_t *x, int32_t *units, int16_t *pairs, ptrdiff_t rows, ptrdiff_t cols)
-{
-    int64_t largest = 0;
-    for (ptrdiff_t i = 0; i < rows; i++) {
-        int64_t l1 = 0;
-        for (ptrdiff_t k = 0; k < cols; k++) {
-            int32_t v = x[i * cols + k];
-            units[i * cols + k] = (int32_t)(((uint32_t)v & 0xFFFFu) | ((uint32_t)(v * 256) << 16));
-            l1 += v < 0 ? -v : v;
-        }
-        if (pairs)
-            for (ptrdiff_t k = 0; k < cols; k++)
-                pairs[i * cols + k] = x[i * cols + k];
-        largest = l1 > largest ? l1 : largest;
-    }
-    return largest;
-}
-
-/* The split unit (a & 255, a >> 8) of |a| < 2**23, as one int32. */
-static inline int32_t split_unit(int32_t a)
-{
-    return (int32_t)(((uint32_t)a & 0xFFu) | ((uint32_t)(a >> 8) << 16));
-}
-
-void vnni_split_units(const int32_t *a, int32_t *units, ptrdiff_t n)
-{
-    for (ptrdiff_t i = 0; i < n; i++)
-        units[i] = split_unit(a[i]);
-}
-
-static void add_outlier(outliers_t *outliers, ptrdiff_t index, int32_t residual)
-{
-    if (outliers->count < outliers->capacity) {
-        outliers->index[outliers->count] = (int32_t)index;
-        outliers->residual[outliers->count] = residual;
-    }
-    outliers->count++;
-}
-
-static inline int16_t saturate_int16(int32_t v)
-{
-    return (int16_t)(v > 32767 ? 32767 : (v < -32768 ? -32768 : v));
-}
-
-void vnni_pair_form(const int32_t *a, int16_t *pairs, ptrdiff_t n, ptrdiff_t k, outliers_t *outliers)
-{
-    outliers->count = 0;
-    for (ptrdiff_t i = 0; i < n * k; i++) {
-        pairs[i] = saturate_int16(a[i]);
-        if (pairs[i] != a[i])
-            add_outlier(outliers, i, a[i] - pairs[i]);
-    }
-}
-
 #if HAVE_VNNI_BUILD
 
-/* Sorts the outliers found by the update (few: weights past 2**15 are rare) by index. */
-static void sort_outliers(outliers_t *outliers)
-{
-    ptrdiff_t count = outliers->count < outliers->capacity ? outliers->count : outliers->capacity;
-    for (ptrdiff_t i = 1; i < count; i++) {
-        int32_t index = outliers->index[i], residual = outliers->residual[i];
-        ptrdiff_t j = i;
-        for (; j > 0 && outliers->index[j - 1] > index; j--) {
-            outliers->index[j] = outliers->index[j - 1];
-            outliers->residual[j] = outliers->residual[j - 1];
-        }
-        outliers->index[j] = index;
-        outliers->residual[j] = residual;
-    }
-}
-
-int vnni_supported(void)
+static int vnni_supported(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
@@ -130,13 +43,6 @@ VNNI_TARGET static inline __m512i horizontal_sums(const __m512i v[16])
         s2[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(s4[2 * i], s4[2 * i + 1], 0x88),
                                  _mm512_shuffle_i32x4(s4[2 * i], s4[2 * i + 1], 0xDD));
     return _mm512_add_epi32(_mm512_shuffle_i32x4(s2[0], s2[1], 0x88), _mm512_shuffle_i32x4(s2[0], s2[1], 0xDD));
-}
-
-/* Row r of a matrix with `count` rows, the last row standing in for those past the end (the
- * edge tiles compute them and drop the result). */
-static inline ptrdiff_t clamp_row(ptrdiff_t r, ptrdiff_t count)
-{
-    return r < count ? r : count - 1;
 }
 
 #define PRODUCT_ROW_BLOCK 8 /* rows of x per sweep over w: they stay in L1 (25 KB for 784 inputs) */
@@ -176,19 +82,6 @@ VNNI_TARGET __attribute__((noinline)) static void dot_4x4(const int32_t *const x
     sums[8] = c0, sums[9] = c1, sums[10] = c2, sums[11] = c3, sums[12] = d0, sums[13] = d1, sums[14] = d2, sums[15] = d3;
 }
 
-/* What the pair form of w cut off, added back to a tile's int64 totals (lane 4 r + c for
- * z[i0 + r, j0 + c]): the outliers of rows j0..j0+3 are [row_start[j0], row_start[j0 + 4]). */
-static void add_outliers(int64_t totals[16], const int8_t *x, ptrdiff_t x_cols, const outliers_t *outliers,
-                         const ptrdiff_t *row_start, ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t j0)
-{
-    ptrdiff_t end = row_start[j0 + 4 < n ? j0 + 4 : n];
-    for (ptrdiff_t o = row_start[j0]; o < end; o++) {
-        ptrdiff_t column = outliers->index[o] % x_cols, c = outliers->index[o] / x_cols - j0;
-        for (ptrdiff_t r = 0; r < 4 && i0 + r < m; r++)
-            totals[4 * r + c] += (int64_t)x[(i0 + r) * x_cols + column] * outliers->residual[o];
-    }
-}
-
 /* One 4 x 4 tile of z: rows i0.. of x against rows j0.. of w, both contiguous along k. The
  * int32 lanes hold partial sums over `chunk` units at a time (the caller proves that those
  * fit int32); the chunks add up in int64, and z saturates to the int32 range. */
@@ -213,7 +106,7 @@ VNNI_TARGET static void product_tile(const int32_t *x_units, const int32_t *w_un
         int64_t totals[16];
         _mm512_storeu_si512((void *)totals, total_low);
         _mm512_storeu_si512((void *)(totals + 8), total_high);
-        add_outliers(totals, x, k * 2, outliers, row_start, m, n, i0, j0);
+        pairs_add_outliers(totals, 4, x, k * 2, outliers, row_start, m, n, i0, j0);
         total_low = _mm512_loadu_si512((const void *)totals);
         total_high = _mm512_loadu_si512((const void *)(totals + 8));
     }
@@ -225,23 +118,19 @@ VNNI_TARGET static void product_tile(const int32_t *x_units, const int32_t *w_un
         _mm_mask_storeu_epi32(z + (i0 + r) * n + j0, columns, _mm_loadu_si128((const __m128i *)(out + 4 * r)));
 }
 
-VNNI_TARGET int vnni_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
-                             ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
-                             const outliers_t *outliers)
+VNNI_TARGET static int vnni_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
+                                    ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
+                                    const outliers_t *outliers)
 {
-    ptrdiff_t *row_start = NULL; /* the outliers of row j: [row_start[j], row_start[j + 1]) */
-    if (outliers && outliers->count > 0) {
-        if (!(row_start = calloc((size_t)(n + 1), sizeof(ptrdiff_t))))
-            return -1;
-        ptrdiff_t count = outliers->count < outliers->capacity ? outliers->count : outliers->capacity;
-        for (ptrdiff_t o = 0; o < count; o++)
-            row_start[outliers->index[o] / (units * 2) + 1]++;
-        for (ptrdiff_t j = 0; j < n; j++)
-            row_start[j + 1] += row_start[j];
-    }
-    for (ptrdiff_t block = 0; block < m; block += PRODUCT_ROW_BLOCK)
+    int failed;
+    ptrdiff_t *row_start = pairs_outlier_rows(outliers, n, units * 2, &failed);
+    if (failed)
+        return -1;
+    ptrdiff_t blocks = (m + PRODUCT_ROW_BLOCK - 1) / PRODUCT_ROW_BLOCK;
+#pragma omp parallel for schedule(static) if ((int64_t)m * n * units >= PARALLEL_WORK)
+    for (ptrdiff_t block = 0; block < blocks; block++)
         for (ptrdiff_t j0 = 0; j0 < n; j0 += 4)
-            for (ptrdiff_t i0 = block; i0 < m && i0 < block + PRODUCT_ROW_BLOCK; i0 += 4)
+            for (ptrdiff_t i0 = block * PRODUCT_ROW_BLOCK; i0 < m && i0 < (block + 1) * PRODUCT_ROW_BLOCK; i0 += 4)
                 product_tile(x_units, w_units, z, m, n, units, chunk, i0, j0, x, outliers, row_start);
     free(row_start);
     return 0;
@@ -289,15 +178,52 @@ VNNI_TARGET static inline __m512i update_lanes(int32_t *w, int32_t *w_units, int
             _mm512_storeu_si512((void *)values, updated);
             for (int lane = 0; lane < 16; lane++)
                 if (cut >> lane & 1)
-                    add_outlier(outliers, at + lane, values[lane] - saturate_int16(values[lane]));
+                    pairs_add_outlier(outliers, at + lane, values[lane]);
         }
     }
     return _mm512_maskz_abs_epi32(mask, updated);
 }
 
-VNNI_TARGET int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units, int32_t *w,
-                                    int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
-                                    ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
+/* The update of columns [k0, k0 + UPDATE_COLUMNS) of w; returns their largest |w|. */
+VNNI_TARGET static int64_t update_tile(const int32_t *delta_units, const int32_t *x_units, int32_t *w,
+                                       int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
+                                       ptrdiff_t batch, ptrdiff_t k, ptrdiff_t k0, divisor_t lr, int decays,
+                                       divisor_t decay)
+{
+    __m512i largest = _mm512_setzero_si512();
+    __mmask16 mask[4];
+    for (int c = 0; c < 4; c++) {
+        ptrdiff_t left = k - k0 - 16 * c;
+        mask[c] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? 0 : (__mmask16)((1u << left) - 1));
+    }
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
+        const int32_t *e0 = delta_units + clamp_row(j0, n) * batch, *e1 = delta_units + clamp_row(j0 + 1, n) * batch,
+                      *e2 = delta_units + clamp_row(j0 + 2, n) * batch, *e3 = delta_units + clamp_row(j0 + 3, n) * batch;
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0,
+                c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
+        const int32_t *x = x_units + k0;
+        for (ptrdiff_t b = 0; b < batch; b++, x += k) {
+            __m512i X0 = _mm512_maskz_loadu_epi32(mask[0], x), X1 = _mm512_maskz_loadu_epi32(mask[1], x + 16),
+                    X2 = _mm512_maskz_loadu_epi32(mask[2], x + 32), X3 = _mm512_maskz_loadu_epi32(mask[3], x + 48);
+            DP4(a, _mm512_set1_epi32(e0[b]), X0, X1, X2, X3);
+            DP4(b, _mm512_set1_epi32(e1[b]), X0, X1, X2, X3);
+            DP4(c, _mm512_set1_epi32(e2[b]), X0, X1, X2, X3);
+            DP4(d, _mm512_set1_epi32(e3[b]), X0, X1, X2, X3);
+        }
+        const __m512i grads[4][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}, {c0, c1, c2, c3}, {d0, d1, d2, d3}};
+        for (int r = 0; r < 4 && j0 + r < n; r++)
+            for (int c = 0; c < 4 && mask[c]; c++) {
+                ptrdiff_t at = (j0 + r) * k + k0 + 16 * c;
+                largest = _mm512_max_epi32(largest, update_lanes(w, w_units, w_pairs, outliers, at, mask[c],
+                                                                 grads[r][c], lr, decays, decay));
+            }
+    }
+    return (int64_t)(uint32_t)_mm512_reduce_max_epu32(largest);
+}
+
+VNNI_TARGET static int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units, int32_t *w,
+                                           int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
+                                           ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
 {
     /* delta^T as split units: row j holds column j of delta, the broadcast operand */
     int32_t *delta_units = malloc((size_t)(n * batch) * sizeof(int32_t) + 1);
@@ -308,63 +234,29 @@ VNNI_TARGET int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units
             delta_units[j * batch + b] = split_unit(delta[b * n + j]);
     if (!w_units)
         outliers->count = 0;
-    __m512i largest = _mm512_setzero_si512();
-    for (ptrdiff_t k0 = 0; k0 < k; k0 += UPDATE_COLUMNS) {
-        __mmask16 mask[4];
-        for (int c = 0; c < 4; c++) {
-            ptrdiff_t left = k - k0 - 16 * c;
-            mask[c] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? 0 : (__mmask16)((1u << left) - 1));
-        }
-        for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
-            const int32_t *e0 = delta_units + clamp_row(j0, n) * batch, *e1 = delta_units + clamp_row(j0 + 1, n) * batch,
-                          *e2 = delta_units + clamp_row(j0 + 2, n) * batch, *e3 = delta_units + clamp_row(j0 + 3, n) * batch;
-            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0,
-                    c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
-            const int32_t *x = x_units + k0;
-            for (ptrdiff_t b = 0; b < batch; b++, x += k) {
-                __m512i X0 = _mm512_maskz_loadu_epi32(mask[0], x), X1 = _mm512_maskz_loadu_epi32(mask[1], x + 16),
-                        X2 = _mm512_maskz_loadu_epi32(mask[2], x + 32), X3 = _mm512_maskz_loadu_epi32(mask[3], x + 48);
-                DP4(a, _mm512_set1_epi32(e0[b]), X0, X1, X2, X3);
-                DP4(b, _mm512_set1_epi32(e1[b]), X0, X1, X2, X3);
-                DP4(c, _mm512_set1_epi32(e2[b]), X0, X1, X2, X3);
-                DP4(d, _mm512_set1_epi32(e3[b]), X0, X1, X2, X3);
-            }
-            const __m512i grads[4][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}, {c0, c1, c2, c3}, {d0, d1, d2, d3}};
-            for (int r = 0; r < 4 && j0 + r < n; r++)
-                for (int c = 0; c < 4 && mask[c]; c++) {
-                    ptrdiff_t at = (j0 + r) * k + k0 + 16 * c;
-                    largest = _mm512_max_epi32(largest, update_lanes(w, w_units, w_pairs, outliers, at, mask[c],
-                                                                     grads[r][c], lr, decays, decay));
-                }
-        }
+    int64_t largest = 0;
+    ptrdiff_t tiles = (k + UPDATE_COLUMNS - 1) / UPDATE_COLUMNS;
+#pragma omp parallel for schedule(static) reduction(max : largest) if ((int64_t)n * batch * k >= PARALLEL_WORK)
+    for (ptrdiff_t tile = 0; tile < tiles; tile++) {
+        int64_t tile_largest = update_tile(delta_units, x_units, w, w_units, w_pairs, outliers, n, batch, k,
+                                           tile * UPDATE_COLUMNS, lr, decays, decay);
+        largest = tile_largest > largest ? tile_largest : largest;
     }
     free(delta_units);
     if (!w_units)
-        sort_outliers(outliers);
-    return (int64_t)(uint32_t)_mm512_reduce_max_epu32(largest);
+        pairs_sort_outliers(outliers);
+    return largest;
 }
 
-#else /* no VNNI build: vnni_supported() is 0 and the engine never calls the kernels */
+const pair_kernels_t vnni_kernels = {"vnni", vnni_supported, vnni_product, vnni_sgd_update};
 
-int vnni_supported(void)
+#else /* no VNNI build: the kernels say the CPU cannot run them, and are never called */
+
+static int vnni_unsupported(void)
 {
     return 0;
 }
 
-int vnni_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
-                 ptrdiff_t units, ptrdiff_t chunk, const int8_t *x, const outliers_t *outliers)
-{
-    (void)x_units, (void)w_units, (void)z, (void)m, (void)n, (void)units, (void)chunk, (void)x, (void)outliers;
-    return -1;
-}
-
-int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units, int32_t *w, int32_t *w_units,
-                        int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
-                        divisor_t lr, int decays, divisor_t decay)
-{
-    (void)delta, (void)x_units, (void)w, (void)w_units, (void)w_pairs, (void)outliers, (void)n, (void)batch,
-        (void)k, (void)lr, (void)decays, (void)decay;
-    return -1;
-}
+const pair_kernels_t vnni_kernels = {"vnni", vnni_unsupported, NULL, NULL};
 
 #endif

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .nn import fused
+from .nn import kernels
 from .nn.functional import tdiv, to_int8
 from .nn.state import InvalidModelError, check_array, check_int, checked_state
 
@@ -130,10 +130,7 @@ class InputEncoder:
         if self.kind == "image":
             X = _as_pixels(X)
             if self.channel_axis is None:
-                encoded = fused.lookup_uint8(self.lookup_table[0], X)  # None without the extension
-                if encoded is None:
-                    encoded = np.take(self.lookup_table[0], X)  # take: twice as fast as table[X]
-                return encoded
+                return kernels.select().lookup_uint8(self.lookup_table[0], X)
             out = np.empty(X.shape, dtype=np.int8)
             for c, table in enumerate(self.lookup_table):
                 index = (slice(None),) * self.channel_axis + (c,)

@@ -7,7 +7,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 from sknitro import NitroCNNClassifier, NitroMLPClassifier, config_context
-from sknitro.nn import optim
+from sknitro.nn import kernels
 
 from conftest import weights_equal
 
@@ -44,7 +44,7 @@ class Boom(RuntimeError):
 
 
 def _fail_at_step(monkeypatch, step):
-    real, calls = optim.integer_sgd_step, []
+    real, calls = kernels.integer_sgd_step, []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -52,7 +52,7 @@ def _fail_at_step(monkeypatch, step):
             raise Boom("a failure in the middle of an epoch")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(optim, "integer_sgd_step", failing)
+    monkeypatch.setattr(kernels, "integer_sgd_step", failing)
 
 
 def test_a_failure_in_a_new_fit_leaves_it_unfitted(digits_small, monkeypatch, quiet):

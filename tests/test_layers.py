@@ -28,6 +28,7 @@ from sknitro.nn.layers import (
     nitro_scale,
     scale_factor,
 )
+from sknitro.nn.kernels import weight_grad_bound
 from sknitro.nn.optim import IntegerSGD, PlateauSchedule, integer_sgd_step
 
 
@@ -120,14 +121,14 @@ def test_integer_linear_weight_grad_bound_with_a_known_delta_bound():
     x = np.array([[127, -128, 5], [1, 2, 3], [-7, 0, 9]], dtype=np.int8)
     delta = np.array([[255, -1], [-2, 3], [4, 5]], dtype=np.int16)
     # max|delta| <= 255 is known: the factor bound 128 * 255 * 3 fits int32, no pass over delta
-    assert layer.weight_grad_bound(delta, x, delta_bound=255) == 128 * 255 * 3
+    assert weight_grad_bound(delta, x, delta_bound=255) == 128 * 255 * 3
     grad, bound = layer.weight_grad(delta, x, delta_bound=255)
     assert grad.tolist() == (delta.T.astype(object) @ x.astype(object)).tolist()
     assert bound == 128 * 255 * 3
     # a factor bound past int32 is not used: the column L1 norm (255 + 2 + 4) is
-    assert layer.weight_grad_bound(delta, x, delta_bound=2**30) == 128 * 261
+    assert weight_grad_bound(delta, x, delta_bound=2**30) == 128 * 261
     # a column L1 norm the caller has (from the activation's backward kernel) is used as is
-    assert layer.weight_grad_bound(delta, x, delta_bound=255, column_l1=261) == 128 * 261
+    assert weight_grad_bound(delta, x, delta_bound=255, column_l1=261) == 128 * 261
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -18,15 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import array_namespace, dtype_bound
-from . import fused
+from ..backend import array_namespace
+from . import kernels
 from .conv import AvgPool2d, IntegerConv2d, MaxPool2d, head_pool
-from .layers import INT32_MAX, IntegerDropout, IntegerLinear, TabulatedActivation, scale_factor
+from .kernels import ERROR_BOUND
+from .layers import IntegerDropout, IntegerLinear, TabulatedActivation, scale_factor
+from .optim import IntegerSGD
 from .state import check_instance, check_int, check_shape, checked_state
-from .optim import IntegerSGD, updated_bound
-
-
-ERROR_BOUND = 127 + 128  # |yhat - target| for int8 scores in [-127, 127] and int8 targets
 
 
 SCALE_LIMIT = 2**62  # NITRO divisors are positive; far past any fan_in times 2**scale_bits
@@ -65,27 +63,7 @@ class LinearHead:
         input_grad : ``e @ W`` with the weights from before the update, or None
         squared_error : int, ``sum(e**2)`` over the batch
         """
-        fused_result = self._learn_fused(x, target, sgd, decay_inv, propagate)
-        if fused_result is not None:
-            return fused_result
-        yhat = self.forward(x)
-        error = yhat.astype(np.int16) - target  # int8 would wrap: 32 - (-127) = 159
-        input_grad = self.linear.input_grad(error, ERROR_BOUND) if propagate else None
-        sgd.step(self.linear, error, x, amp=1, decay_inv=decay_inv, delta_bound=ERROR_BOUND)
-        error32 = error.astype(np.int32)
-        return yhat, input_grad, int((error32 * error32).sum())
-
-    def _learn_fused(self, x: Any, target: Any, sgd: IntegerSGD, decay_inv: int,
-                     propagate: bool) -> tuple[Any, Any, int] | None:
-        """The same update in one compiled call (:func:`.fused.head_step`), or None."""
-        if self.linear.bias is not None or not fused.active(self.linear.weight):
-            return None
-        grad_bound = ERROR_BOUND * dtype_bound(x) * x.shape[0]  # the bound the step would use
-        if grad_bound > INT32_MAX:
-            return None
-        updated_bound(self.linear.weight_bound, grad_bound, sgd.lr_inv, decay_inv)  # raises past int32
-        return fused.head_step(self.linear, x, target, self.scale, sgd.lr_inv, decay_inv, propagate,
-                               ERROR_BOUND)
+        return kernels.select().head_step(self.linear, x, target, self.scale, sgd.lr_inv, decay_inv, propagate)
 
 
 @dataclass
@@ -93,7 +71,7 @@ class BlockCache:
     """What a block keeps from the forward pass for its update."""
 
     inputs: Any  # the layer's input (im2col patches for a conv block)
-    pre_activation: Any
+    pre_activation: Any  # NITRO scaling's output (a conv block's as rows: one per output position)
     output: Any  # the activation's output: what the head reads and the feature path continues with
 
 
@@ -235,8 +213,9 @@ class ConvBlock:
         flat = pooled.reshape(pooled.shape[0], -1)
         yhat, delta, _ = self.head.learn(flat, target, sgd, head_decay_inv, propagate=True)
         delta = self.head_pool.backward(delta.reshape(pooled.shape), head_argmax, cache.output.shape)
-        delta = self.activation.backward(delta, cache.pre_activation)  # scaling: identity
-        sgd.step(self.conv, delta, cache.inputs, amp=amp, decay_inv=fwd_decay_inv)
+        # scaling: identity; the products' layout from here on, one row per output position
+        delta, column_l1 = self.activation.backward_and_column_l1(self.conv.to_rows(delta), cache.pre_activation)
+        sgd.step(self.conv.linear, delta, cache.inputs, amp=amp, decay_inv=fwd_decay_inv, column_l1=column_l1)
         return yhat
 
 

@@ -1,7 +1,7 @@
 """Spatial integer layers of algorithm.md §3: IntegerConv2d (3×3, stride 1, padding 1),
 MaxPool2d and AvgPool2d, and the learning-head pooling rule of §4.
 
-Images are ``(batch, channels, height, width)``. Convolution is im2col + the exact GEMM;
+Images are ``(batch, channels, height, width)``. Convolution is im2col + a dense layer;
 pooling windows tile the map after padding (with -128 for max pooling, so padding never
 wins; with 0 for average pooling).
 """
@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import abs_max, array_namespace, dtype_bound, exact_matmul, to_namespace
-from . import fused
+from ..backend import array_namespace, to_namespace
 from .functional import im2col, tdiv
 from .init import integer_uniform
-from .layers import nitro_scale
+from .layers import IntegerLinear
 from .state import InvalidModelError, check_array, check_int, check_shape, checked_state
 
 INT8_MIN = -128
@@ -25,8 +24,12 @@ INT8_MIN = -128
 class IntegerConv2d:
     """3×3 convolution, stride 1, zero padding 1, int32 weights ``(F, C, 3, 3)``, no bias.
 
-    ``forward`` returns the pre-activation and the im2col patches, which ``weight_grad``
-    reuses (the input gradient of a conv layer is never needed: blocks do not propagate).
+    A convolution is a dense layer on the im2col patches: the weights live in ``linear``, an
+    :class:`~.layers.IntegerLinear` of shape ``(F, 3 * 3 * C)`` in the patches' column order,
+    so that every kernel of the dense layers (:mod:`.kernels`) runs the conv products too.
+    ``weight`` is the ``(F, C, 3, 3)`` view of it. ``forward`` returns the pre-activation and
+    the patches, which the update reuses (the input gradient of a conv layer is never needed:
+    blocks do not propagate).
     """
 
     kernel = 3
@@ -37,13 +40,33 @@ class IntegerConv2d:
         self.in_channels = in_channels
         self.out_channels = out_channels
         shape = (out_channels, in_channels, self.kernel, self.kernel)
-        self.weight = to_namespace(integer_uniform(rng, init_bound, shape), xp)
         self.bias = None
-        self.refresh_bounds()
+        self.weight = to_namespace(integer_uniform(rng, init_bound, shape), xp)
+
+    @property
+    def weight(self) -> Any:
+        """The weights as ``(F, C, 3, 3)``: a view of ``linear.weight``."""
+        return self.linear.weight.reshape(self.out_channels, self.kernel, self.kernel, -1).transpose(0, 3, 1, 2)
+
+    @weight.setter
+    def weight(self, value: Any) -> None:
+        xp = array_namespace(value)
+        rows = xp.ascontiguousarray(value.transpose(0, 2, 3, 1).reshape(self.out_channels, -1))
+        self.linear = IntegerLinear.from_weight(rows)
+
+    @property
+    def weight_bound(self) -> int:
+        return self.linear.weight_bound
 
     def refresh_bounds(self) -> None:
-        self.weight_bound = abs_max(self.weight)
-        self.bias_bound = 0
+        self.linear.refresh_bounds()
+
+    def drop_copies(self) -> None:
+        self.linear.drop_copies()
+
+    def __getstate__(self) -> dict:  # the file format keeps (F, C, 3, 3) weights
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "weight": array_namespace(self.linear.weight).ascontiguousarray(self.weight), "bias": None}
 
     def __setstate__(self, state: dict) -> None:
         # a model file sets the weights only: the bound is recomputed (see .state)
@@ -56,47 +79,39 @@ class IntegerConv2d:
         self.in_channels, self.out_channels, self.bias = c_in, c_out, None
         self.weight = check_array(state["weight"], "IntegerConv2d.weight", np.int32,
                                   (c_out, c_in, self.kernel, self.kernel))
-        self.refresh_bounds()
+
+    def _to_map(self, rows: Any, n: int, h: int, w: int) -> Any:
+        """Rows ``(n*H*W, F)`` (one per output position) as a map ``(n, F, H, W)``."""
+        return rows.reshape(n, h, w, self.out_channels).transpose(0, 3, 1, 2)
+
+    def to_rows(self, delta: Any) -> Any:
+        """A map ``(n, F, H, W)`` as contiguous rows ``(n*H*W, F)``, the products' layout."""
+        return array_namespace(delta).ascontiguousarray(delta.transpose(0, 2, 3, 1)).reshape(-1, self.out_channels)
 
     def forward(self, x: Any, patches: Any = None) -> tuple[Any, Any]:
         """``z`` of shape ``(n, F, H, W)`` and the patches ``(n*H*W, C*9)`` of ``x``."""
-        n, _, h, w = x.shape
         if patches is None:
             patches = im2col(x, self.kernel, self.padding)
-        z = exact_matmul(patches, self._weight_rows().T, bound_b=self.weight_bound)
-        return z.reshape(n, h, w, self.out_channels).transpose(0, 3, 1, 2), patches
+        return self._to_map(self.linear.forward(patches), *self._map_size(x)), patches
+
+    def _map_size(self, x: Any) -> tuple[int, int, int]:
+        n, _, h, w = x.shape
+        return n, h, w
 
     def scaled_activated_forward(self, x: Any, scale: int, activation: Any) -> tuple[Any, Any, Any]:
-        """NITRO scaling of the conv, its activation (both ``(n, F, H, W)``), and the patches."""
-        n, _, h, w = x.shape
+        """NITRO scaling of the conv as rows ``(n*H*W, F)`` (what the backward reads), its
+        activation as a map ``(n, F, H, W)``, and the patches."""
         patches = im2col(x, self.kernel, self.padding)
-        table = getattr(activation, "forward_table", None)
-        out = None if table is None else fused.scaled_product(patches, self._weight_rows(), self.weight_bound,
-                                                              scale, table)
-        if out is None:
-            z, _ = self.forward(x, patches)
-            pre_activation = nitro_scale(z, scale)
-            return pre_activation, activation.forward(pre_activation), patches
-        pre_activation, activated = (a.reshape(n, h, w, self.out_channels).transpose(0, 3, 1, 2) for a in out)
-        return pre_activation, activated, patches
-
-    def _weight_rows(self) -> Any:
-        """Weights as ``(F, k * k * C)`` in the column order of :func:`im2col`."""
-        return self.weight.transpose(0, 2, 3, 1).reshape(self.out_channels, -1)
+        pre_activation, activated = self.linear.scaled_activated_forward(patches, scale, activation)
+        return pre_activation, self._to_map(activated, *self._map_size(x)), patches
 
     def weight_grad(self, delta: Any, patches: Any) -> tuple[Any, int]:
         """``G`` of the weights' shape from ``delta (n, F, H, W)``, and a bound of ``max|G|``."""
-        xp = array_namespace(delta)
-        rows = delta.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
         # |G[f, k]| <= max|patch| * sum_i |delta[i, f]|: the largest column L1 norm of delta
         # bounds G far tighter than max|delta| * max|patch| * rows (rows: every position of
         # the batch), which keeps the update's overflow proof from refusing sound steps
-        column_l1 = int(xp.abs(rows).sum(axis=0, dtype=xp.int64).max()) if rows.size else 0
-        bound = dtype_bound(patches) * column_l1
-        grad = exact_matmul(rows.T, patches, sum_bound=bound)
-        f, c, kh, kw = self.weight.shape
-        grad = grad.reshape(f, kh, kw, c).transpose(0, 3, 1, 2)  # back to the weights' layout
-        return grad, bound
+        grad, bound = self.linear.weight_grad(self.to_rows(delta), patches)
+        return grad.reshape(self.out_channels, self.kernel, self.kernel, -1).transpose(0, 3, 1, 2), bound
 
 
 def _pad_and_crop(x: Any, window: tuple[int, int], padding: tuple[int, int], fill: int) -> Any:

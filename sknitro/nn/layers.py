@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import abs_max, array_namespace, dtype_bound, exact_matmul, to_namespace
-from . import fused
-from .functional import INT8_MAX, tdiv, to_int8
+from ..backend import abs_max, array_namespace, exact_matmul, to_namespace
+from . import kernels
+from .functional import INT8_MAX, tdiv
+from .kernels import nitro_scale, weight_grad_bound
 from .init import LEAKY_GAINS, RELU_GAIN, integer_uniform, kaiming_bound, xavier_bound
 from .state import InvalidModelError, check_array, check_int, checked_state
 
@@ -24,15 +25,11 @@ class IntegerLinear:
     """``z = x @ W.T (+ b)`` with int32 weights ``W`` of shape ``(out_features, in_features)``.
 
     ``weight_bound`` is kept equal to ``max|W|`` after every update, so that the exact
-    GEMM can prove its fast paths without scanning the weights again. The compiled CPU
-    kernels (:mod:`.fused`) keep copies of ``W`` in the form their next product reads:
-    ``weight64`` (float64, for BLAS), ``weight_pairs`` or ``weight_units`` (int16, for VNNI),
-    and ``input_units``, the last input in VNNI form, which the weight update of the same
-    batch reuses. They are caches: dropped (:meth:`drop_copies`) whenever anything else could
-    change ``W``, and never pickled.
+    GEMM can prove its fast paths without scanning the weights again. The products run on
+    the kernels of :mod:`.kernels`, which keep what they need of the layer between calls in
+    ``kernel_cache`` (never pickled); anything else that changes ``W`` calls
+    :meth:`refresh_bounds`, which drops it.
     """
-
-    CACHES = ("weight64", "weight_pairs", "weight_units", "input_units")
 
     def __init__(self, in_features: int, out_features: int, init_bound: int,
                  rng: np.random.Generator, bias: bool = False, xp: Any = np) -> None:
@@ -42,83 +39,60 @@ class IntegerLinear:
         self.bias = xp.zeros(out_features, dtype=xp.int32) if bias else None
         self.refresh_bounds()
 
+    @classmethod
+    def from_weight(cls, weight: Any) -> IntegerLinear:
+        """A bias-free layer holding ``weight`` (int32, ``(out_features, in_features)``)."""
+        layer = cls.__new__(cls)
+        layer.out_features, layer.in_features = weight.shape
+        layer.weight, layer.bias = weight, None
+        layer.refresh_bounds()
+        return layer
+
     def refresh_bounds(self) -> None:
         self.weight_bound = abs_max(self.weight)
         self.bias_bound = 0 if self.bias is None else abs_max(self.bias)
         self.drop_copies()
 
     def drop_copies(self) -> None:
-        """Forget the cached copies of ``W`` and of the last input."""
-        for name in self.CACHES:
-            setattr(self, name, None)
+        """Forget what the kernels keep of this layer (copies of ``W``, the last input)."""
+        self.kernel_cache = None
 
     def forward(self, x: Any) -> Any:
-        weight64 = self.weight64  # read once: another thread may drop the copies meanwhile
-        mirror = None if weight64 is None else weight64.T
-        z = exact_matmul(x, self.weight.T, bound_b=self.weight_bound, b_float64=mirror)
-        if self.bias is not None:
-            z = z + self.bias
-        return z
-
-    def _fused_scaled_forward(self, x: Any, scale: int, table: Any = None) -> Any:
-        """The compiled kernels' scaled forward (see :func:`.fused.scaled_product`), or None."""
-        if self.bias is not None:
-            return None
-        out = fused.units_scaled_product(self, x, scale, table)
-        if out is None:
-            out = fused.scaled_product(x, self.weight, self.weight_bound, scale, table, self.weight64)
-        return out
+        return kernels.select().product(self, x)
 
     def scaled_forward(self, x: Any, scale: int) -> Any:
         """``nitro_scale(self.forward(x), scale)``: the int8 output of Linear -> scaling."""
-        out = self._fused_scaled_forward(x, scale)
-        return nitro_scale(self.forward(x), scale) if out is None else out
+        return kernels.select().scaled_forward(self, x, scale)
 
     def scaled_activated_forward(self, x: Any, scale: int, activation: Any) -> tuple[Any, Any]:
         """``(s, activation.forward(s))`` for ``s = self.scaled_forward(x, scale)``."""
         if isinstance(activation, TabulatedActivation):
-            out = self._fused_scaled_forward(x, scale, activation.forward_table)
-            if out is not None:
-                return out
-        pre_activation = nitro_scale(self.forward(x), scale)  # the kernels declined: NumPy path
+            table, _ = activation.tables(array_namespace(x))
+            return kernels.select().scaled_forward(self, x, scale, table)
+        pre_activation = self.scaled_forward(x, scale)
         return pre_activation, activation.forward(pre_activation)
 
-    def weight_grad_bound(self, delta: Any, x: Any, delta_bound: int | None = None,
-                          column_l1: int | None = None) -> int:
-        """A bound of ``sum_i |delta[i, j] * x[i, k]|``, hence of ``max|G|``, without forming G.
-
-        ``|G[j, k]| <= max|x| * sum_i |delta[i, j]|``: the largest column L1 norm of ``delta``
-        (one pass over the small ``(batch, out)`` delta, unless the caller has it as
-        ``column_l1``) bounds G about ten times tighter than ``max|delta| * max|x| * batch``
-        does, which keeps G, and the whole update, in int32. A caller that knows
-        ``max|delta| <= delta_bound`` (a head's error) skips that pass whenever the factor
-        bound already keeps G in int32.
-        """
-        x_bound = dtype_bound(x)
-        if column_l1 is not None:
-            return x_bound * column_l1
-        if delta_bound is not None and x_bound * delta_bound * delta.shape[0] <= INT32_MAX:
-            return x_bound * delta_bound * delta.shape[0]
-        xp = array_namespace(delta)
-        column_l1 = int(abs(delta.astype(xp.int64)).sum(axis=0).max()) if delta.size else 0
-        return x_bound * column_l1
-
     def weight_grad(self, delta: Any, x: Any, delta_bound: int | None = None) -> tuple[Any, int]:
-        """``G = delta.T @ x`` and a bound of ``max|G|`` (no pass over G)."""
-        bound = self.weight_grad_bound(delta, x, delta_bound)
+        """``G = delta.T @ x`` and a bound of ``max|G|`` (no pass over G; see
+        :func:`.kernels.weight_grad_bound`)."""
+        bound = weight_grad_bound(delta, x, delta_bound)
         return exact_matmul(delta.T, x, sum_bound=bound), bound
 
     def input_grad(self, delta: Any, delta_bound: int | None = None) -> Any:
         """``delta @ W``: the gradient with respect to the layer's input."""
-        return exact_matmul(delta, self.weight, delta_bound, self.weight_bound, b_float64=self.weight64)
+        return kernels.select().input_grad(self, delta, delta_bound)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, **dict.fromkeys(self.CACHES)}  # caches: not pickled, not copied
+        return {**self.__dict__, "kernel_cache": None}  # caches: not pickled, not copied
+
+    #: attributes the layer recomputes; older files also hold the caches' former names
+    DERIVED = ("weight_bound", "bias_bound", "kernel_cache", "weight64", "weight_pairs", "weight_units",
+               "input_units")
 
     def __setstate__(self, state: dict) -> None:
         # a model file sets the weights only: bounds and caches are recomputed (see .state)
         state = checked_state(state, "IntegerLinear", ("in_features", "out_features", "weight", "bias"),
-                              derived=("weight_bound", "bias_bound", *self.CACHES))
+                              derived=self.DERIVED)
         n_in = check_int(state["in_features"], "IntegerLinear.in_features", 1, 2**31 - 1)
         n_out = check_int(state["out_features"], "IntegerLinear.out_features", 1, 2**31 - 1)
         self.in_features, self.out_features = n_in, n_out
@@ -126,11 +100,6 @@ class IntegerLinear:
         bias = state["bias"]
         self.bias = None if bias is None else check_array(bias, "IntegerLinear.bias", np.int32, (n_out,))
         self.refresh_bounds()
-
-
-def nitro_scale(z: Any, scale_factor: int) -> Any:
-    """NITRO scaling: ``clip(tdiv(z, SF), -127, 127)`` as int8; its backward is the identity."""
-    return to_int8(tdiv(z, scale_factor))
 
 
 def scale_factor(scale_bits: int, fan_in: int) -> int:
@@ -170,7 +139,8 @@ class TabulatedActivation:
     def gradient_divisor(self, s: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _tables(self, xp: Any) -> tuple[Any, Any]:
+    def tables(self, xp: Any) -> tuple[Any, Any]:
+        """The forward table and backward multipliers as arrays of ``xp`` (numpy or cupy)."""
         if xp is np:
             return self.forward_table, self.backward_multiplier
         if xp not in self._device_tables:
@@ -181,7 +151,7 @@ class TabulatedActivation:
         if s.dtype != np.int8:  # wider input (not from NITRO scaling): apply the rule itself
             return self.formula(s.astype(np.int64)).astype(np.int8)
         xp = array_namespace(s)
-        table, _ = self._tables(xp)
+        table, _ = self.tables(xp)
         return xp.take(table, s.view(np.uint8))  # take: twice as fast as table[index]
 
     def backward(self, delta: Any, s: Any) -> Any:
@@ -193,15 +163,8 @@ class TabulatedActivation:
         if s.dtype != np.int8:
             divisor = self.gradient_divisor(s.astype(np.int64))
             return np.where(divisor > 0, tdiv(delta, np.maximum(divisor, 1)), 0), None
-        xp = array_namespace(delta)
-        _, multiplier = self._tables(xp)
-        out = fused.activation_backward(delta, s, multiplier, self.backward_divisor)
-        if out is not None:
-            return out
-        # int32 arithmetic when the product provably fits (half the memory traffic), else int64
-        if delta.dtype.itemsize > 4 or abs_max(delta) * self.backward_divisor > INT32_MAX:
-            delta = delta.astype(np.int64)
-        return tdiv(delta * xp.take(multiplier, s.view(np.uint8)), self.backward_divisor), None
+        _, multiplier = self.tables(array_namespace(delta))
+        return kernels.select().activation_backward(delta, s, multiplier, self.backward_divisor)
 
     #: the constructor's arguments: the only state restored from a model file
     ARGUMENTS: tuple[str, ...] = ()

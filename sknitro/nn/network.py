@@ -183,8 +183,7 @@ class IntegerNetwork:
         """Drop the compiled kernels' copies of the weights and inputs (they live for one
         epoch, or one call of :meth:`predict_scores`)."""
         for layer in self.layers():
-            if hasattr(layer, "drop_copies"):
-                layer.drop_copies()
+            layer.drop_copies()
 
     def get_weights(self) -> list[np.ndarray]:
         """Host copies of every weight (and bias) array, in ``layers()`` order."""
@@ -221,6 +220,7 @@ class IntegerNetwork:
         # generically, and a GPU array is never duplicated on the GPU.
         memo: dict[int, Any] = {}
         for layer in self.layers():
+            layer = getattr(layer, "linear", layer)  # a conv layer's weights live in its linear
             for array in (layer.weight, layer.bias):
                 if array is not None:
                     host = to_host(array)

@@ -5,39 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..backend import abs_max
-from . import fused
-from .functional import tdiv
-from .layers import INT32_MAX, IntegerLinear
-
-
-def updated_bound(param_bound: int, grad_bound: int, divisor: int, decay_inv: int) -> int:
-    """A bound of ``max|param|`` after an IntegerSGD update; OverflowError past int32."""
-    decays = decay_inv > 0 and param_bound >= decay_inv
-    worst = param_bound + grad_bound // divisor + (param_bound // decay_inv if decays else 0)
-    if worst > INT32_MAX:
-        raise OverflowError(
-            f"an int32 weight could overflow after this update (bound {worst}); lower the learning "
-            "rate (raise lr_inv or lower lr_amp) or strengthen weight decay (lower *_decay_inv)"
-        )
-    return worst
-
-
-def integer_sgd_step(param: Any, grad: Any, grad_bound: int, param_bound: int,
-                     divisor: int, decay_inv: int) -> int:
-    """In place ``param -= tdiv(grad, divisor) + tdiv(param, decay_inv)``; returns ``max|param|``.
-
-    The decay term is skipped when ``decay_inv == 0`` and whenever ``max|param| < decay_inv``,
-    where ``tdiv(param, decay_inv)`` is zero everywhere anyway.
-    """
-    updated_bound(param_bound, grad_bound, divisor, decay_inv)  # raises past int32
-    decays = decay_inv > 0 and param_bound >= decay_inv
-    # past every |G| the quotient is 0 everywhere (and the divisor may not fit int64)
-    update = tdiv(grad, divisor) if divisor <= grad_bound else 0
-    if decays:
-        update = update + tdiv(param, decay_inv)
-    param -= update  # int64 -> int32 in place: the bound above proves it fits
-    return abs_max(param)
+from . import kernels
+from .kernels import integer_sgd_step, updated_bound  # noqa: F401  (the rule's reference, in .kernels)
+from .layers import IntegerLinear
 
 
 class IntegerSGD:
@@ -59,23 +29,7 @@ class IntegerSGD:
         ``delta_bound``, when the caller knows one, bounds ``max|delta|``, and ``column_l1``
         is ``max_j sum_i |delta[i, j]|`` (dense layers; see ``weight_grad_bound``).
         """
-        divisor = self.lr_inv * amp
-        dense = isinstance(layer, IntegerLinear)
-        if dense and layer.bias is None and fused.active(layer.weight):
-            grad_bound = layer.weight_grad_bound(delta, x, delta_bound, column_l1)
-            updated_bound(layer.weight_bound, grad_bound, divisor, decay_inv)  # raises past int32
-            if fused.units_sgd_update(layer, delta, x, grad_bound, divisor, decay_inv) \
-                    or fused.sgd_update(layer, delta, x, grad_bound, divisor, decay_inv):
-                return
-        if dense:
-            layer.drop_copies()  # the in-place update below would leave the copies stale
-        grad, grad_bound = layer.weight_grad(delta, x, delta_bound) if dense else layer.weight_grad(delta, x)
-        layer.weight_bound = integer_sgd_step(layer.weight, grad, grad_bound, layer.weight_bound,
-                                              divisor, decay_inv)
-        if layer.bias is not None:
-            bias_grad = delta.sum(axis=0)
-            layer.bias_bound = integer_sgd_step(layer.bias, bias_grad, abs_max(bias_grad),
-                                                layer.bias_bound, divisor, decay_inv)
+        kernels.select().sgd_update(layer, delta, x, self.lr_inv * amp, decay_inv, delta_bound, column_l1)
 
 
 @dataclass

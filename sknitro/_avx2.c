@@ -1,0 +1,257 @@
+/*
+ * sknitro/_avx2.c: the pair products of _pairs.h on AVX2: VPMADDWD multiplies the int16
+ * pairs of 8 int32 lanes and adds each pair's two products, VPADDD accumulates -- the same
+ * integers as VNNI's VPDPWSSD, in two instructions on 8 lanes instead of one on 16.
+ * AVX2 has 16 vector registers (AVX-512: 32), so the tiles are half the VNNI ones: 2 x 4
+ * dot products in the forward, 4 rows x 16 columns of G in the update. Compiled for AVX2
+ * only; avx2_kernels.supported() says whether the CPU runs them.
+ */
+#include "_pairs.h"
+
+#include <stdlib.h>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define HAVE_AVX2_BUILD 1
+#include <immintrin.h>
+#define AVX2_TARGET __attribute__((target("avx2")))
+#else
+#define HAVE_AVX2_BUILD 0
+#endif
+
+#if HAVE_AVX2_BUILD
+
+static int avx2_supported(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+
+/* acc += pairwise products of a and b (VPMADDWD, VPADDD). */
+#define MADD(acc, a, b) acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+
+/* The first `left` lanes (all for left >= 8), as a mask of VPMASKMOVD. */
+AVX2_TARGET static inline __m256i lanes_mask(ptrdiff_t left)
+{
+    int count = left >= 8 ? 8 : (left <= 0 ? 0 : (int)left);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* 8 vectors -> one vector of their horizontal sums: lane i is the sum of v[i]'s lanes. */
+AVX2_TARGET static inline __m256i horizontal_sums(const __m256i v[8])
+{
+    __m256i s0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    __m256i s4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s0123, s4567, 0x20),
+                            _mm256_permute2x128_si256(s0123, s4567, 0x31));
+}
+
+#define PRODUCT_ROW_BLOCK 8 /* rows of x per sweep over w: they stay in L1 */
+
+/* The 8 dot products of rows x[0..1] and w[0..3] over units [start, end), in int32 lanes
+ * (sums[4 r + c] for x[r] . w[c]); the accumulators stay in registers. */
+AVX2_TARGET __attribute__((noinline)) static void dot_2x4(const int32_t *const x[2], const int32_t *const w[4],
+                                                          ptrdiff_t start, ptrdiff_t end, __m256i *sums)
+{
+    const int32_t *x0 = x[0], *x1 = x[1], *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+#define DOT_STEP(LOAD)                                                                             \
+    do {                                                                                           \
+        __m256i W0 = LOAD(w0 + o), W1 = LOAD(w1 + o), W2 = LOAD(w2 + o), W3 = LOAD(w3 + o);       \
+        __m256i X = LOAD(x0 + o);                                                                  \
+        MADD(a0, X, W0); MADD(a1, X, W1); MADD(a2, X, W2); MADD(a3, X, W3);                       \
+        X = LOAD(x1 + o);                                                                          \
+        MADD(b0, X, W0); MADD(b1, X, W1); MADD(b2, X, W2); MADD(b3, X, W3);                       \
+    } while (0)
+#define LOAD_WHOLE(p) _mm256_loadu_si256((const __m256i *)(p))
+#define LOAD_MASKED(p) _mm256_maskload_epi32((const int *)(p), mask)
+    ptrdiff_t o = start;
+    for (; o + 8 <= end; o += 8)
+        DOT_STEP(LOAD_WHOLE);
+    if (o < end) {
+        __m256i mask = lanes_mask(end - o);
+        DOT_STEP(LOAD_MASKED);
+    }
+#undef DOT_STEP
+    sums[0] = a0, sums[1] = a1, sums[2] = a2, sums[3] = a3, sums[4] = b0, sums[5] = b1, sums[6] = b2, sums[7] = b3;
+}
+
+/* One 2 x 4 tile of z: rows i0.. of x against rows j0.. of w (see vnni.c's product_tile). */
+AVX2_TARGET static void product_tile(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
+                                     ptrdiff_t n, ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0,
+                                     const int8_t *x, const outliers_t *outliers, const ptrdiff_t *row_start)
+{
+    const int32_t *const xs[2] = {x_units + clamp_row(i0, m) * k, x_units + clamp_row(i0 + 1, m) * k};
+    const int32_t *const ws[4] = {w_units + clamp_row(j0, n) * k, w_units + clamp_row(j0 + 1, n) * k,
+                                  w_units + clamp_row(j0 + 2, n) * k, w_units + clamp_row(j0 + 3, n) * k};
+    __m256i total_low = _mm256_setzero_si256(), total_high = total_low; /* int64 sums of lanes 0-3, 4-7 */
+    __m256i lanes[8];
+    for (ptrdiff_t start = 0; start < k; start += chunk) {
+        dot_2x4(xs, ws, start, start + chunk < k ? start + chunk : k, lanes);
+        __m256i sums = horizontal_sums(lanes); /* lane 4 r + c: z[i0 + r, j0 + c] over this chunk */
+        total_low = _mm256_add_epi64(total_low, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(sums)));
+        total_high = _mm256_add_epi64(total_high, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(sums, 1)));
+    }
+    int64_t totals[8];
+    _mm256_storeu_si256((__m256i *)totals, total_low);
+    _mm256_storeu_si256((__m256i *)(totals + 4), total_high);
+    if (row_start && row_start[j0] < row_start[j0 + 4 < n ? j0 + 4 : n])
+        pairs_add_outliers(totals, 2, x, k * 2, outliers, row_start, m, n, i0, j0);
+    for (int r = 0; r < 2 && i0 + r < m; r++)
+        for (int c = 0; c < 4 && j0 + c < n; c++)
+            z[(i0 + r) * n + j0 + c] = saturate_int32(totals[4 * r + c]);
+}
+
+AVX2_TARGET static int avx2_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
+                                    ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
+                                    const outliers_t *outliers)
+{
+    int failed;
+    ptrdiff_t *row_start = pairs_outlier_rows(outliers, n, units * 2, &failed);
+    if (failed)
+        return -1;
+    ptrdiff_t blocks = (m + PRODUCT_ROW_BLOCK - 1) / PRODUCT_ROW_BLOCK;
+#pragma omp parallel for schedule(static) if ((int64_t)m * n * units >= PARALLEL_WORK)
+    for (ptrdiff_t block = 0; block < blocks; block++)
+        for (ptrdiff_t j0 = 0; j0 < n; j0 += 4)
+            for (ptrdiff_t i0 = block * PRODUCT_ROW_BLOCK; i0 < m && i0 < (block + 1) * PRODUCT_ROW_BLOCK; i0 += 2)
+                product_tile(x_units, w_units, z, m, n, units, chunk, i0, j0, x, outliers, row_start);
+    free(row_start);
+    return 0;
+}
+
+/* tdiv(v, d) in each lane for |v| < 2**31 (tdiv32 of _rules.h): the multiply and shift on
+ * the even and the odd lanes in turn (VPMULUDQ multiplies the low halves of 64-bit lanes). */
+AVX2_TARGET static inline __m256i tdiv_lanes(__m256i v, divisor_t d)
+{
+    const __m256i multiplier = _mm256_set1_epi64x(d.multiplier);
+    const __m128i shift = _mm_cvtsi32_si128(d.shift);
+    __m256i magnitude = _mm256_abs_epi32(v);
+    __m256i even = _mm256_srl_epi64(_mm256_mul_epu32(magnitude, multiplier), shift);
+    __m256i odd = _mm256_srl_epi64(_mm256_mul_epu32(_mm256_srli_epi64(magnitude, 32), multiplier), shift);
+    __m256i quotient = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+    return _mm256_sign_epi32(quotient, v); /* -q where v < 0 (and q = 0 where v = 0) */
+}
+
+#define UPDATE_COLUMNS 16 /* columns of w per tile: x's units for them stay in L1 */
+
+/* sgd_rule on the first `count` of 8 columns of w from flat index `at`, with gradient g; writes
+ * the new values' split units, or their pair form and outliers; returns the lanes' |w|. */
+AVX2_TARGET static inline __m256i update_lanes(int32_t *w, int32_t *w_units, int16_t *w_pairs,
+                                               outliers_t *outliers, ptrdiff_t at, ptrdiff_t count, __m256i g,
+                                               divisor_t lr, int decays, divisor_t decay)
+{
+    __m256i mask = lanes_mask(count);
+    __m256i old = _mm256_maskload_epi32((const int *)(w + at), mask);
+    __m256i step = tdiv_lanes(g, lr);
+    if (decays)
+        step = _mm256_add_epi32(step, tdiv_lanes(old, decay));
+    __m256i updated = _mm256_sub_epi32(old, step);
+    _mm256_maskstore_epi32((int *)(w + at), mask, updated);
+    if (w_units) {
+        __m256i units = _mm256_or_si256(_mm256_and_si256(updated, _mm256_set1_epi32(0xFF)),
+                                        _mm256_slli_epi32(_mm256_srai_epi32(updated, 8), 16));
+        _mm256_maskstore_epi32((int *)(w_units + at), mask, units);
+    } else {
+        /* saturate to int16 (VPACKSSDW packs within 128-bit halves: gather the two halves) */
+        __m128i pairs = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(updated, updated), 0x08));
+        if (count >= 8) {
+            _mm_storeu_si128((__m128i *)(w_pairs + at), pairs);
+        } else {
+            int16_t values[8];
+            _mm_storeu_si128((__m128i *)values, pairs);
+            for (ptrdiff_t lane = 0; lane < count; lane++)
+                w_pairs[at + lane] = values[lane];
+        }
+        __m256i kept = _mm256_cmpeq_epi32(updated, _mm256_cvtepi16_epi32(pairs));
+        int cut = ~_mm256_movemask_ps(_mm256_castsi256_ps(kept)) & _mm256_movemask_ps(_mm256_castsi256_ps(mask));
+        if (cut) { /* rare: a weight past int16 */
+            int32_t values[8];
+            _mm256_storeu_si256((__m256i *)values, updated);
+            for (int lane = 0; lane < 8; lane++)
+                if (cut >> lane & 1)
+                    pairs_add_outlier(outliers, at + lane, values[lane]);
+        }
+    }
+    return _mm256_and_si256(_mm256_abs_epi32(updated), mask);
+}
+
+/* The update of columns [k0, k0 + UPDATE_COLUMNS) of w; returns their largest |w|. */
+AVX2_TARGET static int64_t update_tile(const int32_t *delta_units, const int32_t *x_units, int32_t *w,
+                                       int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
+                                       ptrdiff_t batch, ptrdiff_t k, ptrdiff_t k0, divisor_t lr, int decays,
+                                       divisor_t decay)
+{
+    __m256i largest = _mm256_setzero_si256();
+    ptrdiff_t columns[2] = {k - k0, k - k0 - 8};
+    __m256i mask0 = lanes_mask(columns[0]), mask1 = lanes_mask(columns[1]);
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
+        const int32_t *e0 = delta_units + clamp_row(j0, n) * batch, *e1 = delta_units + clamp_row(j0 + 1, n) * batch,
+                      *e2 = delta_units + clamp_row(j0 + 2, n) * batch, *e3 = delta_units + clamp_row(j0 + 3, n) * batch;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0;
+        const int32_t *x = x_units + k0;
+        for (ptrdiff_t b = 0; b < batch; b++, x += k) {
+            __m256i X0 = _mm256_maskload_epi32((const int *)x, mask0);
+            __m256i X1 = _mm256_maskload_epi32((const int *)(x + 8), mask1);
+            __m256i E = _mm256_set1_epi32(e0[b]);
+            MADD(a0, E, X0); MADD(a1, E, X1);
+            E = _mm256_set1_epi32(e1[b]);
+            MADD(b0, E, X0); MADD(b1, E, X1);
+            E = _mm256_set1_epi32(e2[b]);
+            MADD(c0, E, X0); MADD(c1, E, X1);
+            E = _mm256_set1_epi32(e3[b]);
+            MADD(d0, E, X0); MADD(d1, E, X1);
+        }
+        const __m256i grads[4][2] = {{a0, a1}, {b0, b1}, {c0, c1}, {d0, d1}};
+        for (int r = 0; r < 4 && j0 + r < n; r++)
+            for (int c = 0; c < 2 && columns[c] > 0; c++) {
+                ptrdiff_t at = (j0 + r) * k + k0 + 8 * c;
+                largest = _mm256_max_epu32(largest, update_lanes(w, w_units, w_pairs, outliers, at, columns[c],
+                                                                 grads[r][c], lr, decays, decay));
+            }
+    }
+    uint32_t lanes[8], top = 0;
+    _mm256_storeu_si256((__m256i *)lanes, largest);
+    for (int lane = 0; lane < 8; lane++)
+        top = lanes[lane] > top ? lanes[lane] : top;
+    return (int64_t)top;
+}
+
+AVX2_TARGET static int64_t avx2_sgd_update(const int32_t *delta, const int32_t *x_units, int32_t *w,
+                                           int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
+                                           ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
+{
+    /* delta^T as split units: row j holds column j of delta, the broadcast operand */
+    int32_t *delta_units = malloc((size_t)(n * batch) * sizeof(int32_t) + 1);
+    if (!delta_units)
+        return -1;
+    for (ptrdiff_t b = 0; b < batch; b++)
+        for (ptrdiff_t j = 0; j < n; j++)
+            delta_units[j * batch + b] = split_unit(delta[b * n + j]);
+    if (!w_units)
+        outliers->count = 0;
+    int64_t largest = 0;
+    ptrdiff_t tiles = (k + UPDATE_COLUMNS - 1) / UPDATE_COLUMNS;
+#pragma omp parallel for schedule(static) reduction(max : largest) if ((int64_t)n * batch * k >= PARALLEL_WORK)
+    for (ptrdiff_t tile = 0; tile < tiles; tile++) {
+        int64_t tile_largest = update_tile(delta_units, x_units, w, w_units, w_pairs, outliers, n, batch, k,
+                                           tile * UPDATE_COLUMNS, lr, decays, decay);
+        largest = tile_largest > largest ? tile_largest : largest;
+    }
+    free(delta_units);
+    if (!w_units)
+        pairs_sort_outliers(outliers);
+    return largest;
+}
+
+const pair_kernels_t avx2_kernels = {"avx2", avx2_supported, avx2_product, avx2_sgd_update};
+
+#else /* no AVX2 build: the kernels say the CPU cannot run them, and are never called */
+
+static int avx2_unsupported(void)
+{
+    return 0;
+}
+
+const pair_kernels_t avx2_kernels = {"avx2", avx2_unsupported, NULL, NULL};
+
+#endif

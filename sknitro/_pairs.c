@@ -1,0 +1,98 @@
+/*
+ * sknitro/_pairs.c: the portable, scalar side of the pair products (see _pairs.h): the unit
+ * and pair forms of the operands, and the outlier lists of a weight's pair form.
+ */
+#include "_pairs.h"
+
+#include <stdlib.h>
+
+int64_t pairs_input_units(const int8_t *x, int32_t *units, int16_t *pairs, ptrdiff_t rows, ptrdiff_t cols)
+{
+    int64_t largest = 0;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        int64_t l1 = 0;
+        for (ptrdiff_t k = 0; k < cols; k++) {
+            units[i * cols + k] = input_unit(x[i * cols + k]);
+            l1 += magnitude64(x[i * cols + k]);
+        }
+        if (pairs)
+            for (ptrdiff_t k = 0; k < cols; k++)
+                pairs[i * cols + k] = x[i * cols + k];
+        largest = l1 > largest ? l1 : largest;
+    }
+    return largest;
+}
+
+void pairs_split_units(const int32_t *a, int32_t *units, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        units[i] = split_unit(a[i]);
+}
+
+void pairs_add_outlier(outliers_t *outliers, ptrdiff_t index, int32_t v)
+{
+    /* rare (weights past 2**15), and found by several threads at once during an update */
+#pragma omp critical(sknitro_outliers)
+    {
+        if (outliers->count < outliers->capacity) {
+            outliers->index[outliers->count] = (int32_t)index;
+            outliers->residual[outliers->count] = v - saturate_int16(v);
+        }
+        outliers->count++;
+    }
+}
+
+void pairs_pair_form(const int32_t *a, int16_t *pairs, ptrdiff_t n, ptrdiff_t k, outliers_t *outliers)
+{
+    outliers->count = 0;
+    for (ptrdiff_t i = 0; i < n * k; i++) {
+        pairs[i] = saturate_int16(a[i]);
+        if (pairs[i] != a[i])
+            pairs_add_outlier(outliers, i, a[i]);
+    }
+}
+
+void pairs_sort_outliers(outliers_t *outliers)
+{
+    ptrdiff_t count = outliers->count < outliers->capacity ? outliers->count : outliers->capacity;
+    for (ptrdiff_t i = 1; i < count; i++) { /* insertion sort: the list is short */
+        int32_t index = outliers->index[i], residual = outliers->residual[i];
+        ptrdiff_t j = i;
+        for (; j > 0 && outliers->index[j - 1] > index; j--) {
+            outliers->index[j] = outliers->index[j - 1];
+            outliers->residual[j] = outliers->residual[j - 1];
+        }
+        outliers->index[j] = index;
+        outliers->residual[j] = residual;
+    }
+}
+
+ptrdiff_t *pairs_outlier_rows(const outliers_t *outliers, ptrdiff_t n, ptrdiff_t k, int *failed)
+{
+    *failed = 0;
+    if (!outliers || outliers->count == 0)
+        return NULL;
+    ptrdiff_t *row_start = calloc((size_t)(n + 1), sizeof(ptrdiff_t));
+    if (!row_start) {
+        *failed = 1;
+        return NULL;
+    }
+    ptrdiff_t count = outliers->count < outliers->capacity ? outliers->count : outliers->capacity;
+    for (ptrdiff_t o = 0; o < count; o++)
+        row_start[outliers->index[o] / k + 1]++;
+    for (ptrdiff_t j = 0; j < n; j++)
+        row_start[j + 1] += row_start[j];
+    return row_start;
+}
+
+void pairs_add_outliers(int64_t *totals, int tile_rows, const int8_t *x, ptrdiff_t k,
+                        const outliers_t *outliers, const ptrdiff_t *row_start, ptrdiff_t m, ptrdiff_t n,
+                        ptrdiff_t i0, ptrdiff_t j0)
+{
+    ptrdiff_t end = row_start[j0 + 4 < n ? j0 + 4 : n];
+    for (ptrdiff_t o = row_start[j0]; o < end; o++) {
+        ptrdiff_t column = outliers->index[o] % k, c = outliers->index[o] / k - j0;
+        for (ptrdiff_t r = 0; r < tile_rows && i0 + r < m; r++)
+            totals[4 * r + c] += (int64_t)x[(i0 + r) * k + column] * outliers->residual[o];
+    }
+}

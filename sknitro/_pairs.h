@@ -1,0 +1,117 @@
+/*
+ * sknitro/_pairs.h: exact integer products of the dense and conv layers on int16 pair
+ * instructions -- AVX2 (_avx2.c: VPMADDWD + VPADDD) and AVX-512 VNNI (_vnni.c: VPDPWSSD) --
+ * and the scalar code both share (_pairs.c).
+ *
+ * Both instructions multiply pairs of int16 and add both products to an int32 lane:
+ *   acc += a0 * b0 + a1 * b1
+ * (VPDPWSSD in one instruction, VPMADDWD then VPADDD in two; both wrap modulo 2**32, and
+ * VPMADDWD's one overflowing case, all four operands -32768, never occurs in the forms
+ * below). So the two ISAs compute the same integers, and the callers' proofs
+ * (sknitro/nn/kernels.py) hold for both.
+ *
+ * The forward product takes x (int8) and the weights as plain int16, two products per lane:
+ * the weights' "pair form" saturates them to int16, and the few past it (their "outliers")
+ * are added back from a list, in int64. The weight gradient's delta is wider (it reaches
+ * 2**19), so each of its integers travels as a "unit", a pair of int16 that the instruction
+ * recombines (see _rules.h):
+ *   input units   (x, 256 x)            for int8 x
+ *   split units   (a & 255, a >> 8)     for |a| < 2**23
+ * and (x, 256 x) . (a & 255, a >> 8) = x * a exactly, one product per lane. (The forward
+ * falls back to split units of W when the pair form has too many outliers, or x an odd
+ * width.) A sum is exact whenever its true value fits int32; the caller proves that.
+ *
+ * The kernels use the OpenMP threads the user allows (OMP_NUM_THREADS, threadpoolctl); each
+ * output integer is computed by one thread in one fixed order, so the results are the same
+ * for any number of threads.
+ */
+#ifndef SKNITRO_PAIRS_H
+#define SKNITRO_PAIRS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "_rules.h"
+
+/* Weights past int16 in a weight's pair form (which saturates them): the flat index of each
+ * (row * k + column, ascending) and what saturation cut off, w - clip(w, -32768, 32767).
+ * `count` may exceed `capacity`; the list then holds only the first `capacity`. */
+typedef struct {
+    int32_t *index;
+    int32_t *residual;
+    ptrdiff_t capacity;
+    ptrdiff_t count;
+} outliers_t;
+
+/* ---- _pairs.c: portable ------------------------------------------------------------- */
+
+/* units[i, k] = input_unit(x[i, k]) for int8 x of shape (rows, cols), and pairs[i, k] = x as
+ * int16 unless pairs is NULL; returns max_i sum_k |x[i, k]|. */
+int64_t pairs_input_units(const int8_t *x, int32_t *units, int16_t *pairs, ptrdiff_t rows, ptrdiff_t cols);
+
+/* units[i] = split_unit(a[i]) for |a| < 2**23. */
+void pairs_split_units(const int32_t *a, int32_t *units, ptrdiff_t n);
+
+/* pairs = a saturated to int16, and the outliers of a (n, k) matrix a. */
+void pairs_pair_form(const int32_t *a, int16_t *pairs, ptrdiff_t n, ptrdiff_t k, outliers_t *outliers);
+
+/* Records the outlier of value v (past int16) at flat index `index` (thread-safe). */
+void pairs_add_outlier(outliers_t *outliers, ptrdiff_t index, int32_t v);
+
+/* Sorts the recorded outliers by index (an update finds them in tile order). */
+void pairs_sort_outliers(outliers_t *outliers);
+
+/* The outliers of row j of an (n, k) matrix: [row_start[j], row_start[j + 1]); a calloc'ed
+ * array of n + 1 (the caller frees it), or NULL when there are none (*failed: out of memory). */
+ptrdiff_t *pairs_outlier_rows(const outliers_t *outliers, ptrdiff_t n, ptrdiff_t k, int *failed);
+
+/* What the pair form of w cut off, added to a tile's int64 totals: totals[4 r + c] is
+ * z[i0 + r, j0 + c] for r < tile_rows and c < 4; x is int8 (m, k). */
+void pairs_add_outliers(int64_t *totals, int tile_rows, const int8_t *x, ptrdiff_t k,
+                        const outliers_t *outliers, const ptrdiff_t *row_start, ptrdiff_t m, ptrdiff_t n,
+                        ptrdiff_t i0, ptrdiff_t j0);
+
+/* Saturates an int64 total to the int32 range (a product's z). */
+static inline int32_t saturate_int32(int64_t v)
+{
+    return (int32_t)(v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : v));
+}
+
+/* Row r of a matrix with `count` rows, the last row standing in for those past the end (the
+ * edge tiles compute them and drop the result). */
+static inline ptrdiff_t clamp_row(ptrdiff_t r, ptrdiff_t count)
+{
+    return r < count ? r : count - 1;
+}
+
+/* ---- one ISA's kernels (_avx2.c, _vnni.c) -------------------------------------------- */
+
+typedef struct {
+    const char *name;
+
+    /* 1 when this CPU runs the kernels, else 0. */
+    int (*supported)(void);
+
+    /* z[i, j] = sum_k x[i, k] * w[j, k] saturated to the int32 range, from x (m, k) and w
+     * (n, k) both as rows of `units` int32 units: input units and split units (one integer
+     * each), or int16 pairs (two each; then `outliers`, with x itself, add back what w's pair
+     * form cut off; else NULL). Exact (before saturation) when every partial sum over `chunk`
+     * consecutive units fits int32; the chunks add up in int64. -1 when out of memory, else 0. */
+    int (*product)(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
+                   ptrdiff_t units, ptrdiff_t chunk, const int8_t *x, const outliers_t *outliers);
+
+    /* IntegerSGD on w (n, k) with G = delta^T x, delta int32 (batch, n) with |delta| < 2**23
+     * and x given as input units (batch, k): w = sgd_rule(w, G). Writes the new w's split units
+     * to w_units, or (w_units NULL) its pair form to w_pairs and its outliers. Exact when every
+     * true |G| < 2**31; returns max|w|, or -1 when out of memory. */
+    int64_t (*sgd_update)(const int32_t *delta, const int32_t *x_units, int32_t *w, int32_t *w_units,
+                          int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
+                          divisor_t lr, int decays, divisor_t decay);
+} pair_kernels_t;
+
+extern const pair_kernels_t avx2_kernels, vnni_kernels;
+
+/* Products of at least this many int16 pairs run on several threads (smaller ones: one). */
+#define PARALLEL_WORK ((int64_t)1 << 20)
+
+#endif

@@ -1,0 +1,96 @@
+/*
+ * sknitro/_rules.h: the elementwise integer rules of the engine, written once in C.
+ *
+ * The NumPy engine (sknitro/nn/functional.py, layers.py, optim.py) is the readable reference;
+ * every C loop of the extension -- the portable kernels of _fused.c, the scalar parts of the
+ * pair products (_pairs.c) and the AVX2 and VNNI kernels -- uses these functions, and the
+ * vector code of _avx2.c and _vnni.c computes the same rules lane by lane (the tests hold
+ * every kernel to the NumPy reference, integer for integer). Plain C99 with 64-bit integers:
+ * the aarch64 test (tests/c/test_rules.c) builds it for another architecture too.
+ *
+ * Truncated division by a run-time constant is a multiply and a shift (Granlund and
+ * Montgomery, 1994): for 0 <= n < 2**31 and 1 <= d < 2**31, with l = ceil(log2 d) and
+ * m = ceil(2**(31 + l) / d), floor(n / d) == (n * m) >> (31 + l). Compilers vectorize that;
+ * they cannot vectorize a division instruction.
+ */
+#ifndef SKNITRO_RULES_H
+#define SKNITRO_RULES_H
+
+#include <stdint.h>
+
+/* The multiply-and-shift form of a divisor d in [1, 2**31). */
+typedef struct {
+    uint32_t multiplier; /* < 2**32 for every d < 2**31 */
+    int shift;
+} divisor_t;
+
+/* The magic multiplier of d, 1 <= d < 2**31: m = ceil(2**(31 + l) / d) by long division in
+ * 64 bits (2**(31 + l) < 2**62). */
+static inline divisor_t make_divisor(int64_t d)
+{
+    int l = 0;
+    while (((int64_t)1 << l) < d)
+        l++;
+    uint64_t numerator = (uint64_t)1 << (31 + l);
+    divisor_t out;
+    out.multiplier = (uint32_t)((numerator + (uint64_t)d - 1) / (uint64_t)d);
+    out.shift = 31 + l;
+    return out;
+}
+
+/* tdiv(n, d) for |n| < 2**31, rounding toward zero (functional.tdiv). */
+static inline int32_t tdiv32(int32_t n, divisor_t d)
+{
+    uint32_t magnitude = (uint32_t)(n < 0 ? -(int64_t)n : n);
+    int32_t q = (int32_t)(((uint64_t)magnitude * d.multiplier) >> d.shift);
+    return n < 0 ? -q : q;
+}
+
+/* The int8 clip of NITRO scaling and of every activation: [-127, 127] (functional.to_int8). */
+static inline int8_t clip_int8(int32_t q)
+{
+    return (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
+}
+
+/* NITRO scaling of an exact int32 pre-activation z (layers.nitro_scale). */
+static inline int8_t nitro_scale32(int32_t z, divisor_t scale)
+{
+    return clip_int8(tdiv32(z, scale));
+}
+
+/* IntegerSGD on one weight (optim.integer_sgd_step): w - tdiv(g, lr) - tdiv(w, decay), with
+ * the decay term only when `decays`. |g| < 2**31; the caller proves the result fits int32. */
+static inline int64_t sgd_rule(int32_t w, int32_t g, divisor_t lr, int decays, divisor_t decay)
+{
+    int64_t step = tdiv32(g, lr);
+    if (decays)
+        step += tdiv32(w, decay);
+    return (int64_t)w - step;
+}
+
+static inline int64_t magnitude64(int64_t v)
+{
+    return v < 0 ? -v : v;
+}
+
+/* ---- the int16 pair forms of the pair products (_pairs.c, _avx2.c, _vnni.c) ------------- */
+
+static inline int16_t saturate_int16(int32_t v)
+{
+    return (int16_t)(v > 32767 ? 32767 : (v < -32768 ? -32768 : v));
+}
+
+/* The input unit (x, 256 x) of an int8 x, as one int32 (low half first). */
+static inline int32_t input_unit(int8_t x)
+{
+    return (int32_t)(((uint32_t)x & 0xFFFFu) | ((uint32_t)(x * 256) << 16));
+}
+
+/* The split unit (a & 255, a >> 8) of |a| < 2**23, as one int32: a pair of int16 whose
+ * pairwise product with an input unit is x * (a & 255) + 256 x * (a >> 8) = x * a. */
+static inline int32_t split_unit(int32_t a)
+{
+    return (int32_t)(((uint32_t)a & 0xFFu) | ((uint32_t)(a >> 8) << 16));
+}
+
+#endif

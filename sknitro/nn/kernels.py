@@ -1,0 +1,464 @@
+"""The kernels of the training step: one interface, one implementation per kind of CPU.
+
+Every integer operation of a step whose cost grows with the data goes through a
+:class:`NumpyKernels` object (the interface and the reference implementation):
+
+========================  ================================================================
+``product``               ``z = x @ W.T (+ b)`` of a layer, exact (algorithm.md §9)
+``input_grad``            ``delta @ W``
+``scaled_forward``        NITRO scaling of the product, and the activation's table lookup
+``activation_backward``   ``tdiv(delta * multiplier[s], D)``, and the bound it gives ``G``
+``sgd_update``            IntegerSGD on a layer with ``G = delta.T @ x`` (§5)
+``head_step``             a learning head's whole update (§4)
+``lookup_uint8``          the image encoder's table lookup
+========================  ================================================================
+
+The implementations, each a subclass of the one before, which it calls (``super()``)
+whenever its bounds do not prove an operation exact in its integer types:
+
+``"numpy"`` (:class:`NumpyKernels`)
+    The readable reference: NumPy (or CuPy) arithmetic, products on
+    :func:`~sknitro.backend.exact_matmul`. Runs everywhere, GPU included.
+``"c"`` (:class:`CompiledKernels`)
+    Products on float64 BLAS, proven exact, with everything around them fused into
+    portable C passes (``sknitro._fused``; the rules are written once, in ``_rules.h``).
+``"avx2"``, ``"vnni"`` (:class:`PairKernels`)
+    The dense and convolution products themselves on int16 pair instructions: AVX2's
+    ``VPMADDWD`` or AVX-512 VNNI's ``VPDPWSSD`` (``_pairs.h``).
+
+All give the same integers. :func:`select` returns the fastest this CPU runs, unless
+``config_context(kernels=...)`` pins one (``gemm="integer"`` or ``fused_kernels=False``
+pin ``"numpy"``).
+
+Each implementation owns what it keeps of a layer between calls (:class:`LayerCopies`, in
+the layer's ``kernel_cache`` slot: weight copies in the form the next product reads, and
+the last input in that form) and keeps it in step with every weight change it makes. Any
+other change of the weights goes through the layer's ``refresh_bounds``, which drops it.
+Inference from many threads at once is safe: a copy is built whole in new arrays before it
+is published, and each call reads the slot once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .._config import kernels_setting
+from ..backend import (FLOAT64_EXACT_LIMIT, INT32_LIMIT, abs_max, array_namespace, dtype_bound, exact_matmul,
+                       float64_product)
+from .functional import tdiv, to_int8
+
+try:
+    from .. import _fused as _compiled
+except ImportError:  # built without a C compiler: the NumPy kernels do the same work
+    _compiled = None
+
+ERROR_BOUND = 127 + 128  # |yhat - target| for int8 scores in [-127, 127] and int8 targets
+KERNEL_DIVISOR_LIMIT = 2**31  # divisors of the C kernels' 32-bit multiply-and-shift division
+UNITS_LIMIT = 2**23  # |a| < 2**23: a >> 8 fits the int16 half of a split unit
+PAIR_LIMIT = 2**15  # |w| <= 2**15 in a weight's pair form (int16, saturated)
+OUTLIER_CAPACITY = 512  # outliers a pair form corrects; past that, the forward uses split units
+
+
+def nitro_scale(z: Any, scale_factor: int) -> Any:
+    """NITRO scaling: ``clip(tdiv(z, SF), -127, 127)`` as int8; its backward is the identity."""
+    return to_int8(tdiv(z, scale_factor))
+
+
+def updated_bound(param_bound: int, grad_bound: int, divisor: int, decay_inv: int) -> int:
+    """A bound of ``max|param|`` after an IntegerSGD update; OverflowError past int32."""
+    decays = decay_inv > 0 and param_bound >= decay_inv
+    worst = param_bound + grad_bound // divisor + (param_bound // decay_inv if decays else 0)
+    if worst > INT32_LIMIT:
+        raise OverflowError(
+            f"an int32 weight could overflow after this update (bound {worst}); lower the learning "
+            "rate (raise lr_inv or lower lr_amp) or strengthen weight decay (lower *_decay_inv)"
+        )
+    return worst
+
+
+def integer_sgd_step(param: Any, grad: Any, grad_bound: int, param_bound: int,
+                     divisor: int, decay_inv: int) -> int:
+    """In place ``param -= tdiv(grad, divisor) + tdiv(param, decay_inv)``; returns ``max|param|``.
+
+    The decay term is skipped when ``decay_inv == 0`` and whenever ``max|param| < decay_inv``,
+    where ``tdiv(param, decay_inv)`` is zero everywhere anyway.
+    """
+    updated_bound(param_bound, grad_bound, divisor, decay_inv)  # raises past int32
+    decays = decay_inv > 0 and param_bound >= decay_inv
+    # past every |G| the quotient is 0 everywhere (and the divisor may not fit int64)
+    update = tdiv(grad, divisor) if divisor <= grad_bound else 0
+    if decays:
+        update = update + tdiv(param, decay_inv)
+    param -= update  # int64 -> int32 in place: the bound above proves it fits
+    return abs_max(param)
+
+
+def weight_grad_bound(delta: Any, x: Any, delta_bound: int | None = None, column_l1: int | None = None) -> int:
+    """A bound of ``sum_i |delta[i, j] * x[i, k]|``, hence of ``max|G|``, without forming G.
+
+    ``|G[j, k]| <= max|x| * sum_i |delta[i, j]|``: the largest column L1 norm of ``delta``
+    (one pass over the small ``(batch, out)`` delta, unless the caller has it as
+    ``column_l1``) bounds G about ten times tighter than ``max|delta| * max|x| * batch``
+    does, which keeps G, and the whole update, in int32. A caller that knows
+    ``max|delta| <= delta_bound`` (a head's error) skips that pass whenever the factor
+    bound already keeps G in int32.
+    """
+    x_bound = dtype_bound(x)
+    if column_l1 is not None:
+        return x_bound * column_l1
+    if delta_bound is not None and x_bound * delta_bound * delta.shape[0] <= INT32_LIMIT:
+        return x_bound * delta_bound * delta.shape[0]
+    xp = array_namespace(delta)
+    column_l1 = int(abs(delta.astype(xp.int64)).sum(axis=0).max()) if delta.size else 0
+    return x_bound * column_l1
+
+
+# -- what an implementation keeps of a layer -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairForm:
+    """A weight matrix as int16, saturated, and its outliers (the weights past int16: flat
+    index, ascending, and what saturation cut off); ``count`` may exceed the buffers."""
+
+    pairs: np.ndarray
+    index: np.ndarray
+    residual: np.ndarray
+    count: int
+
+
+@dataclass(frozen=True)
+class InputUnits:
+    """An int8 input ``x`` as input units (and as int16, for the pair form's product), with
+    its largest row L1 norm: made by the forward product, reused by the same batch's update."""
+
+    x: np.ndarray
+    units: np.ndarray
+    pairs: np.ndarray | None
+    row_l1: int
+
+
+@dataclass(frozen=True)
+class LayerCopies:
+    """Copies of a layer's weights in the forms the kernels' next products read, and its last
+    input. Frozen: a change publishes a new object (threads may be reading the old one)."""
+
+    float64: np.ndarray | None = None  # W as float64, for BLAS
+    pairs: PairForm | None = None  # W's pair form (even widths)
+    units: np.ndarray | None = None  # W's split units (odd widths, or too many outliers)
+    inputs: InputUnits | None = None
+
+
+def _copies(layer: Any) -> LayerCopies:
+    return layer.kernel_cache or LayerCopies()
+
+
+def _publish(layer: Any, **changes: Any) -> None:
+    """Replace fields of ``layer``'s copies (the slot is read once, then written whole)."""
+    layer.kernel_cache = replace(_copies(layer), **changes)
+
+
+# -- the implementations ----------------------------------------------------------------
+
+
+class NumpyKernels:
+    """The reference implementation: NumPy or CuPy arrays, any bounds (see the module)."""
+
+    name = "numpy"
+
+    def product(self, layer: Any, x: Any) -> Any:
+        """``x @ W.T (+ b)``, exact, int32 or int64."""
+        z = exact_matmul(x, layer.weight.T, bound_b=layer.weight_bound, b_float64=self._float64_transposed(layer))
+        return z if layer.bias is None else z + layer.bias
+
+    def input_grad(self, layer: Any, delta: Any, delta_bound: int | None = None) -> Any:
+        """``delta @ W``: the gradient with respect to the layer's input."""
+        mirror = self._float64_transposed(layer)
+        return exact_matmul(delta, layer.weight, delta_bound, layer.weight_bound,
+                            b_float64=None if mirror is None else mirror.T)
+
+    def _float64_transposed(self, layer: Any) -> Any:
+        return None
+
+    def scaled_forward(self, layer: Any, x: Any, scale: int, table: Any = None) -> Any:
+        """``s = nitro_scale(product(x), scale)``, or ``(s, table[s])`` with an activation
+        ``table`` (256 int8 values indexed by the bit pattern of ``s``)."""
+        scaled = nitro_scale(self.product(layer, x), scale)
+        if table is None:
+            return scaled
+        return scaled, array_namespace(scaled).take(table, scaled.view(np.uint8))  # take: 2x table[index]
+
+    def activation_backward(self, delta: Any, s: Any, multiplier: Any, divisor: int) -> tuple[Any, int | None]:
+        """``tdiv(delta * multiplier[s], divisor)`` for int8 ``s``, and the largest column L1
+        norm of the result when computed on the way (else None): it bounds ``G``."""
+        xp = array_namespace(delta)
+        # int32 arithmetic when the product provably fits (half the memory traffic), else int64
+        if delta.dtype.itemsize > 4 or abs_max(delta) * divisor > INT32_LIMIT:
+            delta = delta.astype(np.int64)
+        return tdiv(delta * xp.take(multiplier, s.view(np.uint8)), divisor), None
+
+    def sgd_update(self, layer: Any, delta: Any, x: Any, divisor: int, decay_inv: int,
+                   delta_bound: int | None = None, column_l1: int | None = None) -> None:
+        """IntegerSGD on ``layer`` with ``G = delta.T @ x`` (and ``delta.sum(0)`` for a bias).
+
+        ``delta_bound`` bounds ``max|delta|`` and ``column_l1`` is ``max_j sum_i |delta[i, j]|``
+        when the caller knows them (see :func:`weight_grad_bound`)."""
+        layer.drop_copies()  # the in-place update leaves every copy stale
+        grad_bound = weight_grad_bound(delta, x, delta_bound, column_l1)
+        grad = exact_matmul(delta.T, x, sum_bound=grad_bound)
+        layer.weight_bound = integer_sgd_step(layer.weight, grad, grad_bound, layer.weight_bound, divisor, decay_inv)
+        if layer.bias is not None:
+            bias_grad = delta.sum(axis=0)
+            layer.bias_bound = integer_sgd_step(layer.bias, bias_grad, abs_max(bias_grad), layer.bias_bound,
+                                                divisor, decay_inv)
+
+    def head_step(self, layer: Any, x: Any, target: Any, scale: int, divisor: int, decay_inv: int,
+                  propagate: bool) -> tuple[Any, Any, int]:
+        """A learning head's update on its local loss ``sum((yhat - y)**2)``: returns the
+        scores ``yhat`` from before the update, ``e @ W`` with the weights from before the
+        update (when ``propagate``, else None) and ``sum(e**2)``, for ``e = yhat - y``."""
+        yhat = self.scaled_forward(layer, x, scale)
+        error = yhat.astype(np.int16) - target  # int8 would wrap: 32 - (-127) = 159
+        input_grad = self.input_grad(layer, error, ERROR_BOUND) if propagate else None
+        self.sgd_update(layer, error, x, divisor, decay_inv, delta_bound=ERROR_BOUND)
+        error32 = error.astype(np.int32)
+        return yhat, input_grad, int((error32 * error32).sum())
+
+    def lookup_uint8(self, table: Any, x: Any) -> Any:
+        """``table[x]`` for uint8 ``x`` and an int8 table of 256 entries."""
+        return array_namespace(x).take(table, x)  # take: twice as fast as table[x]
+
+
+def _host_int32(array: Any) -> bool:
+    return isinstance(array, np.ndarray) and array.dtype == np.int32 and array.flags.c_contiguous
+
+
+class CompiledKernels(NumpyKernels):
+    """Float64 BLAS products (exact by §9) with the passes around them fused in C."""
+
+    name = "c"
+
+    def _float64_transposed(self, layer: Any) -> Any:
+        mirror = _copies(layer).float64
+        return None if mirror is None else mirror.T
+
+    def scaled_forward(self, layer: Any, x: Any, scale: int, table: Any = None) -> Any:
+        # the kernel clamps z to ±128 * scale (where the result saturates anyway) and divides in 32 bits
+        if layer.bias is not None or not isinstance(x, np.ndarray) or 128 * scale >= KERNEL_DIVISOR_LIMIT \
+                or dtype_bound(x) * layer.weight_bound * x.shape[-1] >= FLOAT64_EXACT_LIMIT:
+            return super().scaled_forward(layer, x, scale, table)
+        return _scaled(float64_product(x, layer.weight.T, self._float64_transposed(layer)), scale, table)
+
+    def activation_backward(self, delta: Any, s: Any, multiplier: Any, divisor: int) -> tuple[Any, int | None]:
+        # exact for every int32 delta (multiplier <= divisor)
+        if not _host_int32(delta) or not s.flags.c_contiguous or divisor >= KERNEL_DIVISOR_LIMIT or delta.ndim == 0:
+            return super().activation_backward(delta, s, multiplier, divisor)
+        out = np.empty_like(delta)
+        column_l1 = _compiled.activation_backward(delta, s, multiplier, divisor, out, delta.shape[-1])
+        return out, column_l1
+
+    def sgd_update(self, layer: Any, delta: Any, x: Any, divisor: int, decay_inv: int,
+                   delta_bound: int | None = None, column_l1: int | None = None) -> None:
+        # the kernel needs |G| < 2**31 and 32-bit divisors; the product is exact in float64 far beyond
+        if layer.bias is None and _host_int32(layer.weight) and isinstance(x, np.ndarray):
+            grad_bound = weight_grad_bound(delta, x, delta_bound, column_l1)
+            updated_bound(layer.weight_bound, grad_bound, divisor, decay_inv)  # raises past int32
+            if self._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv):
+                return
+        super().sgd_update(layer, delta, x, divisor, decay_inv, delta_bound, column_l1)
+
+    def _sgd_update(self, layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int) -> bool:
+        """The update for a proven ``grad_bound``; False when it cannot run."""
+        if grad_bound > INT32_LIMIT or not _divisors_fit(divisor, decay_inv):
+            return False
+        grad = float64_product(delta.T, x)
+        mirror = np.empty(layer.weight.shape, dtype=np.float64)
+        layer.weight_bound = _compiled.sgd_update(layer.weight, grad, divisor, decay_inv, mirror)
+        layer.kernel_cache = LayerCopies(float64=mirror)
+        return True
+
+    def head_step(self, layer: Any, x: Any, target: Any, scale: int, divisor: int, decay_inv: int,
+                  propagate: bool) -> tuple[Any, Any, int]:
+        # int32 loops, no float at all: heads have few outputs, so their three products are
+        # cheaper there than through float64 BLAS and back. Every sum must fit int32: the
+        # scores, the input gradient and G.
+        fits = (_host_int32(layer.weight) and layer.bias is None and isinstance(x, np.ndarray) and x.ndim == 2
+                and x.dtype == np.int8 and target.dtype == np.int8 and x.flags.c_contiguous
+                and target.flags.c_contiguous and 128 * scale < KERNEL_DIVISOR_LIMIT
+                and _divisors_fit(divisor, decay_inv))
+        (batch, features), classes = x.shape, layer.weight.shape[0]
+        grad_bound = ERROR_BOUND * 128 * batch
+        if not fits or max(128 * layer.weight_bound * features, ERROR_BOUND * layer.weight_bound * classes,
+                           grad_bound) > INT32_LIMIT:
+            return super().head_step(layer, x, target, scale, divisor, decay_inv, propagate)
+        updated_bound(layer.weight_bound, grad_bound, divisor, decay_inv)  # raises past int32
+        yhat = np.empty((batch, classes), dtype=np.int8)
+        input_grad = np.empty((batch, features), dtype=np.int32) if propagate else None
+        layer.drop_copies()  # the kernel updates the weights in place
+        squared_error, layer.weight_bound = _compiled.head_step(x, layer.weight, target, batch, scale, divisor,
+                                                                decay_inv, yhat, input_grad)
+        return yhat, input_grad, squared_error
+
+    def lookup_uint8(self, table: Any, x: Any) -> Any:
+        if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or not x.flags.c_contiguous:
+            return super().lookup_uint8(table, x)
+        out = np.empty(x.shape, dtype=np.int8)
+        _compiled.lookup_uint8(table, x, out)
+        return out
+
+
+def _divisors_fit(divisor: int, decay_inv: int) -> bool:
+    """Whether an update's divisors suit the kernels' 32-bit division (``decay_inv`` 0: no decay)."""
+    return 1 <= divisor < KERNEL_DIVISOR_LIMIT and 0 <= decay_inv < KERNEL_DIVISOR_LIMIT
+
+
+def _scaled(product: np.ndarray, scale: int, table: Any) -> Any:
+    """NITRO scaling (and the activation ``table``) of an exact product, int32 or float64."""
+    scaled = np.empty(product.shape, dtype=np.int8)
+    if table is None:
+        _compiled.scale_to_int8(product, scale, scaled)
+        return scaled
+    activated = np.empty_like(scaled)
+    _compiled.scale_to_int8(product, scale, scaled, table, activated)
+    return scaled, activated
+
+
+class PairKernels(CompiledKernels):
+    """The products of dense and conv layers on int16 pair instructions (``_pairs.h``).
+
+    Wider integers travel as a pair of int16 that the instruction recombines: x as
+    ``(x, 256 x)``, delta (and W, where needed) as ``(a & 255, a >> 8)``, ``|a| < 2**23``, one
+    product per pair. The forward takes two products per pair instead, from x and W as plain
+    int16: W's pair form saturates it to int16, and the few weights past that (its outliers:
+    dozens of a first layer's 157k) are added back exactly. int32 lanes wrap modulo
+    ``2**32``, so a sum is exact whenever its true value fits int32, which these methods
+    prove from L1 norms before each call.
+    """
+
+    def __init__(self, isa: str) -> None:
+        self.name = isa
+
+    def scaled_forward(self, layer: Any, x: Any, scale: int, table: Any = None) -> Any:
+        # When max_i sum_k |x[i, k]| * max|W| (of the pair form: at most 2**15) is below 2**31
+        # one int32 sum covers a whole row; otherwise the kernel adds up chunks that fit in
+        # int64 and saturates z to int32, which scaling cannot tell apart from z itself since
+        # 128 * scale < 2**31.
+        if not _pair_input(x) or not _host_int32(layer.weight) or layer.bias is not None \
+                or 128 * scale >= KERNEL_DIVISOR_LIMIT:
+            return super().scaled_forward(layer, x, scale, table)
+        inputs = _input_units(layer, x)
+        (batch, width), outputs = x.shape, layer.weight.shape[0]
+        product = np.empty((batch, outputs), dtype=np.int32)
+        pair_form = None if inputs.pairs is None else _pair_form(layer)
+        if pair_form is not None:
+            chunk = _chunk(inputs.row_l1, dtype_bound(x), min(layer.weight_bound, PAIR_LIMIT), 2, width // 2)
+            _compiled.pairs_product(self.name, inputs.pairs, pair_form.pairs, x, pair_form.index,
+                                    pair_form.residual, pair_form.count, batch, outputs, width, chunk, product)
+            return _scaled(product, scale, table)
+        chunk = _chunk(inputs.row_l1, dtype_bound(x), layer.weight_bound, 1, width)
+        if layer.weight_bound >= UNITS_LIMIT or chunk == 0:
+            return super().scaled_forward(layer, x, scale, table)
+        _compiled.units_product(self.name, inputs.units, _split_units(layer), batch, outputs, width, chunk, product)
+        return _scaled(product, scale, table)
+
+    def _sgd_update(self, layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int) -> bool:
+        # grad_bound / max|x| bounds max|delta| too (it is max|x| times a column L1 norm of
+        # delta, or times max|delta| * batch), which proves delta's split units
+        if not _pair_input(x) or not _host_int32(delta) or delta.ndim != 2 or grad_bound > INT32_LIMIT \
+                or grad_bound // dtype_bound(x) >= UNITS_LIMIT or not _divisors_fit(divisor, decay_inv):
+            return super()._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv)
+        inputs = _input_units(layer, x)
+        (batch, outputs), width = delta.shape, x.shape[1]
+        old = _copies(layer)
+        if inputs.pairs is not None:  # even width: the next forward reads the pair form
+            # training reuses the last pair form's buffers: no other thread reads a model being fitted
+            last = old.pairs
+            pairs, index, residual = (_new_pair_buffers(layer.weight.shape) if last is None
+                                      else (last.pairs, last.index, last.residual))
+            layer.weight_bound, count = _compiled.units_sgd_update(
+                self.name, delta, inputs.units, layer.weight, pairs, batch, outputs, width, divisor, decay_inv,
+                index, residual)
+            layer.kernel_cache = LayerCopies(pairs=PairForm(pairs, index, residual, count))
+            return True
+        units = old.units if old.units is not None else np.empty_like(layer.weight)
+        layer.weight_bound, _ = _compiled.units_sgd_update(self.name, delta, inputs.units, layer.weight, units,
+                                                           batch, outputs, width, divisor, decay_inv)
+        # past the units' range the copy is not valid
+        layer.kernel_cache = LayerCopies(units=units if layer.weight_bound < UNITS_LIMIT else None)
+        return True
+
+
+def _pair_input(x: Any) -> bool:
+    """Whether the pair products may take ``x`` (a host int8 matrix) as their input."""
+    return (isinstance(x, np.ndarray) and x.dtype == np.int8 and x.ndim == 2 and x.size > 0
+            and x.flags.c_contiguous)
+
+
+def _input_units(layer: Any, x: np.ndarray) -> InputUnits:
+    """``x`` in the pair products' forms, kept for the weight update of the same batch."""
+    cached = _copies(layer).inputs
+    if cached is not None and cached.x is x:
+        return cached
+    units = np.empty(x.shape, dtype=np.int32)
+    # the pair form needs an even width, and int32 flat indices for its outliers
+    pairs = np.empty(x.shape, dtype=np.int16) if x.shape[1] % 2 == 0 and layer.weight.size <= INT32_LIMIT else None
+    inputs = InputUnits(x, units, pairs, _compiled.input_units(x, x.shape[1], units, pairs))
+    _publish(layer, inputs=inputs)
+    return inputs
+
+
+def _new_pair_buffers(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.empty(shape, dtype=np.int16), np.empty(OUTLIER_CAPACITY, np.int32),
+            np.empty(OUTLIER_CAPACITY, np.int32))
+
+
+def _pair_form(layer: Any) -> PairForm | None:
+    """``layer``'s pair form, made (in new buffers, published whole) if missing; None when it
+    has more outliers than it can hold."""
+    pair_form = _copies(layer).pairs
+    if pair_form is None:
+        pairs, index, residual = _new_pair_buffers(layer.weight.shape)
+        count = _compiled.pair_form(layer.weight, layer.weight.shape[1], pairs, index, residual)
+        pair_form = PairForm(pairs, index, residual, count)
+        _publish(layer, pairs=pair_form)
+    return pair_form if pair_form.count <= OUTLIER_CAPACITY else None
+
+
+def _split_units(layer: Any) -> np.ndarray:
+    """``layer``'s weights as split units, made (and published whole) if missing."""
+    units = _copies(layer).units
+    if units is None:
+        units = np.empty_like(layer.weight)
+        _compiled.split_units(layer.weight, units)
+        _publish(layer, units=units)
+    return units
+
+
+def _chunk(row_l1: int, x_bound: int, weight_bound: int, products_per_unit: int, units: int) -> int:
+    """Units per int32 partial sum: all of them when ``row_l1 * weight_bound`` fits int32,
+    else as many whole vectors (16 units) as ``x_bound * weight_bound`` per product allows
+    (0: none)."""
+    if row_l1 * weight_bound <= INT32_LIMIT:
+        return units
+    return INT32_LIMIT // (products_per_unit * x_bound * weight_bound) // 16 * 16
+
+
+# -- selection --------------------------------------------------------------------------
+
+NUMPY = NumpyKernels()
+IMPLEMENTATIONS: dict[str, NumpyKernels] = {"numpy": NUMPY}
+if _compiled is not None:
+    IMPLEMENTATIONS["c"] = CompiledKernels()
+    for _isa in reversed(_compiled.pair_isas()):  # fastest last: "auto" takes the last
+        IMPLEMENTATIONS[_isa] = PairKernels(_isa)
+AVAILABLE = tuple(IMPLEMENTATIONS)  # slowest first
+BEST = AVAILABLE[-1]
+
+
+def select() -> NumpyKernels:
+    """The kernels to use now: the fastest this CPU runs, or the one the settings pin."""
+    name = kernels_setting()
+    return IMPLEMENTATIONS[BEST if name == "auto" else name]
