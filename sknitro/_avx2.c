@@ -45,8 +45,6 @@ AVX2_TARGET static inline __m256i horizontal_sums(const __m256i v[8])
                             _mm256_permute2x128_si256(s0123, s4567, 0x31));
 }
 
-#define PRODUCT_ROW_BLOCK 8 /* rows of x per sweep over w: they stay in L1 */
-
 /* The 8 dot products of rows x[0..1] and w[0..3] over units [start, end), in int32 lanes
  * (sums[4 r + c] for x[r] . w[c]); the accumulators stay in registers. */
 AVX2_TARGET __attribute__((noinline)) static void dot_2x4(const int32_t *const x[2], const int32_t *const w[4],
@@ -105,18 +103,7 @@ AVX2_TARGET static int avx2_product(const int32_t *x_units, const int32_t *w_uni
                                     ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
                                     const outliers_t *outliers)
 {
-    int failed;
-    ptrdiff_t *row_start = pairs_outlier_rows(outliers, n, units * 2, &failed);
-    if (failed)
-        return -1;
-    ptrdiff_t blocks = (m + PRODUCT_ROW_BLOCK - 1) / PRODUCT_ROW_BLOCK;
-#pragma omp parallel for schedule(static) if ((int64_t)m * n * units >= PARALLEL_WORK)
-    for (ptrdiff_t block = 0; block < blocks; block++)
-        for (ptrdiff_t j0 = 0; j0 < n; j0 += 4)
-            for (ptrdiff_t i0 = block * PRODUCT_ROW_BLOCK; i0 < m && i0 < (block + 1) * PRODUCT_ROW_BLOCK; i0 += 2)
-                product_tile(x_units, w_units, z, m, n, units, chunk, i0, j0, x, outliers, row_start);
-    free(row_start);
-    return 0;
+    return pairs_run_product(product_tile, 2, x_units, w_units, z, m, n, units, chunk, x, outliers);
 }
 
 /* tdiv(v, d) in each lane for |v| < 2**31 (tdiv32 of _rules.h): the multiply and shift on
@@ -132,7 +119,7 @@ AVX2_TARGET static inline __m256i tdiv_lanes(__m256i v, divisor_t d)
     return _mm256_sign_epi32(quotient, v); /* -q where v < 0 (and q = 0 where v = 0) */
 }
 
-#define UPDATE_COLUMNS 16 /* columns of w per tile: x's units for them stay in L1 */
+#define UPDATE_COLUMNS 16 /* columns of w per tile of the update */
 
 /* sgd_rule on the first `count` of 8 columns of w from flat index `at`, with gradient g; writes
  * the new values' split units, or their pair form and outliers; returns the lanes' |w|. */
@@ -175,40 +162,56 @@ AVX2_TARGET static inline __m256i update_lanes(int32_t *w, int32_t *w_units, int
     return _mm256_and_si256(_mm256_abs_epi32(updated), mask);
 }
 
-/* The update of columns [k0, k0 + UPDATE_COLUMNS) of w; returns their largest |w|. */
-AVX2_TARGET static int64_t update_tile(const int32_t *delta_units, const int32_t *x_units, int32_t *w,
-                                       int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
-                                       ptrdiff_t batch, ptrdiff_t k, ptrdiff_t k0, divisor_t lr, int decays,
-                                       divisor_t decay)
+AVX2_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t *x_units, int32_t *g, ptrdiff_t n,
+                                      ptrdiff_t batch, ptrdiff_t k, ptrdiff_t k0, ptrdiff_t first, ptrdiff_t last)
 {
-    __m256i largest = _mm256_setzero_si256();
-    ptrdiff_t columns[2] = {k - k0, k - k0 - 8};
-    __m256i mask0 = lanes_mask(columns[0]), mask1 = lanes_mask(columns[1]);
+    __m256i mask0 = lanes_mask(k - k0), mask1 = lanes_mask(k - k0 - 8);
     for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
         const int32_t *e0 = delta_units + clamp_row(j0, n) * batch, *e1 = delta_units + clamp_row(j0 + 1, n) * batch,
                       *e2 = delta_units + clamp_row(j0 + 2, n) * batch, *e3 = delta_units + clamp_row(j0 + 3, n) * batch;
-        __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0;
-        const int32_t *x = x_units + k0;
-        for (ptrdiff_t b = 0; b < batch; b++, x += k) {
-            __m256i X0 = _mm256_maskload_epi32((const int *)x, mask0);
-            __m256i X1 = _mm256_maskload_epi32((const int *)(x + 8), mask1);
-            __m256i E = _mm256_set1_epi32(e0[b]);
-            MADD(a0, E, X0); MADD(a1, E, X1);
-            E = _mm256_set1_epi32(e1[b]);
-            MADD(b0, E, X0); MADD(b1, E, X1);
-            E = _mm256_set1_epi32(e2[b]);
-            MADD(c0, E, X0); MADD(c1, E, X1);
-            E = _mm256_set1_epi32(e3[b]);
-            MADD(d0, E, X0); MADD(d1, E, X1);
+        __m256i *rows = (__m256i *)(g + j0 * UPDATE_COLUMNS); /* rows j0..j0+3 of G: 2 vectors each */
+        __m256i a0 = _mm256_loadu_si256(rows), a1 = _mm256_loadu_si256(rows + 1),
+                b0 = _mm256_loadu_si256(rows + 2), b1 = _mm256_loadu_si256(rows + 3),
+                c0 = _mm256_loadu_si256(rows + 4), c1 = _mm256_loadu_si256(rows + 5),
+                d0 = _mm256_loadu_si256(rows + 6), d1 = _mm256_loadu_si256(rows + 7);
+        const int32_t *x = x_units + first * k + k0;
+/* one batch row: x's 16 columns against the four rows' delta */
+#define GRADIENT_ROW(LOAD0, LOAD1)                                                                  \
+        for (ptrdiff_t row = first; row < last; row++, x += k) {                                    \
+            __m256i X0 = LOAD0, X1 = LOAD1;                                                         \
+            __m256i E = _mm256_set1_epi32(e0[row]);                                                 \
+            MADD(a0, E, X0); MADD(a1, E, X1);                                                       \
+            E = _mm256_set1_epi32(e1[row]);                                                         \
+            MADD(b0, E, X0); MADD(b1, E, X1);                                                       \
+            E = _mm256_set1_epi32(e2[row]);                                                         \
+            MADD(c0, E, X0); MADD(c1, E, X1);                                                       \
+            E = _mm256_set1_epi32(e3[row]);                                                         \
+            MADD(d0, E, X0); MADD(d1, E, X1);                                                       \
         }
-        const __m256i grads[4][2] = {{a0, a1}, {b0, b1}, {c0, c1}, {d0, d1}};
-        for (int r = 0; r < 4 && j0 + r < n; r++)
-            for (int c = 0; c < 2 && columns[c] > 0; c++) {
-                ptrdiff_t at = (j0 + r) * k + k0 + 8 * c;
-                largest = _mm256_max_epu32(largest, update_lanes(w, w_units, w_pairs, outliers, at, columns[c],
-                                                                 grads[r][c], lr, decays, decay));
-            }
+        if (k - k0 >= UPDATE_COLUMNS) { /* masked loads are slow on some CPUs: only at the edge */
+            GRADIENT_ROW(_mm256_loadu_si256((const __m256i *)x), _mm256_loadu_si256((const __m256i *)(x + 8)))
+        } else {
+            GRADIENT_ROW(_mm256_maskload_epi32((const int *)x, mask0), _mm256_maskload_epi32((const int *)(x + 8), mask1))
+        }
+#undef GRADIENT_ROW
+        _mm256_storeu_si256(rows, a0), _mm256_storeu_si256(rows + 1, a1);
+        _mm256_storeu_si256(rows + 2, b0), _mm256_storeu_si256(rows + 3, b1);
+        _mm256_storeu_si256(rows + 4, c0), _mm256_storeu_si256(rows + 5, c1);
+        _mm256_storeu_si256(rows + 6, d0), _mm256_storeu_si256(rows + 7, d1);
     }
+}
+
+AVX2_TARGET static int64_t update_tile(const int32_t *g, int32_t *w, int32_t *w_units, int16_t *w_pairs,
+                                       outliers_t *outliers, ptrdiff_t n, ptrdiff_t k, ptrdiff_t k0, divisor_t lr,
+                                       int decays, divisor_t decay)
+{
+    __m256i largest = _mm256_setzero_si256();
+    for (ptrdiff_t j = 0; j < n; j++)
+        for (int c = 0; c < 2 && k - k0 - 8 * c > 0; c++) {
+            __m256i grad = _mm256_loadu_si256((const __m256i *)(g + j * UPDATE_COLUMNS + 8 * c));
+            largest = _mm256_max_epu32(largest, update_lanes(w, w_units, w_pairs, outliers, j * k + k0 + 8 * c,
+                                                             k - k0 - 8 * c, grad, lr, decays, decay));
+        }
     uint32_t lanes[8], top = 0;
     _mm256_storeu_si256((__m256i *)lanes, largest);
     for (int lane = 0; lane < 8; lane++)
@@ -220,27 +223,8 @@ AVX2_TARGET static int64_t avx2_sgd_update(const int32_t *delta, const int32_t *
                                            int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
                                            ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
 {
-    /* delta^T as split units: row j holds column j of delta, the broadcast operand */
-    int32_t *delta_units = malloc((size_t)(n * batch) * sizeof(int32_t) + 1);
-    if (!delta_units)
-        return -1;
-    for (ptrdiff_t b = 0; b < batch; b++)
-        for (ptrdiff_t j = 0; j < n; j++)
-            delta_units[j * batch + b] = split_unit(delta[b * n + j]);
-    if (!w_units)
-        outliers->count = 0;
-    int64_t largest = 0;
-    ptrdiff_t tiles = (k + UPDATE_COLUMNS - 1) / UPDATE_COLUMNS;
-#pragma omp parallel for schedule(static) reduction(max : largest) if ((int64_t)n * batch * k >= PARALLEL_WORK)
-    for (ptrdiff_t tile = 0; tile < tiles; tile++) {
-        int64_t tile_largest = update_tile(delta_units, x_units, w, w_units, w_pairs, outliers, n, batch, k,
-                                           tile * UPDATE_COLUMNS, lr, decays, decay);
-        largest = tile_largest > largest ? tile_largest : largest;
-    }
-    free(delta_units);
-    if (!w_units)
-        pairs_sort_outliers(outliers);
-    return largest;
+    return pairs_run_sgd_update(gradient_tile, update_tile, UPDATE_COLUMNS, delta, x_units, w, w_units, w_pairs, outliers,
+                            n, batch, k, lr, decays, decay);
 }
 
 const pair_kernels_t avx2_kernels = {"avx2", avx2_supported, avx2_product, avx2_sgd_update};

@@ -96,3 +96,66 @@ void pairs_add_outliers(int64_t *totals, int tile_rows, const int8_t *x, ptrdiff
             totals[4 * r + c] += (int64_t)x[(i0 + r) * k + column] * outliers->residual[o];
     }
 }
+
+int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int32_t *x_units, const int32_t *w_units,
+                  int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
+                  const outliers_t *outliers)
+{
+    int failed;
+    ptrdiff_t *row_start = pairs_outlier_rows(outliers, n, units * 2, &failed);
+    if (failed)
+        return -1;
+    ptrdiff_t blocks = (m + PRODUCT_ROW_BLOCK - 1) / PRODUCT_ROW_BLOCK;
+#pragma omp parallel for schedule(static) if ((int64_t)m * n * units >= PARALLEL_WORK)
+    for (ptrdiff_t block = 0; block < blocks; block++)
+        for (ptrdiff_t j0 = 0; j0 < n; j0 += 4)
+            for (ptrdiff_t i0 = block * PRODUCT_ROW_BLOCK; i0 < m && i0 < (block + 1) * PRODUCT_ROW_BLOCK;
+                 i0 += tile_rows)
+                tile(x_units, w_units, z, m, n, units, chunk, i0, j0, x, outliers, row_start);
+    free(row_start);
+    return 0;
+}
+
+int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, ptrdiff_t columns, const int32_t *delta,
+                         const int32_t *x_units, int32_t *w, int32_t *w_units, int16_t *w_pairs,
+                         outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays,
+                         divisor_t decay)
+{
+    /* delta^T as split units: row j holds column j of delta, the broadcast operand */
+    int32_t *delta_units = malloc((size_t)(n * batch) * sizeof(int32_t) + 1);
+    if (!delta_units)
+        return -1;
+    for (ptrdiff_t b = 0; b < batch; b++)
+        for (ptrdiff_t j = 0; j < n; j++)
+            delta_units[j * batch + b] = split_unit(delta[b * n + j]);
+    if (!w_units)
+        outliers->count = 0;
+    int64_t largest = 0;
+    int failed = 0;
+    ptrdiff_t tiles = (k + columns - 1) / columns;
+#pragma omp parallel if ((int64_t)n * batch * k >= PARALLEL_WORK) reduction(max : largest) reduction(| : failed)
+    {
+        int32_t *g = malloc((size_t)((n + 3) * columns) * sizeof(int32_t)); /* this thread's G of one tile */
+        failed |= g == NULL;
+#pragma omp for schedule(static)
+        for (ptrdiff_t tile = 0; tile < tiles; tile++) {
+            if (!g)
+                continue;
+            ptrdiff_t k0 = tile * columns;
+            for (ptrdiff_t i = 0; i < (n + 3) * columns; i++)
+                g[i] = 0;
+            for (ptrdiff_t b0 = 0; b0 < batch; b0 += GRADIENT_ROW_BLOCK)
+                gradient(delta_units, x_units, g, n, batch, k, k0, b0,
+                         b0 + GRADIENT_ROW_BLOCK < batch ? b0 + GRADIENT_ROW_BLOCK : batch);
+            int64_t tile_largest = update(g, w, w_units, w_pairs, outliers, n, k, k0, lr, decays, decay);
+            largest = tile_largest > largest ? tile_largest : largest;
+        }
+        free(g);
+    }
+    free(delta_units);
+    if (failed)
+        return -1;
+    if (!w_units)
+        pairs_sort_outliers(outliers);
+    return largest;
+}

@@ -84,6 +84,36 @@ static inline ptrdiff_t clamp_row(ptrdiff_t r, ptrdiff_t count)
     return r < count ? r : count - 1;
 }
 
+/* ---- the drivers: loops, threads and memory around one ISA's tiles ------------------- */
+
+/* A tile of the product z = x w^T: rows i0.. of x against rows j0..j0+3 of w (see `product`
+ * below; row_start: pairs_outlier_rows, or NULL). */
+typedef void (*product_tile_t)(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
+                               ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0,
+                               const int8_t *x, const outliers_t *outliers, const ptrdiff_t *row_start);
+
+/* Adds delta^T x over batch rows [first, last) to the G of columns [k0, k0 + columns) of w,
+ * g (n + 3 rows of `columns` int32: rows past n are scratch), int32 lanes wrapping. */
+typedef void (*gradient_tile_t)(const int32_t *delta_units, const int32_t *x_units, int32_t *g, ptrdiff_t n,
+                                ptrdiff_t batch, ptrdiff_t k, ptrdiff_t k0, ptrdiff_t first, ptrdiff_t last);
+
+/* Applies sgd_rule to columns [k0, k0 + columns) of w from their G (g, as above) and writes
+ * the new values' split units, or their pair form and outliers; returns their largest |w|. */
+typedef int64_t (*update_tile_t)(const int32_t *g, int32_t *w, int32_t *w_units, int16_t *w_pairs,
+                                 outliers_t *outliers, ptrdiff_t n, ptrdiff_t k, ptrdiff_t k0, divisor_t lr,
+                                 int decays, divisor_t decay);
+
+/* The product of `pair_kernels_t` from an ISA's tile of tile_rows x 4. */
+int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int32_t *x_units, const int32_t *w_units,
+                  int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
+                  const outliers_t *outliers);
+
+/* The update of `pair_kernels_t` from an ISA's tiles of `columns` columns. */
+int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, ptrdiff_t columns, const int32_t *delta,
+                         const int32_t *x_units, int32_t *w, int32_t *w_units, int16_t *w_pairs,
+                         outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays,
+                         divisor_t decay);
+
 /* ---- one ISA's kernels (_avx2.c, _vnni.c) -------------------------------------------- */
 
 typedef struct {
@@ -113,5 +143,10 @@ extern const pair_kernels_t avx2_kernels, vnni_kernels;
 
 /* Products of at least this many int16 pairs run on several threads (smaller ones: one). */
 #define PARALLEL_WORK ((int64_t)1 << 20)
+/* Rows of x per sweep of the product over w: they stay in L1. */
+#define PRODUCT_ROW_BLOCK 8
+/* Batch rows per sweep of the gradient over the outputs: their units stay in L1 (a conv
+ * layer's batch is every position of every image: tens of thousands of rows). */
+#define GRADIENT_ROW_BLOCK 256
 
 #endif

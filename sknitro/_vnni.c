@@ -45,8 +45,6 @@ VNNI_TARGET static inline __m512i horizontal_sums(const __m512i v[16])
     return _mm512_add_epi32(_mm512_shuffle_i32x4(s2[0], s2[1], 0x88), _mm512_shuffle_i32x4(s2[0], s2[1], 0xDD));
 }
 
-#define PRODUCT_ROW_BLOCK 8 /* rows of x per sweep over w: they stay in L1 (25 KB for 784 inputs) */
-
 /* The 16 dot products of rows x[0..3] and w[0..3] over units [start, end), in int32 lanes
  * (sums[4 r + c] for x[r] . w[c]). A function of its own, with the accumulators in locals
  * only, so that the compiler keeps all 16 in registers. */
@@ -122,18 +120,7 @@ VNNI_TARGET static int vnni_product(const int32_t *x_units, const int32_t *w_uni
                                     ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
                                     const outliers_t *outliers)
 {
-    int failed;
-    ptrdiff_t *row_start = pairs_outlier_rows(outliers, n, units * 2, &failed);
-    if (failed)
-        return -1;
-    ptrdiff_t blocks = (m + PRODUCT_ROW_BLOCK - 1) / PRODUCT_ROW_BLOCK;
-#pragma omp parallel for schedule(static) if ((int64_t)m * n * units >= PARALLEL_WORK)
-    for (ptrdiff_t block = 0; block < blocks; block++)
-        for (ptrdiff_t j0 = 0; j0 < n; j0 += 4)
-            for (ptrdiff_t i0 = block * PRODUCT_ROW_BLOCK; i0 < m && i0 < (block + 1) * PRODUCT_ROW_BLOCK; i0 += 4)
-                product_tile(x_units, w_units, z, m, n, units, chunk, i0, j0, x, outliers, row_start);
-    free(row_start);
-    return 0;
+    return pairs_run_product(product_tile, 4, x_units, w_units, z, m, n, units, chunk, x, outliers);
 }
 
 /* tdiv(v, d) in each lane for |v| < 2**31: the multiply and shift of _fused.c, on the even
@@ -150,7 +137,7 @@ VNNI_TARGET static inline __m512i tdiv_lanes(__m512i v, divisor_t d)
     return _mm512_mask_sub_epi32(quotient, _mm512_cmplt_epi32_mask(v, zero), zero, quotient);
 }
 
-#define UPDATE_COLUMNS 64 /* columns of w per tile: x's units for them stay in L1 */
+#define UPDATE_COLUMNS 64 /* columns of w per tile of the update */
 
 /* Applies the update to 16 columns of a row of w (starting at flat index `at`) from their
  * gradient g, and writes the new values' split units, or their pair form and outliers;
@@ -184,40 +171,61 @@ VNNI_TARGET static inline __m512i update_lanes(int32_t *w, int32_t *w_units, int
     return _mm512_maskz_abs_epi32(mask, updated);
 }
 
-/* The update of columns [k0, k0 + UPDATE_COLUMNS) of w; returns their largest |w|. */
-VNNI_TARGET static int64_t update_tile(const int32_t *delta_units, const int32_t *x_units, int32_t *w,
-                                       int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
-                                       ptrdiff_t batch, ptrdiff_t k, ptrdiff_t k0, divisor_t lr, int decays,
-                                       divisor_t decay)
+/* The lanes of the first `left` of 64 columns, 16 per vector. */
+static inline void column_masks(ptrdiff_t left, __mmask16 mask[4])
 {
-    __m512i largest = _mm512_setzero_si512();
-    __mmask16 mask[4];
-    for (int c = 0; c < 4; c++) {
-        ptrdiff_t left = k - k0 - 16 * c;
+    for (int c = 0; c < 4; c++, left -= 16)
         mask[c] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? 0 : (__mmask16)((1u << left) - 1));
-    }
+}
+
+VNNI_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t *x_units, int32_t *g, ptrdiff_t n,
+                                      ptrdiff_t batch, ptrdiff_t k, ptrdiff_t k0, ptrdiff_t first, ptrdiff_t last)
+{
+    __mmask16 mask[4];
+    column_masks(k - k0, mask);
     for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
         const int32_t *e0 = delta_units + clamp_row(j0, n) * batch, *e1 = delta_units + clamp_row(j0 + 1, n) * batch,
                       *e2 = delta_units + clamp_row(j0 + 2, n) * batch, *e3 = delta_units + clamp_row(j0 + 3, n) * batch;
-        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0,
-                c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
-        const int32_t *x = x_units + k0;
-        for (ptrdiff_t b = 0; b < batch; b++, x += k) {
+        int32_t *g0 = g + j0 * UPDATE_COLUMNS, *g1 = g0 + UPDATE_COLUMNS, *g2 = g1 + UPDATE_COLUMNS,
+                *g3 = g2 + UPDATE_COLUMNS;
+#define LOAD4(r, p) __m512i r##0 = _mm512_loadu_si512(p), r##1 = _mm512_loadu_si512(p + 16), \
+                            r##2 = _mm512_loadu_si512(p + 32), r##3 = _mm512_loadu_si512(p + 48)
+#define STORE4(r, p) _mm512_storeu_si512(p, r##0); _mm512_storeu_si512(p + 16, r##1); \
+                     _mm512_storeu_si512(p + 32, r##2); _mm512_storeu_si512(p + 48, r##3)
+        LOAD4(a, g0);
+        LOAD4(b, g1);
+        LOAD4(c, g2);
+        LOAD4(d, g3);
+        const int32_t *x = x_units + first * k + k0;
+        for (ptrdiff_t row = first; row < last; row++, x += k) {
             __m512i X0 = _mm512_maskz_loadu_epi32(mask[0], x), X1 = _mm512_maskz_loadu_epi32(mask[1], x + 16),
                     X2 = _mm512_maskz_loadu_epi32(mask[2], x + 32), X3 = _mm512_maskz_loadu_epi32(mask[3], x + 48);
-            DP4(a, _mm512_set1_epi32(e0[b]), X0, X1, X2, X3);
-            DP4(b, _mm512_set1_epi32(e1[b]), X0, X1, X2, X3);
-            DP4(c, _mm512_set1_epi32(e2[b]), X0, X1, X2, X3);
-            DP4(d, _mm512_set1_epi32(e3[b]), X0, X1, X2, X3);
+            DP4(a, _mm512_set1_epi32(e0[row]), X0, X1, X2, X3);
+            DP4(b, _mm512_set1_epi32(e1[row]), X0, X1, X2, X3);
+            DP4(c, _mm512_set1_epi32(e2[row]), X0, X1, X2, X3);
+            DP4(d, _mm512_set1_epi32(e3[row]), X0, X1, X2, X3);
         }
-        const __m512i grads[4][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}, {c0, c1, c2, c3}, {d0, d1, d2, d3}};
-        for (int r = 0; r < 4 && j0 + r < n; r++)
-            for (int c = 0; c < 4 && mask[c]; c++) {
-                ptrdiff_t at = (j0 + r) * k + k0 + 16 * c;
-                largest = _mm512_max_epi32(largest, update_lanes(w, w_units, w_pairs, outliers, at, mask[c],
-                                                                 grads[r][c], lr, decays, decay));
-            }
+        STORE4(a, g0);
+        STORE4(b, g1);
+        STORE4(c, g2);
+        STORE4(d, g3);
+#undef LOAD4
+#undef STORE4
     }
+}
+
+VNNI_TARGET static int64_t update_tile(const int32_t *g, int32_t *w, int32_t *w_units, int16_t *w_pairs,
+                                       outliers_t *outliers, ptrdiff_t n, ptrdiff_t k, ptrdiff_t k0, divisor_t lr,
+                                       int decays, divisor_t decay)
+{
+    __m512i largest = _mm512_setzero_si512();
+    __mmask16 mask[4];
+    column_masks(k - k0, mask);
+    for (ptrdiff_t j = 0; j < n; j++)
+        for (int c = 0; c < 4 && mask[c]; c++)
+            largest = _mm512_max_epi32(largest, update_lanes(w, w_units, w_pairs, outliers, j * k + k0 + 16 * c,
+                                                             mask[c], _mm512_loadu_si512(g + j * UPDATE_COLUMNS + 16 * c),
+                                                             lr, decays, decay));
     return (int64_t)(uint32_t)_mm512_reduce_max_epu32(largest);
 }
 
@@ -225,27 +233,8 @@ VNNI_TARGET static int64_t vnni_sgd_update(const int32_t *delta, const int32_t *
                                            int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
                                            ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
 {
-    /* delta^T as split units: row j holds column j of delta, the broadcast operand */
-    int32_t *delta_units = malloc((size_t)(n * batch) * sizeof(int32_t) + 1);
-    if (!delta_units)
-        return -1;
-    for (ptrdiff_t b = 0; b < batch; b++)
-        for (ptrdiff_t j = 0; j < n; j++)
-            delta_units[j * batch + b] = split_unit(delta[b * n + j]);
-    if (!w_units)
-        outliers->count = 0;
-    int64_t largest = 0;
-    ptrdiff_t tiles = (k + UPDATE_COLUMNS - 1) / UPDATE_COLUMNS;
-#pragma omp parallel for schedule(static) reduction(max : largest) if ((int64_t)n * batch * k >= PARALLEL_WORK)
-    for (ptrdiff_t tile = 0; tile < tiles; tile++) {
-        int64_t tile_largest = update_tile(delta_units, x_units, w, w_units, w_pairs, outliers, n, batch, k,
-                                           tile * UPDATE_COLUMNS, lr, decays, decay);
-        largest = tile_largest > largest ? tile_largest : largest;
-    }
-    free(delta_units);
-    if (!w_units)
-        pairs_sort_outliers(outliers);
-    return largest;
+    return pairs_run_sgd_update(gradient_tile, update_tile, UPDATE_COLUMNS, delta, x_units, w, w_units, w_pairs, outliers,
+                            n, batch, k, lr, decays, decay);
 }
 
 const pair_kernels_t vnni_kernels = {"vnni", vnni_supported, vnni_product, vnni_sgd_update};

@@ -22,12 +22,20 @@ def digits_small(digits):
     return X[:600], y[:600]
 
 
+# every kernel implementation this machine runs, pinned, and the pure integer GEMM
+from sknitro.nn.kernels import AVAILABLE as KERNELS  # noqa: E402
+
+KERNEL_PATHS = {**{name: {"kernels": name} for name in KERNELS}, "integer": {"gemm": "integer"}}
+PAIR_ISAS = [isa for isa in ("avx2", "vnni") if isa in KERNELS]
+
+
 def weights_equal(a, b):
     return len(a) == len(b) and all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b))
 
 
 class KernelSpy:
-    """Stands in for sknitro._fused and counts the calls of each kernel."""
+    """Stands in for sknitro._fused and counts the calls of each kernel (and, for the pair
+    products, of each instruction set: ``calls["units_sgd_update/avx2"]``)."""
 
     def __init__(self, kernels):
         self.kernels = kernels
@@ -38,6 +46,9 @@ class KernelSpy:
 
         def counted(*args):
             self.calls[name] = self.calls.get(name, 0) + 1
+            if args and isinstance(args[0], str):  # a pair product: its instruction set
+                key = f"{name}/{args[0]}"
+                self.calls[key] = self.calls.get(key, 0) + 1
             return kernel(*args)
 
         return counted
@@ -46,8 +57,8 @@ class KernelSpy:
 @pytest.fixture
 def spy(monkeypatch):
     """Counts the compiled kernels' calls (sknitro._fused must be built)."""
-    from sknitro.nn import fused
+    from sknitro.nn import kernels
 
-    spy = KernelSpy(fused._kernels)
-    monkeypatch.setattr(fused, "_kernels", spy)
+    spy = KernelSpy(kernels._compiled)
+    monkeypatch.setattr(kernels, "_compiled", spy)
     return spy

@@ -11,9 +11,9 @@ import pytest
 
 import sknitro
 from sknitro import NitroCNNClassifier, NitroMLPClassifier
-from sknitro.nn import fused
+from sknitro.nn import kernels
 
-KERNEL_PATHS = {"compiled": {}, "numpy": {"fused_kernels": False}, "integer": {"gemm": "integer"}}
+from conftest import KERNEL_PATHS
 
 
 class SlowKernels:
@@ -51,8 +51,8 @@ def models(digits):
 @pytest.mark.parametrize("name", ["mlp", "mlp-odd-width", "cnn"])
 def test_predict_from_many_threads_gives_the_sequential_results(models, name, path, monkeypatch):
     model, X = models[name]
-    if fused.AVAILABLE:
-        monkeypatch.setattr(fused, "_kernels", SlowKernels(fused._kernels))
+    if kernels._compiled is not None:
+        monkeypatch.setattr(kernels, "_compiled", SlowKernels(kernels._compiled))
     slices = [slice(start, start + 97) for start in range(0, len(X) - 97, 61)]
     with sknitro.config_context(**KERNEL_PATHS[path]):
         expected = [model.decision_function(X[s]) for s in slices]

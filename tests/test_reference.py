@@ -10,19 +10,14 @@ import numpy as np
 import pytest
 
 import sknitro
-from sknitro.nn import fused
 from sknitro.reference import replay_trace
 
+from conftest import KERNEL_PATHS, PAIR_ISAS
 from nitro_trace_writer import write_trace
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = {"nitro_d_mlp": (12, 27), "nitro_d_cnn28": (4, 31), "nitro_d_cnn32": (4, 31)}  # steps, arrays
 
-KERNEL_PATHS = {
-    "compiled": {},  # the C kernels, and the VNNI products where the CPU has them
-    "numpy": {"fused_kernels": False},  # the NumPy path, float64 BLAS products proven exact
-    "integer": {"gemm": "integer"},  # pure integer products, no float anywhere
-}
 
 
 @pytest.mark.parametrize("path", KERNEL_PATHS)
@@ -35,11 +30,15 @@ def test_golden_traces_replay_identically(trace, path):
     assert (report.steps, report.compared) == GOLDEN[trace]
 
 
-def test_the_compiled_kernels_run_in_the_replay(spy):
-    replay_trace(DATA / "nitro_d_mlp.npz")
+@pytest.mark.parametrize("isa", PAIR_ISAS)
+@pytest.mark.parametrize("trace", GOLDEN)
+def test_the_pair_products_run_in_the_replay(trace, isa, spy):
+    """The replays above really ran the pair kernels, for the dense and the conv layers."""
+    with sknitro.config_context(kernels=isa):
+        replay_trace(DATA / f"{trace}.npz")
     assert spy.calls.get("head_step", 0) > 0 and spy.calls.get("activation_backward", 0) > 0
-    if fused.VNNI:  # this CPU has the VNNI products: the dense layers run on them
-        assert spy.calls.get("pairs_product", 0) + spy.calls.get("units_product", 0) > 0
+    assert spy.calls.get(f"pairs_product/{isa}", 0) + spy.calls.get(f"units_product/{isa}", 0) > 0
+    assert spy.calls.get(f"units_sgd_update/{isa}", 0) > 0
 
 
 @pytest.fixture
