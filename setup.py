@@ -14,8 +14,8 @@ import tempfile
 
 from setuptools import Extension, setup
 
-SOURCES = ["sknitro/_fused.c", "sknitro/_pairs.c", "sknitro/_avx2.c", "sknitro/_vnni.c"]
-HEADERS = ["sknitro/_rules.h", "sknitro/_pairs.h"]
+SOURCES = ["sknitro/_fused.c", "sknitro/_portable.c", "sknitro/_pairs.c", "sknitro/_avx2.c", "sknitro/_vnni.c"]
+HEADERS = ["sknitro/_rules.h", "sknitro/_portable.h", "sknitro/_pairs.h"]
 
 
 def openmp_flags() -> list:

@@ -1,12 +1,7 @@
 /*
- * sknitro._fused: the elementwise passes of the CPU training step, fused in C.
- *
- * On the CPU the engine's matrix products run on float64 BLAS when a bound proves them
- * exact (algorithm.md section 9), so they arrive here as float64 arrays holding integers.
- * NumPy would need one pass per operation to convert, divide (truncated division is four
- * passes), clip, update and scan them; these kernels do each job in one pass. The learning
- * heads, whose products are tiny, run whole in int32 loops instead. Every kernel computes
- * exactly what the NumPy path computes, integer for integer:
+ * sknitro._fused: the Python side of the compiled kernels. Each function checks its own
+ * arguments (type, shape, contiguity, ranges: whatever Python passes) and then runs a kernel
+ * with the GIL released:
  *
  *   scale_to_int8        s = clip(tdiv(z, SF), -127, 127), a = table[s]  (scaling, activation)
  *   activation_backward  d = tdiv(g * multiplier[s], D)                  (the activation's backward)
@@ -14,175 +9,21 @@
  *   head_step            a learning head's whole update, in int32 loops (no float at all)
  *   lookup_uint8         out = table[x] for uint8 x                      (the image encoder)
  *
- * and the Python side of the pair products of _pairs.h (input_units, split_units, pair_form,
- * units_product, pairs_product, units_sgd_update), which replace float64 BLAS where the CPU
- * has AVX2 or AVX-512 VNNI.
+ * from the portable loops of _portable.c, and the pair products of _pairs.h (input_units,
+ * split_units, pair_form, units_product, pairs_product, units_sgd_update), which replace
+ * float64 BLAS where the CPU has AVX2 or AVX-512 VNNI. The rules themselves (tdiv, the int8
+ * clip, the SGD update) are written once, in _rules.h.
  *
- * The caller (sknitro/nn/fused.py) proves before each call that every integer fits the
- * types used here (|G| < 2**31 and the like); the kernels only check shapes.
- *
- * The elementwise rules themselves (tdiv, the int8 clip, the SGD update) live in _rules.h.
+ * The caller (sknitro/nn/kernels.py) proves before each call that every integer fits the
+ * types used here (|G| < 2**31 and the like).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "_pairs.h" /* and _rules.h */
-
-/* Each hot loop is compiled for AVX-512 and AVX2 too; the loader picks the best the CPU has. */
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
-#define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MULTIVERSION
-#endif
-
-
-MULTIVERSION
-static void scale_loop(const double *restrict z, int8_t *restrict out, Py_ssize_t n, double limit,
-                       divisor_t d)
-{
-    for (Py_ssize_t i = 0; i < n; i++) {
-        /* |z| >= 128 * SF saturates anyway: clamping first keeps the division in 32 bits */
-        double v = z[i] > limit ? limit : (z[i] < -limit ? -limit : z[i]);
-        out[i] = nitro_scale32((int32_t)v, d);
-    }
-}
-
-MULTIVERSION
-static void scale_loop_int32(const int32_t *restrict z, int8_t *restrict out, Py_ssize_t n, divisor_t d)
-{
-    for (Py_ssize_t i = 0; i < n; i++)
-        out[i] = nitro_scale32(z[i], d);
-}
-
-/* out = tdiv(g * table[pre], d) for any int32 g and 0 <= table <= d: a vectorized pass in
- * 32 bits, and a second, exact pass in 64 bits in the rare batch where some product left
- * int32 (then |out| <= |g| still fits). */
-MULTIVERSION
-static void backward_loop(const int32_t *restrict g, const int8_t *restrict pre,
-                          const int32_t *restrict table, int32_t *restrict out, Py_ssize_t n,
-                          int64_t d, divisor_t divisor)
-{
-    int64_t largest = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int64_t product = (int64_t)g[i] * table[(uint8_t)pre[i]];
-        largest = magnitude64(product) > largest ? magnitude64(product) : largest;
-        out[i] = tdiv32((int32_t)product, divisor);
-    }
-    if (largest > INT32_MAX)
-        for (Py_ssize_t i = 0; i < n; i++)
-            out[i] = (int32_t)(((int64_t)g[i] * table[(uint8_t)pre[i]]) / d); /* C division truncates */
-}
-
-/* max_j sum_i |a[i, j]| of an int32 matrix (rows, cols); `sums` is scratch for one row. */
-MULTIVERSION
-static int64_t column_l1_max(const int32_t *restrict a, int64_t *restrict sums, Py_ssize_t rows,
-                             Py_ssize_t cols)
-{
-    for (Py_ssize_t j = 0; j < cols; j++)
-        sums[j] = 0;
-    for (Py_ssize_t i = 0; i < rows; i++)
-        for (Py_ssize_t j = 0; j < cols; j++) {
-            int64_t v = a[i * cols + j];
-            sums[j] += v < 0 ? -v : v;
-        }
-    int64_t largest = 0;
-    for (Py_ssize_t j = 0; j < cols; j++)
-        largest = sums[j] > largest ? sums[j] : largest;
-    return largest;
-}
-
-MULTIVERSION
-static int64_t update_loop(int32_t *restrict w, const double *restrict g, double *restrict mirror, Py_ssize_t n,
-                           divisor_t lr, int decays, divisor_t decay)
-{
-    int64_t largest = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int64_t value = sgd_rule(w[i], (int32_t)g[i], lr, decays, decay);
-        w[i] = (int32_t)value;
-        if (mirror)
-            mirror[i] = (double)value;
-        largest = magnitude64(value) > largest ? magnitude64(value) : largest;
-    }
-    return largest;
-}
-
-/* A learning head, whole: z = x W^T, yhat = clip(tdiv(z, SF)), e = yhat - target,
- * input_grad = e W (the weights before the update), G = e^T x, W -= tdiv(G, lr) + decay.
- * Heads have few outputs (the classes), so their products are small enough that plain
- * int32 loops beat a round trip through float64 BLAS; the caller proves that every sum fits
- * int32. `row` is scratch space for one row of G. */
-MULTIVERSION
-static int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *restrict target,
-                         int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict row,
-                         int16_t *restrict error, Py_ssize_t batch, Py_ssize_t classes,
-                         Py_ssize_t features, divisor_t scale, int32_t limit, divisor_t lr,
-                         int decays, divisor_t decay, int64_t *squared_error)
-{
-    int64_t squares = 0;
-    for (Py_ssize_t b = 0; b < batch; b++) {
-        for (Py_ssize_t c = 0; c < classes; c++) {
-            int32_t z = 0;
-            for (Py_ssize_t n = 0; n < features; n++)
-                z += (int32_t)x[b * features + n] * w[c * features + n];
-            z = z > limit ? limit : (z < -limit ? -limit : z);
-            int8_t score = nitro_scale32(z, scale);
-            yhat[b * classes + c] = score;
-            int16_t e = (int16_t)(score - target[b * classes + c]);
-            error[b * classes + c] = e;
-            squares += (int64_t)e * e;
-        }
-    }
-    if (input_grad) {
-        for (Py_ssize_t b = 0; b < batch; b++) {
-            int32_t *out = input_grad + b * features;
-            for (Py_ssize_t n = 0; n < features; n++)
-                out[n] = 0;
-            for (Py_ssize_t c = 0; c < classes; c++) {
-                int32_t e = error[b * classes + c];
-                const int32_t *w_row = w + c * features;
-                for (Py_ssize_t n = 0; n < features; n++)
-                    out[n] += e * w_row[n];
-            }
-        }
-    }
-    int64_t largest = 0;
-    for (Py_ssize_t c = 0; c < classes; c++) {
-        for (Py_ssize_t n = 0; n < features; n++)
-            row[n] = 0;
-        for (Py_ssize_t b = 0; b < batch; b++) {
-            int32_t e = error[b * classes + c];
-            const int8_t *x_row = x + b * features;
-            for (Py_ssize_t n = 0; n < features; n++)
-                row[n] += e * (int32_t)x_row[n];
-        }
-        int32_t *w_row = w + c * features;
-        for (Py_ssize_t n = 0; n < features; n++) {
-            int64_t value = sgd_rule(w_row[n], row[n], lr, decays, decay);
-            w_row[n] = (int32_t)value;
-            largest = magnitude64(value) > largest ? magnitude64(value) : largest;
-        }
-    }
-    *squared_error = squares;
-    return largest;
-}
-
-MULTIVERSION
-static void lookup_loop(const int8_t *restrict table, const uint8_t *restrict x, int8_t *restrict out,
-                        Py_ssize_t n)
-{
-    for (Py_ssize_t i = 0; i < n; i++)
-        out[i] = table[x[i]];
-}
-
-MULTIVERSION
-static void lookup_int8(const int8_t *restrict table, const int8_t *restrict x, int8_t *restrict out,
-                        Py_ssize_t n)
-{
-    for (Py_ssize_t i = 0; i < n; i++)
-        out[i] = table[(uint8_t)x[i]];
-}
+#include "_pairs.h"
+#include "_portable.h" /* and _rules.h */
 
 /* ---------------------------------------------------------------------------------- */
 

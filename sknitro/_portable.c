@@ -1,0 +1,161 @@
+/*
+ * sknitro/_portable.c: the elementwise passes of the CPU training step, in portable C99.
+ *
+ * On the CPU the "c" kernels' matrix products run on float64 BLAS when a bound proves them
+ * exact (algorithm.md section 9), so they arrive here as float64 arrays holding integers.
+ * NumPy would need one pass per operation to convert, divide (truncated division is four
+ * passes), clip, update and scan them; these loops do each job in one pass. The learning
+ * heads, whose products are tiny, run whole in int32 loops instead. Every loop computes
+ * exactly what the NumPy reference computes, integer for integer, with the rules of
+ * _rules.h; tests/c/test_portable.c holds them to naive int64 arithmetic, on x86-64 and on
+ * aarch64 (under QEMU).
+ */
+#include "_portable.h"
+
+/* Each hot loop is compiled for AVX-512 and AVX2 too; the loader picks the best the CPU has. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
+#define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MULTIVERSION
+#endif
+
+MULTIVERSION
+void scale_loop(const double *restrict z, int8_t *restrict out, ptrdiff_t n, double limit, divisor_t d)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        /* |z| >= 128 * SF saturates anyway: clamping first keeps the division in 32 bits */
+        double v = z[i] > limit ? limit : (z[i] < -limit ? -limit : z[i]);
+        out[i] = nitro_scale32((int32_t)v, d);
+    }
+}
+
+MULTIVERSION
+void scale_loop_int32(const int32_t *restrict z, int8_t *restrict out, ptrdiff_t n, divisor_t d)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] = nitro_scale32(z[i], d);
+}
+
+/* out = tdiv(g * table[pre], d) for any int32 g and 0 <= table <= d: a vectorized pass in
+ * 32 bits, and a second, exact pass in 64 bits in the rare batch where some product left
+ * int32 (then |out| <= |g| still fits). */
+MULTIVERSION
+void backward_loop(const int32_t *restrict g, const int8_t *restrict pre, const int32_t *restrict table,
+                   int32_t *restrict out, ptrdiff_t n, int64_t d, divisor_t divisor)
+{
+    int64_t largest = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        int64_t product = (int64_t)g[i] * table[(uint8_t)pre[i]];
+        largest = magnitude64(product) > largest ? magnitude64(product) : largest;
+        out[i] = tdiv32((int32_t)product, divisor);
+    }
+    if (largest > INT32_MAX)
+        for (ptrdiff_t i = 0; i < n; i++)
+            out[i] = (int32_t)(((int64_t)g[i] * table[(uint8_t)pre[i]]) / d); /* C division truncates */
+}
+
+/* max_j sum_i |a[i, j]| of an int32 matrix (rows, cols); `sums` is scratch for one row. */
+MULTIVERSION
+int64_t column_l1_max(const int32_t *restrict a, int64_t *restrict sums, ptrdiff_t rows, ptrdiff_t cols)
+{
+    for (ptrdiff_t j = 0; j < cols; j++)
+        sums[j] = 0;
+    for (ptrdiff_t i = 0; i < rows; i++)
+        for (ptrdiff_t j = 0; j < cols; j++) {
+            sums[j] += magnitude64(a[i * cols + j]);
+        }
+    int64_t largest = 0;
+    for (ptrdiff_t j = 0; j < cols; j++)
+        largest = sums[j] > largest ? sums[j] : largest;
+    return largest;
+}
+
+MULTIVERSION
+int64_t update_loop(int32_t *restrict w, const double *restrict g, double *restrict mirror, ptrdiff_t n,
+                    divisor_t lr, int decays, divisor_t decay)
+{
+    int64_t largest = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        int64_t value = sgd_rule(w[i], (int32_t)g[i], lr, decays, decay);
+        w[i] = (int32_t)value;
+        if (mirror)
+            mirror[i] = (double)value;
+        largest = magnitude64(value) > largest ? magnitude64(value) : largest;
+    }
+    return largest;
+}
+
+/* A learning head, whole: z = x W^T, yhat = clip(tdiv(z, SF)), e = yhat - target,
+ * input_grad = e W (the weights before the update), G = e^T x, W -= tdiv(G, lr) + decay.
+ * Heads have few outputs (the classes), so their products are small enough that plain
+ * int32 loops beat a round trip through float64 BLAS; the caller proves that every sum fits
+ * int32. `row` is scratch space for one row of G. */
+MULTIVERSION
+int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *restrict target,
+                  int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict row,
+                  int16_t *restrict error, ptrdiff_t batch, ptrdiff_t classes, ptrdiff_t features,
+                  divisor_t scale, int32_t limit, divisor_t lr, int decays, divisor_t decay,
+                  int64_t *squared_error)
+{
+    int64_t squares = 0;
+    for (ptrdiff_t b = 0; b < batch; b++) {
+        for (ptrdiff_t c = 0; c < classes; c++) {
+            int32_t z = 0;
+            for (ptrdiff_t n = 0; n < features; n++)
+                z += (int32_t)x[b * features + n] * w[c * features + n];
+            z = z > limit ? limit : (z < -limit ? -limit : z);
+            int8_t score = nitro_scale32(z, scale);
+            yhat[b * classes + c] = score;
+            int16_t e = (int16_t)(score - target[b * classes + c]);
+            error[b * classes + c] = e;
+            squares += (int64_t)e * e;
+        }
+    }
+    if (input_grad) {
+        for (ptrdiff_t b = 0; b < batch; b++) {
+            int32_t *out = input_grad + b * features;
+            for (ptrdiff_t n = 0; n < features; n++)
+                out[n] = 0;
+            for (ptrdiff_t c = 0; c < classes; c++) {
+                int32_t e = error[b * classes + c];
+                const int32_t *w_row = w + c * features;
+                for (ptrdiff_t n = 0; n < features; n++)
+                    out[n] += e * w_row[n];
+            }
+        }
+    }
+    int64_t largest = 0;
+    for (ptrdiff_t c = 0; c < classes; c++) {
+        for (ptrdiff_t n = 0; n < features; n++)
+            row[n] = 0;
+        for (ptrdiff_t b = 0; b < batch; b++) {
+            int32_t e = error[b * classes + c];
+            const int8_t *x_row = x + b * features;
+            for (ptrdiff_t n = 0; n < features; n++)
+                row[n] += e * (int32_t)x_row[n];
+        }
+        int32_t *w_row = w + c * features;
+        for (ptrdiff_t n = 0; n < features; n++) {
+            int64_t value = sgd_rule(w_row[n], row[n], lr, decays, decay);
+            w_row[n] = (int32_t)value;
+            largest = magnitude64(value) > largest ? magnitude64(value) : largest;
+        }
+    }
+    *squared_error = squares;
+    return largest;
+}
+
+MULTIVERSION
+void lookup_loop(const int8_t *restrict table, const uint8_t *restrict x, int8_t *restrict out, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] = table[x[i]];
+}
+
+MULTIVERSION
+void lookup_int8(const int8_t *restrict table, const int8_t *restrict x, int8_t *restrict out, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] = table[(uint8_t)x[i]];
+}
+

@@ -1,0 +1,44 @@
+/*
+ * sknitro/_portable.h: the portable loops of the "c" kernels (_portable.c), in C99 with the
+ * rules of _rules.h. Every loop computes what the NumPy reference computes, integer for
+ * integer; the caller proves that the integers fit the types named here.
+ */
+#ifndef SKNITRO_PORTABLE_H
+#define SKNITRO_PORTABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "_rules.h"
+
+/* out = nitro_scale(z) for a float64 product z holding integers, clamped first to +-limit
+ * (= 128 * SF, where the result saturates anyway; 128 * SF < 2**31). */
+void scale_loop(const double *restrict z, int8_t *restrict out, ptrdiff_t n, double limit, divisor_t d);
+
+/* out = nitro_scale(z) for an int32 product z. */
+void scale_loop_int32(const int32_t *restrict z, int8_t *restrict out, ptrdiff_t n, divisor_t d);
+
+/* out = tdiv(g * table[pre as uint8], d) for any int32 g and 0 <= table <= d. */
+void backward_loop(const int32_t *restrict g, const int8_t *restrict pre, const int32_t *restrict table,
+                   int32_t *restrict out, ptrdiff_t n, int64_t d, divisor_t divisor);
+
+/* max_j sum_i |a[i, j]| of an int32 matrix (rows, cols); `sums` is scratch for one row. */
+int64_t column_l1_max(const int32_t *restrict a, int64_t *restrict sums, ptrdiff_t rows, ptrdiff_t cols);
+
+/* w = sgd_rule(w, g) for a float64 gradient g holding integers (|g| < 2**31), the new w also
+ * as float64 in mirror (unless NULL); returns max|w|. */
+int64_t update_loop(int32_t *restrict w, const double *restrict g, double *restrict mirror, ptrdiff_t n,
+                    divisor_t lr, int decays, divisor_t decay);
+
+/* A learning head, whole (see _portable.c); returns max|w| after the update. */
+int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *restrict target,
+                  int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict row,
+                  int16_t *restrict error, ptrdiff_t batch, ptrdiff_t classes, ptrdiff_t features,
+                  divisor_t scale, int32_t limit, divisor_t lr, int decays, divisor_t decay,
+                  int64_t *squared_error);
+
+/* out = table[x] for uint8 x (the image encoder), and for int8 x by its bit pattern. */
+void lookup_loop(const int8_t *restrict table, const uint8_t *restrict x, int8_t *restrict out, ptrdiff_t n);
+void lookup_int8(const int8_t *restrict table, const int8_t *restrict x, int8_t *restrict out, ptrdiff_t n);
+
+#endif

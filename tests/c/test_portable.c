@@ -1,0 +1,347 @@
+/*
+ * tests/c/test_portable.c: every portable C kernel of sknitro against naive int64 arithmetic,
+ * on whatever CPU builds it -- x86-64 natively, aarch64 under QEMU (tests/test_portable_c.py).
+ *
+ * The references here are the rules of algorithm.md written the plainest way: C99 division
+ * (which truncates, like tdiv), explicit clips, int64 sums. Where the CPU runs the pair
+ * products (AVX2, VNNI on x86-64), they are held to the same references; elsewhere their
+ * stubs must say so. Prints the number of checks and exits 0, or prints the first failure
+ * and exits 1.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "_pairs.h"
+#include "_portable.h"
+
+static long long checks;
+
+#define CHECK(cond, ...)                                                     \
+    do {                                                                     \
+        checks++;                                                            \
+        if (!(cond)) {                                                       \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                      \
+            printf(__VA_ARGS__);                                             \
+            printf("\n");                                                    \
+            exit(1);                                                         \
+        }                                                                    \
+    } while (0)
+
+static uint64_t state = 0x9E3779B97F4A7C15u;
+
+static uint64_t next(void) /* xorshift64* */
+{
+    state ^= state >> 12;
+    state ^= state << 25;
+    state ^= state >> 27;
+    return state * 0x2545F4914F6CDD1Du;
+}
+
+/* A uniform integer in [low, high]. */
+static int64_t uniform(int64_t low, int64_t high)
+{
+    return low + (int64_t)(next() % (uint64_t)(high - low + 1));
+}
+
+static int64_t clip(int64_t v, int64_t low, int64_t high)
+{
+    return v < low ? low : (v > high ? high : v);
+}
+
+static int64_t naive_scale(int64_t z, int64_t d)
+{
+    return clip(z / d, -127, 127);
+}
+
+static int64_t naive_sgd(int64_t w, int64_t g, int64_t lr, int64_t decay)
+{
+    return w - g / lr - (decay ? w / decay : 0);
+}
+
+/* Divisors: the edges of [1, 2**31), powers of two and their neighbours, and random ones. */
+static int64_t divisor_at(int i)
+{
+    static const int64_t fixed[] = {1, 2, 3, 5, 7, 10, 127, 255, 256, 257, 640, 1536, 65535, 65536, 1 << 20,
+                                    (1 << 30) - 1, 1 << 30, (1 << 30) + 1, 2147483646, 2147483647};
+    int n = (int)(sizeof(fixed) / sizeof(fixed[0]));
+    return i < n ? fixed[i] : uniform(1, i % 2 ? 4096 : 2147483647);
+}
+
+static int32_t int32_at(int i)
+{
+    static const int32_t fixed[] = {0, 1, -1, 2, -2, 127, -127, 128, -128, 65535, -65536, 2147483647, -2147483647};
+    int n = (int)(sizeof(fixed) / sizeof(fixed[0]));
+    return i < n ? fixed[i] : (int32_t)uniform(-2147483647, 2147483647);
+}
+
+static void test_rules(void)
+{
+    for (int i = 0; i < 200; i++) {
+        int64_t d = divisor_at(i);
+        divisor_t divisor = make_divisor(d);
+        for (int j = 0; j < 400; j++) {
+            int32_t n = int32_at(j);
+            CHECK(tdiv32(n, divisor) == n / d, "tdiv32(%d, %lld) = %d", n, (long long)d, tdiv32(n, divisor));
+            CHECK(nitro_scale32(n, divisor) == naive_scale(n, d), "nitro_scale32(%d, %lld)", n, (long long)d);
+        }
+    }
+    for (int i = 0; i < 100000; i++) {
+        int64_t lr = divisor_at(i % 60), decay = i % 3 ? divisor_at((i / 3) % 60) : 0;
+        int32_t w = (int32_t)uniform(-(1 << 30), 1 << 30), g = int32_at(i % 500);
+        int64_t got = sgd_rule(w, g, make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1));
+        CHECK(got == naive_sgd(w, g, lr, decay), "sgd_rule(%d, %d, %lld, %lld)", w, g, (long long)lr,
+              (long long)decay);
+    }
+    for (int v = -70000; v <= 70000; v += 7)
+        CHECK(saturate_int16(v) == clip(v, -32768, 32767), "saturate_int16(%d)", v);
+    /* a unit pair times an input unit is one exact product: x (a & 255) + 256 x (a >> 8) = x a */
+    for (int x = -128; x <= 127; x++)
+        for (int i = 0; i < 300; i++) {
+            int32_t a = i < 2 ? (i ? (1 << 23) - 1 : -(1 << 23)) : (int32_t)uniform(-(1 << 23), (1 << 23) - 1);
+            int32_t xu = input_unit((int8_t)x), au = split_unit(a);
+            int64_t dot = (int64_t)(int16_t)(xu & 0xFFFF) * (int16_t)(au & 0xFFFF)
+                        + (int64_t)(int16_t)((uint32_t)xu >> 16) * (int16_t)((uint32_t)au >> 16);
+            CHECK(dot == (int64_t)x * a, "unit product %d * %d = %lld", x, a, (long long)dot);
+        }
+}
+
+static void test_loops(void)
+{
+    enum { N = 4096 };
+    static double zf[N], g64[N], mirror[N];
+    static int32_t z32[N], g32[N], out32[N], w[N], w0[N], table[256];
+    static int8_t out8[N], pre[N], lookup[256], x8[N];
+    static uint8_t xu8[N];
+    static int64_t sums[N];
+    for (int round = 0; round < 40; round++) {
+        int64_t d = divisor_at(round % 20 + (round >= 20 ? 0 : 0));
+        if (128 * d >= ((int64_t)1 << 31))
+            d = uniform(1, (1 << 24) - 1);
+        divisor_t divisor = make_divisor(d);
+        for (int i = 0; i < N; i++) {
+            z32[i] = int32_at(i);
+            zf[i] = (double)(int64_t)uniform(-((int64_t)1 << 52), (int64_t)1 << 52);
+        }
+        scale_loop(zf, out8, N, 128.0 * (double)d, divisor);
+        for (int i = 0; i < N; i++)
+            CHECK(out8[i] == naive_scale((int64_t)zf[i], d), "scale_loop at %d", i);
+        scale_loop_int32(z32, out8, N, divisor);
+        for (int i = 0; i < N; i++)
+            CHECK(out8[i] == naive_scale(z32[i], d), "scale_loop_int32 at %d", i);
+
+        /* the activation's backward: multipliers in [0, D], any int32 gradient */
+        int64_t big_d = uniform(1, 1000);
+        for (int i = 0; i < 256; i++)
+            table[i] = (int32_t)uniform(0, big_d);
+        for (int i = 0; i < N; i++) {
+            g32[i] = round % 2 ? int32_at(i) : (int32_t)uniform(-100000, 100000);
+            pre[i] = (int8_t)uniform(-128, 127);
+        }
+        backward_loop(g32, pre, table, out32, N, big_d, make_divisor(big_d));
+        for (int i = 0; i < N; i++)
+            CHECK(out32[i] == (int64_t)g32[i] * table[(uint8_t)pre[i]] / big_d, "backward_loop at %d", i);
+        int64_t largest = column_l1_max(out32, sums, N / 64, 64), expected = 0;
+        for (int j = 0; j < 64; j++) {
+            int64_t sum = 0;
+            for (int i = 0; i < N / 64; i++)
+                sum += llabs(out32[i * 64 + j]);
+            expected = sum > expected ? sum : expected;
+        }
+        CHECK(largest == expected, "column_l1_max %lld, expected %lld", (long long)largest, (long long)expected);
+
+        /* IntegerSGD from a float64 gradient, with the float64 mirror of the new weights (lr >= 4
+         * and |w| <= 2**28: the new weights fit int32, which the caller proves) */
+        int64_t lr = divisor_at(round), decay = round % 3 ? divisor_at(round + 7) : 0;
+        lr = lr < 4 ? 4 : lr;
+        for (int i = 0; i < N; i++) {
+            w[i] = w0[i] = (int32_t)uniform(-(1 << 28), 1 << 28);
+            g64[i] = (double)uniform(-2147483647, 2147483647);
+        }
+        largest = update_loop(w, g64, mirror, N, make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1));
+        expected = 0;
+        for (int i = 0; i < N; i++) {
+            int64_t v = naive_sgd(w0[i], (int64_t)g64[i], lr, decay);
+            CHECK(w[i] == v && mirror[i] == (double)v, "update_loop at %d", i);
+            expected = llabs(v) > expected ? llabs(v) : expected;
+        }
+        CHECK(largest == expected, "update_loop max|w|");
+
+        for (int i = 0; i < 256; i++)
+            lookup[i] = (int8_t)uniform(-127, 127);
+        for (int i = 0; i < N; i++)
+            xu8[i] = (uint8_t)uniform(0, 255), x8[i] = (int8_t)uniform(-128, 127);
+        lookup_loop(lookup, xu8, out8, N);
+        for (int i = 0; i < N; i++)
+            CHECK(out8[i] == lookup[xu8[i]], "lookup_loop at %d", i);
+        lookup_int8(lookup, x8, out8, N);
+        for (int i = 0; i < N; i++)
+            CHECK(out8[i] == lookup[(uint8_t)x8[i]], "lookup_int8 at %d", i);
+    }
+}
+
+/* A learning head against its naive form (see head_loop in _portable.c). */
+static void test_head(void)
+{
+    enum { B = 13, C = 5, F = 37 };
+    static int8_t x[B * F], target[B * C], yhat[B * C];
+    static int32_t w[C * F], w0[C * F], input_grad[B * F], row[F];
+    static int16_t error[B * C];
+    for (int round = 0; round < 50; round++) {
+        int64_t scale = uniform(1, 1 << 16), lr = uniform(1, 5000), decay = round % 2 ? uniform(1, 5000) : 0;
+        for (int i = 0; i < B * F; i++)
+            x[i] = (int8_t)uniform(-128, 127);
+        for (int i = 0; i < B * C; i++)
+            target[i] = (int8_t)uniform(-128, 127);
+        for (int i = 0; i < C * F; i++)
+            w[i] = w0[i] = (int32_t)uniform(-20000, 20000);
+        int64_t squares, limit = 128 * scale;
+        int64_t largest = head_loop(x, w, target, yhat, input_grad, row, error, B, C, F, make_divisor(scale),
+                                    (int32_t)limit, make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1),
+                                    &squares);
+        int64_t e[B * C], expected_squares = 0, expected_largest = 0;
+        for (int b = 0; b < B; b++)
+            for (int c = 0; c < C; c++) {
+                int64_t z = 0;
+                for (int f = 0; f < F; f++)
+                    z += (int64_t)x[b * F + f] * w0[c * F + f];
+                int64_t score = naive_scale(z, scale);
+                CHECK(yhat[b * C + c] == score, "head yhat[%d, %d]", b, c);
+                e[b * C + c] = score - target[b * C + c];
+                expected_squares += e[b * C + c] * e[b * C + c];
+            }
+        CHECK(squares == expected_squares, "head squared error");
+        for (int b = 0; b < B; b++)
+            for (int f = 0; f < F; f++) {
+                int64_t sum = 0;
+                for (int c = 0; c < C; c++)
+                    sum += e[b * C + c] * w0[c * F + f];
+                CHECK(input_grad[b * F + f] == sum, "head input_grad[%d, %d]", b, f);
+            }
+        for (int c = 0; c < C; c++)
+            for (int f = 0; f < F; f++) {
+                int64_t g = 0;
+                for (int b = 0; b < B; b++)
+                    g += e[b * C + c] * x[b * F + f];
+                int64_t v = naive_sgd(w0[c * F + f], g, lr, decay);
+                CHECK(w[c * F + f] == v, "head w[%d, %d]", c, f);
+                expected_largest = llabs(v) > expected_largest ? llabs(v) : expected_largest;
+            }
+        CHECK(largest == expected_largest, "head max|w|");
+    }
+}
+
+/* The operand forms of the pair products, and the outlier list of a pair form. */
+static void test_pair_forms(void)
+{
+    enum { R = 9, K = 30 };
+    static int8_t x[R * K];
+    static int32_t units[R * K], a[R * K], split[R * K], index[8], residual[8];
+    static int16_t pairs[R * K];
+    for (int i = 0; i < R * K; i++)
+        x[i] = (int8_t)uniform(-128, 127);
+    int64_t largest = pairs_input_units(x, units, pairs, R, K), expected = 0;
+    for (int r = 0; r < R; r++) {
+        int64_t l1 = 0;
+        for (int k = 0; k < K; k++) {
+            CHECK(units[r * K + k] == input_unit(x[r * K + k]) && pairs[r * K + k] == x[r * K + k], "input units");
+            l1 += llabs(x[r * K + k]);
+        }
+        expected = l1 > expected ? l1 : expected;
+    }
+    CHECK(largest == expected, "input units' row L1 norm");
+    for (int i = 0; i < R * K; i++)
+        a[i] = (int32_t)uniform(-40000, 40000) / (i % 4 ? 4 : 1); /* some past int16 */
+    pairs_split_units(a, split, R * K);
+    outliers_t outliers = {index, residual, 8, 0};
+    pairs_pair_form(a, pairs, R, K, &outliers);
+    ptrdiff_t found = 0;
+    for (int i = 0; i < R * K; i++) {
+        CHECK(split[i] == split_unit(a[i]), "split units");
+        CHECK(pairs[i] == clip(a[i], -32768, 32767), "pair form");
+        if (pairs[i] != a[i]) {
+            if (found < 8)
+                CHECK(index[found] == i && residual[found] == a[i] - pairs[i], "outlier %lld", (long long)found);
+            found++;
+        }
+    }
+    CHECK(outliers.count == found, "outlier count %lld, expected %lld", (long long)outliers.count, (long long)found);
+}
+
+#if defined(__x86_64__)
+/* The pair products of each ISA this CPU runs, against naive sums (x86-64 only). */
+static void test_pair_kernels(const pair_kernels_t *kernels)
+{
+    enum { M = 11, N = 7, K = 38 }; /* edges of every tile and vector width */
+    static int8_t x[M * K];
+    static int32_t w[N * K], w0[N * K], x_units[M * K], z[M * N], delta[M * N], index[16],
+        residual[16];
+    static int16_t x_pairs[M * K], w_pairs[N * K];
+    for (int round = 0; round < 30; round++) {
+        for (int i = 0; i < M * K; i++)
+            x[i] = (int8_t)uniform(-128, 127);
+        for (int i = 0; i < N * K; i++)
+            w[i] = w0[i] = (int32_t)uniform(-60000, 60000) / (i % 9 ? 8 : 1);
+        pairs_input_units(x, x_units, x_pairs, M, K);
+        outliers_t outliers = {index, residual, 16, 0};
+        pairs_pair_form(w, w_pairs, N, K, &outliers);
+        if (outliers.count > 16)
+            continue;
+        CHECK(kernels->product((const int32_t *)x_pairs, (const int32_t *)w_pairs, z, M, N, K / 2, K / 2, x,
+                               &outliers) == 0, "%s product", kernels->name);
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                int64_t sum = 0;
+                for (int k = 0; k < K; k++)
+                    sum += (int64_t)x[i * K + k] * w[j * K + k];
+                CHECK(z[i * N + j] == sum, "%s product z[%d, %d] = %d, expected %lld", kernels->name, i, j,
+                      z[i * N + j], (long long)sum);
+            }
+        /* the update: G = delta^T x, and the new pair form with its outliers */
+        int64_t lr = uniform(1, 3000), decay = round % 2 ? uniform(1, 3000) : 0;
+        for (int i = 0; i < M * N; i++)
+            delta[i] = (int32_t)uniform(-(1 << 19), 1 << 19);
+        int64_t largest = kernels->sgd_update(delta, x_units, w, NULL, w_pairs, &outliers, N, M, K,
+                                              make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1));
+        int64_t expected = 0;
+        ptrdiff_t found = 0; /* a full list is sorted; past its capacity, which ones it holds is open */
+        for (int j = 0; j < N; j++)
+            for (int k = 0; k < K; k++) {
+                int64_t g = 0;
+                for (int i = 0; i < M; i++)
+                    g += (int64_t)delta[i * N + j] * x[i * K + k];
+                int64_t v = naive_sgd(w0[j * K + k], g, lr, decay);
+                CHECK(w[j * K + k] == v, "%s update w[%d, %d]", kernels->name, j, k);
+                CHECK(w_pairs[j * K + k] == clip(v, -32768, 32767), "%s update's pair form", kernels->name);
+                if (v != clip(v, -32768, 32767)) {
+                    if (outliers.count <= 16)
+                        CHECK(index[found] == j * K + k, "%s update's outlier %lld", kernels->name, (long long)found);
+                    found++;
+                }
+                expected = llabs(v) > expected ? llabs(v) : expected;
+            }
+        CHECK(largest == expected && outliers.count == found, "%s update: max|w|, outliers", kernels->name);
+    }
+}
+#endif
+
+int main(void)
+{
+    test_rules();
+    test_loops();
+    test_head();
+    test_pair_forms();
+    const pair_kernels_t *isas[] = {&avx2_kernels, &vnni_kernels};
+    for (int i = 0; i < 2; i++) {
+#if defined(__x86_64__)
+        if (isas[i]->supported()) {
+            test_pair_kernels(isas[i]);
+            printf("%s pair products: checked\n", isas[i]->name);
+            continue;
+        }
+#endif
+        CHECK(isas[i]->supported() == 0 || isas[i]->product != NULL, "%s", isas[i]->name);
+        printf("%s pair products: not run by this CPU\n", isas[i]->name);
+    }
+    printf("ok: %lld checks\n", checks);
+    return 0;
+}
