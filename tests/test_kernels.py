@@ -1,0 +1,103 @@
+"""Every kernel implementation trains to the NumPy reference's weights, bit for bit: dense and
+conv layers, even and odd widths, any number of threads; and the selection rules of
+``config_context(kernels=...)``. (The unit tests of each kernel are in test_fused.py and
+test_pairs.py; the golden traces replay on every implementation in test_reference.py.)"""
+
+import warnings
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import sknitro
+from sknitro import NitroCNNClassifier, NitroMLPClassifier
+from sknitro.nn import kernels
+
+from conftest import KERNEL_PATHS, PAIR_ISAS, weights_equal
+
+
+def _fit(make, X, y, **config):
+    with warnings.catch_warnings(), sknitro.config_context(**config):
+        warnings.simplefilter("ignore")
+        model = make().fit(X, y)
+        return model.weights_ + model.head_weights_, model.decision_function(X)
+
+
+MODELS = {
+    # even widths: the pair form of the weights; odd (63 inputs, 33 units): split units
+    "mlp-even": (lambda: NitroMLPClassifier(hidden_layer_sizes=(64, 32), max_iter=3, random_state=0), False),
+    "mlp-odd": (lambda: NitroMLPClassifier(hidden_layer_sizes=(33,), max_iter=3, random_state=1), False),
+    # conv widths 9 (one channel) and 16 * 9; a dense block after the convs
+    "cnn": (lambda: NitroCNNClassifier(architecture=[16, "M", 16], hidden_layer_sizes=(32,), max_iter=2,
+                                       random_state=0), True),
+}
+
+
+@pytest.fixture(scope="module")
+def reference_fits(digits):
+    X, y = digits
+    fits = {}
+    for name, (make, image) in MODELS.items():
+        data = X.reshape(-1, 1, 8, 8) if image else (X[:, 1:] if name == "mlp-odd" else X)
+        fits[name] = data, _fit(make, data, y, kernels="numpy")
+    return fits
+
+
+@pytest.mark.parametrize("path", KERNEL_PATHS)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_implementation_trains_to_the_reference_weights(reference_fits, digits, model, path):
+    data, (expected_weights, expected_scores) = reference_fits[model]
+    weights, scores = _fit(MODELS[model][0], data, digits[1], **KERNEL_PATHS[path])
+    assert weights_equal(weights, expected_weights)
+    np.testing.assert_array_equal(scores, expected_scores)
+
+
+@pytest.mark.parametrize("isa", PAIR_ISAS)
+def test_conv_layers_train_on_the_pair_products(digits, isa, spy):
+    """A CNN without dense blocks: every weight update of a forward layer is a conv's."""
+    X, y = digits
+    make = lambda: NitroCNNClassifier(architecture=[16, "M", 16], max_iter=1, random_state=0)  # noqa: E731
+    weights, _ = _fit(make, X.reshape(-1, 1, 8, 8), y, kernels=isa)
+    assert spy.calls.get(f"units_sgd_update/{isa}", 0) > 0  # the conv updates
+    assert spy.calls.get(f"pairs_product/{isa}", 0) > 0  # the second conv's forward (16 * 9: even)
+    assert spy.calls.get(f"units_product/{isa}", 0) > 0  # the first conv's forward (9: odd)
+    assert weights_equal(weights, _fit(make, X.reshape(-1, 1, 8, 8), y, kernels="numpy")[0])
+
+
+@pytest.mark.skipif(not PAIR_ISAS, reason="this CPU runs no pair products (AVX2 or AVX-512 VNNI)")
+@pytest.mark.skipif(not any(i["user_api"] == "openmp" for i in threadpool_info()),
+                    reason="the extension was built without OpenMP")
+@pytest.mark.parametrize("isa", PAIR_ISAS)
+def test_the_number_of_threads_changes_nothing(digits, isa):
+    """Products of this size (4096 positions x 144 inputs x 16 outputs) run on every thread
+    threadpoolctl allows; the weights are the same for one thread or two."""
+    X, y = digits
+    make = lambda: NitroCNNClassifier(architecture=[16, 16], max_iter=2, random_state=0)  # noqa: E731
+    with threadpool_limits(1):
+        one = _fit(make, X.reshape(-1, 1, 8, 8), y, kernels=isa)
+    with threadpool_limits(2):
+        two = _fit(make, X.reshape(-1, 1, 8, 8), y, kernels=isa)
+    assert weights_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+
+
+def test_selection_follows_the_settings():
+    assert kernels.select().name == kernels.BEST
+    assert kernels.AVAILABLE[0] == "numpy" and kernels.BEST == kernels.AVAILABLE[-1]
+    for name in kernels.AVAILABLE:
+        with sknitro.config_context(kernels=name):
+            assert kernels.select().name == name
+            with sknitro.config_context(gemm="integer"):  # the integer GEMM is the reference's
+                assert kernels.select().name == "numpy"
+            with sknitro.config_context(fused_kernels=False):
+                assert kernels.select().name == "numpy"
+
+
+def test_an_implementation_this_machine_cannot_run_is_refused():
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        sknitro.set_config(kernels="sse2")
+    missing = [name for name in ("c", "avx2", "vnni") if name not in kernels.AVAILABLE]
+    for name in missing:
+        with pytest.raises(ValueError, match="cannot run here"):
+            sknitro.set_config(kernels=name)
+    assert sknitro.get_config()["kernels"] == "auto"
