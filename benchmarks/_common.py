@@ -1,7 +1,7 @@
 """Helpers shared by the benchmarks of ``benchmarks/``: the machine, the float64 GEMM roofline,
-analytic FLOP counts, peak memory measured in child processes, and the JSON / Markdown / PNG
-writers. The benchmark scripts import this module as ``_common`` (they run as scripts, so
-their own directory is on ``sys.path``).
+analytic FLOP counts, quiet fits, peak memory measured in child processes, and the JSON /
+Markdown / PNG writers. The benchmark scripts import this module as ``_common`` (they run as
+scripts, so their own directory is on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sklearn
+from sklearn.exceptions import ConvergenceWarning
 
 import sknitro
 
@@ -127,6 +129,15 @@ def backprop_mlp_flops(n_samples: int, n_features: int, hidden: Sequence[int],
     return 2 * macs * n_samples
 
 
+# -- fitting -------------------------------------------------------------------------------------
+def fit_quietly(model: Any, X: np.ndarray, y: np.ndarray) -> bool:
+    """``model.fit(X, y)``; whether it stopped at its maximum of epochs (ConvergenceWarning)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(X, y)
+    return any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
 # -- accuracy curves ----------------------------------------------------------------------------
 def cumulative(values: Sequence[float]) -> list[float]:
     return [float(v) for v in np.cumsum(values)]
@@ -212,6 +223,21 @@ def run_memory_child(script: str | Path, arguments: Sequence[str]) -> dict:
         raise RuntimeError(f"memory child {' '.join(arguments)} failed (exit {done.returncode}):\n"
                            f"{done.stderr}")
     return json.loads(lines[-1][len(MEMORY_MARKER):])
+
+
+def measure_memory(script: str | Path, names: Sequence[str], epochs: int,
+                   arguments: Callable[[str], Sequence[str]]) -> dict[str, dict]:
+    """The peaks of training each of ``names`` (a model or a method), each in a memory child:
+    ``script`` run with ``arguments(name)``, one after the other."""
+    results = {}
+    for name in names:
+        print(f"  memory child: {name}, {epochs} epoch(s)...", flush=True)
+        result = run_memory_child(script, arguments(name))
+        print(f"  {name}: peak RSS {mib(result['whole_process_peak_rss_kib'])} MiB, during "
+              f"training {mib(result['training_peak_rss_kib'])} MiB, tracemalloc peak "
+              f"{result['tracemalloc_peak_bytes'] / 2**20:.1f} MiB", flush=True)
+        results[name] = result
+    return results
 
 
 def memory_ratios(a: dict, b: dict) -> dict[str, float | None]:

@@ -6,11 +6,12 @@
         --scale-calibration --name vgg8b_quarter_calibrated        # a quarter-width VGG8B
 
 Trains with the validation-driven schedule (10% validation split, lr_inv plateau, early
-stopping, best validated model kept) until the budget or ``--max-epochs`` runs out: an epoch
-is started only if, at the pace of the last one (training + validation), it ends within the
-budget, so the whole training run fits in it. Reports test accuracy and seconds per epoch;
-the test accuracy of each epoch's weights is measured after training, for the report only:
-no decision ever reads it. Results: benchmarks/results/<name>.{json,md,png} (``--name``, default cnn_fashion).
+stopping, best validated model kept) until the budget or ``--max-epochs`` runs out: the
+callback ``sknitro.callbacks.TimeLimit`` ends training when one more epoch, at the pace of
+the last one (training + validation), would end past the budget, so the whole training run
+fits in it. Reports test accuracy and seconds per epoch; the test accuracy of each epoch's
+weights is measured after training, for the report only: no decision ever reads it.
+Results: benchmarks/results/<name>.{json,md,png} (``--name``, default cnn_fashion).
 """
 
 from __future__ import annotations
@@ -24,42 +25,30 @@ import numpy as np
 from _common import call_with_threads, line_plot, machine_info, machine_line, write_json
 
 from sknitro import NitroCNNClassifier
+from sknitro.callbacks import TimeLimit
 from sknitro.cnn import PRESETS
 from sknitro.datasets import load_fashion_mnist
 
 
-class BudgetedCNN(NitroCNNClassifier):
-    """Keeps each epoch's weights for the report and stops (as Ctrl-C would) before an epoch
-    that would not finish within the budget, judged by the last epoch's duration."""
+class EpochWeights:
+    """A training callback: keeps each epoch's weights for the report and prints the epoch."""
 
-    def _record_epoch(self, stats, seconds, lr_inv):
-        record = super()._record_epoch(stats, seconds, lr_inv)
-        self._epoch_weights.append(self.network_.get_weights())
-        print(f"  epoch {record['epoch']:3d}: {seconds:7.1f} s, train {record['train_accuracy']:.4f}, "
-              f"heads {np.round(record['head_accuracies'], 3).tolist()}", flush=True)
-        return record
+    def __init__(self) -> None:
+        self.weights: list = []
 
-    def _train_one_epoch(self, X, y_idx, sgd):
-        now = time.perf_counter()
-        if self._epoch_weights:  # one epoch = training + validation, start to start
-            self._epoch_seconds = now - self._epoch_started
-        self._epoch_started = now
-        if now + self._epoch_seconds > self._deadline:
-            raise KeyboardInterrupt  # keeps the model of the last finished epoch
-        return super()._train_one_epoch(X, y_idx, sgd)
+    def __call__(self, clf: NitroCNNClassifier, record: dict) -> None:
+        self.weights.append(clf.network_.get_weights())
+        print(f"  epoch {record['epoch']:3d}: {record['seconds']:7.1f} s, "
+              f"train {record['train_accuracy']:.4f}, heads {np.round(record['head_accuracies'], 3).tolist()}", flush=True)
 
-    def start_budget(self, minutes: float) -> None:
-        self._epoch_weights, self._epoch_seconds = [], 0.0
-        self._deadline = time.perf_counter() + 60 * minutes
-
-    def score_epochs(self, X_test, y_test) -> list[float]:
+    def score(self, clf: NitroCNNClassifier, X_test: np.ndarray, y_test: np.ndarray) -> list[float]:
         """Test accuracy of every epoch's weights (after training: no decision reads it)."""
-        final = self.network_.get_weights()
+        final = clf.network_.get_weights()
         accuracies = []
-        for weights in self._epoch_weights:
-            self.network_.set_weights(weights)
-            accuracies.append(float(self.score(X_test, y_test)))
-        self.network_.set_weights(final)
+        for weights in self.weights:
+            clf.network_.set_weights(weights)
+            accuracies.append(float(clf.score(X_test, y_test)))
+        clf.network_.set_weights(final)
         return accuracies
 
 
@@ -124,22 +113,22 @@ def run(args: argparse.Namespace) -> None:
         print(f"VGG8B: {result['vgg8b']['hours_per_60000_epoch']:.2f} h per Fashion-MNIST epoch", flush=True)
     if args.budget_minutes > 0:
         X_train, y_train, X_test, y_test = load_fashion_mnist(n_train=args.n_train, n_test=args.n_test)
-        clf = BudgetedCNN(architecture=architecture(args.architecture, args.width_divisor),
-                          hidden_layer_sizes=tuple(args.hidden), scale_calibration=args.scale_calibration,
-                          head_dim=head_dim(args.architecture, args.width_divisor),
-                          **({} if args.lr_inv is None else {"lr_inv": args.lr_inv}),
-                          fwd_decay_inv=args.fwd_decay_inv,
-                          head_decay_inv=args.head_decay_inv, dropout=args.dropout,
-                          augment=not args.no_augment, early_stopping=True, max_iter=args.max_epochs,
-                          n_iter_no_change=15, lr_plateau_patience=args.plateau_patience, tol=args.tol,
-                          random_state=args.seed)
-        clf.start_budget(args.budget_minutes)
+        epochs = EpochWeights()
+        clf = NitroCNNClassifier(
+            architecture=architecture(args.architecture, args.width_divisor),
+            hidden_layer_sizes=tuple(args.hidden), scale_calibration=args.scale_calibration,
+            head_dim=head_dim(args.architecture, args.width_divisor),
+            **({} if args.lr_inv is None else {"lr_inv": args.lr_inv}),
+            fwd_decay_inv=args.fwd_decay_inv, head_decay_inv=args.head_decay_inv, dropout=args.dropout,
+            augment=not args.no_augment, early_stopping=True, max_iter=args.max_epochs,
+            n_iter_no_change=15, lr_plateau_patience=args.plateau_patience, tol=args.tol,
+            random_state=args.seed, callbacks=[epochs, TimeLimit(60 * args.budget_minutes)])
         started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             clf.fit(X_train, y_train)
         training_seconds = time.perf_counter() - started
-        for record, accuracy in zip(clf.history_, clf.score_epochs(X_test, y_test)):
+        for record, accuracy in zip(clf.history_, epochs.score(clf, X_test, y_test)):
             record["test_accuracy"] = accuracy
         result["cnn"] = {
             "total_seconds": training_seconds,

@@ -1,7 +1,9 @@
 """Benchmark: sknitro's NitroMLPClassifier vs scikit-learn's MLPClassifier on Fashion-MNIST.
 
-The network is the published NITRO-D MLP 784-200-100-50-10 with batch size 64. sknitro gets
-the raw uint8 images flattened to ``(n, 784)``; the float peer, ``MLPClassifier(solver="adam")``
+The network is the published NITRO-D MLP 784-200-100-50-10 with batch size 64 and the
+published hyperparameters, ``paper_table.py``'s row ``mlp-fashion`` (this script takes them
+from there, with the data loading, the roofline shapes and the FLOP count). sknitro gets the
+raw uint8 images flattened to ``(n, 784)``; the float peer, ``MLPClassifier(solver="adam")``
 with the same ``hidden_layer_sizes`` and ``batch_size``, gets them scaled to [0, 1] as float64.
 Both models run in the same process, epoch by epoch and interleaved (one epoch of sknitro, one
 of the peer, ...), so that a change of load on a shared machine hits both alike. The protocol
@@ -60,41 +62,34 @@ import argparse
 import functools
 import statistics
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import (PUBLISHED_SCHEDULE, call_with_threads, cumulative, fmt, line_plot,
-                     load_average, local_loss_mlp_flops, machine_info, machine_line, md_table,
-                     measure_gemm, memory_ratios, memory_table, mib, print_memory_result, ratio,
-                     roofline_summary, run_memory_child, target_cell, time_to_target,
-                     training_peaks, write_json, write_text)
-from sklearn.exceptions import ConvergenceWarning
+from _common import (PUBLISHED_SCHEDULE, call_with_threads, cumulative, fit_quietly, fmt, line_plot,
+                     load_average, machine_info, machine_line, md_table, measure_gemm,
+                     measure_memory as measure_children, memory_ratios, memory_table,
+                     print_memory_result, ratio, roofline_summary, target_cell,
+                     time_to_target, training_peaks, write_json, write_text)
+from paper_table import CONFIGS, N_CLASSES, integer_flops, integer_params, roofline_shapes
+from paper_table import load_data as load_config_data
 from sklearn.neural_network import MLPClassifier
 
 from sknitro import NitroMLPClassifier
-from sknitro.datasets import load_fashion_mnist
 
-HIDDEN = (200, 100, 50)
-BATCH_SIZE = 64
-N_FEATURES = 28 * 28
-N_CLASSES = 10
+# The published NITRO-D MLP on Fashion-MNIST: paper_table.py's row "mlp-fashion".
+CONFIG = CONFIGS["mlp-fashion"]
+NITRO_PARAMS = integer_params(CONFIG)  # its published hyperparameters
+HIDDEN = CONFIG.hidden
+BATCH_SIZE = NITRO_PARAMS["batch_size"]
 CLASSES = np.arange(N_CLASSES)
-
-# The published NITRO-D hyperparameters of this MLP.
-NITRO_PARAMS = dict(hidden_layer_sizes=HIDDEN, lr_inv=512, lr_amp=640, fwd_decay_inv=10000,
-                    head_decay_inv=8000, target_value=32, batch_size=BATCH_SIZE)
 # The published schedule (--full): early stopping and lr_inv plateaus on a validation split.
 FULL_SCHEDULE = PUBLISHED_SCHEDULE
 
 # Float64 GEMMs of the first (largest) layer: forward, and the weight gradient.
-GEMM_SHAPES = {
-    "(64x784)@(784x200)": (BATCH_SIZE, N_FEATURES, HIDDEN[0]),
-    "(200x64)@(64x784)": (HIDDEN[0], BATCH_SIZE, N_FEATURES),
-}
+GEMM_SHAPES = roofline_shapes(CONFIG)
 
 
 # -- the two contenders -----------------------------------------------------------------
@@ -151,7 +146,7 @@ def use_params(lr_inv: int, target_value: int) -> str:
 
 def load_data(n_train: int | None, n_test: int | None) -> tuple[np.ndarray, ...]:
     """Fashion-MNIST as uint8 ``(n, 784)`` images and labels."""
-    X_train, y_train, X_test, y_test = load_fashion_mnist(n_train=n_train, n_test=n_test)
+    X_train, y_train, X_test, y_test = load_config_data(CONFIG, None, n_train, n_test)
     return X_train.reshape(len(X_train), -1), y_train, X_test.reshape(len(X_test), -1), y_test
 
 
@@ -224,7 +219,7 @@ def paired_ratio(runs_by_seed: list[dict[str, dict]], a: str, b: str) -> float:
 # -- 2: roofline ------------------------------------------------------------------------
 def nitro_epoch_flops(n_samples: int) -> int:
     """Analytic FLOPs of one sknitro epoch of this MLP (see ``local_loss_epoch_flops``)."""
-    return local_loss_mlp_flops(n_samples, N_FEATURES, HIDDEN, N_CLASSES)
+    return integer_flops(CONFIG, n_samples)
 
 
 # -- 3: peak memory (child processes) ----------------------------------------------------
@@ -250,14 +245,8 @@ def memory_child_arguments(name: str, args: argparse.Namespace) -> list[str]:
 
 
 def measure_memory(contenders: Sequence[Contender], args: argparse.Namespace) -> dict:
-    results = {}
-    for c in contenders:
-        print(f"  memory child: {c.name}, {args.memory_epochs} epoch(s)...", flush=True)
-        result = run_memory_child(__file__, memory_child_arguments(c.name, args))
-        print(f"  {c.name}: peak RSS {mib(result['whole_process_peak_rss_kib'])} MiB, during "
-              f"training {mib(result['training_peak_rss_kib'])} MiB, tracemalloc peak "
-              f"{result['tracemalloc_peak_bytes'] / 2**20:.1f} MiB", flush=True)
-        results[c.name] = result
+    results = measure_children(__file__, [c.name for c in contenders], args.memory_epochs,
+                               lambda name: memory_child_arguments(name, args))
     if "sknitro" in results and "sklearn" in results:
         a, b = results["sknitro"], results["sklearn"]
         results["ratio_sknitro_over_sklearn"] = memory_ratios(a, b)
@@ -274,11 +263,9 @@ def run_full_schedule(data: tuple[np.ndarray, ...], seeds: Sequence[int], max_ep
         model = make_nitro(seed, max_iter=max_epochs, verbose=verbose, lr_inv=lr_inv,
                            target_value=target_value, **FULL_SCHEDULE)
         print(f"  seed {seed}: fit, at most {max_epochs} epochs...", flush=True)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            started = time.perf_counter()
-            model.fit(X_train, y_train)
-            seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        hit_max_epochs = fit_quietly(model, X_train, y_train)
+        seconds = time.perf_counter() - started
         accuracy = float(model.score(X_test, y_test))
         validation = [float(v) for v in model.validation_scores_]
         runs.append({
@@ -288,7 +275,7 @@ def run_full_schedule(data: tuple[np.ndarray, ...], seeds: Sequence[int], max_ep
             "kept_epoch": validation.index(model.best_validation_score_) + 1
             if model.best_validation_score_ is not None else None,
             "final_lr_inv": model.lr_inv_,
-            "hit_max_epochs": any(issubclass(w.category, ConvergenceWarning) for w in caught),
+            "hit_max_epochs": hit_max_epochs,
             "history": model.history_,
         })
         print(f"  seed {seed}: test acc {accuracy:.4f}, {model.n_iter_} epochs, {seconds:.1f} s, "

@@ -57,21 +57,19 @@ import pickle
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import (PUBLISHED_SCHEDULE, backprop_mlp_flops, call_with_threads, fmt, line_plot,
-                     load_average, local_loss_epoch_flops, local_loss_mlp_flops, machine_info,
-                     machine_line, md_table, measure_gemm, memory_ratios, memory_table, mib,
-                     print_memory_result, pyplot, roofline_summary, run_memory_child,
-                     save_figure, target_cell, time_to_target, training_peaks, write_json,
-                     write_text)
+from _common import (PUBLISHED_SCHEDULE, backprop_mlp_flops, call_with_threads, fit_quietly, fmt,
+                     line_plot, load_average, local_loss_epoch_flops, local_loss_mlp_flops,
+                     machine_info, machine_line, md_table, measure_gemm, measure_memory,
+                     memory_ratios, memory_table, mib, print_memory_result, pyplot,
+                     roofline_summary, save_figure, target_cell, time_to_target, training_peaks,
+                     write_json, write_text)
 from float_les import FloatLESClassifier
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from sknitro import NitroCNNClassifier, NitroMLPClassifier
@@ -250,7 +248,10 @@ def load_data(config: PaperConfig, data_dir: Path | None, n_train: int | None,
 # -- the methods -----------------------------------------------------------------------------------
 class EpochLog:
     """Seconds of every epoch (as the method times its training) and the test accuracy of the
-    model after it. The test set is scored for the report only: no decision reads it."""
+    model after it. The test set is scored for the report only: no decision reads it.
+
+    A sknitro estimator calls it as a training callback; the float peers call :meth:`record`.
+    """
 
     def __init__(self, X_test: np.ndarray, y_test: np.ndarray, label: str) -> None:
         self.X_test, self.y_test, self.label = X_test, y_test, label
@@ -265,22 +266,24 @@ class EpochLog:
               flush=True)
         return accuracy
 
-
-class LoggedNitroMixin:
-    """Calls ``epoch_log.record`` after every epoch of a sknitro estimator."""
-
-    epoch_log: EpochLog | None = None
-
-    def _record_epoch(self, stats: Any, seconds: float, lr_inv: int) -> dict:
-        record = super()._record_epoch(stats, seconds, lr_inv)
-        if self.epoch_log is not None:
-            record["test_accuracy"] = self.epoch_log.record(self, seconds)
-        return record
+    def __call__(self, model: Any, record: dict) -> None:
+        """The sknitro callback: the epoch's training seconds, its test accuracy into ``history_``."""
+        record["test_accuracy"] = self.record(model, record["seconds"])
 
 
-class LoggedNitroMLP(LoggedNitroMixin, NitroMLPClassifier):
-    """NitroMLPClassifier, plus the CNN's per-sample crop-and-flip augmentation of flattened
-    images when ``augment_shape`` (C, H, W) is set: the published CIFAR-10 MLP trains with it."""
+def attach_log(model: Any, log: EpochLog) -> None:
+    """Log every epoch of ``model``: a sknitro estimator through its ``callbacks``, a float peer
+    through its ``epoch_log``."""
+    if isinstance(model, (NitroMLPClassifier, NitroCNNClassifier)):
+        model.set_params(callbacks=log)
+    else:
+        model.epoch_log = log
+
+
+class AugmentedNitroMLP(NitroMLPClassifier):
+    """NitroMLPClassifier plus the CNN's per-sample crop-and-flip augmentation of flattened
+    images of shape ``augment_shape`` (C, H, W): the published MLP-1024 and CIFAR-10 MLP rows
+    train with it. The MLP has no public augmentation, hence the override of its hook."""
 
     augment_shape: tuple[int, int, int] | None = None
 
@@ -295,10 +298,6 @@ class LoggedNitroMLP(LoggedNitroMixin, NitroMLPClassifier):
             return crop_flip(batch.reshape(len(batch), *shape), rng).reshape(len(batch), -1)
 
         return augment
-
-
-class LoggedNitroCNN(LoggedNitroMixin, NitroCNNClassifier):
-    """NitroCNNClassifier with an epoch log."""
 
 
 class LoggedMLPClassifier(MLPClassifier):
@@ -320,18 +319,23 @@ class LoggedMLPClassifier(MLPClassifier):
         self._epoch_started = time.perf_counter()
 
 
+def integer_params(config: PaperConfig) -> dict[str, Any]:
+    """The row's published hyperparameters of the sknitro estimator (no schedule, no seed)."""
+    return dict(hidden_layer_sizes=config.hidden, lr_inv=LR_INV, lr_amp=LR_AMP, target_value=TARGET_VALUE,
+                fwd_decay_inv=config.fwd_decay_inv, head_decay_inv=config.head_decay_inv,
+                dropout=config.dropout, batch_size=BATCH_SIZE)
+
+
 def integer_model(config: PaperConfig, seed: int, max_epochs: int, args: argparse.Namespace) -> Any:
     """The sknitro estimator with the row's published hyperparameters and schedule."""
-    params = dict(hidden_layer_sizes=config.hidden, lr_inv=LR_INV, lr_amp=LR_AMP,
-                  target_value=TARGET_VALUE,
-                  fwd_decay_inv=config.fwd_decay_inv, head_decay_inv=config.head_decay_inv,
-                  dropout=config.dropout, batch_size=BATCH_SIZE, max_iter=max_epochs,
-                  random_state=seed, **PUBLISHED_SCHEDULE)
+    params = dict(**integer_params(config), max_iter=max_epochs, random_state=seed, **PUBLISHED_SCHEDULE)
     if config.model != "mlp":
-        return LoggedNitroCNN(architecture=config.model, head_dim=VGG_HEAD_DIM,
-                              augment=config.augment, crop_padding=CROP_PADDING, **params)
-    model = LoggedNitroMLP(**params)
-    model.augment_shape = config.data.image_shape if config.augment else None
+        return NitroCNNClassifier(architecture=config.model, head_dim=VGG_HEAD_DIM,
+                                  augment=config.augment, crop_padding=CROP_PADDING, **params)
+    if not config.augment:
+        return NitroMLPClassifier(**params)
+    model = AugmentedNitroMLP(**params)
+    model.augment_shape = config.data.image_shape
     return model
 
 
@@ -434,20 +438,13 @@ def methods_for(config: PaperConfig, names: Sequence[str]) -> list[Method]:
 
 
 # -- running -----------------------------------------------------------------------------------------
-def fit_quietly(model: Any, X: np.ndarray, y: np.ndarray) -> bool:
-    """``model.fit(X, y)``; whether it stopped at its maximum of epochs (ConvergenceWarning)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        model.fit(X, y)
-    return any(issubclass(w.category, ConvergenceWarning) for w in caught)
-
-
 def fit_run(method: Method, config: PaperConfig, data: tuple[np.ndarray, ...], seed: int,
             args: argparse.Namespace) -> dict:
     """Fit one method with one seed; its epochs, accuracies and final test accuracy."""
     X_train, y_train, X_test, y_test = data
     model = method.make(config, seed, args.epochs, args)
-    model.epoch_log = log = EpochLog(X_test, y_test, f"{method.name} seed {seed}")
+    log = EpochLog(X_test, y_test, f"{method.name} seed {seed}")
+    attach_log(model, log)
     print(f"  [{method.name}] seed {seed}: fit, at most {args.epochs} epochs", flush=True)
     started = time.perf_counter()
     hit_max = fit_quietly(model, X_train, y_train)
@@ -519,16 +516,6 @@ def memory_child(args: argparse.Namespace) -> dict:
             **training_peaks(train)}
 
 
-def measure_memory(config: PaperConfig, methods: Sequence[Method], args: argparse.Namespace) -> dict:
-    memory = {}
-    for method in methods:
-        print(f"  memory child: {method.name}, {args.memory_epochs} epoch(s)", flush=True)
-        memory[method.name] = run_memory_child(__file__, memory_child_arguments(method.name, config, args))
-        print(f"  {method.name}: peak RSS {mib(memory[method.name]['whole_process_peak_rss_kib'])} MiB",
-              flush=True)
-    return memory
-
-
 def run_config(config: PaperConfig, args: argparse.Namespace) -> dict:
     """Everything for one configuration; writes its JSON, Markdown and plots."""
     data_directory(config.dataset, args.data_dir)  # fail before any work when the data is missing
@@ -539,7 +526,9 @@ def run_config(config: PaperConfig, args: argparse.Namespace) -> dict:
                                "machine": machine_info(), "labels": {m.name: m.label for m in methods}}
     if not args.skip_memory:  # first: the children must not inherit a big parent's ru_maxrss
         print("[memory] peak memory of training, one child process per method", flush=True)
-        results["memory"] = measure_memory(config, methods, args)
+        results["memory"] = measure_memory(
+            __file__, [m.name for m in methods], args.memory_epochs,
+            lambda name: memory_child_arguments(name, config, args))
     data = load_data(config, args.data_dir, args.n_train, args.n_test)
     results["n_train"], results["n_test"] = len(data[1]), len(data[3])
     shapes = roofline_shapes(config)

@@ -69,6 +69,7 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "device": [StrOptions(set(DEVICES))],
+        "callbacks": [callable, list, tuple, None],  # the items: _callback_list
     }
 
     # -- hooks for the concrete estimators ------------------------------------------------
@@ -100,12 +101,30 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
                 f"NITRO-ReLU mean correction), got {self.negative_slope_inv!r}"
             )
         check_dropout_rate("dropout", self.dropout)
+        self._callback_list()
         get_namespace(self.device)  # fails clearly without CuPy or a GPU
 
     def _hidden_sizes(self) -> list:
         """``hidden_layer_sizes`` as a list (an int means one block)."""
         sizes = self.hidden_layer_sizes
         return [sizes] if isinstance(sizes, Integral) else list(sizes)
+
+    def _callback_list(self) -> list:
+        """``callbacks`` as a list of callables; a ``TypeError`` naming the parameter otherwise
+        (also for ``partial_fit`` calls after the first, which skip the parameter checks)."""
+        callbacks = self.callbacks
+        if callbacks is None:
+            return []
+        if callable(callbacks):
+            return [callbacks]
+        if not isinstance(callbacks, (list, tuple)):
+            raise TypeError("callbacks must be None, a callable or a list or tuple of callables, "
+                            f"got {type(callbacks).__name__}: {callbacks!r}")
+        for i, callback in enumerate(callbacks):
+            if not callable(callback):
+                raise TypeError(f"callbacks[{i}] must be a callable taking (estimator, record), got "
+                                f"{type(callback).__name__}: {callback!r}")
+        return list(callbacks)
 
     # -- public API --------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> BaseNitroClassifier:
@@ -122,7 +141,8 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : object
             The fitted estimator. A ``KeyboardInterrupt`` stops training and keeps the model
-            of the last finished epoch.
+            of the last finished epoch; so does a callback that returns ``True`` (see
+            ``callbacks``), after the epoch it was called for.
         """
         self._validate_params()
         self._check_params()
@@ -147,6 +167,7 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : object
+            The callbacks are called after the epoch; what they return has no effect here.
         """
         first_call = not hasattr(self, "network_")
         if first_call:
@@ -164,8 +185,9 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
     @contextlib.contextmanager
     def _unfitted_on_error(self, fresh: bool) -> Iterator[None]:
         """An error (other than Ctrl-C) never leaves a half-fitted model: the model is back
-        at the end of its last finished epoch (``_run_epochs`` restores it), and a fresh fit
-        that finished none is forgotten whole (``check_is_fitted`` fails again)."""
+        at the end of its last finished epoch (``_run_epochs`` restores it; an epoch finishes
+        when its callbacks have returned), and a fresh fit that finished none is forgotten
+        whole (``check_is_fitted`` fails again)."""
         try:
             yield
         except Exception:
@@ -278,7 +300,13 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         self.head_accuracies_ = []
 
     def _run_epochs(self, X: np.ndarray, y_idx: np.ndarray, n_epochs: int, monitored: bool) -> None:
-        """Train epochs; with ``monitored``, drive the schedule and stopping from an accuracy."""
+        """Train epochs; with ``monitored``, drive the schedule and stopping from an accuracy.
+
+        An epoch finishes when its callbacks have returned: an error or Ctrl-C before that
+        puts the weights, the RNG and every record back as the previous epoch left them.
+        """
+        started = time.perf_counter()
+        callbacks = self._callback_list()
         X_val = y_val = None
         if monitored and self.early_stopping:
             X, X_val, y_idx, y_val = self._split_validation(X, y_idx)
@@ -287,39 +315,40 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         sgd = IntegerSGD(self.lr_inv_)
         schedule = PlateauSchedule(self.lr_plateau_factor, self.lr_plateau_patience, round(self.tol * 1000))
         for _ in range(n_epochs):
-            snapshot = self.network_.get_weights()
-            rng_state = self._rng.bit_generator.state
-            started = time.perf_counter()
+            checkpoint = self._checkpoint()
+            previous_lr_inv, previous_best = sgd.lr_inv, best_weights
+            epoch_started = time.perf_counter()
             try:
                 stats = self._train_one_epoch(X, y_idx, sgd)
+                record = self._record_epoch(stats, time.perf_counter() - epoch_started, sgd.lr_inv)
+                if monitored:
+                    if X_val is not None:
+                        correct = int((self.network_.predict_scores(X_val).argmax(axis=1) == y_val).sum())
+                        total = len(y_val)
+                        record["validation_accuracy"] = correct / total
+                        self.validation_scores_.append(correct / total)
+                    else:
+                        correct, total = stats.n_correct, stats.n_samples
+                    sgd.lr_inv, is_best = schedule.update(correct, total, sgd.lr_inv)
+                    if is_best and X_val is not None:
+                        self.best_validation_score_ = correct / total
+                        best_weights = self.network_.get_weights()
+                record["elapsed"] = time.perf_counter() - started
+                if monitored and self.verbose:
+                    print(_format_record(record), flush=True)
+                stop = self._call_callbacks(callbacks, record)
             except KeyboardInterrupt:
-                self.network_.set_weights(snapshot)
-                self._rng.bit_generator.state = rng_state
+                self._restore(checkpoint)
+                sgd.lr_inv, best_weights = previous_lr_inv, previous_best
                 warnings.warn(
                     f"Training interrupted during epoch {self.n_iter_ + 1}: keeping the model of "
                     f"epoch {self.n_iter_}.", UserWarning, stacklevel=3)
                 break
             except Exception:
-                self.network_.set_weights(snapshot)  # no half-updated weights
-                self._rng.bit_generator.state = rng_state
+                self._restore(checkpoint)  # no half-updated weights, no record of an unfinished epoch
                 raise
-            record = self._record_epoch(stats, time.perf_counter() - started, sgd.lr_inv)
-            if not monitored:
-                continue
-            if X_val is not None:
-                correct = int((self.network_.predict_scores(X_val).argmax(axis=1) == y_val).sum())
-                total = len(y_val)
-                record["validation_accuracy"] = correct / total
-                self.validation_scores_.append(correct / total)
-            else:
-                correct, total = stats.n_correct, stats.n_samples
-            sgd.lr_inv, is_best = schedule.update(correct, total, sgd.lr_inv)
-            if is_best and X_val is not None:
-                self.best_validation_score_ = correct / total
-                best_weights = self.network_.get_weights()
-            if self.verbose:
-                print(_format_record(record), flush=True)
-            if schedule.epochs_since_best >= self.n_iter_no_change:
+            self.lr_inv_ = sgd.lr_inv  # an error in a later epoch keeps this epoch's schedule
+            if stop or (monitored and schedule.epochs_since_best >= self.n_iter_no_change):
                 break
         else:
             if monitored and n_epochs > 0:
@@ -328,6 +357,32 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         self.lr_inv_ = sgd.lr_inv
         if best_weights is not None:
             self.network_.set_weights(best_weights)  # as scikit-learn: keep the best validated model
+
+    def _call_callbacks(self, callbacks: list, record: dict) -> bool:
+        """Call every callback (all of them, even after one asked to stop); whether one returned
+        ``True``. Only a bool counts, so that a callback returning a count or a list by accident
+        does not stop training."""
+        stop = False
+        for callback in callbacks:
+            answer = callback(self, record)
+            stop |= isinstance(answer, (bool, np.bool_)) and bool(answer)
+        return stop
+
+    def _checkpoint(self) -> dict:
+        """What an epoch changes, to put back when it does not finish (see ``_run_epochs``)."""
+        lists = {name: getattr(self, name) for name in ("loss_curve_", "history_", "validation_scores_")}
+        return {"weights": self.network_.get_weights(), "rng": self._rng.bit_generator.state,
+                "n_iter_": self.n_iter_, "t_": self.t_, "head_accuracies_": self.head_accuracies_,
+                "best_validation_score_": self.best_validation_score_,
+                "lengths": {name: len(values) for name, values in lists.items() if values is not None}}
+
+    def _restore(self, checkpoint: dict) -> None:
+        self.network_.set_weights(checkpoint["weights"])
+        self._rng.bit_generator.state = checkpoint["rng"]
+        for name in ("n_iter_", "t_", "head_accuracies_", "best_validation_score_"):
+            setattr(self, name, checkpoint[name])
+        for name, length in checkpoint["lengths"].items():
+            del getattr(self, name)[length:]
 
     def _train_one_epoch(self, X: np.ndarray, y_idx: np.ndarray, sgd: IntegerSGD) -> StepStats:
         bar = None

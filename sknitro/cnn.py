@@ -84,7 +84,9 @@ class NitroCNNClassifier(BaseNitroClassifier):
         ``head_decay_inv``, ``scale_bits``, ``target_value``, ``batch_size``,
         ``shuffle``, ``early_stopping``, ``validation_fraction``, ``n_iter_no_change``,
         ``tol``, ``lr_plateau_factor``, ``lr_plateau_patience``, ``warm_start``,
-        ``random_state``, ``verbose``, ``device``: see :class:`NitroMLPClassifier`.
+        ``random_state``, ``verbose``, ``device``, ``callbacks`` (called after every epoch
+        with ``(estimator, record)``; ``True`` ends :meth:`fit`): see
+        :class:`NitroMLPClassifier`.
 
     Attributes
     ----------
@@ -123,7 +125,7 @@ class NitroCNNClassifier(BaseNitroClassifier):
                  target_value=32, batch_size="auto", max_iter=40, shuffle=True, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=20, tol=0.001, lr_plateau_factor=3,
                  lr_plateau_patience=10, warm_start=False, random_state=None, verbose=False,
-                 device="cpu"):
+                 device="cpu", callbacks=None):
         self.architecture = architecture
         self.hidden_layer_sizes = hidden_layer_sizes
         self.head_dim = head_dim
@@ -155,6 +157,7 @@ class NitroCNNClassifier(BaseNitroClassifier):
         self.random_state = random_state
         self.verbose = verbose
         self.device = device
+        self.callbacks = callbacks
 
     # -- hooks ---------------------------------------------------------------------------
     def _check_params(self) -> None:

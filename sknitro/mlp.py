@@ -79,6 +79,20 @@ class NitroMLPClassifier(BaseNitroClassifier):
         Show a progress bar per epoch with the running accuracy, and an epoch summary.
     device : {"cpu", "cuda"}, default="cpu"
         Train on NumPy or on CuPy (a GPU). Results are identical.
+    callbacks : callable, or list or tuple of callables, default=None
+        Called in order at the end of every epoch of :meth:`fit` and :meth:`partial_fit`, as
+        ``callback(estimator, record)``: ``record`` is the epoch's dict in ``history_``
+        (validation accuracy included; keys a callback adds stay there). A callback that
+        returns ``True`` (a bool, NumPy's included; any other value, ``None`` too, goes on)
+        ends :meth:`fit` after this epoch, as early stopping would: with
+        ``early_stopping=True`` the best validated model is kept, otherwise this epoch's.
+        The remaining callbacks of the epoch are still called. An exception raised by a
+        callback propagates and undoes that epoch: the model is the previous epoch's, or
+        unfitted if no epoch had finished in a new fit. ``clone`` deep-copies callable
+        objects (a bound method with its object), not plain functions; a fitted model
+        pickles with its callbacks, so a lambda or a local function makes it unpicklable:
+        ``set_params(callbacks=None)`` before saving. Ready-made callbacks:
+        :mod:`sknitro.callbacks`.
 
     Attributes
     ----------
@@ -111,7 +125,10 @@ class NitroMLPClassifier(BaseNitroClassifier):
     head_accuracies_ : list of float
         Training accuracy of each block's learning head in the last epoch.
     history_ : list of dict
-        One record per epoch: loss, accuracies, ``lr_inv``, seconds.
+        One record per epoch: ``epoch``, ``loss``, ``train_accuracy``, ``head_accuracies``,
+        ``lr_inv``, ``seconds`` (training), ``validation_accuracy`` (``early_stopping=True``)
+        and ``elapsed``: wall seconds from the start of training in this :meth:`fit` (or
+        :meth:`partial_fit`) call to the end of this epoch, validation included.
 
     See Also
     --------
@@ -132,7 +149,7 @@ class NitroMLPClassifier(BaseNitroClassifier):
                  target_value=64, dropout=0.0, batch_size="auto", max_iter=100, shuffle=True,
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=20, tol=0.001,
                  lr_plateau_factor=3, lr_plateau_patience=10, warm_start=False, random_state=None,
-                 verbose=False, device="cpu"):
+                 verbose=False, device="cpu", callbacks=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.negative_slope_inv = negative_slope_inv
@@ -156,6 +173,7 @@ class NitroMLPClassifier(BaseNitroClassifier):
         self.random_state = random_state
         self.verbose = verbose
         self.device = device
+        self.callbacks = callbacks
 
     def _build_network(self, n_classes: int, rng: np.random.Generator) -> IntegerNetwork:
         (n_features,) = self._input_shape
