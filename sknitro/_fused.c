@@ -662,7 +662,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_fused",
-    "Fused integer kernels of the dense training step (see sknitro/nn/fused.py).", -1, methods,
+    "The compiled integer kernels of the training step (see sknitro/nn/kernels.py).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -22,8 +22,9 @@
  * width.) A sum is exact whenever its true value fits int32; the caller proves that.
  *
  * The kernels use the OpenMP threads the user allows (OMP_NUM_THREADS, threadpoolctl); each
- * output integer is computed by one thread in one fixed order, so the results are the same
- * for any number of threads.
+ * output integer is computed by one thread in one fixed order, and the outlier lists are
+ * sorted, so the results are the same for any number of threads. (Only a list past its
+ * capacity, which the engine never reads, may hold other outliers from run to run.)
  */
 #ifndef SKNITRO_PAIRS_H
 #define SKNITRO_PAIRS_H

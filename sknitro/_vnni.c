@@ -223,7 +223,7 @@ VNNI_TARGET static int64_t update_tile(const int32_t *g, int32_t *w, int32_t *w_
     column_masks(k - k0, mask);
     for (ptrdiff_t j = 0; j < n; j++)
         for (int c = 0; c < 4 && mask[c]; c++)
-            largest = _mm512_max_epi32(largest, update_lanes(w, w_units, w_pairs, outliers, j * k + k0 + 16 * c,
+            largest = _mm512_max_epu32(largest, update_lanes(w, w_units, w_pairs, outliers, j * k + k0 + 16 * c,
                                                              mask[c], _mm512_loadu_si512(g + j * UPDATE_COLUMNS + 16 * c),
                                                              lr, decays, decay));
     return (int64_t)(uint32_t)_mm512_reduce_max_epu32(largest);

@@ -1,5 +1,14 @@
-"""The compiled fused kernels (sknitro._fused): each against the NumPy path it replaces, on
-random and extreme integers, and whole fits that must give identical weights either way."""
+"""The "c" kernels (CompiledKernels: products on float64 BLAS, the passes around them fused in
+C, sknitro._fused) against the reference NumpyKernels, bit for bit.
+
+Each C function is held to the NumPy rule it replaces on random and extreme integers; each
+method of the "c" kernels to the reference's, both where it runs its C function and where
+its bounds make it hand the work back to its parent (``super()``), which the ``spy`` fixture
+tells apart; and whole fits must give identical weights on every implementation this
+machine runs ("c", and the pair products of tests/test_pairs.py).
+"""
+
+import copy
 
 import joblib
 import numpy as np
@@ -8,26 +17,73 @@ import pytest
 import sknitro
 from sknitro import NitroCNNClassifier, NitroMLPClassifier
 from sknitro.encoding import InputEncoder
-from sknitro.nn import fused
+from sknitro.nn import kernels
 from sknitro.nn.blocks import LinearHead
 from sknitro.nn.functional import tdiv
-from sknitro.nn.layers import ACTIVATIONS, IntegerLinear, make_activation, nitro_scale
+from sknitro.nn.kernels import CompiledKernels, InputUnits, LayerCopies, PairForm, PairKernels, nitro_scale
+from sknitro.nn.layers import ACTIVATIONS, IntegerLinear, make_activation
 from sknitro.nn.optim import IntegerSGD, integer_sgd_step
 
 INT32_MAX = 2**31 - 1
+_fused = kernels._compiled  # the module itself: the spy fixture replaces kernels._compiled
+NUMPY = kernels.NUMPY
+ISA_NAMES = {"avx2": "AVX2", "vnni": "AVX-512 VNNI"}
+
+
+def compiled(name):
+    """``name`` as a test parameter, skipped where this machine cannot run it."""
+    reason = "sknitro._fused is not built" if name == "c" else f"this CPU has no {ISA_NAMES[name]}"
+    return pytest.param(name, id=name, marks=pytest.mark.skipif(name not in kernels.AVAILABLE, reason=reason))
+
+
+COMPILED = [compiled(name) for name in ("c", "avx2", "vnni")]
+needs_c = pytest.mark.skipif("c" not in kernels.AVAILABLE, reason="sknitro._fused is not built")
+
+
+@pytest.fixture
+def c_kernels():
+    if "c" not in kernels.AVAILABLE:
+        pytest.skip("sknitro._fused is not built")
+    return kernels.IMPLEMENTATIONS["c"]
 
 
 def test_the_extension_is_built():
     # CI and the README's commands build it; without it every test below would only
-    # compare the NumPy path with itself.
-    assert fused.AVAILABLE, "sknitro._fused is missing: reinstall with a C compiler (pip install -e .)"
+    # compare the NumPy path with itself (or be skipped)
+    assert _fused is not None, "sknitro._fused is missing: reinstall with a C compiler (pip install -e .)"
+    assert "c" in kernels.AVAILABLE
 
 
-# -- the kernels, one by one -------------------------------------------------------------
+@needs_c
+def test_the_implementations_this_machine_runs():
+    isas = _fused.pair_isas()  # fastest first
+    assert set(isas) <= {"avx2", "vnni"} and len(set(isas)) == len(isas)
+    assert kernels.AVAILABLE == ("numpy", "c") + tuple(reversed(isas))
+    assert kernels.BEST == (isas[0] if isas else "c")
+    assert type(kernels.IMPLEMENTATIONS["c"]) is CompiledKernels
+    assert all(type(kernels.IMPLEMENTATIONS[isa]) is PairKernels for isa in isas)
+    assert kernels.select() is kernels.IMPLEMENTATIONS[kernels.BEST]
+    for name in kernels.AVAILABLE:
+        assert kernels.IMPLEMENTATIONS[name].name == name
+        with sknitro.config_context(kernels=name):
+            assert kernels.select() is kernels.IMPLEMENTATIONS[name]
+            # both pin the reference, whatever kernels say
+            with sknitro.config_context(fused_kernels=False):
+                assert kernels.select() is NUMPY
+            with sknitro.config_context(gemm="integer"):
+                assert kernels.select() is NUMPY
+    for missing in {"avx2", "vnni"} - set(isas):
+        with pytest.raises(ValueError, match="cannot run here"):
+            sknitro.set_config(kernels=missing)
+    assert kernels.select() is kernels.IMPLEMENTATIONS[kernels.BEST]
+
+
+# -- the C functions, one by one ---------------------------------------------------------
 
 DIVISORS = [1, 2, 3, 7, 255, 256, 640, 12345, 163840, 2**20 + 1, 2**30, 2**31 - 1]
 
 
+@needs_c
 @pytest.mark.parametrize("divisor", DIVISORS)
 @pytest.mark.parametrize("decay_inv", [0, 1, 3, 5000, 2**31 - 1])
 def test_sgd_update_matches_integer_sgd_step(divisor, decay_inv):
@@ -40,11 +96,12 @@ def test_sgd_update_matches_integer_sgd_step(divisor, decay_inv):
     expected = weight.copy()
     bound = integer_sgd_step(expected, grad, limit, 2**29, divisor, decay_inv)
     mirror = np.empty(weight.shape)
-    assert fused._kernels.sgd_update(weight, grad.astype(np.float64), divisor, decay_inv, mirror) == bound
+    assert _fused.sgd_update(weight, grad.astype(np.float64), divisor, decay_inv, mirror) == bound
     np.testing.assert_array_equal(weight, expected)
     np.testing.assert_array_equal(mirror, expected.astype(np.float64))
 
 
+@needs_c
 @pytest.mark.parametrize("divisor", DIVISORS + [5, 9, 641, 6700417, 2**31 - 3])
 def test_division_is_exact_around_multiples_of_the_divisor(divisor):
     # with zero weights and no decay the update is w = -tdiv(g, divisor): the multiply-and-
@@ -54,28 +111,123 @@ def test_division_is_exact_around_multiples_of_the_divisor(divisor):
     g = g[(g >= 0) & (g <= INT32_MAX)]
     g = np.concatenate([g, -g])
     weight = np.zeros(g.size, np.int32)
-    fused._kernels.sgd_update(weight, g.astype(np.float64), divisor, 0, None)
+    _fused.sgd_update(weight, g.astype(np.float64), divisor, 0, None)
     np.testing.assert_array_equal(weight, -tdiv(g, divisor))
 
 
+@needs_c
 @pytest.mark.parametrize("scale", [1, 2, 3, 100, 2**8 * 784, 2**8 * 4608, 2**24 - 1])
-def test_scale_to_int8_matches_nitro_scale(scale):
+@pytest.mark.parametrize("z_type", [np.float64, np.int32])
+def test_scale_to_int8_matches_nitro_scale(scale, z_type):
+    # float64 z: the products of float64 BLAS, up to 2**53; int32 z: the pair products'
     rng = np.random.default_rng(scale)
-    z = rng.integers(-2**53 + 1, 2**53, size=(40, 25))
-    z[0, :] = rng.integers(-300 * scale, 300 * scale, size=25)  # around the saturation
+    limit = 2**53 - 1 if z_type is np.float64 else INT32_MAX
+    z = rng.integers(-limit, limit + 1, size=(40, 25))
+    z[0, :] = rng.integers(-300 * scale, 300 * scale, size=25).clip(-limit, limit)  # around the saturation
     z[1, :12] = [0, 1, -1, scale - 1, -(scale - 1), scale, -scale, 127 * scale, -127 * scale,
                  128 * scale - 1, -(128 * scale - 1), 128 * scale]
+    z[2, :2] = [limit, -limit - (z_type is np.int32)]
     expected = nitro_scale(z, scale)
     table = make_activation("nitro_relu").forward_table
     out, activated = np.empty(z.shape, np.int8), np.empty(z.shape, np.int8)
-    fused._kernels.scale_to_int8(z.astype(np.float64), scale, out, table, activated)
+    _fused.scale_to_int8(z.astype(z_type), scale, out, table, activated)
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(activated, table[expected.view(np.uint8)])
+    _fused.scale_to_int8(z.astype(z_type), scale, out)
+    np.testing.assert_array_equal(out, expected)
 
 
+@needs_c
+def test_the_c_functions_reject_buffers_of_the_wrong_size():
+    weight = np.zeros(10, np.int32)
+    with pytest.raises(ValueError, match="g: expected 10 items"):
+        _fused.sgd_update(weight, np.zeros(9), 3, 0, None)
+    with pytest.raises(ValueError, match="divisor must be in"):
+        _fused.sgd_update(weight, np.zeros(10), 0, 0, None)
+    with pytest.raises(ValueError, match="scale must be in"):
+        _fused.scale_to_int8(np.zeros(4), 2**24, np.zeros(4, np.int8))
+
+
+# -- the "c" kernels against the reference, and when they hand the work back -----------------
+
+def make_linear(weight, bias=None):
+    layer = IntegerLinear.from_weight(np.array(weight, dtype=np.int32))
+    if bias is not None:
+        layer.bias = np.array(bias, dtype=np.int32)
+        layer.refresh_bounds()
+    return layer
+
+
+def copy_of(layer):
+    return make_linear(layer.weight.copy(), None if layer.bias is None else layer.bias.copy())
+
+
+@pytest.mark.parametrize("inputs", [1, 7, 64, 783])
+def test_scaled_forward_matches_the_reference(c_kernels, spy, inputs):
+    rng = np.random.default_rng(inputs)
+    table = make_activation("pocket_tanh").forward_table
+    x = rng.integers(-128, 128, (33, inputs)).astype(np.int8)
+    x[0] = -128
+    for bound in (1, 2**15, 2**24, 2**31 - 1):  # the last one: products up to 2**53 / 2
+        layer = make_linear(rng.integers(-bound, bound + 1, (9, inputs)))
+        for scale in (1, 2**8 * inputs, 2**24 - 1):
+            expected = nitro_scale(x.astype(np.int64) @ layer.weight.T.astype(np.int64), scale)
+            np.testing.assert_array_equal(NUMPY.scaled_forward(layer, x, scale), expected)
+            np.testing.assert_array_equal(c_kernels.scaled_forward(layer, x, scale), expected)
+            scaled, activated = c_kernels.scaled_forward(layer, x, scale, table)
+            np.testing.assert_array_equal(scaled, expected)
+            np.testing.assert_array_equal(activated, table[expected.view(np.uint8)])
+        # the float64 copy an update of the "c" kernels leaves, read instead of W
+        layer.kernel_cache = LayerCopies(float64=layer.weight.astype(np.float64))
+        np.testing.assert_array_equal(c_kernels.scaled_forward(layer, x, 5), nitro_scale(
+            x.astype(np.int64) @ layer.weight.T.astype(np.int64), 5))
+    assert spy.calls["scale_to_int8"] == 4 * (3 * 2 + 1)
+
+
+def _forward_cases():
+    x = np.full((2, 4), 100, np.int8)
+    wide = 2**15 + 1  # 128 * (2**31 - 1) * (2**15 + 1) > 2**53: float64 sums may be inexact
+    return {
+        # (layer, x, scale, whether the C function runs)
+        "128 * scale below 2**31": (make_linear(np.ones((3, 4))), x, 2**24 - 1, True),
+        "128 * scale past 2**31": (make_linear(np.ones((3, 4))), x, 2**24, False),
+        "bias": (make_linear(np.ones((3, 4)), bias=[1, -2, 3]), x, 7, False),
+        "past float64's exact integers": (make_linear(np.full((2, wide), INT32_MAX)),
+                                          np.full((3, wide), -128, np.int8), 2**24 - 1, False),
+        "int16 input": (make_linear(np.ones((3, 4))), x.astype(np.int16), 7, True),
+        "just within float64's exact integers": (make_linear(np.full((2, wide - 1), INT32_MAX)),
+                                                 np.full((3, wide - 1), -128, np.int8), 2**24 - 1, True),
+    }
+
+
+@pytest.mark.parametrize("case", list(_forward_cases()))
+def test_scaled_forward_hands_back_outside_its_bounds(c_kernels, spy, case):
+    layer, x, scale, runs = _forward_cases()[case]
+    z = x.astype(np.int64) @ layer.weight.T.astype(np.int64) + (0 if layer.bias is None else layer.bias)
+    expected = nitro_scale(z, scale)
+    np.testing.assert_array_equal(c_kernels.scaled_forward(layer, x, scale), expected)
+    assert spy.calls.get("scale_to_int8", 0) == runs
+    # and the layer's own method, on every implementation and setting, gives the same integers
+    for settings in [{"kernels": name} for name in kernels.AVAILABLE] + [{"fused_kernels": False},
+                                                                        {"gemm": "integer"}]:
+        with sknitro.config_context(**settings):
+            layer.drop_copies()
+            np.testing.assert_array_equal(layer.scaled_forward(x, scale), expected, err_msg=str(settings))
+
+
+def test_the_settings_that_pin_the_reference_call_no_c_function(spy):
+    layer, x = make_linear(np.ones((3, 4))), np.full((2, 4), 100, np.int8)
+    for settings in ({"fused_kernels": False}, {"gemm": "integer"}):
+        with sknitro.config_context(kernels="auto", **settings):
+            np.testing.assert_array_equal(layer.scaled_forward(x, 100),
+                                          nitro_scale(x.astype(np.int64) @ layer.weight.T, 100))
+    assert spy.calls == {}
+
+
+@needs_c
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("wide", [False, True])
-def test_activation_backward_matches_numpy(name, wide):
+def test_activation_backward_matches_the_reference(c_kernels, spy, name, wide):
     # wide: deltas over the whole int32 range, whose products with the multipliers leave
     # int32 (the kernel's exact second pass); otherwise every product fits 32 bits
     activation = make_activation(name)
@@ -86,19 +238,57 @@ def test_activation_backward_matches_numpy(name, wide):
     if wide:
         delta[1, :2] = -(2**31)
     s = np.tile(np.arange(-128, 128, dtype=np.int16), 13)[:delta.size].reshape(delta.shape).astype(np.int8)
-    with sknitro.config_context(fused_kernels=False):
-        expected = activation.backward(delta, s)
-    out, column_l1 = fused.activation_backward(delta, s, activation.backward_multiplier,
-                                               activation.backward_divisor)
-    assert out.dtype == np.int32
+    multiplier, divisor = activation.backward_multiplier, activation.backward_divisor
+    expected, none = NUMPY.activation_backward(delta, s, multiplier, divisor)
+    assert none is None
+    out, column_l1 = c_kernels.activation_backward(delta, s, multiplier, divisor)
+    assert out.dtype == np.int32 and spy.calls["activation_backward"] == 1
     np.testing.assert_array_equal(out, expected)
     assert column_l1 == np.abs(expected.astype(np.int64)).sum(axis=0).max()
-    assert activation.backward_and_column_l1(delta, s)[1] == column_l1
+    # through the activation: the column L1 norm comes with the C function only
+    with sknitro.config_context(kernels="c"):
+        out, column_l1_again = activation.backward_and_column_l1(delta, s)
+    np.testing.assert_array_equal(out, expected)
+    assert column_l1_again == column_l1
+    with sknitro.config_context(kernels="numpy"):
+        out, none = activation.backward_and_column_l1(delta, s)
+    np.testing.assert_array_equal(out, expected)
+    assert none is None
 
 
+def _backward_cases():
+    rng = np.random.default_rng(1)
+    delta = rng.integers(-2**20, 2**20, (6, 5)).astype(np.int32)
+    delta[0, 0] = INT32_MAX
+    s = rng.integers(-128, 128, (6, 5)).astype(np.int8)
+    activation = make_activation("nitro_relu")
+    m, d = activation.backward_multiplier, activation.backward_divisor
+    return {
+        # (delta, s, multiplier, divisor): each hands the work back to the reference
+        "int64 delta": (delta.astype(np.int64), s, m, d),
+        "int16 delta": (delta.astype(np.int16), s, m, d),
+        "strided delta": (np.repeat(delta, 2, axis=1)[:, ::2], s, m, d),
+        "strided s": (delta, np.repeat(s, 2, axis=1)[:, ::2], m, d),
+        "divisor past 32 bits": (delta, s, m.astype(np.int64) * 2**29, d * 2**29),  # 4 * 2**29 = 2**31
+        "a 0-d delta": (np.array(-12345, np.int32), np.array(-3, np.int8), m, d),
+    }
+
+
+@pytest.mark.parametrize("case", list(_backward_cases()))
+def test_activation_backward_hands_back_outside_its_bounds(c_kernels, spy, case):
+    delta, s, multiplier, divisor = _backward_cases()[case]
+    expected, _ = NUMPY.activation_backward(delta, s, multiplier, divisor)
+    by_definition = tdiv(delta.astype(np.int64) * multiplier[s.view(np.uint8)].astype(np.int64), divisor)
+    np.testing.assert_array_equal(expected, by_definition)
+    out, column_l1 = c_kernels.activation_backward(delta, s, multiplier, divisor)
+    np.testing.assert_array_equal(out, expected)
+    assert column_l1 is None and "activation_backward" not in spy.calls
+
+
+@pytest.mark.parametrize("implementation", COMPILED)
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("propagate", [True, False])
-def test_head_step_matches_the_numpy_head(seed, propagate):
+def test_head_step_matches_the_reference(spy, implementation, seed, propagate):
     rng = np.random.default_rng(seed)
     batch, features, classes = [(64, 200, 10), (7, 33, 3), (1, 1, 2)][seed % 3]
     heads = [LinearHead(features, classes, 3000, scale_bits=8, rng=np.random.default_rng(seed))
@@ -109,9 +299,11 @@ def test_head_step_matches_the_numpy_head(seed, propagate):
     target[np.arange(batch), rng.integers(0, classes, batch)] = [32, 127, 1][seed % 3]
     sgd = IntegerSGD(lr_inv=[1, 3, 256][seed % 3])
     decay = [0, 7, 8000][seed % 3]
-    with sknitro.config_context(fused_kernels=False):
+    with sknitro.config_context(kernels="numpy"):
         expected = heads[0].learn(x, target, sgd, decay, propagate=propagate)
-    fast = heads[1].learn(x, target, sgd, decay, propagate=propagate)
+    with sknitro.config_context(kernels=implementation):
+        fast = heads[1].learn(x, target, sgd, decay, propagate=propagate)
+    assert spy.calls["head_step"] == 1  # heads run the same C function on every compiled implementation
     np.testing.assert_array_equal(fast[0], expected[0])
     if propagate:
         np.testing.assert_array_equal(fast[1], expected[1])
@@ -122,64 +314,74 @@ def test_head_step_matches_the_numpy_head(seed, propagate):
     assert heads[1].linear.weight_bound == heads[0].linear.weight_bound
 
 
-def test_head_step_runs_only_on_int8_inputs_within_int32(spy):
-    head = LinearHead(4, 2, 100, scale_bits=8, rng=np.random.default_rng(0))
+def test_head_step_runs_only_on_int8_inputs_within_int32(c_kernels, spy):
     target = np.array([[32, 0]], np.int8)
-    head.learn(np.ones((1, 4), np.int16), target, IntegerSGD(8), 0)  # dropout output: int16
+
+    def learn_both(x, weight, lr_inv):
+        # the "c" kernels and the reference, from the same weights: identical either way
+        heads = [LinearHead(4, 2, 100, scale_bits=8, rng=np.random.default_rng(0)) for _ in range(2)]
+        for head in heads:
+            head.linear.weight[:] = weight
+            head.linear.refresh_bounds()
+        results = [kernels_.head_step(head.linear, x, target, head.scale, lr_inv, 0, True)
+                   for kernels_, head in zip((NUMPY, c_kernels), heads)]
+        for expected, got in zip(*results):
+            np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(heads[1].linear.weight, heads[0].linear.weight)
+        assert heads[1].linear.weight_bound == heads[0].linear.weight_bound
+
+    learn_both(np.ones((1, 4), np.int16), 7, 8)  # dropout output: int16
     assert "head_step" not in spy.calls
-    head.linear.weight[:] = 2**30 // 4
-    head.linear.refresh_bounds()  # scores could pass int32: 128 * 2**28 * 4
-    head.learn(np.ones((1, 4), np.int8), target, IntegerSGD(2**20), 0)
+    learn_both(np.ones((1, 4), np.int8), 2**30 // 4, 2**20)  # scores could pass int32: 128 * 2**28 * 4
     assert "head_step" not in spy.calls
-    small = LinearHead(4, 2, 100, scale_bits=8, rng=np.random.default_rng(0))
-    small.learn(np.ones((1, 4), np.int8), target, IntegerSGD(8), 0)
+    learn_both(np.ones((1, 4), np.int8), 7, 2**31)  # a divisor past the 32-bit division
+    assert "head_step" not in spy.calls
+    learn_both(np.ones((1, 4), np.int8), 7, 8)
     assert spy.calls["head_step"] == 1
 
 
-def test_kernels_reject_buffers_of_the_wrong_size():
-    weight = np.zeros(10, np.int32)
-    with pytest.raises(ValueError, match="g: expected 10 items"):
-        fused._kernels.sgd_update(weight, np.zeros(9), 3, 0, None)
-    with pytest.raises(ValueError, match="divisor must be in"):
-        fused._kernels.sgd_update(weight, np.zeros(10), 0, 0, None)
-    with pytest.raises(ValueError, match="scale must be in"):
-        fused._kernels.scale_to_int8(np.zeros(4), 2**24, np.zeros(4, np.int8))
+def test_sgd_update_matches_the_reference(c_kernels, spy):
+    rng = np.random.default_rng(3)
+    for inputs, outputs, batch in [(64, 40, 32), (7, 3, 1), (783, 10, 5)]:
+        layer = make_linear(rng.integers(-2**20, 2**20, (outputs, inputs)))
+        reference = copy_of(layer)
+        x = rng.integers(-128, 128, (batch, inputs)).astype(np.int8)
+        delta = rng.integers(-2**14, 2**14, (batch, outputs)).astype(np.int32)
+        for divisor, decay_inv in [(1, 0), (512, 3000), (3, 1)]:
+            NUMPY.sgd_update(reference, delta, x, divisor, decay_inv)
+            c_kernels.sgd_update(layer, delta, x, divisor, decay_inv)
+            np.testing.assert_array_equal(layer.weight, reference.weight)
+            assert layer.weight_bound == reference.weight_bound == np.abs(reference.weight).max()
+            # the copy the next product reads
+            np.testing.assert_array_equal(layer.kernel_cache.float64, reference.weight.astype(np.float64))
+    assert spy.calls["sgd_update"] == 9
 
 
-# -- when they run, and when the NumPy path takes over ------------------------------------
-
-def make_linear(weight):
-    layer = IntegerLinear(weight.shape[1], weight.shape[0], 1, np.random.default_rng(0))
-    layer.weight = weight.astype(np.int32)
-    layer.refresh_bounds()
-    return layer
-
-
-def test_scaled_product_needs_the_32_bit_bound():
-    layer = make_linear(np.ones((3, 4)))
-    x = np.full((2, 4), 100, np.int8)
-
-    def scaled(scale):
-        return fused.scaled_product(x, layer.weight, layer.weight_bound, scale)
-
-    assert scaled(2**24 - 1) is not None
-    assert scaled(2**24) is None  # 128 * scale would pass 2**31
-    with sknitro.config_context(fused_kernels=False):
-        assert scaled(100) is None
-    with sknitro.config_context(gemm="integer"):
-        assert scaled(100) is None
-    # and the layer's own method gives the same integers on either path
-    np.testing.assert_array_equal(layer.scaled_forward(x, 2**24), nitro_scale(x.astype(np.int64) @ layer.weight.T, 2**24))
-
-
-def test_sgd_update_declines_gradients_past_int32():
-    layer = make_linear(np.ones((3, 4)))
+def test_sgd_update_hands_back_gradients_past_int32(c_kernels, spy):
     delta, x = np.ones((2, 3), np.int32), np.ones((2, 4), np.int8)
-    assert not fused.sgd_update(layer, delta, x, INT32_MAX + 1, 1, 0)
-    assert fused.sgd_update(layer, delta, x, INT32_MAX, 1, 0)
+    # 128 * column_l1 bounds G: at most 2**31 - 1 here, so the C function runs
+    layer = make_linear(np.ones((3, 4)))
+    c_kernels.sgd_update(layer, delta, x, 1, 0, column_l1=INT32_MAX // 128)
+    assert spy.calls["sgd_update"] == 1
     np.testing.assert_array_equal(layer.weight, np.full((3, 4), -1))  # 1 - 2 // 1
-    np.testing.assert_array_equal(layer.weight64, np.full((3, 4), -1.0))
+    np.testing.assert_array_equal(layer.kernel_cache.float64, np.full((3, 4), -1.0))
     assert layer.weight_bound == 1
+    # past it, the reference does the update: same integers, no copy left
+    for column_l1, divisor in [(2**24, 2), (None, 2**31)]:
+        layer, reference = make_linear(np.ones((3, 4))), make_linear(np.ones((3, 4)))
+        layer.kernel_cache = LayerCopies(float64=np.ones((3, 4)))
+        NUMPY.sgd_update(reference, delta, x, divisor, 0, column_l1=column_l1)
+        c_kernels.sgd_update(layer, delta, x, divisor, 0, column_l1=column_l1)
+        np.testing.assert_array_equal(layer.weight, reference.weight)
+        assert layer.weight_bound == reference.weight_bound and layer.kernel_cache is None
+    assert spy.calls["sgd_update"] == 1
+    # a bias: the reference updates it too
+    layer, reference = make_linear(np.ones((3, 4)), bias=[5, 6, 7]), make_linear(np.ones((3, 4)), bias=[5, 6, 7])
+    NUMPY.sgd_update(reference, delta, x, 1, 0)
+    c_kernels.sgd_update(layer, delta, x, 1, 0)
+    np.testing.assert_array_equal(layer.weight, reference.weight)
+    np.testing.assert_array_equal(layer.bias, reference.bias)
+    assert spy.calls["sgd_update"] == 1
 
 
 # -- whole fits ------------------------------------------------------------------------------
@@ -194,24 +396,34 @@ def assert_same_weights(a, b):
         np.testing.assert_array_equal(left, right)
 
 
-@pytest.fixture(params=["vnni", "float64"])
-def products(request, monkeypatch):
-    """Runs a test on each product path of the kernels: VNNI (on CPUs that have it) and
-    float64 BLAS. Returns the name of the update kernel that path calls."""
-    if request.param == "vnni" and not fused.VNNI:
-        pytest.skip("this CPU has no AVX-512 VNNI")
-    if request.param == "float64":
-        monkeypatch.setattr(fused, "VNNI", False)
-    return "units_sgd_update" if request.param == "vnni" else "sgd_update"
+@pytest.fixture(params=COMPILED)
+def implementation(request, spy):
+    """Runs a test under each compiled implementation this machine runs; returns a function
+    that checks, from the spy, that its own product kernels ran (and no other ISA's)."""
+    name = request.param
+
+    def assert_ran(forward=True):
+        if name == "c":
+            assert spy.calls["sgd_update"] > 0 and not any("/" in call for call in spy.calls)
+            return
+        assert spy.calls[f"units_sgd_update/{name}"] > 0
+        if forward:
+            assert spy.calls.get(f"pairs_product/{name}", 0) + spy.calls.get(f"units_product/{name}", 0) > 0
+        other = "vnni" if name == "avx2" else "avx2"
+        assert not any(call.endswith("/" + other) for call in spy.calls)
+
+    assert_ran.name = name
+    with sknitro.config_context(kernels=name):
+        yield assert_ran
 
 
-def test_fit_gives_identical_weights_with_and_without_the_kernels(spy, products, digits_small):
+def test_fit_gives_identical_weights_on_every_implementation(spy, implementation, digits_small):
     X, y = digits_small
     params = dict(hidden_layer_sizes=(40, 20), max_iter=4, random_state=5)
     fast = NitroMLPClassifier(**params).fit(X, y)
-    assert spy.calls[products] > 0 and spy.calls["scale_to_int8"] > 0
-    assert spy.calls["activation_backward"] > 0 and spy.calls["head_step"] > 0
-    with sknitro.config_context(fused_kernels=False):
+    implementation()
+    assert spy.calls["scale_to_int8"] > 0 and spy.calls["activation_backward"] > 0 and spy.calls["head_step"] > 0
+    with sknitro.config_context(kernels="numpy"):
         numpy_path = NitroMLPClassifier(**params).fit(X, y)
     with sknitro.config_context(gemm="integer"):
         integer_path = NitroMLPClassifier(**params).fit(X, y)
@@ -220,23 +432,30 @@ def test_fit_gives_identical_weights_with_and_without_the_kernels(spy, products,
     np.testing.assert_array_equal(fast.decision_function(X), integer_path.decision_function(X))
 
 
-def test_cnn_dense_part_uses_the_kernels_with_identical_weights(spy, products, digits):
+def test_cnn_runs_conv_and_dense_layers_on_the_kernels_with_identical_weights(spy, implementation, digits):
+    # conv layers are dense layers on im2col patches: 9 columns (odd: split units) for the
+    # first, 36 (even: the pair form) for the second, then a dense block
     X, y = digits
     X = X.reshape(-1, 1, 8, 8)[:300]
-    params = dict(architecture=[4, "M"], hidden_layer_sizes=(16,), max_iter=2, random_state=1)
+    params = dict(architecture=[4, "M", 4], hidden_layer_sizes=(16,), max_iter=2, random_state=1)
     fast = NitroCNNClassifier(**params).fit(X, y[:300])
-    assert spy.calls[products] > 0
-    with sknitro.config_context(fused_kernels=False):
+    implementation()
+    if implementation.name != "c":
+        assert spy.calls[f"units_product/{implementation.name}"] > 0  # the first conv layer
+        assert spy.calls[f"pairs_product/{implementation.name}"] > 0
+    with sknitro.config_context(kernels="numpy"):
         slow = NitroCNNClassifier(**params).fit(X, y[:300])
     assert_same_weights(fitted_weights(fast), fitted_weights(slow))
+    np.testing.assert_array_equal(fast.decision_function(X), slow.decision_function(X))
 
 
-def test_conv_blocks_use_the_scaling_kernel_with_identical_weights(spy, digits):
+def test_conv_blocks_alone_with_identical_weights(spy, implementation, digits):
     X, y = digits
     X = X.reshape(-1, 1, 8, 8)[:300]
     params = dict(architecture=[6, "M", 8], hidden_layer_sizes=(), max_iter=2, conv_dropout=0.1,
                   random_state=3)
     fast = NitroCNNClassifier(**params).fit(X, y[:300])
+    implementation()
     assert spy.calls["scale_to_int8"] > 0
     with sknitro.config_context(gemm="integer"):
         exact = NitroCNNClassifier(**params).fit(X, y[:300])
@@ -248,18 +467,21 @@ def test_weight_copies_live_for_one_epoch_and_are_never_saved(tmp_path, digits_s
     X, y = digits_small
     clf = NitroMLPClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0).fit(X, y)
     layers = clf.network_.layers()
-    assert all(getattr(layer, name) is None for layer in layers for name in IntegerLinear.CACHES)
-    # copies left over (as during an epoch) are not pickled
-    layers[0].weight64 = layers[0].weight.astype(np.float64)
-    layers[0].weight_units = layers[0].weight.copy()
-    layers[0].input_units = (X, X, 0)
+    assert all(layer.kernel_cache is None for layer in layers)
+    # copies left over (as during an epoch) are neither pickled nor copied
+    weight = layers[0].weight
+    layers[0].kernel_cache = LayerCopies(
+        float64=weight.astype(np.float64), units=weight.copy(),
+        pairs=PairForm(weight.astype(np.int16), np.zeros(4, np.int32), np.zeros(4, np.int32), 0),
+        inputs=InputUnits(X, X, None, 0))
     joblib.dump(clf, tmp_path / "m.joblib")
-    loaded = joblib.load(tmp_path / "m.joblib").network_.layers()[0]
-    assert all(getattr(loaded, name) is None for name in IntegerLinear.CACHES)
+    assert joblib.load(tmp_path / "m.joblib").network_.layers()[0].kernel_cache is None
+    assert copy.deepcopy(clf).network_.layers()[0].kernel_cache is None
+    assert layers[0].kernel_cache is not None  # the model's own copies are left alone
 
 
-def test_weights_changed_between_epochs_are_used(digits_small):
-    # the float64 copy must never outlive a change of the integer weights
+def test_weights_changed_between_epochs_are_used(implementation, digits_small):
+    # no copy of the weights may outlive a change of the integer weights
     X, y = digits_small
     params = dict(hidden_layer_sizes=(16,), random_state=0)
     a = NitroMLPClassifier(**params).partial_fit(X, y, classes=np.unique(y))
@@ -269,31 +491,44 @@ def test_weights_changed_between_epochs_are_used(digits_small):
         weights[0] = tdiv(weights[0], 2).astype(np.int32)
         clf.network_.set_weights(weights)
     a.partial_fit(X, y)
-    with sknitro.config_context(fused_kernels=False):
+    with sknitro.config_context(kernels="numpy"):
         b.partial_fit(X, y)
     assert_same_weights(fitted_weights(a), fitted_weights(b))
 
 
-@pytest.mark.parametrize("fused_kernels", [True, False])
-def test_step_refuses_int32_overflow_and_leaves_the_weights_alone(spy, fused_kernels):
+@pytest.mark.parametrize("name", [pytest.param("numpy", id="numpy")] + COMPILED)
+def test_step_refuses_int32_overflow_and_leaves_the_weights_alone(spy, name):
     layer = make_linear(np.array([[2**31 - 10, 5]]))
     before = layer.weight.copy()
     delta, x = np.array([[-100]], np.int32), np.array([[1, 1]], np.int8)  # G = [[-100, -100]]
-    with sknitro.config_context(fused_kernels=fused_kernels), pytest.raises(OverflowError):
+    with sknitro.config_context(kernels=name), pytest.raises(OverflowError):
         IntegerSGD(lr_inv=1).step(layer, delta, x, amp=1, decay_inv=0)
     np.testing.assert_array_equal(layer.weight, before)
-    assert "sgd_update" not in spy.calls
+    assert layer.weight_bound == 2**31 - 10
+    assert not any("sgd_update" in call for call in spy.calls)
 
 
-def test_image_encoding_lookup_matches_take(spy):
+def test_image_encoding_lookup_matches_the_reference(c_kernels, spy):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
     images[0] = 0
     images[1] = 255
     encoder = InputEncoder().fit(images)
-    fast = encoder.transform(images)
+    with sknitro.config_context(kernels="c"):
+        fast = encoder.transform(images)
     assert spy.calls["lookup_uint8"] > 0
-    with sknitro.config_context(fused_kernels=False):
+    with sknitro.config_context(kernels="numpy"):
         slow = encoder.transform(images)
     np.testing.assert_array_equal(fast, slow)
     np.testing.assert_array_equal(fast, np.take(encoder.lookup_table[0], images))
+
+
+def test_lookup_uint8_hands_back_other_inputs(c_kernels, spy):
+    table = np.arange(-128, 128, dtype=np.int16)[::-1].astype(np.int8)
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_array_equal(c_kernels.lookup_uint8(table, pixels), NUMPY.lookup_uint8(table, pixels))
+    assert spy.calls["lookup_uint8"] == 1
+    for other in (pixels[:, ::2], pixels.astype(np.int16)):  # strided; not uint8
+        np.testing.assert_array_equal(c_kernels.lookup_uint8(table, other), NUMPY.lookup_uint8(table, other))
+        np.testing.assert_array_equal(c_kernels.lookup_uint8(table, other), table[other])
+    assert spy.calls["lookup_uint8"] == 1

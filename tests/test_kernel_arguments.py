@@ -1,22 +1,53 @@
 """The compiled kernels check their own arguments, whatever Python passes: each array's
-dtype (by its buffer format), contiguity and writability, sizes without overflow, and the
-outlier indices the VNNI product follows. Property-based: hypothesis swaps one argument of a
-valid call for a wrong one; the kernel must raise, never read or write out of bounds."""
+dtype (by its buffer format), contiguity and writability, sizes without overflow, the
+outlier indices the pair products follow, and the instruction set the pair products are
+asked for (an unknown name: ValueError; one this CPU lacks: RuntimeError). Property-based:
+hypothesis swaps one argument of a valid call for a wrong one; the kernel must raise, never
+read or write out of bounds. The pair products are called on every ISA this CPU runs."""
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sknitro.nn import fused
+from sknitro.nn import kernels
 
-pytestmark = pytest.mark.skipif(not fused.AVAILABLE, reason="sknitro._fused is not built")
-kernels = fused._kernels
+pytestmark = pytest.mark.skipif(kernels._compiled is None, reason="sknitro._fused is not built")
+_fused = kernels._compiled
+ISAS = ("avx2", "vnni")
+PAIR_ISAS = [isa for isa in ISAS if isa in kernels.AVAILABLE]
+PAIR_FUNCTIONS = ("units_product", "pairs_product", "units_sgd_update", "units_sgd_update_pairs")
+
+
+def _pair_calls(isa):
+    """The pair products' valid calls on ``isa`` (argument 0): name -> (function, args,
+    {argument position: (dtype, written)})."""
+    m, n, k = 3, 2, 4
+    x = np.random.default_rng(0).integers(-9, 9, size=(m, k)).astype(np.int8)
+    return {
+        "units_product": ("units_product", [isa, np.ones((m, k), np.int32), np.ones((n, k), np.int32), m, n, k, 0,
+                                            np.empty((m, n), np.int32)],
+                          {1: (np.int32, False), 2: (np.int32, False), 7: (np.int32, True)}),
+        "pairs_product": ("pairs_product", [isa, x.astype(np.int16), np.ones((n, k), np.int16), x,
+                                            np.array([1, 5], np.int32), np.array([3, -2], np.int32), 2, m, n, k, 0,
+                                            np.empty((m, n), np.int32)],
+                          {1: (np.int16, False), 2: (np.int16, False), 3: (np.int8, False), 4: (np.int32, False),
+                           5: (np.int32, False), 11: (np.int32, True)}),
+        # the split units' mirror (int32), then the pair form's (int16, with its outlier list)
+        "units_sgd_update": ("units_sgd_update", [isa, np.ones((m, n), np.int32), np.ones((m, k), np.int32),
+                                                  np.zeros((n, k), np.int32), np.empty((n, k), np.int32), m, n, k,
+                                                  5, 0],
+                             {1: (np.int32, False), 2: (np.int32, False), 3: (np.int32, True), 4: (np.int32, True)}),
+        "units_sgd_update_pairs": ("units_sgd_update", [isa, np.ones((m, n), np.int32), np.ones((m, k), np.int32),
+                                                        np.full((n, k), 2**16, np.int32), np.empty((n, k), np.int16),
+                                                        m, n, k, 5, 0, np.empty(4, np.int32), np.empty(4, np.int32)],
+                                   {1: (np.int32, False), 2: (np.int32, False), 3: (np.int32, True),
+                                    4: (np.int16, True), 10: (np.int32, True), 11: (np.int32, True)}),
+    }
 
 
 def _valid_calls():
-    """name -> (args of a valid call, {argument position: (dtype, written)})."""
-    rng = np.random.default_rng(0)
+    """name -> (function, args of a valid call, {argument position: (dtype, written)})."""
     table = np.arange(256, dtype=np.int8)
     calls = {
         "scale_to_int8": ([np.arange(12, dtype=np.int32), 3, np.empty(12, np.int8), table, np.empty(12, np.int8)],
@@ -41,20 +72,9 @@ def _valid_calls():
                        np.empty(4, np.int32)],
                       {0: (np.int32, False), 2: (np.int16, True), 3: (np.int32, True), 4: (np.int32, True)}),
     }
-    if fused.VNNI:
-        m, n, k = 3, 2, 4
-        x = rng.integers(-9, 9, size=(m, k)).astype(np.int8)
-        calls["units_product"] = ([np.ones((m, k), np.int32), np.ones((n, k), np.int32), m, n, k, 0,
-                                   np.empty((m, n), np.int32)],
-                                  {0: (np.int32, False), 1: (np.int32, False), 6: (np.int32, True)})
-        calls["pairs_product"] = ([x.astype(np.int16), np.ones((n, k), np.int16), x, np.array([1, 5], np.int32),
-                                   np.array([3, -2], np.int32), 2, m, n, k, 0, np.empty((m, n), np.int32)],
-                                  {0: (np.int16, False), 1: (np.int16, False), 2: (np.int8, False),
-                                   3: (np.int32, False), 4: (np.int32, False), 10: (np.int32, True)})
-        calls["units_sgd_update"] = ([np.ones((m, n), np.int32), np.ones((m, k), np.int32), np.zeros((n, k), np.int32),
-                                      np.empty((n, k), np.int32), m, n, k, 5, 0],
-                                     {0: (np.int32, False), 1: (np.int32, False), 2: (np.int32, True),
-                                      3: (np.int32, True)})
+    calls = {name: (name, args, arrays) for name, (args, arrays) in calls.items()}
+    for isa in PAIR_ISAS:
+        calls.update({f"{name}[{isa}]": call for name, call in _pair_calls(isa).items()})
     return calls
 
 
@@ -63,10 +83,20 @@ OTHER_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.
                 np.bool_]
 
 
+def _fresh(args):
+    return [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+
+
+def test_every_pair_isa_of_this_cpu_is_fuzzed():
+    # the fuzzing below covers exactly the ISAs the kernels report for this CPU
+    assert set(PAIR_ISAS) == set(_fused.pair_isas())
+    assert {name.split("[")[1][:-1] for name in CALLS if "[" in name} == set(PAIR_ISAS)
+
+
 @pytest.mark.parametrize("name", CALLS)
 def test_the_valid_calls_run(name):
-    args, _ = CALLS[name]
-    getattr(kernels, name)(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
+    function, args, _ = CALLS[name]
+    getattr(_fused, function)(*_fresh(args))
 
 
 def _broken(array, dtype, written, how):
@@ -81,23 +111,24 @@ def _broken(array, dtype, written, how):
     return frozen
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_a_wrong_array_argument_raises(data):
     name = data.draw(st.sampled_from(sorted(CALLS)))
-    args, arrays = CALLS[name]
+    function, args, arrays = CALLS[name]
     position = data.draw(st.sampled_from(sorted(arrays)))
     expected, written = arrays[position]
     how = data.draw(st.sampled_from(["dtype", "strided"] + (["read-only"] if written else [])))
+    # (float64 is scale_to_int8's other type of z; an update's int32 and int16 mirrors are
+    # both accepted by type, and refused when they do not match the outlier buffers)
     wrong = data.draw(st.sampled_from([d for d in OTHER_DTYPES if np.dtype(d) != np.dtype(expected)
-                                       and not (name == "scale_to_int8" and position == 0 and d == np.float64)
-                                       and not (name == "units_sgd_update" and position == 3 and d == np.int16)]))
-    call = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+                                       and not (name == "scale_to_int8" and position == 0 and d == np.float64)]))
+    call = _fresh(args)
     call[position] = _broken(call[position], wrong, written, how)
     if how == "strided" and call[position].flags.c_contiguous:
         return  # a 1-element view is contiguous after all
     with pytest.raises((TypeError, ValueError)):
-        getattr(kernels, name)(*call)
+        getattr(_fused, function)(*call)
 
 
 @settings(max_examples=200, deadline=None)
@@ -105,33 +136,88 @@ def test_a_wrong_array_argument_raises(data):
 def test_sizes_that_do_not_fit_raise(size, cols):
     x, units = np.ones(size, np.int8), np.empty(size, np.int32)
     if cols >= 1 and size % cols == 0 and size > 0:
-        assert kernels.input_units(x, cols, units) == (cols if size else 0)
+        assert _fused.input_units(x, cols, units) == (cols if size else 0)
     else:
         with pytest.raises(ValueError):
-            kernels.input_units(x, cols, units)
+            _fused.input_units(x, cols, units)
 
 
-@pytest.mark.skipif(not fused.VNNI, reason="the VNNI products need AVX-512 VNNI")
+def _isa_param(isa):
+    return pytest.param(isa, marks=pytest.mark.skipif(isa not in kernels.AVAILABLE, reason=f"this CPU has no {isa}"))
+
+
+@pytest.mark.parametrize("isa", [_isa_param(isa) for isa in ISAS])
 @pytest.mark.parametrize("index", [[10**9, 1], [-5, 1], [3, 3], [5, 1], [1, 8]])
-def test_outlier_indices_outside_the_weights_or_unsorted_raise(index):
-    args, _ = CALLS["pairs_product"]
-    call = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-    call[3] = np.array(index, np.int32)
+def test_outlier_indices_outside_the_weights_or_unsorted_raise(isa, index):
+    function, args, _ = _pair_calls(isa)["pairs_product"]
+    call = _fresh(args)
+    call[4] = np.array(index, np.int32)
     with pytest.raises(ValueError, match="outlier index"):
-        kernels.pairs_product(*call)
+        getattr(_fused, function)(*call)
 
 
-@pytest.mark.skipif(not fused.VNNI, reason="the VNNI products need AVX-512 VNNI")
-def test_huge_shapes_are_refused_before_any_arithmetic_overflows():
+@pytest.mark.parametrize("isa", [_isa_param(isa) for isa in ISAS])
+def test_huge_shapes_are_refused_before_any_arithmetic_overflows(isa):
     z = np.empty((3, 2), np.int32)
     with pytest.raises(ValueError, match="too large|expected"):
-        kernels.units_product(np.ones((3, 4), np.int32), np.ones((2, 4), np.int32), 2**62, 2**62, 4, 0, z)
+        _fused.units_product(isa, np.ones((3, 4), np.int32), np.ones((2, 4), np.int32), 2**62, 2**62, 4, 0, z)
+    with pytest.raises(ValueError, match="too large|expected"):
+        _fused.units_sgd_update(isa, np.ones((3, 2), np.int32), np.ones((3, 4), np.int32), np.zeros((2, 4), np.int32),
+                                np.empty((2, 4), np.int32), 2**62, 2**62, 4, 5, 0)
+
+
+# -- the instruction set ---------------------------------------------------------------------
+
+def _with_isa(name, isa):
+    """A valid call of ``name`` but for its ISA (any CPU: the name is checked first), and the
+    arrays it would write."""
+    function, args, arrays = _pair_calls("avx2")[name]
+    call = _fresh(args)
+    call[0] = isa
+    return function, call, [call[position] for position, (_, written) in arrays.items() if written]
+
+
+@pytest.mark.parametrize("name", PAIR_FUNCTIONS)
+@pytest.mark.parametrize("isa", ["", "AVX2", "Vnni", "avx512", "avx2 ", "sse2", "neon", "c", "numpy", "auto"])
+def test_an_unknown_isa_raises_and_writes_nothing(name, isa):
+    function, call, outputs = _with_isa(name, isa)
+    for output in outputs:
+        output.fill(7)
+    with pytest.raises(ValueError, match="isa must be 'vnni' or 'avx2'"):
+        getattr(_fused, function)(*call)
+    assert all((output == 7).all() for output in outputs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.sampled_from(PAIR_FUNCTIONS), isa=st.text(max_size=12).filter(lambda text: text not in ISAS))
+def test_any_other_isa_string_raises_value_error(name, isa):
+    # (an embedded NUL or a lone surrogate raises ValueError too, before the name is read)
+    function, call, _ = _with_isa(name, isa)
+    with pytest.raises(ValueError):
+        getattr(_fused, function)(*call)
+
+
+@pytest.mark.parametrize("name", PAIR_FUNCTIONS)
+@pytest.mark.parametrize("isa", [None, b"avx2", 2, ["vnni"]])
+def test_an_isa_that_is_not_a_string_raises_type_error(name, isa):
+    function, call, _ = _with_isa(name, isa)
+    with pytest.raises(TypeError):
+        getattr(_fused, function)(*call)
+
+
+@pytest.mark.parametrize("isa", [pytest.param(isa, marks=pytest.mark.skipif(
+    isa in kernels.AVAILABLE, reason=f"this CPU runs {isa}")) for isa in ISAS])
+@pytest.mark.parametrize("name", PAIR_FUNCTIONS)
+def test_an_isa_this_cpu_lacks_raises_runtime_error(name, isa):
+    function, call, _ = _with_isa(name, isa)
+    with pytest.raises(RuntimeError, match="does not run"):
+        getattr(_fused, function)(*call)
 
 
 def test_scale_takes_z_by_its_type_not_its_length():
     # 6 float64 values span the bytes of 12 int32 ones: read as int32, they would be garbage
     with pytest.raises(ValueError, match="z: expected 12 items"):
-        kernels.scale_to_int8(np.arange(6, dtype=np.float64), 3, np.empty(12, np.int8))
+        _fused.scale_to_int8(np.arange(6, dtype=np.float64), 3, np.empty(12, np.int8))
     out = np.empty(12, np.int8)
-    kernels.scale_to_int8(np.arange(12, dtype=np.float64) * 3, 3, out)
+    _fused.scale_to_int8(np.arange(12, dtype=np.float64) * 3, 3, out)
     assert out.tolist() == list(range(12))

@@ -1,0 +1,712 @@
+"""The pair products (sknitro/_pairs.h): the AVX2 (_avx2.c) and AVX-512 VNNI (_vnni.c)
+kernels against int64 NumPy arithmetic, and PairKernels, which runs them for the dense and
+conv layers, against the NumPy reference.
+
+The tests of the kernels run on each instruction set this CPU has (an ISA it lacks is
+skipped; the float64 path that runs there instead is tests/test_fused.py's). The kernels are vector
+code in tiles -- AVX2: 8 lanes, 2 rows of x by 4 rows of w, update tiles of 16 columns;
+VNNI: 16 lanes, 4 by 4, 64 columns; both: blocks of 8 rows of x -- so the shapes here
+leave partial vectors (1, 7, 9, 15, 17, 33 units), partial tiles and partial blocks, and
+the integers go as far as the callers' proofs allow: sums exact only in chunks, z
+saturating to int32, weights past int16 (the pair form's outliers: several per row, and
+more than its list holds), |delta| up to the split units' 2**23. The OpenMP thread count
+must not change any result either. Each output is written at the start of a longer buffer
+filled with a sentinel: a slot the kernel misses keeps it, and a write past the end shows.
+"""
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from sknitro.nn import kernels
+from sknitro.nn.kernels import OUTLIER_CAPACITY, UNITS_LIMIT, LayerCopies, integer_sgd_step, nitro_scale
+from sknitro.nn.layers import IntegerLinear, make_activation
+
+pytestmark = pytest.mark.skipif(kernels._compiled is None, reason="sknitro._fused is not built")
+
+_fused = kernels._compiled  # the module itself: the spy fixture replaces kernels._compiled
+INT32_MAX = 2**31 - 1
+INT32_MIN = -(2**31)
+ISA_NAMES = {"avx2": "AVX2", "vnni": "AVX-512 VNNI"}
+
+
+def isa_param(isa, *marks):
+    return pytest.param(isa, id=isa, marks=[pytest.mark.skipif(isa not in kernels.AVAILABLE,
+                                                               reason=f"this CPU has no {ISA_NAMES[isa]}"), *marks])
+
+
+@pytest.fixture(params=[isa_param("avx2"), isa_param("vnni")])
+def isa(request):
+    return request.param
+
+
+# -- helpers: the kernels called directly, and their results by definition ------------------
+
+GUARD = 40
+FILL = {np.dtype(np.int32): 0x5A5A5A5A, np.dtype(np.int16): 0x5A5A}
+
+
+def guarded(shape, dtype, values=None):
+    """``(array, tail)``: an array (filled with a sentinel, or ``values``) at the start of a
+    longer buffer whose ``tail`` a kernel must leave alone."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    buffer = np.full(size + GUARD, FILL[dtype], dtype)
+    array = buffer[:size].reshape(shape)
+    if values is not None:
+        array[...] = values
+    return array, buffer[size:]
+
+
+def assert_untouched(*tails):
+    for tail in tails:
+        assert (tail == FILL[tail.dtype]).all(), "a kernel wrote past the end of its output"
+
+
+def exact(x, w):
+    return x.astype(np.int64) @ w.T.astype(np.int64)
+
+
+def saturated(z):
+    return np.clip(z, INT32_MIN, INT32_MAX)
+
+
+def input_units(x):
+    units = np.empty(x.shape, dtype=np.int32)
+    row_l1 = _fused.input_units(x, x.shape[1], units)
+    return units, row_l1
+
+
+def split_units(a):
+    units = np.empty_like(a)
+    _fused.split_units(a, units)
+    return units
+
+
+def units_product(isa, x, w, chunk=0):
+    (m, k), n = x.shape, w.shape[0]
+    z, tail = guarded((m, n), np.int32)
+    _fused.units_product(isa, input_units(x)[0], split_units(w), m, n, k, chunk, z)
+    assert_untouched(tail)
+    return z
+
+
+def pair_form(a, capacity=OUTLIER_CAPACITY):
+    pairs = np.empty(a.shape, dtype=np.int16)
+    index, residual = np.empty(capacity, np.int32), np.empty(capacity, np.int32)
+    count = _fused.pair_form(a, a.shape[1], pairs, index, residual)
+    return pairs, index, residual, count
+
+
+def expected_pair_form(a):
+    """The pair form by definition: int16 saturation, and what it cut off, by flat index."""
+    clipped = np.clip(a, -(2**15), 2**15 - 1)
+    index = np.flatnonzero(clipped != a)
+    return clipped.astype(np.int16), index, (a.astype(np.int64) - clipped).ravel()[index]
+
+
+def pairs_product(isa, x, w, chunk=0):
+    """The pair product, with a list that holds every outlier of ``w`` (the kernel takes any
+    number; the layers cap it at OUTLIER_CAPACITY)."""
+    (m, k), n = x.shape, w.shape[0]
+    pairs, index, residual, count = pair_form(w, capacity=w.size)
+    z, tail = guarded((m, n), np.int32)
+    _fused.pairs_product(isa, x.astype(np.int16), pairs, x, index, residual, count, m, n, k, chunk, z)
+    assert_untouched(tail)
+    return z
+
+
+def layer_with(weight):
+    return IntegerLinear.from_weight(np.array(weight, dtype=np.int32))
+
+
+# partial AVX2 (8) and VNNI (16) vectors of units, and whole ones
+UNIT_WIDTHS = [1, 7, 8, 9, 15, 16, 17, 33]
+# (m, n): partial tiles of x rows (2, 4) and w rows (4), and a partial second block of 8 rows
+ROWS = [(1, 1), (2, 4), (3, 5), (5, 7), (9, 3), (13, 6)]
+
+
+def test_units_recombine_to_the_integers():
+    a = np.array([0, 1, -1, 255, 256, -256, -257, 2**15, -(2**15), UNITS_LIMIT - 1, -UNITS_LIMIT], dtype=np.int32)
+    units = split_units(a)
+    low, high = (units & 0xFFFF).astype(np.int16), (units >> 16).astype(np.int16)
+    assert low.min() >= 0 and low.max() <= 255
+    np.testing.assert_array_equal(high.astype(np.int64) * 256 + low, a)
+    x = np.array([[-128, -127, -1, 0, 1, 127]], dtype=np.int8)
+    pairs = np.empty(x.shape, np.int16)
+    units = np.empty(x.shape, np.int32)
+    assert _fused.input_units(x, x.shape[1], units, pairs) == 128 + 127 + 1 + 0 + 1 + 127
+    np.testing.assert_array_equal((units & 0xFFFF).astype(np.int16), x)
+    np.testing.assert_array_equal((units >> 16).astype(np.int16), 256 * x.astype(np.int16))
+    np.testing.assert_array_equal(pairs, x)
+
+
+# -- the products ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("units", UNIT_WIDTHS)
+def test_units_product_is_exact(isa, units):
+    rng = np.random.default_rng(units)
+    for m, n in ROWS:
+        x = rng.integers(-128, 128, (m, units)).astype(np.int8)
+        x[0] = -128  # the extreme input
+        w = rng.integers(-(2**16), 2**16, (n, units)).astype(np.int32)
+        w[-1, -1] = -(2**16)
+        expected = exact(x, w)
+        assert np.abs(expected).max() <= INT32_MAX  # one sum per row is exact
+        np.testing.assert_array_equal(units_product(isa, x, w), expected, err_msg=f"m={m} n={n}")
+
+
+@pytest.mark.parametrize("units", UNIT_WIDTHS)
+def test_units_product_at_the_extremes_of_the_units(isa, units):
+    # |x * w| <= 128 * 2**23 = 2**30: a chunk of one unit is the most a lane may hold; the
+    # high half of -2**23 is -32768, that of (x, 256 x) for x = -128 too
+    rng = np.random.default_rng(100 + units)
+    for m, n in ROWS:
+        x = rng.choice(np.array([-128, 127, -1, 0], np.int8), (m, units))
+        w = rng.choice(np.array([-UNITS_LIMIT, UNITS_LIMIT - 1, 255, 256, -256, -1], np.int32), (n, units))
+        x[0], w[0] = -128, -UNITS_LIMIT
+        np.testing.assert_array_equal(units_product(isa, x, w, chunk=1), saturated(exact(x, w)))
+
+
+@pytest.mark.parametrize("units", UNIT_WIDTHS)
+def test_pairs_product_is_exact_with_outliers(isa, units):
+    rng = np.random.default_rng(200 + units)
+    width = 2 * units
+    for m, n in ROWS:
+        x = rng.integers(-128, 128, (m, width)).astype(np.int8)
+        x[-1] = -128
+        w = rng.integers(-(2**15), 2**15, (n, width)).astype(np.int32)
+        # outliers scattered over the rows (several per row, in edge tiles too), the first
+        # values past int16, the int32 extremes, and one in the last row and column
+        where = rng.choice(w.size, size=max(1, w.size // 4), replace=False)
+        w.flat[where] = rng.integers(2**15, 2**22, where.size) * rng.choice([-1, 1], where.size)
+        w[0, :4] = [2**15, -(2**15) - 1, INT32_MAX, INT32_MIN][:width]
+        w[-1, -1] = -(2**20)
+        expected = saturated(exact(x, w))  # the outliers can take z past int32
+        np.testing.assert_array_equal(pairs_product(isa, x, w), expected, err_msg=f"m={m} n={n}")
+        # chunks of 16 pairs: 2 * 128 * 2**15 * 16 = 2**28 per lane
+        np.testing.assert_array_equal(pairs_product(isa, x, w, chunk=16), expected, err_msg=f"m={m} n={n}")
+
+
+def test_pairs_product_with_a_whole_row_of_outliers_and_none_elsewhere(isa):
+    rng = np.random.default_rng(7)
+    x = rng.integers(-128, 128, (5, 34)).astype(np.int8)
+    w = rng.integers(-1000, 1000, (6, 34)).astype(np.int32)
+    w[4] = rng.integers(2**15, 2**18, 34)  # row 4: the second tile of w rows, all outliers
+    np.testing.assert_array_equal(pairs_product(isa, x, w), exact(x, w))
+    np.testing.assert_array_equal(pairs_product(isa, x, np.clip(w, -1000, 1000)), exact(x, np.clip(w, -1000, 1000)))
+
+
+@pytest.mark.parametrize("units", [9, 33, 784, 785])
+@pytest.mark.parametrize("chunk", [1, 5, 8, 16, 17])
+def test_units_product_chunks_add_up_in_int64_and_saturate(isa, units, chunk):
+    # each chunk of `chunk` units holds at most 128 * bound * chunk < 2**31; a chunk that is
+    # not a whole number of vectors ends inside one
+    bound = min(UNITS_LIMIT - 1, INT32_MAX // (128 * chunk))
+    rng = np.random.default_rng(units * chunk)
+    x = np.full((7, units), -128, dtype=np.int8)
+    x[1] = 127
+    x[2, ::2], x[2, 1::2] = 127, -127  # a row whose sum cancels
+    x[3] = 1  # a row whose sum fits int32
+    x[4:] = rng.integers(-128, 128, (3, units))
+    w = np.full((6, units), bound, dtype=np.int32)
+    w[3] = -bound
+    w[4:] = rng.integers(-bound, bound + 1, (2, units))
+    expected = exact(x, w)
+    if units >= 784:  # whole rows leave int32: only the chunks are exact
+        assert np.abs(expected).max() > INT32_MAX
+    np.testing.assert_array_equal(units_product(isa, x, w, chunk=chunk), saturated(expected))
+
+
+@pytest.mark.parametrize("units", [9, 33, 784, 785])
+@pytest.mark.parametrize("chunk", [1, 7, 16, 64, 127])
+def test_pairs_product_chunks_add_up_in_int64_and_saturate(isa, units, chunk):
+    # a pair adds at most 2 * 128 * 2**15 = 2**24: chunks of up to 127 pairs fit int32
+    rng = np.random.default_rng(units + chunk)
+    width = 2 * units
+    x = np.full((7, width), -128, dtype=np.int8)
+    x[1] = 127
+    x[2, ::2], x[2, 1::2] = 127, -127
+    x[3] = 1
+    x[4:] = rng.integers(-128, 128, (3, width))
+    w = np.full((6, width), -(2**15), dtype=np.int32)
+    w[3] = 2**15 - 1
+    w[4:] = rng.integers(-(2**15), 2**15, (2, width))
+    w[5, ::3] = 2**21  # outliers, added in int64 too
+    expected = exact(x, w)
+    if units >= 784:
+        assert np.abs(expected).max() > INT32_MAX
+    np.testing.assert_array_equal(pairs_product(isa, x, w, chunk=chunk), saturated(expected))
+
+
+def test_outliers_are_added_before_z_saturates(isa):
+    # the pair form's part of a row may leave int32 while the whole row fits (its outliers
+    # pull it back), and the other way round: z saturates only after both are added
+    width = 2 * 785
+    x = np.full((3, width), 127, dtype=np.int8)
+    x[1] = -128
+    x[2, ::2] = -3
+    w = np.full((5, width), 2**15 - 1, dtype=np.int32)
+    w[0, 0] = -(2**15 - 1) * (width - 1) + 5  # row 0 of x: z = 127 * 5
+    w[1] = 0
+    w[1, 1::200] = 2**30  # past int32 through the outliers alone
+    w[2] = -w[1]
+    w[3, -1] = INT32_MIN
+    w[4, :] = -(2**15)
+    w[4, 7] = (2**15) * (width - 1) - 1
+    expected = exact(x, w)
+    assert expected[0, 0] == 127 * 5 and np.abs(expected).max() > INT32_MAX
+    np.testing.assert_array_equal(pairs_product(isa, x, w, chunk=64), saturated(expected))
+
+
+def test_pair_form_saturates_and_lists_the_outliers():
+    rng = np.random.default_rng(5)
+    a = rng.integers(-(2**15), 2**15, (7, 30)).astype(np.int32)
+    a[0, :6] = [2**15 - 1, 2**15, -(2**15), -(2**15) - 1, INT32_MAX, INT32_MIN]
+    a[4, 29], a[6, 0] = 70000, -99999
+    a[5, 3:12:2] = 2**16  # several in one row
+    pairs, index, residual, count = pair_form(a)
+    expected_pairs, expected_index, expected_residual = expected_pair_form(a)
+    np.testing.assert_array_equal(pairs, expected_pairs)
+    assert count == expected_index.size == 11
+    np.testing.assert_array_equal(index[:count], expected_index)
+    np.testing.assert_array_equal(residual[:count], expected_residual)
+    # past its capacity the list is counted whole and holds the first ones
+    pairs, index, residual, count = pair_form(a, capacity=4)
+    assert count == 11
+    np.testing.assert_array_equal(index, expected_index[:4])
+    np.testing.assert_array_equal(residual, expected_residual[:4])
+    np.testing.assert_array_equal(pairs, expected_pairs)
+    assert pair_form(a, capacity=0)[3] == 11
+
+
+def test_pairs_product_needs_an_even_width_and_a_complete_list(isa):
+    x = np.ones((2, 3), dtype=np.int8)
+    with pytest.raises(ValueError, match="even"):
+        _fused.pairs_product(isa, x.astype(np.int16), np.ones((2, 3), np.int16), x, np.zeros(4, np.int32),
+                             np.zeros(4, np.int32), 0, 2, 2, 3, 0, np.empty((2, 2), np.int32))
+    x = np.ones((2, 4), dtype=np.int8)
+    with pytest.raises(ValueError, match="count"):
+        _fused.pairs_product(isa, x.astype(np.int16), np.ones((2, 4), np.int16), x, np.zeros(4, np.int32),
+                             np.zeros(4, np.int32), 5, 2, 2, 4, 0, np.empty((2, 2), np.int32))
+
+
+@pytest.mark.skipif(not {"avx2", "vnni"} <= set(kernels.AVAILABLE), reason="needs both AVX2 and AVX-512 VNNI")
+def test_both_isas_give_the_same_integers_even_past_the_proofs():
+    # _pairs.h: VPMADDWD + VPADDD and VPDPWSSD wrap the same way modulo 2**32, so even a
+    # chunk whose sum leaves int32 comes out the same on both
+    rng = np.random.default_rng(8)
+    for units in UNIT_WIDTHS + [100]:
+        x = rng.integers(-128, 128, (9, 2 * units)).astype(np.int8)
+        w = rng.integers(-UNITS_LIMIT, UNITS_LIMIT, (7, 2 * units)).astype(np.int32)
+        for chunk in (0, 3, 16):
+            np.testing.assert_array_equal(units_product("avx2", x, w, chunk), units_product("vnni", x, w, chunk))
+            np.testing.assert_array_equal(pairs_product("avx2", x, w, chunk), pairs_product("vnni", x, w, chunk))
+
+
+# -- the update ------------------------------------------------------------------------------
+
+def run_update(isa, delta, x, weight, divisor, decay_inv, mirror, capacity=None):
+    """The update kernel on a copy of ``weight``: (new weight, max|w|, its mirror, outliers:
+    their count for split units, else (count, index, residual) as recorded)."""
+    (batch, n), k = delta.shape, x.shape[1]
+    updated, weight_tail = guarded(weight.shape, np.int32, weight)
+    if mirror == "split":
+        copy, tail = guarded(weight.shape, np.int32)
+        bound, count = _fused.units_sgd_update(isa, delta, input_units(x)[0], updated, copy, batch, n, k,
+                                               divisor, decay_inv)
+        assert_untouched(weight_tail, tail)
+        return updated, bound, copy, count
+    capacity = weight.size if capacity is None else capacity
+    copy, tail = guarded(weight.shape, np.int16)
+    (index, index_tail), (residual, residual_tail) = guarded(capacity, np.int32), guarded(capacity, np.int32)
+    bound, count = _fused.units_sgd_update(isa, delta, input_units(x)[0], updated, copy, batch, n, k, divisor,
+                                           decay_inv, index, residual)
+    assert_untouched(weight_tail, tail, index_tail, residual_tail)
+    recorded = min(count, capacity)
+    return updated, bound, copy, (count, index[:recorded], residual[:recorded])
+
+
+def expected_update(delta, x, weight, divisor, decay_inv):
+    """The reference IntegerSGD step on int64 ``G = delta.T @ x``: (new weight, max|w|)."""
+    grad = delta.T.astype(np.int64) @ x.astype(np.int64)
+    grad_bound = int(np.abs(grad).max())
+    assert grad_bound <= INT32_MAX  # the kernel's precondition
+    expected = weight.copy()
+    bound = integer_sgd_step(expected, grad, grad_bound, int(np.abs(weight.astype(np.int64)).max()), divisor,
+                             decay_inv)
+    return expected, bound
+
+
+def assert_mirror(copy, outliers, expected, mirror):
+    """The mirror the update wrote is that of the new weights: by definition, and as the
+    kernels ``split_units`` / ``pair_form`` make it from them."""
+    if mirror == "split":
+        np.testing.assert_array_equal(copy, split_units(expected))
+        assert outliers == 0
+        return
+    pairs, index, residual = expected_pair_form(expected)
+    kernel_pairs, kernel_index, kernel_residual, kernel_count = pair_form(expected, capacity=expected.size)
+    np.testing.assert_array_equal(copy, pairs)
+    np.testing.assert_array_equal(copy, kernel_pairs)
+    count, got_index, got_residual = outliers
+    assert count == index.size == kernel_count
+    np.testing.assert_array_equal(got_index, index)
+    np.testing.assert_array_equal(got_residual, residual)
+    np.testing.assert_array_equal(got_index, kernel_index[:count])
+    np.testing.assert_array_equal(got_residual, kernel_residual[:count])
+
+
+# partial AVX2 vectors (8) and update tiles (16), VNNI vectors (16) and tiles (64)
+UPDATE_WIDTHS = [1, 7, 8, 9, 15, 16, 17, 33, 64, 65, 130]
+UPDATE_ROWS = [(1, 1), (3, 5), (8, 6), (13, 3)]  # (batch, n): n past whole tiles of 4 rows
+STEPS = [(1536, 0), (1536, 1), (1536, 7), (1536, 3000), (1, 0), (3, 2**31 - 1), (2**31 - 1, 5)]  # (divisor, decay_inv)
+
+
+@pytest.mark.parametrize("mirror", ["split", "pairs"])
+@pytest.mark.parametrize("k", UPDATE_WIDTHS)
+@pytest.mark.parametrize("divisor, decay_inv", STEPS)
+def test_update_matches_integer_sgd(isa, k, divisor, decay_inv, mirror):
+    rng = np.random.default_rng(k * 31 + divisor % 97 + decay_inv % 89)
+    for batch, n in UPDATE_ROWS:
+        x = rng.integers(-128, 128, (batch, k)).astype(np.int8)
+        delta = rng.integers(-(2**17), 2**17, (batch, n)).astype(np.int32)
+        weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
+        # outliers of the pair form (several per row), and weights at int16's edges that
+        # the step moves across it either way
+        where = rng.choice(n * k, size=min(30, n * k), replace=False)
+        weight.flat[where] = rng.choice([2**20, -(2**20), 2**15, -(2**15) - 1, 2**15 - 1, -(2**15)], where.size)
+        expected, expected_bound = expected_update(delta, x, weight, divisor, decay_inv)
+        updated, bound, copy, outliers = run_update(isa, delta, x, weight, divisor, decay_inv, mirror)
+        np.testing.assert_array_equal(updated, expected, err_msg=f"batch={batch} n={n}")
+        assert bound == expected_bound
+        assert_mirror(copy, outliers, expected, mirror)
+
+
+@pytest.mark.parametrize("mirror", ["split", "pairs"])
+@pytest.mark.parametrize("k", UPDATE_WIDTHS)
+def test_update_at_the_extremes_of_the_units(isa, k, mirror):
+    # |delta| up to the split units' limit and x = -128: |G| = 128 * 2**23 = 2**30 (one
+    # sample), every high half at -32768; with divisor 1 the new weights are -G
+    rng = np.random.default_rng(k)
+    delta = rng.choice(np.array([-UNITS_LIMIT, UNITS_LIMIT - 1, -1, 255, 256], np.int32), (1, 6))
+    delta[0, :2] = [-UNITS_LIMIT, UNITS_LIMIT - 1]
+    x = rng.choice(np.array([-128, 127, 0, 1], np.int8), (1, k))
+    x[0, 0] = -128
+    weight = np.zeros((6, k), np.int32)
+    expected, expected_bound = expected_update(delta, x, weight, 1, 0)
+    updated, bound, copy, outliers = run_update(isa, delta, x, weight, 1, 0, mirror)
+    np.testing.assert_array_equal(updated, expected)
+    assert bound == expected_bound == 2**30
+    assert_mirror(copy, outliers, expected, mirror)
+
+
+@pytest.mark.parametrize("mirror", ["split", "pairs"])
+def test_update_divides_toward_zero_at_every_remainder(isa, mirror):
+    # G = delta[0, j] * x[0, k] takes every value around the multiples of the divisor
+    divisor = 1000
+    delta = np.arange(-3000, 3001, dtype=np.int32)[None, :]
+    x = np.ones((1, 17), dtype=np.int8)
+    weight = np.zeros((delta.shape[1], 17), dtype=np.int32)
+    updated = run_update(isa, delta, x, weight, divisor, 0, mirror)[0]
+    expected = -(np.sign(delta[0]) * (np.abs(delta[0]) // divisor))
+    np.testing.assert_array_equal(updated, np.repeat(expected[:, None], 17, axis=1))
+
+
+def test_update_counts_outliers_past_the_lists_capacity(isa):
+    # the list holds `capacity` of them (found in tile order, then sorted), the count is whole
+    rng = np.random.default_rng(9)
+    x = rng.integers(-128, 128, (4, 70)).astype(np.int8)
+    delta = rng.integers(-100, 100, (4, 7)).astype(np.int32)
+    weight = rng.integers(-1000, 1000, (7, 70)).astype(np.int32)
+    weight.flat[rng.choice(weight.size, 40, replace=False)] = 2**17
+    expected, expected_bound = expected_update(delta, x, weight, 5, 0)
+    pairs, index, residual = expected_pair_form(expected)
+    assert index.size == 40
+    for capacity in (8, 40):
+        updated, bound, copy, (count, got_index, got_residual) = run_update(isa, delta, x, weight, 5, 0, "pairs",
+                                                                            capacity=capacity)
+        np.testing.assert_array_equal(updated, expected)
+        assert bound == expected_bound
+        np.testing.assert_array_equal(copy, pairs)
+        assert count == 40 and got_index.size == capacity
+        assert (np.diff(got_index) > 0).all()  # sorted
+        at = np.searchsorted(index, got_index)
+        np.testing.assert_array_equal(index[at], got_index)  # true outliers, with their residuals
+        np.testing.assert_array_equal(residual[at], got_residual)
+
+
+def test_update_counts_a_weight_at_int32_min_in_its_maximum(isa):
+    # the kernel's contract: the new weights fit int32 -- -2**31 does, and |w| is then 2**31.
+    # (PairKernels never gets there: updated_bound keeps every |w| below 2**31.)
+    x = np.ones((1, 17), dtype=np.int8)
+    weight = np.full((1, 17), 5, dtype=np.int32)
+    weight[0, 3] = INT32_MIN + 1
+    delta = np.ones((1, 1), np.int32)
+    for mirror in ("split", "pairs"):
+        updated, bound, _, _ = run_update(isa, delta, x, weight, 1, 0, mirror)
+        assert updated[0, 3] == INT32_MIN
+        assert bound == 2**31
+
+
+# -- PairKernels: when the products run, and what they keep of a layer ---------------------
+
+@pytest.mark.parametrize("inputs", [784, 783, 18, 17])  # even: the pair product; odd: split units
+def test_scaled_forward_matches_the_reference(isa, spy, inputs):
+    pair_kernels = kernels.IMPLEMENTATIONS[isa]
+    table = make_activation("nitro_relu").forward_table
+    rng = np.random.default_rng(inputs)
+    x = rng.integers(-128, 128, (37, inputs)).astype(np.int8)
+    scale = 2**8 * inputs
+    for bound in (100, 2**15, 2**19, 2**20 - 1):  # the last ones need chunks (2**20: 16 inputs)
+        weight = rng.integers(-bound, bound + 1, (10, inputs)).astype(np.int32)
+        layer = layer_with(weight)
+        expected = nitro_scale(exact(x, weight), scale)
+        np.testing.assert_array_equal(kernels.NUMPY.scaled_forward(layer, x, scale), expected)
+        before = dict(spy.calls)
+        np.testing.assert_array_equal(pair_kernels.scaled_forward(layer, x, scale), expected)
+        scaled, activated = pair_kernels.scaled_forward(layer, x, scale, table)  # the copies, reused
+        np.testing.assert_array_equal(scaled, expected)
+        np.testing.assert_array_equal(activated, table[expected.view(np.uint8)])
+        ran = {name: spy.calls.get(name, 0) - before.get(name, 0) for name in spy.calls}
+        copies = layer.kernel_cache
+        assert copies.inputs.x is x and ran.get("input_units") == 1
+        if inputs % 2:
+            assert copies.units is not None and copies.pairs is None
+            assert ran.get(f"units_product/{isa}") == 2 and "pair_form" not in ran
+        else:  # the pair form, unless it has too many outliers
+            assert ran.get("pair_form") == 1
+            assert (copies.pairs.count > 0) == (bound > 2**15)
+            uses_pairs = copies.pairs.count <= OUTLIER_CAPACITY
+            assert (copies.units is None) == uses_pairs
+            assert ran.get(f"pairs_product/{isa}" if uses_pairs else f"units_product/{isa}") == 2
+        assert not any(name.endswith("/" + other) for name in ran for other in ("avx2", "vnni") if other != isa)
+
+
+def test_too_many_outliers_switch_the_forward_to_split_units(isa, spy):
+    rng = np.random.default_rng(6)
+    x = rng.integers(-128, 128, (8, 64)).astype(np.int8)
+    weight = np.full((OUTLIER_CAPACITY // 64 + 1, 64), 2**16, dtype=np.int32)  # all past int16
+    layer = layer_with(weight)
+    expected = nitro_scale(exact(x, weight), 2**8 * 64)
+    np.testing.assert_array_equal(kernels.IMPLEMENTATIONS[isa].scaled_forward(layer, x, 2**8 * 64), expected)
+    assert layer.kernel_cache.pairs.count > OUTLIER_CAPACITY and layer.kernel_cache.units is not None
+    assert spy.calls[f"units_product/{isa}"] == 1 and f"pairs_product/{isa}" not in spy.calls
+
+
+def _hand_back_cases():
+    rng = np.random.default_rng(2)
+    x = rng.integers(-128, 128, (4, 8)).astype(np.int8)
+    biased = IntegerLinear(8, 3, 5, np.random.default_rng(0), bias=True)
+    biased.bias[:] = [3, -4, 5]
+    biased.refresh_bounds()
+    wide = np.zeros((4, 16), np.int8)
+    return {
+        # (layer, x, scale, the C functions that must run, those that must not)
+        "pair form: no limit": (layer_with(np.full((3, 8), UNITS_LIMIT)), x, 256, ["pairs_product"], []),
+        "too many outliers, past the split units": (
+            layer_with(np.full((3 * OUTLIER_CAPACITY, 8), UNITS_LIMIT)), x, 256, ["scale_to_int8"],
+            ["pairs_product", "units_product"]),
+        "odd width, chunks of 0 inputs": (
+            layer_with(np.full((3, 33), 2**20)), np.full((4, 33), -128, np.int8), 256, ["scale_to_int8"],
+            ["units_product"]),
+        "int16 input": (layer_with(np.ones((3, 8))), x.astype(np.int16), 256, ["scale_to_int8"],
+                        ["input_units", "pairs_product", "units_product"]),
+        "strided input": (layer_with(np.ones((3, 8))), wide[:, ::2], 256, ["scale_to_int8"], ["input_units"]),
+        "128 * scale past int32": (layer_with(np.ones((3, 8))), x, 2**24, [],
+                                   ["input_units", "scale_to_int8"]),
+        "bias": (biased, x, 256, [], ["input_units", "scale_to_int8"]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_hand_back_cases()))
+def test_scaled_forward_hands_back_outside_its_bounds(isa, spy, case):
+    # outside its bounds PairKernels calls its parent (the "c" kernels, which may call the
+    # NumPy reference in turn): the integers are the same either way
+    layer, x, scale, runs, skips = _hand_back_cases()[case]
+    expected = kernels.NUMPY.scaled_forward(layer, x, scale)
+    np.testing.assert_array_equal(expected, nitro_scale(exact(x, layer.weight) + (
+        0 if layer.bias is None else layer.bias.astype(np.int64)), scale))
+    np.testing.assert_array_equal(kernels.IMPLEMENTATIONS[isa].scaled_forward(layer, x, scale), expected)
+    for name in runs:
+        assert spy.calls.get(f"{name}/{isa}" if name.endswith("product") else name, 0) == 1, name
+    for name in skips:
+        assert name not in spy.calls and f"{name}/{isa}" not in spy.calls, name
+
+
+def reference_layer(layer):
+    return IntegerLinear.from_weight(layer.weight.copy())
+
+
+@pytest.mark.parametrize("inputs", [20, 19])  # even: the pair form; odd: split units
+def test_layer_update_keeps_the_copies_consistent(isa, spy, inputs):
+    pair_kernels = kernels.IMPLEMENTATIONS[isa]
+    rng = np.random.default_rng(3)
+    layer = layer_with(rng.integers(-1000, 1000, (6, inputs)))
+    reference = reference_layer(layer)
+    scale = 2**8 * inputs
+    layer.kernel_cache = LayerCopies(float64=layer.weight.astype(np.float64))  # a copy the update makes stale
+    for step in range(3):  # the later steps read, then rewrite, the copy the last one wrote
+        x = rng.integers(-128, 128, (8, inputs)).astype(np.int8)
+        pair_kernels.scaled_forward(layer, x, scale)
+        assert layer.kernel_cache.inputs.x is x
+        assert (layer.kernel_cache.float64 is not None) == (step == 0)
+        delta = rng.integers(-500, 500, (8, 6)).astype(np.int32)
+        delta[0, step] = 3000  # a row of weights leaves int16
+        kernels.NUMPY.sgd_update(reference, delta, x, 4, 0)
+        pair_kernels.sgd_update(layer, delta, x, 4, 0)
+        assert spy.calls[f"units_sgd_update/{isa}"] == step + 1
+        expected = reference.weight
+        np.testing.assert_array_equal(layer.weight, expected)
+        assert layer.weight_bound == reference.weight_bound == np.abs(expected).max() > 2**15
+        copies = layer.kernel_cache
+        if inputs % 2:
+            np.testing.assert_array_equal(copies.units, split_units(expected))
+            assert copies.pairs is None
+        else:
+            pairs, index, residual = expected_pair_form(expected)
+            np.testing.assert_array_equal(copies.pairs.pairs, pairs)
+            assert copies.pairs.count == index.size > 0 and copies.units is None
+            np.testing.assert_array_equal(copies.pairs.index[:index.size], index)
+            np.testing.assert_array_equal(copies.pairs.residual[:index.size], residual)
+        assert copies.float64 is None and copies.inputs is None  # stale copy dropped; input used up
+        # the next forward reads the copy the update wrote
+        np.testing.assert_array_equal(pair_kernels.scaled_forward(layer, x, scale),
+                                      nitro_scale(exact(x, expected), scale))
+
+
+def _update_cases():
+    rng = np.random.default_rng(4)
+    x = rng.integers(-128, 128, (8, 20)).astype(np.int8)
+    delta = rng.integers(-50, 50, (8, 6)).astype(np.int32)
+    big = np.zeros((1, 6), np.int32)
+    big[0, 0] = UNITS_LIMIT  # G = 128 * 2**23 = 2**30 fits int32, delta's split units do not
+    return {
+        # (delta, x, divisor, column_l1, the C function that must run: "sgd_update" for the "c" kernels)
+        "delta past the split units": (big, x[:1], 64, None, "sgd_update"),
+        "G could pass int32": (delta, x, 64, 2**24, None),  # 128 * 2**24 = 2**31
+        "int64 delta": (delta.astype(np.int64), x, 64, None, "sgd_update"),
+        "int16 input": (delta, x.astype(np.int16), 64, None, "sgd_update"),
+        "divisor past 32 bits": (delta, x, 2**31, None, None),
+    }
+
+
+@pytest.mark.parametrize("case", list(_update_cases()))
+def test_update_hands_back_outside_its_bounds(isa, spy, case):
+    # as for the forward: outside its bounds the update is the parent's, same integers
+    delta, x, divisor, column_l1, runs = _update_cases()[case]
+    layer = layer_with(np.arange(-60, 60).reshape(6, 20))
+    reference = reference_layer(layer)
+    kernels.NUMPY.sgd_update(reference, delta, x, divisor, 0, column_l1=column_l1)
+    kernels.IMPLEMENTATIONS[isa].sgd_update(layer, delta, x, divisor, 0, column_l1=column_l1)
+    np.testing.assert_array_equal(layer.weight, reference.weight)
+    assert layer.weight_bound == reference.weight_bound
+    assert f"units_sgd_update/{isa}" not in spy.calls
+    assert spy.calls.get("sgd_update", 0) == (runs == "sgd_update")
+
+
+def test_update_drops_the_split_units_past_their_range(isa, spy):
+    x = np.ones((1, 15), dtype=np.int8)  # odd width: split units
+    layer = layer_with(np.full((1, 15), UNITS_LIMIT - 2))
+    pair_kernels = kernels.IMPLEMENTATIONS[isa]
+    pair_kernels.sgd_update(layer, np.full((1, 1), -10, dtype=np.int32), x, 1, 0)
+    assert spy.calls[f"units_sgd_update/{isa}"] == 1
+    np.testing.assert_array_equal(layer.weight, UNITS_LIMIT + 8)
+    assert layer.weight_bound == UNITS_LIMIT + 8 and layer.kernel_cache.units is None
+    # the next forward cannot use split units: the "c" kernels take over, same integers
+    np.testing.assert_array_equal(pair_kernels.scaled_forward(layer, x, 256), nitro_scale(exact(x, layer.weight), 256))
+    assert "units_product" not in spy.calls and spy.calls["scale_to_int8"] == 1
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+def openmp_thread_counts():
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "openmp"]
+
+
+def on_threads(count, function):
+    """``function()`` with the OpenMP runtimes limited to ``count`` threads."""
+    with threadpool_limits(count):
+        assert set(openmp_thread_counts()) == {count}
+        return function()
+
+
+@pytest.fixture
+def threads():
+    if not openmp_thread_counts():
+        pytest.skip("no OpenMP runtime loaded: the kernels run on one thread anyway")
+    return on_threads
+
+
+def test_thread_count_does_not_change_the_products(isa, threads):
+    # m * n * units past PARALLEL_WORK (2**20): both products split their row blocks over
+    # the threads; partial tiles at the edges, outliers in most rows of w
+    rng = np.random.default_rng(11)
+    m, n, width = 67, 258, 130
+    assert m * n * width // 2 >= 2**20
+    x = rng.integers(-128, 128, (m, width)).astype(np.int8)
+    w = rng.integers(-(2**15), 2**15, (n, width)).astype(np.int32)
+    where = rng.choice(w.size, 600, replace=False)
+    w.flat[where] = rng.integers(2**15, 2**19, where.size) * rng.choice([-1, 1], where.size)
+    expected = saturated(exact(x, w))
+
+    def products():
+        # units: chunks of 16 (128 * 2**19 * 16 = 2**30); pairs: whole rows (2**24 per pair)
+        return units_product(isa, x, w, chunk=16), pairs_product(isa, x, w), pairs_product(isa, x, w, chunk=16)
+
+    one, two = threads(1, products), threads(2, products)
+    for single, parallel in zip(one, two):
+        np.testing.assert_array_equal(single, expected)
+        np.testing.assert_array_equal(parallel, expected)
+
+
+@pytest.mark.parametrize("mirror", ["split", "pairs"])
+def test_thread_count_does_not_change_the_update(isa, threads, mirror):
+    # n * batch * k past PARALLEL_WORK: the column tiles go to different threads, and each
+    # records the outliers it finds; the list must come out whole, sorted, the same
+    rng = np.random.default_rng(12)
+    batch, n, k = 64, 258, 130
+    assert n * batch * k >= 2**20
+    x = rng.integers(-128, 128, (batch, k)).astype(np.int8)
+    delta = rng.integers(-(2**12), 2**12, (batch, n)).astype(np.int32)
+    weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
+    weight.flat[rng.choice(weight.size, 500, replace=False)] = 2**18
+    expected, expected_bound = expected_update(delta, x, weight, 64, 3000)
+
+    def update():
+        return run_update(isa, delta, x, weight, 64, 3000, mirror)
+
+    one, two = threads(1, update), threads(2, update)
+    for updated, bound, copy, outliers in (one, two):
+        np.testing.assert_array_equal(updated, expected)
+        assert bound == expected_bound
+        assert_mirror(copy, outliers, expected, mirror)
+    if mirror == "pairs":
+        assert one[3][0] > 400 and (np.diff(two[3][1]) > 0).all()
+
+
+def test_thread_count_keeps_the_outlier_count_past_the_capacity(isa, threads):
+    # past the capacity the threads race for the list's slots: which outliers it holds may
+    # differ (the layers then use split units), but the count, the pair form and the
+    # weights may not, and what it holds is sorted and true
+    rng = np.random.default_rng(13)
+    batch, n, k = 64, 130, 258
+    x = rng.integers(-128, 128, (batch, k)).astype(np.int8)
+    delta = rng.integers(-(2**10), 2**10, (batch, n)).astype(np.int32)
+    weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
+    weight.flat[rng.choice(weight.size, 2 * OUTLIER_CAPACITY, replace=False)] = -(2**19)
+    expected, expected_bound = expected_update(delta, x, weight, 64, 0)
+    pairs, index, residual = expected_pair_form(expected)
+
+    def update():
+        return run_update(isa, delta, x, weight, 64, 0, "pairs", capacity=OUTLIER_CAPACITY)
+
+    for updated, bound, copy, (count, got_index, got_residual) in (threads(1, update), threads(2, update)):
+        np.testing.assert_array_equal(updated, expected)
+        assert bound == expected_bound
+        np.testing.assert_array_equal(copy, pairs)
+        assert count == index.size > OUTLIER_CAPACITY and got_index.size == OUTLIER_CAPACITY
+        assert (np.diff(got_index) > 0).all()
+        at = np.searchsorted(index, got_index)
+        np.testing.assert_array_equal(index[at], got_index)
+        np.testing.assert_array_equal(residual[at], got_residual)
