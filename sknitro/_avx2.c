@@ -162,10 +162,9 @@ AVX2_TARGET static inline __m256i update_lanes(int32_t *w, int32_t *w_units, int
     return _mm256_and_si256(_mm256_abs_epi32(updated), mask);
 }
 
-AVX2_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t *x_units, int32_t *g, ptrdiff_t n,
-                                      ptrdiff_t batch, ptrdiff_t k, ptrdiff_t k0, ptrdiff_t first, ptrdiff_t last)
+AVX2_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t *x_tile, int32_t *g, ptrdiff_t n,
+                                      ptrdiff_t batch, ptrdiff_t first, ptrdiff_t last)
 {
-    __m256i mask0 = lanes_mask(k - k0), mask1 = lanes_mask(k - k0 - 8);
     for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
         const int32_t *e0 = delta_units + clamp_row(j0, n) * batch, *e1 = delta_units + clamp_row(j0 + 1, n) * batch,
                       *e2 = delta_units + clamp_row(j0 + 2, n) * batch, *e3 = delta_units + clamp_row(j0 + 3, n) * batch;
@@ -174,26 +173,18 @@ AVX2_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t 
                 b0 = _mm256_loadu_si256(rows + 2), b1 = _mm256_loadu_si256(rows + 3),
                 c0 = _mm256_loadu_si256(rows + 4), c1 = _mm256_loadu_si256(rows + 5),
                 d0 = _mm256_loadu_si256(rows + 6), d1 = _mm256_loadu_si256(rows + 7);
-        const int32_t *x = x_units + first * k + k0;
-/* one batch row: x's 16 columns against the four rows' delta */
-#define GRADIENT_ROW(LOAD0, LOAD1)                                                                  \
-        for (ptrdiff_t row = first; row < last; row++, x += k) {                                    \
-            __m256i X0 = LOAD0, X1 = LOAD1;                                                         \
-            __m256i E = _mm256_set1_epi32(e0[row]);                                                 \
-            MADD(a0, E, X0); MADD(a1, E, X1);                                                       \
-            E = _mm256_set1_epi32(e1[row]);                                                         \
-            MADD(b0, E, X0); MADD(b1, E, X1);                                                       \
-            E = _mm256_set1_epi32(e2[row]);                                                         \
-            MADD(c0, E, X0); MADD(c1, E, X1);                                                       \
-            E = _mm256_set1_epi32(e3[row]);                                                         \
-            MADD(d0, E, X0); MADD(d1, E, X1);                                                       \
+        const int32_t *x = x_tile;
+        for (ptrdiff_t row = first; row < last; row++, x += UPDATE_COLUMNS) {
+            __m256i X0 = _mm256_loadu_si256((const __m256i *)x), X1 = _mm256_loadu_si256((const __m256i *)(x + 8));
+            __m256i E = _mm256_set1_epi32(e0[row]);
+            MADD(a0, E, X0); MADD(a1, E, X1);
+            E = _mm256_set1_epi32(e1[row]);
+            MADD(b0, E, X0); MADD(b1, E, X1);
+            E = _mm256_set1_epi32(e2[row]);
+            MADD(c0, E, X0); MADD(c1, E, X1);
+            E = _mm256_set1_epi32(e3[row]);
+            MADD(d0, E, X0); MADD(d1, E, X1);
         }
-        if (k - k0 >= UPDATE_COLUMNS) { /* masked loads are slow on some CPUs: only at the edge */
-            GRADIENT_ROW(_mm256_loadu_si256((const __m256i *)x), _mm256_loadu_si256((const __m256i *)(x + 8)))
-        } else {
-            GRADIENT_ROW(_mm256_maskload_epi32((const int *)x, mask0), _mm256_maskload_epi32((const int *)(x + 8), mask1))
-        }
-#undef GRADIENT_ROW
         _mm256_storeu_si256(rows, a0), _mm256_storeu_si256(rows + 1, a1);
         _mm256_storeu_si256(rows + 2, b0), _mm256_storeu_si256(rows + 3, b1);
         _mm256_storeu_si256(rows + 4, c0), _mm256_storeu_si256(rows + 5, c1);

@@ -5,6 +5,7 @@
 #include "_pairs.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 int64_t pairs_input_units(const int8_t *x, int32_t *units, int16_t *pairs, ptrdiff_t rows, ptrdiff_t cols)
 {
@@ -135,21 +136,30 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, ptr
     ptrdiff_t tiles = (k + columns - 1) / columns;
 #pragma omp parallel if ((int64_t)n * batch * k >= PARALLEL_WORK) reduction(max : largest) reduction(| : failed)
     {
-        int32_t *g = malloc((size_t)((n + 3) * columns) * sizeof(int32_t)); /* this thread's G of one tile */
-        failed |= g == NULL;
+        /* this thread's G of one tile, and its x rows packed: read n / 4 times per block, they
+         * must stay in L1, which rows k apart (a power of two or near one) would not */
+        int32_t *g = malloc((size_t)((n + 3) * columns) * sizeof(int32_t));
+        int32_t *x_tile = malloc((size_t)(GRADIENT_ROW_BLOCK * columns) * sizeof(int32_t));
+        failed |= g == NULL || x_tile == NULL;
 #pragma omp for schedule(static)
         for (ptrdiff_t tile = 0; tile < tiles; tile++) {
-            if (!g)
+            if (!g || !x_tile)
                 continue;
-            ptrdiff_t k0 = tile * columns;
-            for (ptrdiff_t i = 0; i < (n + 3) * columns; i++)
-                g[i] = 0;
-            for (ptrdiff_t b0 = 0; b0 < batch; b0 += GRADIENT_ROW_BLOCK)
-                gradient(delta_units, x_units, g, n, batch, k, k0, b0,
-                         b0 + GRADIENT_ROW_BLOCK < batch ? b0 + GRADIENT_ROW_BLOCK : batch);
+            ptrdiff_t k0 = tile * columns, width = k - k0 < columns ? k - k0 : columns;
+            memset(g, 0, (size_t)((n + 3) * columns) * sizeof(int32_t));
+            for (ptrdiff_t first = 0; first < batch; first += GRADIENT_ROW_BLOCK) {
+                ptrdiff_t last = first + GRADIENT_ROW_BLOCK < batch ? first + GRADIENT_ROW_BLOCK : batch;
+                for (ptrdiff_t row = first; row < last; row++) {
+                    int32_t *packed = x_tile + (row - first) * columns;
+                    memcpy(packed, x_units + row * k + k0, (size_t)width * sizeof(int32_t));
+                    memset(packed + width, 0, (size_t)(columns - width) * sizeof(int32_t));
+                }
+                gradient(delta_units, x_tile, g, n, batch, first, last);
+            }
             int64_t tile_largest = update(g, w, w_units, w_pairs, outliers, n, k, k0, lr, decays, decay);
             largest = tile_largest > largest ? tile_largest : largest;
         }
+        free(x_tile);
         free(g);
     }
     free(delta_units);

@@ -93,10 +93,12 @@ typedef void (*product_tile_t)(const int32_t *x_units, const int32_t *w_units, i
                                ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0,
                                const int8_t *x, const outliers_t *outliers, const ptrdiff_t *row_start);
 
-/* Adds delta^T x over batch rows [first, last) to the G of columns [k0, k0 + columns) of w,
- * g (n + 3 rows of `columns` int32: rows past n are scratch), int32 lanes wrapping. */
-typedef void (*gradient_tile_t)(const int32_t *delta_units, const int32_t *x_units, int32_t *g, ptrdiff_t n,
-                                ptrdiff_t batch, ptrdiff_t k, ptrdiff_t k0, ptrdiff_t first, ptrdiff_t last);
+/* Adds delta^T x over batch rows [first, last) to the G of a tile of `columns` columns of w:
+ * x_tile holds those rows of x's units, `columns` per row (packed by the driver: contiguous,
+ * zero past the last column), g is n + 3 rows of `columns` int32 (rows past n are scratch);
+ * int32 lanes wrap. */
+typedef void (*gradient_tile_t)(const int32_t *delta_units, const int32_t *x_tile, int32_t *g, ptrdiff_t n,
+                                ptrdiff_t batch, ptrdiff_t first, ptrdiff_t last);
 
 /* Applies sgd_rule to columns [k0, k0 + columns) of w from their G (g, as above) and writes
  * the new values' split units, or their pair form and outliers; returns their largest |w|. */

@@ -178,11 +178,9 @@ static inline void column_masks(ptrdiff_t left, __mmask16 mask[4])
         mask[c] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? 0 : (__mmask16)((1u << left) - 1));
 }
 
-VNNI_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t *x_units, int32_t *g, ptrdiff_t n,
-                                      ptrdiff_t batch, ptrdiff_t k, ptrdiff_t k0, ptrdiff_t first, ptrdiff_t last)
+VNNI_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t *x_tile, int32_t *g, ptrdiff_t n,
+                                      ptrdiff_t batch, ptrdiff_t first, ptrdiff_t last)
 {
-    __mmask16 mask[4];
-    column_masks(k - k0, mask);
     for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
         const int32_t *e0 = delta_units + clamp_row(j0, n) * batch, *e1 = delta_units + clamp_row(j0 + 1, n) * batch,
                       *e2 = delta_units + clamp_row(j0 + 2, n) * batch, *e3 = delta_units + clamp_row(j0 + 3, n) * batch;
@@ -196,10 +194,10 @@ VNNI_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t 
         LOAD4(b, g1);
         LOAD4(c, g2);
         LOAD4(d, g3);
-        const int32_t *x = x_units + first * k + k0;
-        for (ptrdiff_t row = first; row < last; row++, x += k) {
-            __m512i X0 = _mm512_maskz_loadu_epi32(mask[0], x), X1 = _mm512_maskz_loadu_epi32(mask[1], x + 16),
-                    X2 = _mm512_maskz_loadu_epi32(mask[2], x + 32), X3 = _mm512_maskz_loadu_epi32(mask[3], x + 48);
+        const int32_t *x = x_tile;
+        for (ptrdiff_t row = first; row < last; row++, x += UPDATE_COLUMNS) {
+            __m512i X0 = _mm512_loadu_si512(x), X1 = _mm512_loadu_si512(x + 16), X2 = _mm512_loadu_si512(x + 32),
+                    X3 = _mm512_loadu_si512(x + 48);
             DP4(a, _mm512_set1_epi32(e0[row]), X0, X1, X2, X3);
             DP4(b, _mm512_set1_epi32(e1[row]), X0, X1, X2, X3);
             DP4(c, _mm512_set1_epi32(e2[row]), X0, X1, X2, X3);
