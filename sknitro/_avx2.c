@@ -9,6 +9,7 @@
 #include "_pairs.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define HAVE_AVX2_BUILD 1
@@ -45,46 +46,83 @@ AVX2_TARGET static inline __m256i horizontal_sums(const __m256i v[8])
                             _mm256_permute2x128_si256(s0123, s4567, 0x31));
 }
 
-/* The 8 dot products of rows x[0..1] and w[0..3] over units [start, end), in int32 lanes
- * (sums[4 r + c] for x[r] . w[c]); the accumulators stay in registers. */
-AVX2_TARGET __attribute__((noinline)) static void dot_2x4(const int32_t *const x[2], const int32_t *const w[4],
-                                                          ptrdiff_t start, ptrdiff_t end, __m256i *sums)
+/* 8 lanes of x from its int8 row p, at unit o: int16 pairs (x[2o..2o+15], pairs) or input
+ * units (x[o..o+7]); `left` units remain in the row (fewer than 8: the end, copied out). */
+AVX2_TARGET static inline __m256i load_x(const int8_t *p, ptrdiff_t o, const int pairs, ptrdiff_t left)
 {
-    const int32_t *x0 = x[0], *x1 = x[1], *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+    __m128i bytes;
+    if (left >= 8) {
+        bytes = pairs ? _mm_loadu_si128((const __m128i *)(p + 2 * o)) : _mm_loadl_epi64((const __m128i *)(p + o));
+    } else { /* AVX2 has no masked byte load */
+        int8_t rest[16] = {0};
+        memcpy(rest, pairs ? p + 2 * o : p + o, (size_t)(pairs ? 2 * left : left));
+        bytes = _mm_loadu_si128((const __m128i *)rest);
+    }
+    if (pairs)
+        return _mm256_cvtepi8_epi16(bytes);
+    __m256i v = _mm256_cvtepi8_epi32(bytes); /* input_unit: (x & 0xFFFF) | (256 x) << 16 */
+    return _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(v, 24));
+}
+
+/* The 8 dot products of int8 rows x[0..1] and unit rows w[0..3] over units [start, end), in
+ * int32 lanes (sums[4 r + c] for x[r] . w[c]); the accumulators stay in registers. */
+AVX2_TARGET static inline __attribute__((always_inline)) void dot_2x4(const int8_t *const x[2],
+                                                                      const int32_t *const w[4], ptrdiff_t start,
+                                                                      ptrdiff_t end, __m256i *sums, const int pairs)
+{
+    const int8_t *x0 = x[0], *x1 = x[1];
+    const int32_t *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-#define DOT_STEP(LOAD)                                                                             \
+#define DOT_STEP(LOAD, LEFT)                                                                       \
     do {                                                                                           \
         __m256i W0 = LOAD(w0 + o), W1 = LOAD(w1 + o), W2 = LOAD(w2 + o), W3 = LOAD(w3 + o);       \
-        __m256i X = LOAD(x0 + o);                                                                  \
+        __m256i X = load_x(x0, o, pairs, LEFT);                                                    \
         MADD(a0, X, W0); MADD(a1, X, W1); MADD(a2, X, W2); MADD(a3, X, W3);                       \
-        X = LOAD(x1 + o);                                                                          \
+        X = load_x(x1, o, pairs, LEFT);                                                            \
         MADD(b0, X, W0); MADD(b1, X, W1); MADD(b2, X, W2); MADD(b3, X, W3);                       \
     } while (0)
 #define LOAD_WHOLE(p) _mm256_loadu_si256((const __m256i *)(p))
 #define LOAD_MASKED(p) _mm256_maskload_epi32((const int *)(p), mask)
     ptrdiff_t o = start;
     for (; o + 8 <= end; o += 8)
-        DOT_STEP(LOAD_WHOLE);
+        DOT_STEP(LOAD_WHOLE, 8);
     if (o < end) {
         __m256i mask = lanes_mask(end - o);
-        DOT_STEP(LOAD_MASKED);
+        DOT_STEP(LOAD_MASKED, end - o);
     }
 #undef DOT_STEP
     sums[0] = a0, sums[1] = a1, sums[2] = a2, sums[3] = a3, sums[4] = b0, sums[5] = b1, sums[6] = b2, sums[7] = b3;
 }
 
-/* One 2 x 4 tile of z: rows i0.. of x against rows j0.. of w (see vnni.c's product_tile). */
-AVX2_TARGET static void product_tile(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
-                                     ptrdiff_t n, ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0,
-                                     const int8_t *x, const outliers_t *outliers, const ptrdiff_t *row_start)
+AVX2_TARGET __attribute__((noinline)) static void dot_2x4_pairs(const int8_t *const x[2], const int32_t *const w[4],
+                                                                ptrdiff_t start, ptrdiff_t end, __m256i *sums)
 {
-    const int32_t *const xs[2] = {x_units + clamp_row(i0, m) * k, x_units + clamp_row(i0 + 1, m) * k};
+    dot_2x4(x, w, start, end, sums, 1);
+}
+
+AVX2_TARGET __attribute__((noinline)) static void dot_2x4_units(const int8_t *const x[2], const int32_t *const w[4],
+                                                                ptrdiff_t start, ptrdiff_t end, __m256i *sums)
+{
+    dot_2x4(x, w, start, end, sums, 0);
+}
+
+/* One 2 x 4 tile of z: rows i0.. of x against rows j0.. of w (see vnni.c's product_tile). */
+AVX2_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
+                                     ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0, int pairs,
+                                     const outliers_t *outliers, const ptrdiff_t *row_start)
+{
+    ptrdiff_t row = pairs ? 2 * k : k; /* int8 values per row of x */
+    const int8_t *const xs[2] = {x + clamp_row(i0, m) * row, x + clamp_row(i0 + 1, m) * row};
     const int32_t *const ws[4] = {w_units + clamp_row(j0, n) * k, w_units + clamp_row(j0 + 1, n) * k,
                                   w_units + clamp_row(j0 + 2, n) * k, w_units + clamp_row(j0 + 3, n) * k};
     __m256i total_low = _mm256_setzero_si256(), total_high = total_low; /* int64 sums of lanes 0-3, 4-7 */
     __m256i lanes[8];
     for (ptrdiff_t start = 0; start < k; start += chunk) {
-        dot_2x4(xs, ws, start, start + chunk < k ? start + chunk : k, lanes);
+        ptrdiff_t end = start + chunk < k ? start + chunk : k;
+        if (pairs)
+            dot_2x4_pairs(xs, ws, start, end, lanes);
+        else
+            dot_2x4_units(xs, ws, start, end, lanes);
         __m256i sums = horizontal_sums(lanes); /* lane 4 r + c: z[i0 + r, j0 + c] over this chunk */
         total_low = _mm256_add_epi64(total_low, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(sums)));
         total_high = _mm256_add_epi64(total_high, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(sums, 1)));
@@ -93,17 +131,16 @@ AVX2_TARGET static void product_tile(const int32_t *x_units, const int32_t *w_un
     _mm256_storeu_si256((__m256i *)totals, total_low);
     _mm256_storeu_si256((__m256i *)(totals + 4), total_high);
     if (row_start && row_start[j0] < row_start[j0 + 4 < n ? j0 + 4 : n])
-        pairs_add_outliers(totals, 2, x, k * 2, outliers, row_start, m, n, i0, j0);
+        pairs_add_outliers(totals, 2, x, row, outliers, row_start, m, n, i0, j0);
     for (int r = 0; r < 2 && i0 + r < m; r++)
         for (int c = 0; c < 4 && j0 + c < n; c++)
             z[(i0 + r) * n + j0 + c] = saturate_int32(totals[4 * r + c]);
 }
 
-AVX2_TARGET static int avx2_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
-                                    ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
-                                    const outliers_t *outliers)
+AVX2_TARGET static int avx2_product(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
+                                    ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers)
 {
-    return pairs_run_product(product_tile, 2, x_units, w_units, z, m, n, units, chunk, x, outliers);
+    return pairs_run_product(product_tile, 2, x, w_units, z, m, n, units, chunk, pairs, outliers);
 }
 
 /* tdiv(v, d) in each lane for |v| < 2**31 (tdiv32 of _rules.h): the multiply and shift on
@@ -210,11 +247,11 @@ AVX2_TARGET static int64_t update_tile(const int32_t *g, int32_t *w, int32_t *w_
     return (int64_t)top;
 }
 
-AVX2_TARGET static int64_t avx2_sgd_update(const int32_t *delta, const int32_t *x_units, int32_t *w,
+AVX2_TARGET static int64_t avx2_sgd_update(const int32_t *delta, const int8_t *x, int32_t *w,
                                            int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
                                            ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
 {
-    return pairs_run_sgd_update(gradient_tile, update_tile, UPDATE_COLUMNS, delta, x_units, w, w_units, w_pairs, outliers,
+    return pairs_run_sgd_update(gradient_tile, update_tile, UPDATE_COLUMNS, delta, x, w, w_units, w_pairs, outliers,
                             n, batch, k, lr, decays, decay);
 }
 

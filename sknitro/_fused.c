@@ -124,7 +124,6 @@ TYPED_BUFFER(int8_in_or_none, 'i', 1, 0, 1, "int8")
 TYPED_BUFFER(uint8_in, 'u', 1, 0, 0, "uint8")
 TYPED_BUFFER(int16_in, 'i', 2, 0, 0, "int16")
 TYPED_BUFFER(int16_out, 'i', 2, 1, 0, "int16")
-TYPED_BUFFER(int16_out_or_none, 'i', 2, 1, 1, "int16")
 TYPED_BUFFER(int32_in, 'i', 4, 0, 0, "int32")
 TYPED_BUFFER(int32_out, 'i', 4, 1, 0, "int32")
 TYPED_BUFFER(int32_out_or_none, 'i', 4, 1, 1, "int32")
@@ -396,44 +395,46 @@ static const pair_kernels_t *pair_kernels(const char *isa)
     return NULL;
 }
 
-static int check_matrix(Py_buffer *view, Py_ssize_t rows, Py_ssize_t cols, const char *name)
+/* A (rows, cols) matrix of `itemsize` bytes per value: shape not empty, byte size without
+ * overflow, and the buffer of exactly that size. */
+static int check_values(Py_buffer *view, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t itemsize, const char *name)
 {
     if (rows < 1 || cols < 1) {
         PyErr_Format(PyExc_ValueError, "%s: shape (%zd, %zd) is empty", name, rows, cols);
         return -1;
     }
-    if (rows > PY_SSIZE_T_MAX / 4 / cols) {
+    if (rows > PY_SSIZE_T_MAX / itemsize / cols) {
         PyErr_Format(PyExc_ValueError, "%s: shape (%zd, %zd) is too large", name, rows, cols);
         return -1;
     }
-    return check_size(view, rows * cols, 4, name);  /* 4 bytes: an int32, or a pair of int16 */
+    return check_size(view, rows * cols, itemsize, name);
 }
 
-PyDoc_STRVAR(input_units_doc,
-"input_units(x, cols, units, pairs=None) -> int\n--\n\n"
-"units[i, k] = (x, 256 x) as a pair of int16 for int8 x of shape (rows, cols), int32 units\n"
-"of the same shape, and pairs = x as int16 unless None; returns the largest row L1 norm of x.");
-
-static PyObject *input_units(PyObject *Py_UNUSED(self), PyObject *args)
+/* A matrix of 4-byte values: int32, or a pair of int16. */
+static int check_matrix(Py_buffer *view, Py_ssize_t rows, Py_ssize_t cols, const char *name)
 {
-    Py_buffer x, units, pairs = {0};
+    return check_values(view, rows, cols, 4, name);
+}
+
+PyDoc_STRVAR(row_l1_doc,
+"row_l1(x, cols) -> int\n--\n\n"
+"The largest row L1 norm max_i sum_k |x[i, k]| of int8 x seen as rows of cols.");
+
+static PyObject *row_l1(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer x;
     Py_ssize_t cols;
-    if (!PyArg_ParseTuple(args, "O&nO&|O&", int8_in, &x, &cols, int32_out, &units, int16_out_or_none, &pairs))
+    if (!PyArg_ParseTuple(args, "O&n", int8_in, &x, &cols))
         return NULL;
     PyObject *result = NULL;
-    int has_pairs = pairs.obj != NULL;
-    if (check_rows(x.len, cols, "x") == 0 && check_matrix(&units, x.len / cols, cols, "units") == 0
-               && (!has_pairs || check_size(&pairs, x.len, 2, "pairs") == 0)) {
+    if (check_rows(x.len, cols, "x") == 0) {
         int64_t largest;
         Py_BEGIN_ALLOW_THREADS
-        largest = pairs_input_units((const int8_t *)x.buf, (int32_t *)units.buf,
-                                   has_pairs ? (int16_t *)pairs.buf : NULL, x.len / cols, cols);
+        largest = pairs_row_l1((const int8_t *)x.buf, x.len / cols, cols);
         Py_END_ALLOW_THREADS
         result = PyLong_FromLongLong(largest);
     }
-    PyBuffer_Release(&pairs);
     PyBuffer_Release(&x);
-    PyBuffer_Release(&units);
     return result;
 }
 
@@ -519,26 +520,26 @@ static PyObject *pair_form(PyObject *Py_UNUSED(self), PyObject *args)
 }
 
 PyDoc_STRVAR(units_product_doc,
-"units_product(isa, x_units, w_units, m, n, k, chunk, z)\n--\n\n"
-"z = x w^T saturated to int32, (m, n), from the input units of x (m, k) and the split units\n"
-"of w (n, k). Exact (before saturation) when every partial sum over chunk consecutive k fits\n"
-"int32, which the caller proves; the chunks add up in int64.");
+"units_product(isa, x, w_units, m, n, k, chunk, z)\n--\n\n"
+"z = x w^T saturated to int32, (m, n), from int8 x (m, k) and the split units of w (n, k).\n"
+"Exact (before saturation) when every partial sum over chunk consecutive k fits int32,\n"
+"which the caller proves; the chunks add up in int64.");
 
 static PyObject *units_product(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer x, w, z;
     Py_ssize_t m, n, k, chunk;
     const char *isa;
-    if (!PyArg_ParseTuple(args, "sO&O&nnnnO&", &isa, int32_in, &x, int32_in, &w, &m, &n, &k, &chunk, int32_out, &z))
+    if (!PyArg_ParseTuple(args, "sO&O&nnnnO&", &isa, int8_in, &x, int32_in, &w, &m, &n, &k, &chunk, int32_out, &z))
         return NULL;
     PyObject *result = NULL;
     const pair_kernels_t *kernels = pair_kernels(isa);
-    if (kernels && check_matrix(&x, m, k, "x_units") == 0 && check_matrix(&w, n, k, "w_units") == 0
+    if (kernels && check_matrix(&w, n, k, "w_units") == 0 && check_values(&x, m, k, 1, "x") == 0
         && check_matrix(&z, m, n, "z") == 0) {
         int status;
         Py_BEGIN_ALLOW_THREADS
-        status = kernels->product((const int32_t *)x.buf, (const int32_t *)w.buf, (int32_t *)z.buf, m, n, k,
-                                  chunk < 1 ? k : chunk, NULL, NULL);
+        status = kernels->product((const int8_t *)x.buf, (const int32_t *)w.buf, (int32_t *)z.buf, m, n, k,
+                                  chunk < 1 ? k : chunk, 0, NULL);
         Py_END_ALLOW_THREADS
         result = status < 0 ? PyErr_NoMemory() : Py_NewRef(Py_None);
     }
@@ -549,27 +550,27 @@ static PyObject *units_product(PyObject *Py_UNUSED(self), PyObject *args)
 }
 
 PyDoc_STRVAR(pairs_product_doc,
-"pairs_product(isa, x_pairs, w_pairs, x, index, residual, count, m, n, k, chunk, z)\n--\n\n"
-"z = x w^T saturated to int32, (m, n), from int8 x (m, k) as int16 pairs and the pair form of\n"
+"pairs_product(isa, x, w_pairs, index, residual, count, m, n, k, chunk, z)\n--\n\n"
+"z = x w^T saturated to int32, (m, n), from int8 x (m, k) and the pair form of\n"
 "w (n, k) with its first count outliers (index, residual; see pair_form); k even. Exact\n"
 "(before saturation) when every partial sum over chunk consecutive pairs of k fits int32,\n"
 "which the caller proves; the chunks and the outliers add up in int64.");
 
 static PyObject *pairs_product(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    Py_buffer x_pairs, w_pairs, x, index, residual, z;
+    Py_buffer w_pairs, x, index, residual, z;
     Py_ssize_t count, m, n, k, chunk;
     const char *isa;
     const pair_kernels_t *kernels;
-    if (!PyArg_ParseTuple(args, "sO&O&O&O&O&nnnnnO&", &isa, int16_in, &x_pairs, int16_in, &w_pairs, int8_in, &x,
-                          int32_in, &index, int32_in, &residual, &count, &m, &n, &k, &chunk, int32_out, &z))
+    if (!PyArg_ParseTuple(args, "sO&O&O&O&nnnnnO&", &isa, int8_in, &x, int16_in, &w_pairs, int32_in, &index,
+                          int32_in, &residual, &count, &m, &n, &k, &chunk, int32_out, &z))
         return NULL;
     PyObject *result = NULL;
     outliers_t outliers;
     if (k % 2 != 0) {
         PyErr_Format(PyExc_ValueError, "k must be even, got %zd", k);
-    } else if ((kernels = pair_kernels(isa)) != NULL && check_matrix(&x_pairs, m, k / 2, "x_pairs") == 0
-               && check_matrix(&w_pairs, n, k / 2, "w_pairs") == 0 && check_size(&x, m * k, 1, "x") == 0
+    } else if ((kernels = pair_kernels(isa)) != NULL && check_matrix(&w_pairs, n, k / 2, "w_pairs") == 0
+               && check_values(&x, m, k, 1, "x") == 0
                && check_matrix(&z, m, n, "z") == 0 && get_outliers(&index, &residual, &outliers) == 0) {
         if (count < 0 || count > outliers.capacity) {
             PyErr_Format(PyExc_ValueError, "count must be in [0, %zd], got %zd", outliers.capacity, count);
@@ -577,14 +578,12 @@ static PyObject *pairs_product(PyObject *Py_UNUSED(self), PyObject *args)
             int status;
             outliers.count = count;
             Py_BEGIN_ALLOW_THREADS
-            status = kernels->product((const int32_t *)x_pairs.buf, (const int32_t *)w_pairs.buf,
-                                      (int32_t *)z.buf, m, n, k / 2, chunk < 1 ? k / 2 : chunk,
-                                      (const int8_t *)x.buf, &outliers);
+            status = kernels->product((const int8_t *)x.buf, (const int32_t *)w_pairs.buf, (int32_t *)z.buf, m,
+                                      n, k / 2, chunk < 1 ? k / 2 : chunk, 1, &outliers);
             Py_END_ALLOW_THREADS
             result = status < 0 ? PyErr_NoMemory() : Py_NewRef(Py_None);
         }
     }
-    PyBuffer_Release(&x_pairs);
     PyBuffer_Release(&w_pairs);
     PyBuffer_Release(&x);
     PyBuffer_Release(&index);
@@ -594,12 +593,12 @@ static PyObject *pairs_product(PyObject *Py_UNUSED(self), PyObject *args)
 }
 
 PyDoc_STRVAR(units_sgd_update_doc,
-"units_sgd_update(isa, delta, x_units, w, mirror, batch, n, k, divisor, decay_inv, index=None,\n"
+"units_sgd_update(isa, delta, x, w, mirror, batch, n, k, divisor, decay_inv, index=None,\n"
 "                 residual=None)\n"
 "--\n\n"
 "IntegerSGD with G = delta^T x on the pair products of isa ('vnni' or 'avx2'): for int32\n"
 "delta (batch, n) with\n"
-"|delta| < 2**23, x as input units (batch, k) and int32 w (n, k), in place\n"
+"|delta| < 2**23, int8 x (batch, k) and int32 w (n, k), in place\n"
 "w -= tdiv(G, divisor) + (tdiv(w, decay_inv) if decay_inv else 0). Writes to mirror the new\n"
 "w's split units (int32), or, given the outlier buffers index and residual, its pair form\n"
 "(int16) and outliers (see pair_form). Returns (max|w|, outlier count). The caller proves\n"
@@ -612,7 +611,7 @@ static PyObject *units_sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
     long long divisor, decay_inv;
     const char *isa;
     const pair_kernels_t *kernels;
-    if (!PyArg_ParseTuple(args, "sO&O&O&O&nnnLL|O&O&", &isa, int32_in, &delta, int32_in, &x, int32_out, &w,
+    if (!PyArg_ParseTuple(args, "sO&O&O&O&nnnLL|O&O&", &isa, int32_in, &delta, int8_in, &x, int32_out, &w,
                           int32_or_int16_out, &mirror, &batch, &n, &k, &divisor, &decay_inv,
                           int32_out_or_none, &index, int32_out_or_none, &residual))
         return NULL;
@@ -622,14 +621,14 @@ static PyObject *units_sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
     if (pairs != (residual.obj != NULL) || mirror.itemsize != (pairs ? 2 : 4)) {
         PyErr_SetString(PyExc_ValueError, "an int16 mirror goes with index and residual, an int32 one without");
     } else if ((!pairs || get_outliers(&index, &residual, &outliers) == 0) && (kernels = pair_kernels(isa)) != NULL
-               && check_matrix(&delta, batch, n, "delta") == 0 && check_matrix(&x, batch, k, "x_units") == 0
+               && check_matrix(&delta, batch, n, "delta") == 0 && check_values(&x, batch, k, 1, "x") == 0
                && check_matrix(&w, n, k, "w") == 0 && check_size(&mirror, n * k, pairs ? 2 : 4, "mirror") == 0
                && check_divisor(divisor, "divisor") == 0
                && (decay_inv == 0 || check_divisor(decay_inv, "decay_inv") == 0)) {
         divisor_t lr = make_divisor(divisor), decay = make_divisor(decay_inv > 0 ? decay_inv : 1);
         int64_t largest;
         Py_BEGIN_ALLOW_THREADS
-        largest = kernels->sgd_update((const int32_t *)delta.buf, (const int32_t *)x.buf, (int32_t *)w.buf,
+        largest = kernels->sgd_update((const int32_t *)delta.buf, (const int8_t *)x.buf, (int32_t *)w.buf,
                                   pairs ? NULL : (int32_t *)mirror.buf, pairs ? (int16_t *)mirror.buf : NULL,
                                   &outliers, n, batch, k, lr, decay_inv > 0, decay);
         Py_END_ALLOW_THREADS
@@ -651,7 +650,7 @@ static PyMethodDef methods[] = {
     {"activation_backward", activation_backward, METH_VARARGS, activation_backward_doc},
     {"sgd_update", sgd_update, METH_VARARGS, sgd_update_doc},
     {"pair_isas", pair_isas, METH_NOARGS, pair_isas_doc},
-    {"input_units", input_units, METH_VARARGS, input_units_doc},
+    {"row_l1", row_l1, METH_VARARGS, row_l1_doc},
     {"split_units", split_units, METH_VARARGS, split_units_doc},
     {"pair_form", pair_form, METH_VARARGS, pair_form_doc},
     {"units_product", units_product, METH_VARARGS, units_product_doc},

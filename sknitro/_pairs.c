@@ -7,18 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-int64_t pairs_input_units(const int8_t *x, int32_t *units, int16_t *pairs, ptrdiff_t rows, ptrdiff_t cols)
+int64_t pairs_row_l1(const int8_t *x, ptrdiff_t rows, ptrdiff_t cols)
 {
     int64_t largest = 0;
     for (ptrdiff_t i = 0; i < rows; i++) {
         int64_t l1 = 0;
-        for (ptrdiff_t k = 0; k < cols; k++) {
-            units[i * cols + k] = input_unit(x[i * cols + k]);
+        for (ptrdiff_t k = 0; k < cols; k++)
             l1 += magnitude64(x[i * cols + k]);
-        }
-        if (pairs)
-            for (ptrdiff_t k = 0; k < cols; k++)
-                pairs[i * cols + k] = x[i * cols + k];
         largest = l1 > largest ? l1 : largest;
     }
     return largest;
@@ -98,9 +93,9 @@ void pairs_add_outliers(int64_t *totals, int tile_rows, const int8_t *x, ptrdiff
     }
 }
 
-int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int32_t *x_units, const int32_t *w_units,
-                  int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
-                  const outliers_t *outliers)
+int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int8_t *x, const int32_t *w_units,
+                      int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, int pairs,
+                      const outliers_t *outliers)
 {
     int failed;
     ptrdiff_t *row_start = pairs_outlier_rows(outliers, n, units * 2, &failed);
@@ -112,13 +107,13 @@ int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int32_t *x
         for (ptrdiff_t j0 = 0; j0 < n; j0 += 4)
             for (ptrdiff_t i0 = block * PRODUCT_ROW_BLOCK; i0 < m && i0 < (block + 1) * PRODUCT_ROW_BLOCK;
                  i0 += tile_rows)
-                tile(x_units, w_units, z, m, n, units, chunk, i0, j0, x, outliers, row_start);
+                tile(x, w_units, z, m, n, units, chunk, i0, j0, pairs, outliers, row_start);
     free(row_start);
     return 0;
 }
 
 int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, ptrdiff_t columns, const int32_t *delta,
-                         const int32_t *x_units, int32_t *w, int32_t *w_units, int16_t *w_pairs,
+                         const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
                          outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays,
                          divisor_t decay)
 {
@@ -136,8 +131,8 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, ptr
     ptrdiff_t tiles = (k + columns - 1) / columns;
 #pragma omp parallel if ((int64_t)n * batch * k >= PARALLEL_WORK) reduction(max : largest) reduction(| : failed)
     {
-        /* this thread's G of one tile, and its x rows packed: read n / 4 times per block, they
-         * must stay in L1, which rows k apart (a power of two or near one) would not */
+        /* this thread's G of one tile, and its x rows packed as input units: read n / 4 times
+         * per block, they must stay in L1, which rows k apart (often near a power of two) would not */
         int32_t *g = malloc((size_t)((n + 3) * columns) * sizeof(int32_t));
         int32_t *x_tile = malloc((size_t)(GRADIENT_ROW_BLOCK * columns) * sizeof(int32_t));
         failed |= g == NULL || x_tile == NULL;
@@ -151,7 +146,9 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, ptr
                 ptrdiff_t last = first + GRADIENT_ROW_BLOCK < batch ? first + GRADIENT_ROW_BLOCK : batch;
                 for (ptrdiff_t row = first; row < last; row++) {
                     int32_t *packed = x_tile + (row - first) * columns;
-                    memcpy(packed, x_units + row * k + k0, (size_t)width * sizeof(int32_t));
+                    const int8_t *values = x + row * k + k0;
+                    for (ptrdiff_t c = 0; c < width; c++)
+                        packed[c] = input_unit(values[c]);
                     memset(packed + width, 0, (size_t)(columns - width) * sizeof(int32_t));
                 }
                 gradient(delta_units, x_tile, g, n, batch, first, last);

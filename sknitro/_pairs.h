@@ -46,9 +46,8 @@ typedef struct {
 
 /* ---- _pairs.c: portable ------------------------------------------------------------- */
 
-/* units[i, k] = input_unit(x[i, k]) for int8 x of shape (rows, cols), and pairs[i, k] = x as
- * int16 unless pairs is NULL; returns max_i sum_k |x[i, k]|. */
-int64_t pairs_input_units(const int8_t *x, int32_t *units, int16_t *pairs, ptrdiff_t rows, ptrdiff_t cols);
+/* max_i sum_k |x[i, k]| for int8 x of shape (rows, cols): it bounds the forward's partial sums. */
+int64_t pairs_row_l1(const int8_t *x, ptrdiff_t rows, ptrdiff_t cols);
 
 /* units[i] = split_unit(a[i]) for |a| < 2**23. */
 void pairs_split_units(const int32_t *a, int32_t *units, ptrdiff_t n);
@@ -89,13 +88,13 @@ static inline ptrdiff_t clamp_row(ptrdiff_t r, ptrdiff_t count)
 
 /* A tile of the product z = x w^T: rows i0.. of x against rows j0..j0+3 of w (see `product`
  * below; row_start: pairs_outlier_rows, or NULL). */
-typedef void (*product_tile_t)(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
-                               ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0,
-                               const int8_t *x, const outliers_t *outliers, const ptrdiff_t *row_start);
+typedef void (*product_tile_t)(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
+                               ptrdiff_t units, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0, int pairs,
+                               const outliers_t *outliers, const ptrdiff_t *row_start);
 
 /* Adds delta^T x over batch rows [first, last) to the G of a tile of `columns` columns of w:
- * x_tile holds those rows of x's units, `columns` per row (packed by the driver: contiguous,
- * zero past the last column), g is n + 3 rows of `columns` int32 (rows past n are scratch);
+ * x_tile holds those rows of x as input units, `columns` per row (packed by the driver:
+ * contiguous, zero past the last column), g is n + 3 rows of `columns` int32 (rows past n are scratch);
  * int32 lanes wrap. */
 typedef void (*gradient_tile_t)(const int32_t *delta_units, const int32_t *x_tile, int32_t *g, ptrdiff_t n,
                                 ptrdiff_t batch, ptrdiff_t first, ptrdiff_t last);
@@ -107,13 +106,13 @@ typedef int64_t (*update_tile_t)(const int32_t *g, int32_t *w, int32_t *w_units,
                                  int decays, divisor_t decay);
 
 /* The product of `pair_kernels_t` from an ISA's tile of tile_rows x 4. */
-int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int32_t *x_units, const int32_t *w_units,
-                  int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
-                  const outliers_t *outliers);
+int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int8_t *x, const int32_t *w_units,
+                      int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, int pairs,
+                      const outliers_t *outliers);
 
 /* The update of `pair_kernels_t` from an ISA's tiles of `columns` columns. */
 int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, ptrdiff_t columns, const int32_t *delta,
-                         const int32_t *x_units, int32_t *w, int32_t *w_units, int16_t *w_pairs,
+                         const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
                          outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays,
                          divisor_t decay);
 
@@ -125,19 +124,20 @@ typedef struct {
     /* 1 when this CPU runs the kernels, else 0. */
     int (*supported)(void);
 
-    /* z[i, j] = sum_k x[i, k] * w[j, k] saturated to the int32 range, from x (m, k) and w
-     * (n, k) both as rows of `units` int32 units: input units and split units (one integer
-     * each), or int16 pairs (two each; then `outliers`, with x itself, add back what w's pair
-     * form cut off; else NULL). Exact (before saturation) when every partial sum over `chunk`
-     * consecutive units fits int32; the chunks add up in int64. -1 when out of memory, else 0. */
-    int (*product)(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
-                   ptrdiff_t units, ptrdiff_t chunk, const int8_t *x, const outliers_t *outliers);
+    /* z[i, j] = sum_k x[i, k] * w[j, k] saturated to the int32 range, for int8 x (m, k) and w
+     * (n, k) as rows of `units` int32 units: with `pairs`, w's pair form (k = 2 units; x is read
+     * as int16 pairs, and `outliers` add back what the pair form cut off), else w's split units
+     * (k = units; x is read as input units; outliers NULL). Exact (before saturation) when
+     * every partial sum over `chunk` consecutive units fits int32; the chunks add up in int64.
+     * x's forms are made in registers: no copy of x is ever written. -1 when out of memory. */
+    int (*product)(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units,
+                   ptrdiff_t chunk, int pairs, const outliers_t *outliers);
 
     /* IntegerSGD on w (n, k) with G = delta^T x, delta int32 (batch, n) with |delta| < 2**23
-     * and x given as input units (batch, k): w = sgd_rule(w, G). Writes the new w's split units
+     * and int8 x (batch, k): w = sgd_rule(w, G). Writes the new w's split units
      * to w_units, or (w_units NULL) its pair form to w_pairs and its outliers. Exact when every
      * true |G| < 2**31; returns max|w|, or -1 when out of memory. */
-    int64_t (*sgd_update)(const int32_t *delta, const int32_t *x_units, int32_t *w, int32_t *w_units,
+    int64_t (*sgd_update)(const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
                           int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
                           divisor_t lr, int decays, divisor_t decay);
 } pair_kernels_t;

@@ -45,57 +45,91 @@ VNNI_TARGET static inline __m512i horizontal_sums(const __m512i v[16])
     return _mm512_add_epi32(_mm512_shuffle_i32x4(s2[0], s2[1], 0x88), _mm512_shuffle_i32x4(s2[0], s2[1], 0xDD));
 }
 
-/* The 16 dot products of rows x[0..3] and w[0..3] over units [start, end), in int32 lanes
- * (sums[4 r + c] for x[r] . w[c]). A function of its own, with the accumulators in locals
- * only, so that the compiler keeps all 16 in registers. */
-VNNI_TARGET __attribute__((noinline)) static void dot_4x4(const int32_t *const x[4], const int32_t *const w[4],
-                                                          ptrdiff_t start, ptrdiff_t end, __m512i *sums)
+/* 16 lanes of x from its int8 row p, at unit o: int16 pairs (x[2o..2o+31], pairs) or input
+ * units (x[o..o+15]); `left` units remain in the row (fewer than 16: the end, masked). */
+VNNI_TARGET static inline __m512i load_x(const int8_t *p, ptrdiff_t o, const int pairs, ptrdiff_t left)
 {
-    const int32_t *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3], *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+    if (pairs) {
+        __m256i bytes = left >= 16 ? _mm256_loadu_si256((const __m256i *)(p + 2 * o))
+                                   : _mm256_maskz_loadu_epi8((__mmask32)((1ull << (2 * left)) - 1), p + 2 * o);
+        return _mm512_cvtepi8_epi16(bytes);
+    }
+    __m128i bytes = left >= 16 ? _mm_loadu_si128((const __m128i *)(p + o))
+                               : _mm_maskz_loadu_epi8((__mmask16)((1u << left) - 1), p + o);
+    __m512i v = _mm512_cvtepi8_epi32(bytes); /* input_unit: (x & 0xFFFF) | (256 x) << 16 */
+    return _mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(v, 24));
+}
+
+/* The 16 dot products of int8 rows x[0..3] and unit rows w[0..3] over units [start, end), in
+ * int32 lanes (sums[4 r + c] for x[r] . w[c]). Its own function (one per form of x), with the
+ * accumulators in locals only, so that the compiler keeps all 16 in registers. */
+VNNI_TARGET static inline __attribute__((always_inline)) void dot_4x4(const int8_t *const x[4],
+                                                                      const int32_t *const w[4], ptrdiff_t start,
+                                                                      ptrdiff_t end, __m512i *sums, const int pairs)
+{
+    const int8_t *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
+    const int32_t *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0,
             c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
-/* One step of 16 units at offset o; LOAD(p) reads 16 int32 at p (whole, or masked at the end). */
-#define DOT_STEP(LOAD)                                                                             \
+/* One step of 16 units at offset o; LOAD(p) reads 16 int32 of w at p (whole, or masked at the end). */
+#define DOT_STEP(LOAD, LEFT)                                                                       \
     do {                                                                                           \
         __m512i W0 = LOAD(w0 + o), W1 = LOAD(w1 + o), W2 = LOAD(w2 + o), W3 = LOAD(w3 + o);       \
-        __m512i X = LOAD(x0 + o);                                                                  \
+        __m512i X = load_x(x0, o, pairs, LEFT);                                                    \
         DP4(a, X, W0, W1, W2, W3);                                                                 \
-        X = LOAD(x1 + o);                                                                          \
+        X = load_x(x1, o, pairs, LEFT);                                                            \
         DP4(b, X, W0, W1, W2, W3);                                                                 \
-        X = LOAD(x2 + o);                                                                          \
+        X = load_x(x2, o, pairs, LEFT);                                                            \
         DP4(c, X, W0, W1, W2, W3);                                                                 \
-        X = LOAD(x3 + o);                                                                          \
+        X = load_x(x3, o, pairs, LEFT);                                                            \
         DP4(d, X, W0, W1, W2, W3);                                                                 \
     } while (0)
 #define LOAD_WHOLE(p) _mm512_loadu_si512(p)
 #define LOAD_MASKED(p) _mm512_maskz_loadu_epi32(mask, p)
     ptrdiff_t o = start;
     for (; o + 16 <= end; o += 16)
-        DOT_STEP(LOAD_WHOLE);
+        DOT_STEP(LOAD_WHOLE, 16);
     if (o < end) {
         __mmask16 mask = (__mmask16)((1u << (end - o)) - 1);
-        DOT_STEP(LOAD_MASKED);
+        DOT_STEP(LOAD_MASKED, end - o);
     }
+#undef DOT_STEP
     sums[0] = a0, sums[1] = a1, sums[2] = a2, sums[3] = a3, sums[4] = b0, sums[5] = b1, sums[6] = b2, sums[7] = b3;
     sums[8] = c0, sums[9] = c1, sums[10] = c2, sums[11] = c3, sums[12] = d0, sums[13] = d1, sums[14] = d2, sums[15] = d3;
+}
+
+VNNI_TARGET __attribute__((noinline)) static void dot_4x4_pairs(const int8_t *const x[4], const int32_t *const w[4],
+                                                                ptrdiff_t start, ptrdiff_t end, __m512i *sums)
+{
+    dot_4x4(x, w, start, end, sums, 1);
+}
+
+VNNI_TARGET __attribute__((noinline)) static void dot_4x4_units(const int8_t *const x[4], const int32_t *const w[4],
+                                                                ptrdiff_t start, ptrdiff_t end, __m512i *sums)
+{
+    dot_4x4(x, w, start, end, sums, 0);
 }
 
 /* One 4 x 4 tile of z: rows i0.. of x against rows j0.. of w, both contiguous along k. The
  * int32 lanes hold partial sums over `chunk` units at a time (the caller proves that those
  * fit int32); the chunks add up in int64, and z saturates to the int32 range. */
-VNNI_TARGET static void product_tile(const int32_t *x_units, const int32_t *w_units, int32_t *z,
-                                     ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0,
-                                     ptrdiff_t j0, const int8_t *x, const outliers_t *outliers,
-                                     const ptrdiff_t *row_start)
+VNNI_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
+                                     ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0, int pairs,
+                                     const outliers_t *outliers, const ptrdiff_t *row_start)
 {
-    const int32_t *const xs[4] = {x_units + clamp_row(i0, m) * k, x_units + clamp_row(i0 + 1, m) * k,
-                                  x_units + clamp_row(i0 + 2, m) * k, x_units + clamp_row(i0 + 3, m) * k};
+    ptrdiff_t row = pairs ? 2 * k : k; /* int8 values per row of x */
+    const int8_t *const xs[4] = {x + clamp_row(i0, m) * row, x + clamp_row(i0 + 1, m) * row,
+                                 x + clamp_row(i0 + 2, m) * row, x + clamp_row(i0 + 3, m) * row};
     const int32_t *const ws[4] = {w_units + clamp_row(j0, n) * k, w_units + clamp_row(j0 + 1, n) * k,
                                   w_units + clamp_row(j0 + 2, n) * k, w_units + clamp_row(j0 + 3, n) * k};
     __m512i total_low = _mm512_setzero_si512(), total_high = total_low; /* int64 sums of tiles 0-7, 8-15 */
     __m512i lanes[16];
     for (ptrdiff_t start = 0; start < k; start += chunk) {
-        dot_4x4(xs, ws, start, start + chunk < k ? start + chunk : k, lanes);
+        ptrdiff_t end = start + chunk < k ? start + chunk : k;
+        if (pairs)
+            dot_4x4_pairs(xs, ws, start, end, lanes);
+        else
+            dot_4x4_units(xs, ws, start, end, lanes);
         __m512i sums = horizontal_sums(lanes); /* lane 4 r + c: z[i0 + r, j0 + c] over this chunk */
         total_low = _mm512_add_epi64(total_low, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(sums)));
         total_high = _mm512_add_epi64(total_high, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sums, 1)));
@@ -104,7 +138,7 @@ VNNI_TARGET static void product_tile(const int32_t *x_units, const int32_t *w_un
         int64_t totals[16];
         _mm512_storeu_si512((void *)totals, total_low);
         _mm512_storeu_si512((void *)(totals + 8), total_high);
-        pairs_add_outliers(totals, 4, x, k * 2, outliers, row_start, m, n, i0, j0);
+        pairs_add_outliers(totals, 4, x, row, outliers, row_start, m, n, i0, j0);
         total_low = _mm512_loadu_si512((const void *)totals);
         total_high = _mm512_loadu_si512((const void *)(totals + 8));
     }
@@ -116,11 +150,10 @@ VNNI_TARGET static void product_tile(const int32_t *x_units, const int32_t *w_un
         _mm_mask_storeu_epi32(z + (i0 + r) * n + j0, columns, _mm_loadu_si128((const __m128i *)(out + 4 * r)));
 }
 
-VNNI_TARGET static int vnni_product(const int32_t *x_units, const int32_t *w_units, int32_t *z, ptrdiff_t m,
-                                    ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, const int8_t *x,
-                                    const outliers_t *outliers)
+VNNI_TARGET static int vnni_product(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
+                                    ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers)
 {
-    return pairs_run_product(product_tile, 4, x_units, w_units, z, m, n, units, chunk, x, outliers);
+    return pairs_run_product(product_tile, 4, x, w_units, z, m, n, units, chunk, pairs, outliers);
 }
 
 /* tdiv(v, d) in each lane for |v| < 2**31: the multiply and shift of _fused.c, on the even
@@ -227,11 +260,11 @@ VNNI_TARGET static int64_t update_tile(const int32_t *g, int32_t *w, int32_t *w_
     return (int64_t)(uint32_t)_mm512_reduce_max_epu32(largest);
 }
 
-VNNI_TARGET static int64_t vnni_sgd_update(const int32_t *delta, const int32_t *x_units, int32_t *w,
+VNNI_TARGET static int64_t vnni_sgd_update(const int32_t *delta, const int8_t *x, int32_t *w,
                                            int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
                                            ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
 {
-    return pairs_run_sgd_update(gradient_tile, update_tile, UPDATE_COLUMNS, delta, x_units, w, w_units, w_pairs, outliers,
+    return pairs_run_sgd_update(gradient_tile, update_tile, UPDATE_COLUMNS, delta, x, w, w_units, w_pairs, outliers,
                             n, batch, k, lr, decays, decay);
 }
 

@@ -24,9 +24,9 @@ def _fit(make, X, y, **config):
 
 
 MODELS = {
-    # even widths: the pair form of the weights; odd (63 inputs, 33 units): split units
+    # even widths: the pair form of the weights; odd (65 inputs): split units; under 64 the "c" kernels
     "mlp-even": (lambda: NitroMLPClassifier(hidden_layer_sizes=(64, 32), max_iter=3, random_state=0), False),
-    "mlp-odd": (lambda: NitroMLPClassifier(hidden_layer_sizes=(33,), max_iter=3, random_state=1), False),
+    "mlp-odd": (lambda: NitroMLPClassifier(hidden_layer_sizes=(65, 33), max_iter=3, random_state=1), False),
     # conv widths 9 (one channel) and 16 * 9; a dense block after the convs
     "cnn": (lambda: NitroCNNClassifier(architecture=[16, "M", 16], hidden_layer_sizes=(32,), max_iter=2,
                                        random_state=0), True),
@@ -38,7 +38,7 @@ def reference_fits(digits):
     X, y = digits
     fits = {}
     for name, (make, image) in MODELS.items():
-        data = X.reshape(-1, 1, 8, 8) if image else (X[:, 1:] if name == "mlp-odd" else X)
+        data = X.reshape(-1, 1, 8, 8) if image else X
         fits[name] = data, _fit(make, data, y, kernels="numpy")
     return fits
 
@@ -54,13 +54,15 @@ def test_every_implementation_trains_to_the_reference_weights(reference_fits, di
 
 @pytest.mark.parametrize("isa", PAIR_ISAS)
 def test_conv_layers_train_on_the_pair_products(digits, isa, spy):
-    """A CNN without dense blocks: every weight update of a forward layer is a conv's."""
+    """A CNN without dense blocks: every weight update of a forward layer is a conv's. The
+    first conv's patches (9 values) are too narrow for the pair products: the "c" kernels."""
     X, y = digits
-    make = lambda: NitroCNNClassifier(architecture=[16, "M", 16], max_iter=1, random_state=0)  # noqa: E731
+    make = lambda: NitroCNNClassifier(architecture=[8, "M", 9, 16], max_iter=1, random_state=0)  # noqa: E731
     weights, _ = _fit(make, X.reshape(-1, 1, 8, 8), y, kernels=isa)
     assert spy.calls.get(f"units_sgd_update/{isa}", 0) > 0  # the conv updates
-    assert spy.calls.get(f"pairs_product/{isa}", 0) > 0  # the second conv's forward (16 * 9: even)
-    assert spy.calls.get(f"units_product/{isa}", 0) > 0  # the first conv's forward (9: odd)
+    assert spy.calls.get(f"pairs_product/{isa}", 0) > 0  # the second conv's forward (8 * 9: even)
+    assert spy.calls.get(f"units_product/{isa}", 0) > 0  # the third conv's forward (9 * 9: odd)
+    assert spy.calls.get("sgd_update", 0) > 0  # the first conv's update, on the "c" kernels
     assert weights_equal(weights, _fit(make, X.reshape(-1, 1, 8, 8), y, kernels="numpy")[0])
 
 

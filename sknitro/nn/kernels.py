@@ -60,6 +60,9 @@ KERNEL_DIVISOR_LIMIT = 2**31  # divisors of the C kernels' 32-bit multiply-and-s
 UNITS_LIMIT = 2**23  # |a| < 2**23: a >> 8 fits the int16 half of a split unit
 PAIR_LIMIT = 2**15  # |w| <= 2**15 in a weight's pair form (int16, saturated)
 OUTLIER_CAPACITY = 512  # outliers a pair form corrects; past that, the forward uses split units
+# Narrower inputs (a first conv layer's 9 or 27 patch values) leave most of a pair kernel's
+# vector tiles empty: the "c" kernels are faster there (benchmarks/bench_conv_throughput.py).
+PAIR_MIN_WIDTH = 64
 
 
 def nitro_scale(z: Any, scale_factor: int) -> Any:
@@ -131,25 +134,13 @@ class PairForm:
 
 
 @dataclass(frozen=True)
-class InputUnits:
-    """An int8 input ``x`` as input units (and as int16, for the pair form's product), with
-    its largest row L1 norm: made by the forward product, reused by the same batch's update."""
-
-    x: np.ndarray
-    units: np.ndarray
-    pairs: np.ndarray | None
-    row_l1: int
-
-
-@dataclass(frozen=True)
 class LayerCopies:
-    """Copies of a layer's weights in the forms the kernels' next products read, and its last
-    input. Frozen: a change publishes a new object (threads may be reading the old one)."""
+    """Copies of a layer's weights in the forms the kernels' next products read. Frozen: a
+    change publishes a new object (threads may be reading the old one)."""
 
     float64: np.ndarray | None = None  # W as float64, for BLAS
     pairs: PairForm | None = None  # W's pair form (even widths)
     units: np.ndarray | None = None  # W's split units (odd widths, or too many outliers)
-    inputs: InputUnits | None = None
 
 
 def _copies(layer: Any) -> LayerCopies:
@@ -333,9 +324,10 @@ class PairKernels(CompiledKernels):
     ``(x, 256 x)``, delta (and W, where needed) as ``(a & 255, a >> 8)``, ``|a| < 2**23``, one
     product per pair. The forward takes two products per pair instead, from x and W as plain
     int16: W's pair form saturates it to int16, and the few weights past that (its outliers:
-    dozens of a first layer's 157k) are added back exactly. int32 lanes wrap modulo
-    ``2**32``, so a sum is exact whenever its true value fits int32, which these methods
-    prove from L1 norms before each call.
+    dozens of a first layer's 157k) are added back exactly. The kernels make x's forms from
+    the int8 input in registers. int32 lanes wrap modulo ``2**32``, so a sum is exact
+    whenever its true value fits int32, which these methods prove from L1 norms before each
+    call.
     """
 
     def __init__(self, isa: str) -> None:
@@ -349,19 +341,18 @@ class PairKernels(CompiledKernels):
         if not _pair_input(x) or not _host_int32(layer.weight) or layer.bias is not None \
                 or 128 * scale >= KERNEL_DIVISOR_LIMIT:
             return super().scaled_forward(layer, x, scale, table)
-        inputs = _input_units(layer, x)
         (batch, width), outputs = x.shape, layer.weight.shape[0]
         product = np.empty((batch, outputs), dtype=np.int32)
-        pair_form = None if inputs.pairs is None else _pair_form(layer)
+        pair_form = _pair_form(layer) if _pair_width(layer) else None
         if pair_form is not None:
-            chunk = _chunk(inputs.row_l1, dtype_bound(x), min(layer.weight_bound, PAIR_LIMIT), 2, width // 2)
-            _compiled.pairs_product(self.name, inputs.pairs, pair_form.pairs, x, pair_form.index,
-                                    pair_form.residual, pair_form.count, batch, outputs, width, chunk, product)
+            chunk = _chunk(x, min(layer.weight_bound, PAIR_LIMIT), 2, width // 2)
+            _compiled.pairs_product(self.name, x, pair_form.pairs, pair_form.index, pair_form.residual,
+                                    pair_form.count, batch, outputs, width, chunk, product)
             return _scaled(product, scale, table)
-        chunk = _chunk(inputs.row_l1, dtype_bound(x), layer.weight_bound, 1, width)
-        if layer.weight_bound >= UNITS_LIMIT or chunk == 0:
+        chunk = 0 if layer.weight_bound >= UNITS_LIMIT else _chunk(x, layer.weight_bound, 1, width)
+        if chunk == 0:
             return super().scaled_forward(layer, x, scale, table)
-        _compiled.units_product(self.name, inputs.units, _split_units(layer), batch, outputs, width, chunk, product)
+        _compiled.units_product(self.name, x, _split_units(layer), batch, outputs, width, chunk, product)
         return _scaled(product, scale, table)
 
     def _sgd_update(self, layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int) -> bool:
@@ -370,22 +361,20 @@ class PairKernels(CompiledKernels):
         if not _pair_input(x) or not _host_int32(delta) or delta.ndim != 2 or grad_bound > INT32_LIMIT \
                 or grad_bound // dtype_bound(x) >= UNITS_LIMIT or not _divisors_fit(divisor, decay_inv):
             return super()._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv)
-        inputs = _input_units(layer, x)
         (batch, outputs), width = delta.shape, x.shape[1]
         old = _copies(layer)
-        if inputs.pairs is not None:  # even width: the next forward reads the pair form
+        if _pair_width(layer):  # the next forward reads the pair form
             # training reuses the last pair form's buffers: no other thread reads a model being fitted
             last = old.pairs
             pairs, index, residual = (_new_pair_buffers(layer.weight.shape) if last is None
                                       else (last.pairs, last.index, last.residual))
             layer.weight_bound, count = _compiled.units_sgd_update(
-                self.name, delta, inputs.units, layer.weight, pairs, batch, outputs, width, divisor, decay_inv,
-                index, residual)
+                self.name, delta, x, layer.weight, pairs, batch, outputs, width, divisor, decay_inv, index, residual)
             layer.kernel_cache = LayerCopies(pairs=PairForm(pairs, index, residual, count))
             return True
         units = old.units if old.units is not None else np.empty_like(layer.weight)
-        layer.weight_bound, _ = _compiled.units_sgd_update(self.name, delta, inputs.units, layer.weight, units,
-                                                           batch, outputs, width, divisor, decay_inv)
+        layer.weight_bound, _ = _compiled.units_sgd_update(self.name, delta, x, layer.weight, units, batch, outputs,
+                                                           width, divisor, decay_inv)
         # past the units' range the copy is not valid
         layer.kernel_cache = LayerCopies(units=units if layer.weight_bound < UNITS_LIMIT else None)
         return True
@@ -394,20 +383,13 @@ class PairKernels(CompiledKernels):
 def _pair_input(x: Any) -> bool:
     """Whether the pair products may take ``x`` (a host int8 matrix) as their input."""
     return (isinstance(x, np.ndarray) and x.dtype == np.int8 and x.ndim == 2 and x.size > 0
-            and x.flags.c_contiguous)
+            and x.shape[1] >= PAIR_MIN_WIDTH and x.flags.c_contiguous)
 
 
-def _input_units(layer: Any, x: np.ndarray) -> InputUnits:
-    """``x`` in the pair products' forms, kept for the weight update of the same batch."""
-    cached = _copies(layer).inputs
-    if cached is not None and cached.x is x:
-        return cached
-    units = np.empty(x.shape, dtype=np.int32)
-    # the pair form needs an even width, and int32 flat indices for its outliers
-    pairs = np.empty(x.shape, dtype=np.int16) if x.shape[1] % 2 == 0 and layer.weight.size <= INT32_LIMIT else None
-    inputs = InputUnits(x, units, pairs, _compiled.input_units(x, x.shape[1], units, pairs))
-    _publish(layer, inputs=inputs)
-    return inputs
+def _pair_width(layer: Any) -> bool:
+    """Whether the forward reads ``layer``'s pair form: an even width, and int32 flat indices
+    for its outliers (else its split units)."""
+    return layer.weight.shape[1] % 2 == 0 and layer.weight.size <= INT32_LIMIT
 
 
 def _new_pair_buffers(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -437,13 +419,14 @@ def _split_units(layer: Any) -> np.ndarray:
     return units
 
 
-def _chunk(row_l1: int, x_bound: int, weight_bound: int, products_per_unit: int, units: int) -> int:
-    """Units per int32 partial sum: all of them when ``row_l1 * weight_bound`` fits int32,
-    else as many whole vectors (16 units) as ``x_bound * weight_bound`` per product allows
-    (0: none)."""
-    if row_l1 * weight_bound <= INT32_LIMIT:
+def _chunk(x: np.ndarray, weight_bound: int, products_per_unit: int, units: int) -> int:
+    """Units per int32 partial sum of ``x @ W.T``: all of them when ``max_i sum_k |x[i, k]| *
+    max|W|`` fits int32 (the factor bound first, the row L1 norms only when it does not), else
+    as many whole vectors (16 units) as ``max|x| * max|W|`` per product allows (0: none)."""
+    width = x.shape[1]
+    if 128 * width * weight_bound <= INT32_LIMIT or _compiled.row_l1(x, width) * weight_bound <= INT32_LIMIT:
         return units
-    return INT32_LIMIT // (products_per_unit * x_bound * weight_bound) // 16 * 16
+    return INT32_LIMIT // (products_per_unit * 128 * weight_bound) // 16 * 16
 
 
 # -- selection --------------------------------------------------------------------------

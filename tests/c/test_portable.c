@@ -235,20 +235,18 @@ static void test_pair_forms(void)
 {
     enum { R = 9, K = 30 };
     static int8_t x[R * K];
-    static int32_t units[R * K], a[R * K], split[R * K], index[8], residual[8];
+    static int32_t a[R * K], split[R * K], index[8], residual[8];
     static int16_t pairs[R * K];
     for (int i = 0; i < R * K; i++)
-        x[i] = (int8_t)uniform(-128, 127);
-    int64_t largest = pairs_input_units(x, units, pairs, R, K), expected = 0;
+        x[i] = (int8_t)(i < K ? -128 : uniform(-128, 127)); /* the first row: the largest norm */
+    int64_t largest = pairs_row_l1(x, R, K), expected = 0;
     for (int r = 0; r < R; r++) {
         int64_t l1 = 0;
-        for (int k = 0; k < K; k++) {
-            CHECK(units[r * K + k] == input_unit(x[r * K + k]) && pairs[r * K + k] == x[r * K + k], "input units");
+        for (int k = 0; k < K; k++)
             l1 += llabs(x[r * K + k]);
-        }
         expected = l1 > expected ? l1 : expected;
     }
-    CHECK(largest == expected, "input units' row L1 norm");
+    CHECK(largest == expected && largest == 128 * K, "row L1 norm");
     for (int i = 0; i < R * K; i++)
         a[i] = (int32_t)uniform(-40000, 40000) / (i % 4 ? 4 : 1); /* some past int16 */
     pairs_split_units(a, split, R * K);
@@ -273,34 +271,37 @@ static void test_pair_kernels(const pair_kernels_t *kernels)
 {
     enum { M = 11, N = 7, K = 38 }; /* edges of every tile and vector width */
     static int8_t x[M * K];
-    static int32_t w[N * K], w0[N * K], x_units[M * K], z[M * N], delta[M * N], index[16],
-        residual[16];
-    static int16_t x_pairs[M * K], w_pairs[N * K];
+    static int32_t w[N * K], w0[N * K], w_units[N * K], z[M * N], delta[M * N], index[16], residual[16];
+    static int16_t w_pairs[N * K];
     for (int round = 0; round < 30; round++) {
         for (int i = 0; i < M * K; i++)
             x[i] = (int8_t)uniform(-128, 127);
         for (int i = 0; i < N * K; i++)
             w[i] = w0[i] = (int32_t)uniform(-60000, 60000) / (i % 9 ? 8 : 1);
-        pairs_input_units(x, x_units, x_pairs, M, K);
         outliers_t outliers = {index, residual, 16, 0};
         pairs_pair_form(w, w_pairs, N, K, &outliers);
         if (outliers.count > 16)
             continue;
-        CHECK(kernels->product((const int32_t *)x_pairs, (const int32_t *)w_pairs, z, M, N, K / 2, K / 2, x,
-                               &outliers) == 0, "%s product", kernels->name);
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) {
-                int64_t sum = 0;
-                for (int k = 0; k < K; k++)
-                    sum += (int64_t)x[i * K + k] * w[j * K + k];
-                CHECK(z[i * N + j] == sum, "%s product z[%d, %d] = %d, expected %lld", kernels->name, i, j,
-                      z[i * N + j], (long long)sum);
-            }
+        /* the pair form (x read as int16 pairs), then the split units (x read as input units) */
+        pairs_split_units(w, w_units, N * K);
+        for (int form = 0; form < 2; form++) {
+            CHECK(form ? kernels->product(x, w_units, z, M, N, K, K, 0, NULL) == 0
+                       : kernels->product(x, (const int32_t *)w_pairs, z, M, N, K / 2, K / 2, 1, &outliers) == 0,
+                  "%s product", kernels->name);
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    int64_t sum = 0;
+                    for (int k = 0; k < K; k++)
+                        sum += (int64_t)x[i * K + k] * w[j * K + k];
+                    CHECK(z[i * N + j] == sum, "%s product (form %d) z[%d, %d] = %d, expected %lld", kernels->name,
+                          form, i, j, z[i * N + j], (long long)sum);
+                }
+        }
         /* the update: G = delta^T x, and the new pair form with its outliers */
         int64_t lr = uniform(1, 3000), decay = round % 2 ? uniform(1, 3000) : 0;
         for (int i = 0; i < M * N; i++)
             delta[i] = (int32_t)uniform(-(1 << 19), 1 << 19);
-        int64_t largest = kernels->sgd_update(delta, x_units, w, NULL, w_pairs, &outliers, N, M, K,
+        int64_t largest = kernels->sgd_update(delta, x, w, NULL, w_pairs, &outliers, N, M, K,
                                               make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1));
         int64_t expected = 0;
         ptrdiff_t found = 0; /* a full list is sorted; past its capacity, which ones it holds is open */
