@@ -271,11 +271,12 @@ def machine_info() -> dict:
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_average": load_average(),
         "numpy": np.__version__, "scikit-learn": sklearn.__version__,
         "sknitro": sknitro.__version__, "sknitro_config": sknitro.get_config(),
+        "sknitro_kernels": kernel_implementation(),
         "thread_env": {name: os.environ.get(name) for name in
                        ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
     }
@@ -303,9 +304,36 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+# the flags that decide which kernels run (and which BLAS kernels the peers get)
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "asimd", "asimddp")
+
+
+def cpu_flags() -> str:
+    """The CPU's flags among ``SPEED_FLAGS``, as /proc/cpuinfo lists them."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    present = set(line.split(":", 1)[1].split())
+                    return " ".join(flag for flag in SPEED_FLAGS if flag in present)
+    except OSError:
+        pass
+    return ""
+
+
+def kernel_implementation() -> str:
+    """The kernels sknitro's estimators use here now (see sknitro.nn.kernels)."""
+    try:
+        from sknitro.nn.kernels import select
+    except ImportError:  # an older sknitro
+        return "unknown"
+    return select().name
+
+
 def machine_line(machine: dict) -> str:
-    """One Markdown line: date, CPU, load, library versions."""
-    return (f"{machine['date']} · {machine['cpu_model']} · {machine['usable_cpus']} usable CPUs · "
+    """One Markdown line: date, CPU and its flags, sknitro's kernels, load, library versions."""
+    return (f"{machine['date']} · {machine['cpu_model']} ({machine.get('cpu_flags', '')}) · "
+            f"sknitro kernels {machine.get('sknitro_kernels', 'unknown')} · {machine['usable_cpus']} usable CPUs · "
             f"load average {', '.join(f'{x:.2f}' for x in machine['load_average'] or [])} · "
             f"numpy {machine['numpy']} · scikit-learn {machine['scikit-learn']} · "
             f"sknitro {machine['sknitro']}")

@@ -1,24 +1,32 @@
-"""Benchmark: throughput of sknitro's integer convolution against the float64 GEMM roofline
-and a float32 im2col convolution in NumPy, measured in the same run.
+"""Benchmark: one integer conv layer's training work on each kernel implementation, against
+the float64 GEMM roofline and a float32 im2col convolution in NumPy, measured in one run.
 
-    python benchmarks/bench_conv_throughput.py [--batch 64] [--channels 128] [--size 16]
+    python benchmarks/bench_conv_throughput.py [--batch 64] [--channels 128] [--size 16] [--threads 1]
 
-The job is one VGG-like layer: forward (im2col + GEMM) and weight gradient, 3×3 kernels,
-stride 1, padding 1. FLOPs = 2 GEMMs of 2·(B·H·W)·(C·9)·F each. Results go to
-benchmarks/results/conv_throughput.{json,md}.
+The job is one VGG-like layer: the scaled, activated forward (im2col, product, NITRO
+scaling, activation) and the weight gradient fused with the IntegerSGD update, 3×3
+kernels, stride 1, padding 1, trained-like weights (|W| up to 6400) and gradients. FLOPs
+(float64-equivalent) = 2 GEMMs of 2·(B·H·W)·(C·9)·F each; the roofline is float64 BLAS on
+the same GEMM shapes. Results go to benchmarks/results/conv_throughput.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+import sknitro
+from sknitro.nn import kernels
 from sknitro.nn.conv import IntegerConv2d
+from sknitro.nn.layers import NitroReLU, scale_factor
+from sknitro.nn.optim import IntegerSGD
+
+from _common import machine_info, machine_line
 
 
 def best_time(fn, repeats: int) -> float:
@@ -45,6 +53,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--channels", type=int, default=128)
     parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
@@ -52,49 +61,52 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(-127, 128, size=(b, c, s, s)).astype(np.int8)
     conv = IntegerConv2d(c, c, 64, rng)
-    conv.weight[...] *= 100  # trained-like magnitudes: |W| up to 6400
-    conv.refresh_bounds()
-    delta = rng.integers(-3000, 3000, size=(b, c, s, s)).astype(np.int32)
+    conv.weight *= 100  # trained-like magnitudes: |W| up to 6400
+    activation, scale = NitroReLU(4), scale_factor(8, 9 * c)
+    delta = rng.integers(-100, 100, size=(b * s * s, c)).astype(np.int32)  # rows: one per position
+    sgd = IntegerSGD(10**6)  # a small step: the weights keep their magnitude over the repeats
 
     def integer_job():
-        z, patches = conv.forward(x)
-        conv.weight_grad(delta, patches)
+        _, _, patches = conv.scaled_activated_forward(x, scale, activation)
+        sgd.step(conv.linear, delta, patches, amp=1, decay_inv=0)
 
     xf, wf, df = x.astype(np.float32), conv.weight.astype(np.float32), delta.astype(np.float32)
 
     def float32_job():
         patches = float_im2col(xf)
         patches @ wf.transpose(0, 2, 3, 1).reshape(c, -1).T
-        df.transpose(0, 2, 3, 1).reshape(-1, c).T @ patches
+        df.T @ patches
 
     rows, k = b * s * s, c * 9
     a64, b64 = rng.standard_normal((rows, k)), rng.standard_normal((k, c))
     g64 = rng.standard_normal((c, rows))
     flops = 2 * (2 * rows * k * c)
-    roofline = flops / best_time(lambda: (a64 @ b64, g64 @ a64), args.repeats)
-    t_int = best_time(integer_job, args.repeats)
-    t_f32 = best_time(float32_job, args.repeats)
+    with threadpool_limits(args.threads):
+        roofline = flops / best_time(lambda: (a64 @ b64, g64 @ a64), args.repeats)
+        t_f32 = best_time(float32_job, args.repeats)
+        seconds = {}
+        for name in kernels.AVAILABLE:
+            with sknitro.config_context(kernels=name):
+                seconds[name] = best_time(integer_job, args.repeats)
     result = {
-        "job": f"conv3x3 {c}->{c} on {s}x{s}, batch {b}: forward + weight gradient",
-        "flops": flops, "float64_gemm_gflops": roofline / 1e9,
-        "sknitro_seconds": t_int, "sknitro_gflops": flops / t_int / 1e9,
-        "roofline_fraction": flops / t_int / roofline,
-        "float32_im2col_seconds": t_f32, "ratio_sknitro_over_float32": t_int / t_f32,
-        "numpy": np.__version__, "machine": platform.processor() or platform.machine(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "job": f"conv3x3 {c}->{c} on {s}x{s}, batch {b}: forward + weight gradient and update",
+        "threads": args.threads, "flops": flops, "float64_gemm_gflops": roofline / 1e9,
+        "float32_im2col_seconds": t_f32,
+        "kernels": {name: {"seconds": t, "gflops": flops / t / 1e9, "roofline_ratio": flops / t / roofline}
+                    for name, t in seconds.items()},
+        "machine": machine_info(),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "conv_throughput.json").write_text(json.dumps(result, indent=2))
-    table = "\n".join([
-        f"# Conv throughput: {result['job']}", "",
-        "| measure | value |", "|---|---|",
-        f"| float64 GEMM roofline (same GEMM shapes) | {result['float64_gemm_gflops']:.1f} GFLOP/s |",
-        f"| sknitro integer conv (exact, im2col + float64-exact GEMM) | {t_int * 1e3:.1f} ms, "
-        f"{result['sknitro_gflops']:.1f} GFLOP/s |",
-        f"| fraction of the roofline | {100 * result['roofline_fraction']:.1f} % |",
-        f"| float32 im2col conv in NumPy | {t_f32 * 1e3:.1f} ms |",
-        f"| ratio sknitro / float32 | {result['ratio_sknitro_over_float32']:.2f} |", ""])
+    lines = [f"# Conv throughput: {result['job']}, {args.threads} thread(s)", "",
+             machine_line(result["machine"]), "",
+             f"float64 GEMM roofline (same GEMM shapes): {roofline / 1e9:.1f} GFLOP/s; "
+             f"float32 im2col conv in NumPy: {t_f32 * 1e3:.1f} ms", "",
+             "| kernels | time | float64-equivalent GFLOP/s | × roofline |", "|---|---|---|---|"]
+    for name, row in result["kernels"].items():
+        lines.append(f"| {name} | {row['seconds'] * 1e3:.1f} ms | {row['gflops']:.1f} | {row['roofline_ratio']:.2f} |")
+    table = "\n".join(lines) + "\n"
     (out / "conv_throughput.md").write_text(table)
     print(table)
 
