@@ -9,7 +9,7 @@
  *   head_step            a learning head's whole update, in int32 loops (no float at all)
  *   lookup_uint8         out = table[x] for uint8 x                      (the image encoder)
  *
- * from the portable loops of _portable.c, and the pair products of _pairs.h (input_units,
+ * from the portable loops of _portable.c, and the pair products of _pairs.h (row_l1,
  * split_units, pair_form, units_product, pairs_product, units_sgd_update), which replace
  * float64 BLAS where the CPU has AVX2 or AVX-512 VNNI. The rules themselves (tdiv, the int8
  * clip, the SGD update) are written once, in _rules.h.

@@ -20,7 +20,7 @@ from sknitro.encoding import InputEncoder
 from sknitro.nn import kernels
 from sknitro.nn.blocks import LinearHead
 from sknitro.nn.functional import tdiv
-from sknitro.nn.kernels import CompiledKernels, InputUnits, LayerCopies, PairForm, PairKernels, nitro_scale
+from sknitro.nn.kernels import CompiledKernels, LayerCopies, PairForm, PairKernels, nitro_scale
 from sknitro.nn.layers import ACTIVATIONS, IntegerLinear, make_activation
 from sknitro.nn.optim import IntegerSGD, integer_sgd_step
 
@@ -433,16 +433,18 @@ def test_fit_gives_identical_weights_on_every_implementation(spy, implementation
 
 
 def test_cnn_runs_conv_and_dense_layers_on_the_kernels_with_identical_weights(spy, implementation, digits):
-    # conv layers are dense layers on im2col patches: 9 columns (odd: split units) for the
-    # first, 36 (even: the pair form) for the second, then a dense block
+    # conv layers are dense layers on im2col patches: 9 columns for the first (narrower than
+    # PAIR_MIN_WIDTH: the "c" kernels, even under a pair ISA), 81 (odd: split units) for the
+    # second, then a dense block of 4 * 4 * 4 = 64 inputs (even: the pair form)
     X, y = digits
     X = X.reshape(-1, 1, 8, 8)[:300]
-    params = dict(architecture=[4, "M", 4], hidden_layer_sizes=(16,), max_iter=2, random_state=1)
+    params = dict(architecture=[9, "M", 4], hidden_layer_sizes=(16,), max_iter=2, random_state=1)
     fast = NitroCNNClassifier(**params).fit(X, y[:300])
     implementation()
+    assert spy.calls["sgd_update"] > 0  # the first conv layer, on the "c" kernels
     if implementation.name != "c":
-        assert spy.calls[f"units_product/{implementation.name}"] > 0  # the first conv layer
-        assert spy.calls[f"pairs_product/{implementation.name}"] > 0
+        assert spy.calls[f"units_product/{implementation.name}"] > 0  # the second conv layer
+        assert spy.calls[f"pairs_product/{implementation.name}"] > 0  # the dense block
     with sknitro.config_context(kernels="numpy"):
         slow = NitroCNNClassifier(**params).fit(X, y[:300])
     assert_same_weights(fitted_weights(fast), fitted_weights(slow))
@@ -452,11 +454,16 @@ def test_cnn_runs_conv_and_dense_layers_on_the_kernels_with_identical_weights(sp
 def test_conv_blocks_alone_with_identical_weights(spy, implementation, digits):
     X, y = digits
     X = X.reshape(-1, 1, 8, 8)[:300]
+    # 8 channels (the digit flipped, transposed, negated): 72 patch columns for the first conv
+    # layer (the pair form; one channel, 9 columns, would go to the "c" kernels); the second
+    # reads int16 dropout output (the "c" kernels)
+    views = [X, X[..., ::-1], X[..., ::-1, :], X.transpose(0, 1, 3, 2)]
+    X = np.concatenate(views + [16 - view for view in views], axis=1)
     params = dict(architecture=[6, "M", 8], hidden_layer_sizes=(), max_iter=2, conv_dropout=0.1,
                   random_state=3)
     fast = NitroCNNClassifier(**params).fit(X, y[:300])
     implementation()
-    assert spy.calls["scale_to_int8"] > 0
+    assert spy.calls["scale_to_int8"] > 0 and spy.calls["sgd_update"] > 0  # the second conv layer's
     with sknitro.config_context(gemm="integer"):
         exact = NitroCNNClassifier(**params).fit(X, y[:300])
     assert_same_weights(fitted_weights(fast), fitted_weights(exact))
@@ -472,8 +479,7 @@ def test_weight_copies_live_for_one_epoch_and_are_never_saved(tmp_path, digits_s
     weight = layers[0].weight
     layers[0].kernel_cache = LayerCopies(
         float64=weight.astype(np.float64), units=weight.copy(),
-        pairs=PairForm(weight.astype(np.int16), np.zeros(4, np.int32), np.zeros(4, np.int32), 0),
-        inputs=InputUnits(X, X, None, 0))
+        pairs=PairForm(weight.astype(np.int16), np.zeros(4, np.int32), np.zeros(4, np.int32), 0))
     joblib.dump(clf, tmp_path / "m.joblib")
     assert joblib.load(tmp_path / "m.joblib").network_.layers()[0].kernel_cache is None
     assert copy.deepcopy(clf).network_.layers()[0].kernel_cache is None

@@ -21,29 +21,30 @@ PAIR_FUNCTIONS = ("units_product", "pairs_product", "units_sgd_update", "units_s
 
 def _pair_calls(isa):
     """The pair products' valid calls on ``isa`` (argument 0): name -> (function, args,
-    {argument position: (dtype, written)})."""
+    {argument position: (dtype, written)}). Each takes int8 x (m, k) itself."""
     m, n, k = 3, 2, 4
     x = np.random.default_rng(0).integers(-9, 9, size=(m, k)).astype(np.int8)
     return {
-        "units_product": ("units_product", [isa, np.ones((m, k), np.int32), np.ones((n, k), np.int32), m, n, k, 0,
-                                            np.empty((m, n), np.int32)],
-                          {1: (np.int32, False), 2: (np.int32, False), 7: (np.int32, True)}),
-        "pairs_product": ("pairs_product", [isa, x.astype(np.int16), np.ones((n, k), np.int16), x,
-                                            np.array([1, 5], np.int32), np.array([3, -2], np.int32), 2, m, n, k, 0,
-                                            np.empty((m, n), np.int32)],
-                          {1: (np.int16, False), 2: (np.int16, False), 3: (np.int8, False), 4: (np.int32, False),
-                           5: (np.int32, False), 11: (np.int32, True)}),
+        "units_product": ("units_product", [isa, x, np.ones((n, k), np.int32), m, n, k, 0, np.empty((m, n), np.int32)],
+                          {1: (np.int8, False), 2: (np.int32, False), 7: (np.int32, True)}),
+        "pairs_product": ("pairs_product", [isa, x, np.ones((n, k), np.int16), np.array([1, 5], np.int32),
+                                            np.array([3, -2], np.int32), 2, m, n, k, 0, np.empty((m, n), np.int32)],
+                          {1: (np.int8, False), 2: (np.int16, False), 3: (np.int32, False), 4: (np.int32, False),
+                           10: (np.int32, True)}),
         # the split units' mirror (int32), then the pair form's (int16, with its outlier list)
-        "units_sgd_update": ("units_sgd_update", [isa, np.ones((m, n), np.int32), np.ones((m, k), np.int32),
-                                                  np.zeros((n, k), np.int32), np.empty((n, k), np.int32), m, n, k,
-                                                  5, 0],
-                             {1: (np.int32, False), 2: (np.int32, False), 3: (np.int32, True), 4: (np.int32, True)}),
-        "units_sgd_update_pairs": ("units_sgd_update", [isa, np.ones((m, n), np.int32), np.ones((m, k), np.int32),
+        "units_sgd_update": ("units_sgd_update", [isa, np.ones((m, n), np.int32), x, np.zeros((n, k), np.int32),
+                                                  np.empty((n, k), np.int32), m, n, k, 5, 0],
+                             {1: (np.int32, False), 2: (np.int8, False), 3: (np.int32, True), 4: (np.int32, True)}),
+        "units_sgd_update_pairs": ("units_sgd_update", [isa, np.ones((m, n), np.int32), x,
                                                         np.full((n, k), 2**16, np.int32), np.empty((n, k), np.int16),
                                                         m, n, k, 5, 0, np.empty(4, np.int32), np.empty(4, np.int32)],
-                                   {1: (np.int32, False), 2: (np.int32, False), 3: (np.int32, True),
+                                   {1: (np.int32, False), 2: (np.int8, False), 3: (np.int32, True),
                                     4: (np.int16, True), 10: (np.int32, True), 11: (np.int32, True)}),
     }
+
+
+# where each pair function takes x
+X_POSITION = {"units_product": 1, "pairs_product": 1, "units_sgd_update": 2, "units_sgd_update_pairs": 2}
 
 
 def _valid_calls():
@@ -64,8 +65,7 @@ def _valid_calls():
                        8: (np.int32, True)}),
         "lookup_uint8": ([table, np.arange(10, dtype=np.uint8), np.empty(10, np.int8)],
                          {0: (np.int8, False), 1: (np.uint8, False), 2: (np.int8, True)}),
-        "input_units": ([np.ones((3, 4), np.int8), 4, np.empty((3, 4), np.int32), np.empty((3, 4), np.int16)],
-                        {0: (np.int8, False), 2: (np.int32, True), 3: (np.int16, True)}),
+        "row_l1": ([np.ones((3, 4), np.int8), 4], {0: (np.int8, False)}),
         "split_units": ([np.arange(8, dtype=np.int32), np.empty(8, np.int32)],
                         {0: (np.int32, False), 1: (np.int32, True)}),
         "pair_form": ([np.arange(8, dtype=np.int32), 4, np.empty(8, np.int16), np.empty(4, np.int32),
@@ -134,12 +134,51 @@ def test_a_wrong_array_argument_raises(data):
 @settings(max_examples=200, deadline=None)
 @given(size=st.integers(0, 40), cols=st.integers(-3, 12))
 def test_sizes_that_do_not_fit_raise(size, cols):
-    x, units = np.ones(size, np.int8), np.empty(size, np.int32)
-    if cols >= 1 and size % cols == 0 and size > 0:
-        assert _fused.input_units(x, cols, units) == (cols if size else 0)
+    x = np.ones(size, np.int8)
+    if cols >= 1 and size % cols == 0:
+        assert _fused.row_l1(x, cols) == (cols if size else 0)  # no rows: 0
     else:
-        with pytest.raises(ValueError):
-            _fused.input_units(x, cols, units)
+        with pytest.raises(ValueError, match="rows"):
+            _fused.row_l1(x, cols)
+
+
+@pytest.mark.parametrize("isa", PAIR_ISAS)
+@pytest.mark.parametrize("name", PAIR_FUNCTIONS)
+@pytest.mark.parametrize("dtype", [np.int32, np.float64, np.int16, np.uint8, np.int64, np.float32, np.bool_])
+def test_an_x_of_another_type_raises_type_error_and_writes_nothing(isa, name, dtype):
+    # x is int8 in every pair function: another type is refused by its buffer format, even
+    # one of exactly as many bytes (3 int32 span the 12 bytes of the int8 x (3, 4))
+    function, args, arrays = _pair_calls(isa)[name]
+    position = X_POSITION[name]
+    assert arrays[position] == (np.int8, False)
+    for wrong in (args[position].astype(dtype), np.ones(args[position].nbytes // np.dtype(dtype).itemsize, dtype)):
+        call = _fresh(args)
+        outputs = [call[at] for at, (_, written) in arrays.items() if written]
+        for output in outputs:
+            output.fill(7)
+        call[position] = wrong
+        with pytest.raises(TypeError, match="int8"):
+            getattr(_fused, function)(*call)
+        assert all((output == 7).all() for output in outputs)
+
+
+@pytest.mark.parametrize("isa", PAIR_ISAS)
+@pytest.mark.parametrize("name", PAIR_FUNCTIONS)
+@pytest.mark.parametrize("shape", [(3, 3), (3, 5), (2, 4), (4, 4), (11,), (13,), (0,), (6, 4)])
+def test_an_x_of_another_size_raises_value_error_and_writes_nothing(isa, name, shape):
+    # x must hold exactly m * k int8 values (its shape itself is not read: (2, 6) would do)
+    function, args, arrays = _pair_calls(isa)[name]
+    position = X_POSITION[name]
+    call = _fresh(args)
+    outputs = [call[at] for at, (_, written) in arrays.items() if written]
+    for output in outputs:
+        output.fill(7)
+    call[position] = np.ones(shape, np.int8)
+    with pytest.raises(ValueError, match="x: expected 12 items of 1 bytes"):
+        getattr(_fused, function)(*call)
+    assert all((output == 7).all() for output in outputs)
+    call[position] = np.ones((2, 6), np.int8)  # the same 12 values: it runs
+    getattr(_fused, function)(*call)
 
 
 def _isa_param(isa):
@@ -149,9 +188,10 @@ def _isa_param(isa):
 @pytest.mark.parametrize("isa", [_isa_param(isa) for isa in ISAS])
 @pytest.mark.parametrize("index", [[10**9, 1], [-5, 1], [3, 3], [5, 1], [1, 8]])
 def test_outlier_indices_outside_the_weights_or_unsorted_raise(isa, index):
-    function, args, _ = _pair_calls(isa)["pairs_product"]
+    function, args, arrays = _pair_calls(isa)["pairs_product"]
     call = _fresh(args)
-    call[4] = np.array(index, np.int32)
+    assert arrays[3] == (np.int32, False) and call[3].size == call[5] == 2  # the outlier indices
+    call[3] = np.array(index, np.int32)
     with pytest.raises(ValueError, match="outlier index"):
         getattr(_fused, function)(*call)
 
@@ -160,9 +200,15 @@ def test_outlier_indices_outside_the_weights_or_unsorted_raise(isa, index):
 def test_huge_shapes_are_refused_before_any_arithmetic_overflows(isa):
     z = np.empty((3, 2), np.int32)
     with pytest.raises(ValueError, match="too large|expected"):
-        _fused.units_product(isa, np.ones((3, 4), np.int32), np.ones((2, 4), np.int32), 2**62, 2**62, 4, 0, z)
+        _fused.units_product(isa, np.ones((3, 4), np.int8), np.ones((2, 4), np.int32), 2**62, 2**62, 4, 0, z)
+    # w's shape fits: x's (2**62 rows of 4 int8) is refused before m * k is taken
+    with pytest.raises(ValueError, match=r"x: shape \(\d+, 4\) is too large"):
+        _fused.units_product(isa, np.ones((3, 4), np.int8), np.ones((2, 4), np.int32), 2**62, 2, 4, 0, z)
+    with pytest.raises(ValueError, match=r"x: shape \(\d+, 4\) is too large"):
+        _fused.pairs_product(isa, np.ones((3, 4), np.int8), np.ones((2, 4), np.int16), np.zeros(1, np.int32),
+                             np.zeros(1, np.int32), 0, 2**62, 2, 4, 0, z)
     with pytest.raises(ValueError, match="too large|expected"):
-        _fused.units_sgd_update(isa, np.ones((3, 2), np.int32), np.ones((3, 4), np.int32), np.zeros((2, 4), np.int32),
+        _fused.units_sgd_update(isa, np.ones((3, 2), np.int32), np.ones((3, 4), np.int8), np.zeros((2, 4), np.int32),
                                 np.empty((2, 4), np.int32), 2**62, 2**62, 4, 5, 0)
 
 

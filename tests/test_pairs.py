@@ -1,6 +1,7 @@
 """The pair products (sknitro/_pairs.h): the AVX2 (_avx2.c) and AVX-512 VNNI (_vnni.c)
 kernels against int64 NumPy arithmetic, and PairKernels, which runs them for the dense and
-conv layers, against the NumPy reference.
+conv layers with inputs of PAIR_MIN_WIDTH (64) columns or more (narrower ones go to the "c"
+kernels), against the NumPy reference.
 
 The tests of the kernels run on each instruction set this CPU has (an ISA it lacks is
 skipped; the float64 path that runs there instead is tests/test_fused.py's). The kernels are vector
@@ -12,14 +13,22 @@ saturating to int32, weights past int16 (the pair form's outliers: several per r
 more than its list holds), |delta| up to the split units' 2**23. The OpenMP thread count
 must not change any result either. Each output is written at the start of a longer buffer
 filled with a sentinel: a slot the kernel misses keeps it, and a write past the end shows.
+The kernels read the int8 input x itself (they make its forms in registers): x next to an
+unreadable page shows a read past either end of it.
 """
+
+import ctypes
+import dataclasses
+import mmap
+import sys
 
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from sknitro.nn import kernels
-from sknitro.nn.kernels import OUTLIER_CAPACITY, UNITS_LIMIT, LayerCopies, integer_sgd_step, nitro_scale
+from sknitro.nn.kernels import (OUTLIER_CAPACITY, PAIR_LIMIT, PAIR_MIN_WIDTH, UNITS_LIMIT, LayerCopies,
+                                integer_sgd_step, nitro_scale)
 from sknitro.nn.layers import IntegerLinear, make_activation
 
 pytestmark = pytest.mark.skipif(kernels._compiled is None, reason="sknitro._fused is not built")
@@ -71,12 +80,6 @@ def saturated(z):
     return np.clip(z, INT32_MIN, INT32_MAX)
 
 
-def input_units(x):
-    units = np.empty(x.shape, dtype=np.int32)
-    row_l1 = _fused.input_units(x, x.shape[1], units)
-    return units, row_l1
-
-
 def split_units(a):
     units = np.empty_like(a)
     _fused.split_units(a, units)
@@ -86,7 +89,7 @@ def split_units(a):
 def units_product(isa, x, w, chunk=0):
     (m, k), n = x.shape, w.shape[0]
     z, tail = guarded((m, n), np.int32)
-    _fused.units_product(isa, input_units(x)[0], split_units(w), m, n, k, chunk, z)
+    _fused.units_product(isa, x, split_units(w), m, n, k, chunk, z)
     assert_untouched(tail)
     return z
 
@@ -111,7 +114,7 @@ def pairs_product(isa, x, w, chunk=0):
     (m, k), n = x.shape, w.shape[0]
     pairs, index, residual, count = pair_form(w, capacity=w.size)
     z, tail = guarded((m, n), np.int32)
-    _fused.pairs_product(isa, x.astype(np.int16), pairs, x, index, residual, count, m, n, k, chunk, z)
+    _fused.pairs_product(isa, x, pairs, index, residual, count, m, n, k, chunk, z)
     assert_untouched(tail)
     return z
 
@@ -132,13 +135,51 @@ def test_units_recombine_to_the_integers():
     low, high = (units & 0xFFFF).astype(np.int16), (units >> 16).astype(np.int16)
     assert low.min() >= 0 and low.max() <= 255
     np.testing.assert_array_equal(high.astype(np.int64) * 256 + low, a)
+
+
+def expected_row_l1(x):
+    return int(np.abs(x.astype(np.int64)).sum(axis=1).max())
+
+
+def test_row_l1_is_the_largest_row_l1_norm():
+    # the kernels make x's forms themselves; the forward's proof needs max_i sum_k |x[i, k]|
     x = np.array([[-128, -127, -1, 0, 1, 127]], dtype=np.int8)
-    pairs = np.empty(x.shape, np.int16)
-    units = np.empty(x.shape, np.int32)
-    assert _fused.input_units(x, x.shape[1], units, pairs) == 128 + 127 + 1 + 0 + 1 + 127
-    np.testing.assert_array_equal((units & 0xFFFF).astype(np.int16), x)
-    np.testing.assert_array_equal((units >> 16).astype(np.int16), 256 * x.astype(np.int16))
-    np.testing.assert_array_equal(pairs, x)
+    assert _fused.row_l1(x, x.shape[1]) == 128 + 127 + 1 + 0 + 1 + 127
+    # rows all -128 / all 127 (|-128| must not wrap), the largest row first, last or inside
+    for cols in (1, 7, 16, 33, 784):
+        rng = np.random.default_rng(cols)
+        for extreme in (-128, 127):
+            for at in (0, 3, 6):
+                x = rng.integers(-127, 128, (7, cols)).astype(np.int8) // 2
+                x[at] = extreme
+                assert _fused.row_l1(x, cols) == expected_row_l1(x) == abs(extreme) * cols
+        x = rng.integers(-128, 128, (13, cols)).astype(np.int8)
+        assert _fused.row_l1(x, cols) == expected_row_l1(x)
+        assert _fused.row_l1(np.zeros((3, cols), np.int8), cols) == 0
+    # the same bytes seen as other rows: the norm follows cols
+    x = np.full((4, 6), -128, dtype=np.int8)
+    x[1::2] = 1
+    for cols in (1, 2, 3, 6, 8, 12, 24):
+        assert _fused.row_l1(x, cols) == expected_row_l1(x.reshape(-1, cols))
+    # a row L1 norm past int32: int64 throughout
+    x = np.full((2, 2**24 + 1), -128, dtype=np.int8)
+    assert _fused.row_l1(x, x.shape[1]) == 128 * (2**24 + 1) > INT32_MAX
+    # no rows at all: no norm past 0 (PairKernels never asks: it takes no empty input)
+    assert _fused.row_l1(np.ones(0, np.int8), 3) == 0
+
+
+@pytest.mark.parametrize("size, cols", [(6, 0), (0, 0), (6, -1), (6, -6), (6, 4), (5, 6), (1, 2)])
+def test_row_l1_refuses_rows_that_do_not_fit(size, cols):
+    with pytest.raises(ValueError, match="rows"):
+        _fused.row_l1(np.ones(size, np.int8), cols)
+
+
+def test_row_l1_takes_int8_only():
+    for dtype in (np.uint8, np.int16, np.int32, np.float64, np.bool_):
+        with pytest.raises(TypeError):
+            _fused.row_l1(np.ones((2, 3), dtype), 3)
+    with pytest.raises(TypeError):
+        _fused.row_l1(np.ones((2, 6), np.int8)[:, ::2], 3)  # strided
 
 
 # -- the products ----------------------------------------------------------------------------
@@ -259,6 +300,58 @@ def test_outliers_are_added_before_z_saturates(isa):
     np.testing.assert_array_equal(pairs_product(isa, x, w, chunk=64), saturated(expected))
 
 
+def fenced(values, side):
+    """``values`` (C-contiguous) in memory that ends (side "after") or starts ("before") at a
+    page next to an unreadable one: a kernel that reads past that end of x faults (and the
+    test's process dies) instead of reading what happens to lie there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+    pages = -(-values.nbytes // page)
+    buffer = mmap.mmap(-1, (pages + 1) * page)  # the mapping lives as long as the array
+    anchor = ctypes.c_char.from_buffer(buffer)
+    start = ctypes.addressof(anchor)
+    del anchor
+    fence, offset = (pages * page, pages * page - values.nbytes) if side == "after" else (0, page)
+    if libc.mprotect(start + fence, page, 0) != 0:  # PROT_NONE
+        pytest.skip(f"mprotect failed: errno {ctypes.get_errno()}")
+    x = np.frombuffer(buffer, values.dtype, values.size, offset).reshape(values.shape)
+    x[...] = values
+    return x
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="guard pages through mprotect")
+@pytest.mark.parametrize("units", UNIT_WIDTHS + [64, 65])
+def test_the_kernels_read_x_within_its_bounds(isa, units):
+    # the kernels read int8 x itself, in vectors of 8 or 16 units (16 or 32 values for pairs)
+    # and masked or copied tails: none may touch a byte before or after it
+    rng = np.random.default_rng(300 + units)
+    for m, n in ROWS:
+        for width in (units, 2 * units):
+            values = rng.integers(-128, 128, (m, width)).astype(np.int8)
+            values[-1, -1] = -128
+            w = rng.integers(-(2**15), 2**15, (n, width)).astype(np.int32)
+            w[-1, -1] = 2**20  # an outlier of the pair form: its correction reads x too
+            w[0, 0] = -(2**19)
+            delta = rng.integers(-1000, 1000, (m, n)).astype(np.int32)
+            expected = exact(values, w)
+            assert np.abs(expected).max() <= INT32_MAX
+            updated, bound = expected_update(delta, values, w, 64, 3000)
+            for side in ("after", "before"):
+                x = fenced(values, side)
+                err_msg = f"m={m} n={n} width={width} fence {side}"
+                np.testing.assert_array_equal(units_product(isa, x, w), expected, err_msg=err_msg)
+                np.testing.assert_array_equal(units_product(isa, x, w, chunk=16), expected, err_msg=err_msg)
+                if width % 2 == 0:
+                    np.testing.assert_array_equal(pairs_product(isa, x, w), expected, err_msg=err_msg)
+                    np.testing.assert_array_equal(pairs_product(isa, x, w, chunk=16), expected, err_msg=err_msg)
+                for mirror in ("split", "pairs"):
+                    got, got_bound, copy, outliers = run_update(isa, delta, x, w, 64, 3000, mirror)
+                    np.testing.assert_array_equal(got, updated, err_msg=err_msg)
+                    assert got_bound == bound
+                    assert_mirror(copy, outliers, updated, mirror)
+
+
 def test_pair_form_saturates_and_lists_the_outliers():
     rng = np.random.default_rng(5)
     a = rng.integers(-(2**15), 2**15, (7, 30)).astype(np.int32)
@@ -283,12 +376,12 @@ def test_pair_form_saturates_and_lists_the_outliers():
 def test_pairs_product_needs_an_even_width_and_a_complete_list(isa):
     x = np.ones((2, 3), dtype=np.int8)
     with pytest.raises(ValueError, match="even"):
-        _fused.pairs_product(isa, x.astype(np.int16), np.ones((2, 3), np.int16), x, np.zeros(4, np.int32),
-                             np.zeros(4, np.int32), 0, 2, 2, 3, 0, np.empty((2, 2), np.int32))
+        _fused.pairs_product(isa, x, np.ones((2, 3), np.int16), np.zeros(4, np.int32), np.zeros(4, np.int32), 0,
+                             2, 2, 3, 0, np.empty((2, 2), np.int32))
     x = np.ones((2, 4), dtype=np.int8)
     with pytest.raises(ValueError, match="count"):
-        _fused.pairs_product(isa, x.astype(np.int16), np.ones((2, 4), np.int16), x, np.zeros(4, np.int32),
-                             np.zeros(4, np.int32), 5, 2, 2, 4, 0, np.empty((2, 2), np.int32))
+        _fused.pairs_product(isa, x, np.ones((2, 4), np.int16), np.zeros(4, np.int32), np.zeros(4, np.int32), 5,
+                             2, 2, 4, 0, np.empty((2, 2), np.int32))
 
 
 @pytest.mark.skipif(not {"avx2", "vnni"} <= set(kernels.AVAILABLE), reason="needs both AVX2 and AVX-512 VNNI")
@@ -313,15 +406,14 @@ def run_update(isa, delta, x, weight, divisor, decay_inv, mirror, capacity=None)
     updated, weight_tail = guarded(weight.shape, np.int32, weight)
     if mirror == "split":
         copy, tail = guarded(weight.shape, np.int32)
-        bound, count = _fused.units_sgd_update(isa, delta, input_units(x)[0], updated, copy, batch, n, k,
-                                               divisor, decay_inv)
+        bound, count = _fused.units_sgd_update(isa, delta, x, updated, copy, batch, n, k, divisor, decay_inv)
         assert_untouched(weight_tail, tail)
         return updated, bound, copy, count
     capacity = weight.size if capacity is None else capacity
     copy, tail = guarded(weight.shape, np.int16)
     (index, index_tail), (residual, residual_tail) = guarded(capacity, np.int32), guarded(capacity, np.int32)
-    bound, count = _fused.units_sgd_update(isa, delta, input_units(x)[0], updated, copy, batch, n, k, divisor,
-                                           decay_inv, index, residual)
+    bound, count = _fused.units_sgd_update(isa, delta, x, updated, copy, batch, n, k, divisor, decay_inv,
+                                           index, residual)
     assert_untouched(weight_tail, tail, index_tail, residual_tail)
     recorded = min(count, capacity)
     return updated, bound, copy, (count, index[:recorded], residual[:recorded])
@@ -451,12 +543,19 @@ def test_update_counts_a_weight_at_int32_min_in_its_maximum(isa):
 
 # -- PairKernels: when the products run, and what they keep of a layer ---------------------
 
-@pytest.mark.parametrize("inputs", [784, 783, 18, 17])  # even: the pair product; odd: split units
+def read_bound(layer, uses_pairs):
+    """The ``max|W|`` a forward's proof reads: the pair form's (saturated to int16), or W's."""
+    return min(layer.weight_bound, PAIR_LIMIT) if uses_pairs else layer.weight_bound
+
+
+@pytest.mark.parametrize("inputs", [784, 783, 130, 65, 64])  # even: the pair product; odd: split units
 def test_scaled_forward_matches_the_reference(isa, spy, inputs):
+    assert inputs >= PAIR_MIN_WIDTH
     pair_kernels = kernels.IMPLEMENTATIONS[isa]
     table = make_activation("nitro_relu").forward_table
     rng = np.random.default_rng(inputs)
     x = rng.integers(-128, 128, (37, inputs)).astype(np.int8)
+    x[5] = -128  # the largest row L1 norm there is
     scale = 2**8 * inputs
     for bound in (100, 2**15, 2**19, 2**20 - 1):  # the last ones need chunks (2**20: 16 inputs)
         weight = rng.integers(-bound, bound + 1, (10, inputs)).astype(np.int32)
@@ -470,17 +569,94 @@ def test_scaled_forward_matches_the_reference(isa, spy, inputs):
         np.testing.assert_array_equal(activated, table[expected.view(np.uint8)])
         ran = {name: spy.calls.get(name, 0) - before.get(name, 0) for name in spy.calls}
         copies = layer.kernel_cache
-        assert copies.inputs.x is x and ran.get("input_units") == 1
+        # the kernels read int8 x itself: nothing of it is made or kept, only copies of W
+        assert {field.name for field in dataclasses.fields(copies)} == {"float64", "pairs", "units"}
+        assert copies.float64 is None
         if inputs % 2:
             assert copies.units is not None and copies.pairs is None
             assert ran.get(f"units_product/{isa}") == 2 and "pair_form" not in ran
+            uses_pairs = False
         else:  # the pair form, unless it has too many outliers
             assert ran.get("pair_form") == 1
             assert (copies.pairs.count > 0) == (bound > 2**15)
             uses_pairs = copies.pairs.count <= OUTLIER_CAPACITY
             assert (copies.units is None) == uses_pairs
             assert ran.get(f"pairs_product/{isa}" if uses_pairs else f"units_product/{isa}") == 2
+        # x's row L1 norms are read only where the factor bound 128 * width * max|W| leaves int32
+        assert ran.get("row_l1", 0) == (2 if 128 * inputs * read_bound(layer, uses_pairs) > INT32_MAX else 0)
+        assert ran.get("scale_to_int8") == 2 and "sgd_update" not in ran
         assert not any(name.endswith("/" + other) for name in ran for other in ("avx2", "vnni") if other != isa)
+
+
+@pytest.mark.parametrize("width", [64, 65, 784])
+def test_chunk_reads_the_row_l1_norms_only_past_the_factor_bound(spy, width):
+    fits = INT32_MAX // (128 * width)  # the largest max|W| for which 128 * width * max|W| fits int32
+    x = np.ones((3, width), dtype=np.int8)
+    # the factor bound proves whole rows: no pass over x
+    assert kernels._chunk(x, fits, 1, width) == width
+    assert kernels._chunk(x, fits, 2, width // 2) == width // 2
+    assert "row_l1" not in spy.calls
+    # past it, x's row L1 norms prove whole rows where they are small enough
+    assert kernels._chunk(x, fits + 1, 1, width) == width
+    assert spy.calls["row_l1"] == 1
+    # a row of -128 meets the factor bound: chunks of whole vectors (16 units) that fit int32
+    x[1] = -128
+    for per_unit, units in ((1, width), (2, width // 2)):
+        chunk = kernels._chunk(x, fits + 1, per_unit, units)
+        assert chunk == INT32_MAX // (per_unit * 128 * (fits + 1)) // 16 * 16
+        assert chunk > 0 and chunk % 16 == 0 and per_unit * 128 * (fits + 1) * chunk <= INT32_MAX
+    assert spy.calls["row_l1"] == 3
+    # at the edge of the row L1 norm's proof
+    x[1, 0] = 1
+    l1 = 128 * (width - 1) + 1
+    assert _fused.row_l1(x, width) == l1
+    edge = INT32_MAX // l1
+    assert edge > fits
+    assert kernels._chunk(x, edge, 1, width) == width
+    assert kernels._chunk(x, edge + 1, 1, width) == INT32_MAX // (128 * (edge + 1)) // 16 * 16
+    assert spy.calls["row_l1"] == 5
+
+
+@pytest.mark.parametrize("inputs", [62, 63, 64, 65])
+def test_inputs_narrower_than_64_columns_go_to_the_c_kernels(isa, spy, inputs):
+    # a narrow input (a first conv layer's 9 or 27 patch values) leaves most of a pair
+    # kernel's vector tiles empty: the "c" kernels take the forward and the update, with the
+    # same integers; from 64 columns on, the pair products do
+    assert kernels.PAIR_MIN_WIDTH == 64
+    pair_kernels = kernels.IMPLEMENTATIONS[isa]
+    rng = np.random.default_rng(inputs)
+    layer = layer_with(rng.integers(-(2**16), 2**16, (10, inputs)))  # outliers of the pair form
+    reference = reference_layer(layer)
+    scale = 2**8 * inputs
+    for step in range(3):  # the later forwards read what the last update left
+        x = rng.integers(-128, 128, (9, inputs)).astype(np.int8)
+        x[step] = -128
+        expected = kernels.NUMPY.scaled_forward(reference, x, scale)
+        np.testing.assert_array_equal(expected, nitro_scale(exact(x, reference.weight), scale))
+        np.testing.assert_array_equal(pair_kernels.scaled_forward(layer, x, scale), expected)
+        delta = rng.integers(-2000, 2000, (9, 10)).astype(np.int32)
+        kernels.NUMPY.sgd_update(reference, delta, x, 16, 3000)
+        pair_kernels.sgd_update(layer, delta, x, 16, 3000)
+        np.testing.assert_array_equal(layer.weight, reference.weight)
+        assert layer.weight_bound == reference.weight_bound == np.abs(reference.weight).max()
+        copies = layer.kernel_cache
+        if inputs < 64:  # the "c" kernels' copy: W as float64
+            np.testing.assert_array_equal(copies.float64, reference.weight.astype(np.float64))
+            assert copies.pairs is None and copies.units is None
+        elif inputs % 2:
+            np.testing.assert_array_equal(copies.units, split_units(reference.weight))
+            assert copies.pairs is None and copies.float64 is None
+        else:
+            np.testing.assert_array_equal(copies.pairs.pairs, expected_pair_form(reference.weight)[0])
+            assert copies.units is None and copies.float64 is None
+    if inputs < 64:
+        assert not any("/" in name for name in spy.calls)  # no pair kernel ran, on any ISA
+        assert spy.calls["sgd_update"] == 3 and spy.calls["scale_to_int8"] == 3
+        assert not {"row_l1", "pair_form", "split_units"} & set(spy.calls)
+    else:
+        product = "units_product" if inputs % 2 else "pairs_product"
+        assert spy.calls[f"{product}/{isa}"] == 3 and spy.calls[f"units_sgd_update/{isa}"] == 3
+        assert "sgd_update" not in spy.calls
 
 
 def test_too_many_outliers_switch_the_forward_to_split_units(isa, spy):
@@ -496,26 +672,30 @@ def test_too_many_outliers_switch_the_forward_to_split_units(isa, spy):
 
 def _hand_back_cases():
     rng = np.random.default_rng(2)
-    x = rng.integers(-128, 128, (4, 8)).astype(np.int8)
-    biased = IntegerLinear(8, 3, 5, np.random.default_rng(0), bias=True)
+    x = rng.integers(-128, 128, (4, 64)).astype(np.int8)
+    biased = IntegerLinear(64, 3, 5, np.random.default_rng(0), bias=True)
     biased.bias[:] = [3, -4, 5]
     biased.refresh_bounds()
-    wide = np.zeros((4, 16), np.int8)
+    wide = np.repeat(x, 2, axis=1)
+    narrow = np.ascontiguousarray(x[:, :63])
+    pair_kernels = ["pair_form", "split_units", "row_l1", "pairs_product", "units_product"]
     return {
         # (layer, x, scale, the C functions that must run, those that must not)
-        "pair form: no limit": (layer_with(np.full((3, 8), UNITS_LIMIT)), x, 256, ["pairs_product"], []),
+        "pair form: no limit": (layer_with(np.full((3, 64), UNITS_LIMIT)), x, 256, ["pair_form", "pairs_product"],
+                                ["row_l1", "units_product", "split_units"]),
         "too many outliers, past the split units": (
-            layer_with(np.full((3 * OUTLIER_CAPACITY, 8), UNITS_LIMIT)), x, 256, ["scale_to_int8"],
-            ["pairs_product", "units_product"]),
+            layer_with(np.full((OUTLIER_CAPACITY // 64 + 1, 64), UNITS_LIMIT)), x, 256,
+            ["pair_form", "scale_to_int8"], ["pairs_product", "units_product", "split_units", "row_l1"]),
         "odd width, chunks of 0 inputs": (
-            layer_with(np.full((3, 33), 2**20)), np.full((4, 33), -128, np.int8), 256, ["scale_to_int8"],
-            ["units_product"]),
-        "int16 input": (layer_with(np.ones((3, 8))), x.astype(np.int16), 256, ["scale_to_int8"],
-                        ["input_units", "pairs_product", "units_product"]),
-        "strided input": (layer_with(np.ones((3, 8))), wide[:, ::2], 256, ["scale_to_int8"], ["input_units"]),
-        "128 * scale past int32": (layer_with(np.ones((3, 8))), x, 2**24, [],
-                                   ["input_units", "scale_to_int8"]),
-        "bias": (biased, x, 256, [], ["input_units", "scale_to_int8"]),
+            layer_with(np.full((3, 65), 2**20)), np.full((4, 65), -128, np.int8), 256, ["row_l1", "scale_to_int8"],
+            ["units_product", "split_units"]),
+        "int16 input": (layer_with(np.ones((3, 64))), x.astype(np.int16), 256, ["scale_to_int8"], pair_kernels),
+        "strided input": (layer_with(np.ones((3, 64))), wide[:, ::2], 256, ["scale_to_int8"], pair_kernels),
+        "narrow input, even": (layer_with(np.full((3, 62), UNITS_LIMIT)), narrow[:, :62].copy(), 256,
+                               ["scale_to_int8"], pair_kernels),
+        "narrow input, odd": (layer_with(np.full((3, 63), 1000)), narrow, 256, ["scale_to_int8"], pair_kernels),
+        "128 * scale past int32": (layer_with(np.ones((3, 64))), x, 2**24, [], pair_kernels + ["scale_to_int8"]),
+        "bias": (biased, x, 256, [], pair_kernels + ["scale_to_int8"]),
     }
 
 
@@ -538,7 +718,7 @@ def reference_layer(layer):
     return IntegerLinear.from_weight(layer.weight.copy())
 
 
-@pytest.mark.parametrize("inputs", [20, 19])  # even: the pair form; odd: split units
+@pytest.mark.parametrize("inputs", [64, 65, 130, 129])  # even: the pair form; odd: split units
 def test_layer_update_keeps_the_copies_consistent(isa, spy, inputs):
     pair_kernels = kernels.IMPLEMENTATIONS[isa]
     rng = np.random.default_rng(3)
@@ -549,7 +729,6 @@ def test_layer_update_keeps_the_copies_consistent(isa, spy, inputs):
     for step in range(3):  # the later steps read, then rewrite, the copy the last one wrote
         x = rng.integers(-128, 128, (8, inputs)).astype(np.int8)
         pair_kernels.scaled_forward(layer, x, scale)
-        assert layer.kernel_cache.inputs.x is x
         assert (layer.kernel_cache.float64 is not None) == (step == 0)
         delta = rng.integers(-500, 500, (8, 6)).astype(np.int32)
         delta[0, step] = 3000  # a row of weights leaves int16
@@ -569,15 +748,18 @@ def test_layer_update_keeps_the_copies_consistent(isa, spy, inputs):
             assert copies.pairs.count == index.size > 0 and copies.units is None
             np.testing.assert_array_equal(copies.pairs.index[:index.size], index)
             np.testing.assert_array_equal(copies.pairs.residual[:index.size], residual)
-        assert copies.float64 is None and copies.inputs is None  # stale copy dropped; input used up
+        assert copies.float64 is None  # the stale copy dropped
         # the next forward reads the copy the update wrote
         np.testing.assert_array_equal(pair_kernels.scaled_forward(layer, x, scale),
                                       nitro_scale(exact(x, expected), scale))
+    # the first forward makes the copy of W, the updates keep it; the "c" kernels never run
+    assert spy.calls.get("split_units", 0) == inputs % 2 and spy.calls.get("pair_form", 0) == 1 - inputs % 2
+    assert "sgd_update" not in spy.calls
 
 
 def _update_cases():
     rng = np.random.default_rng(4)
-    x = rng.integers(-128, 128, (8, 20)).astype(np.int8)
+    x = rng.integers(-128, 128, (8, 64)).astype(np.int8)
     delta = rng.integers(-50, 50, (8, 6)).astype(np.int32)
     big = np.zeros((1, 6), np.int32)
     big[0, 0] = UNITS_LIMIT  # G = 128 * 2**23 = 2**30 fits int32, delta's split units do not
@@ -587,6 +769,9 @@ def _update_cases():
         "G could pass int32": (delta, x, 64, 2**24, None),  # 128 * 2**24 = 2**31
         "int64 delta": (delta.astype(np.int64), x, 64, None, "sgd_update"),
         "int16 input": (delta, x.astype(np.int16), 64, None, "sgd_update"),
+        "strided input": (delta, np.repeat(x, 2, axis=1)[:, ::2], 64, None, "sgd_update"),
+        "narrow input, even": (delta, np.ascontiguousarray(x[:, :62]), 64, None, "sgd_update"),
+        "narrow input, odd": (delta, np.ascontiguousarray(x[:, :63]), 64, None, "sgd_update"),
         "divisor past 32 bits": (delta, x, 2**31, None, None),
     }
 
@@ -595,7 +780,8 @@ def _update_cases():
 def test_update_hands_back_outside_its_bounds(isa, spy, case):
     # as for the forward: outside its bounds the update is the parent's, same integers
     delta, x, divisor, column_l1, runs = _update_cases()[case]
-    layer = layer_with(np.arange(-60, 60).reshape(6, 20))
+    width = x.shape[1]
+    layer = layer_with(np.arange(-3 * width, 3 * width).reshape(6, width))
     reference = reference_layer(layer)
     kernels.NUMPY.sgd_update(reference, delta, x, divisor, 0, column_l1=column_l1)
     kernels.IMPLEMENTATIONS[isa].sgd_update(layer, delta, x, divisor, 0, column_l1=column_l1)
@@ -606,8 +792,8 @@ def test_update_hands_back_outside_its_bounds(isa, spy, case):
 
 
 def test_update_drops_the_split_units_past_their_range(isa, spy):
-    x = np.ones((1, 15), dtype=np.int8)  # odd width: split units
-    layer = layer_with(np.full((1, 15), UNITS_LIMIT - 2))
+    x = np.ones((1, 65), dtype=np.int8)  # odd width: split units
+    layer = layer_with(np.full((1, 65), UNITS_LIMIT - 2))
     pair_kernels = kernels.IMPLEMENTATIONS[isa]
     pair_kernels.sgd_update(layer, np.full((1, 1), -10, dtype=np.int32), x, 1, 0)
     assert spy.calls[f"units_sgd_update/{isa}"] == 1
@@ -616,6 +802,7 @@ def test_update_drops_the_split_units_past_their_range(isa, spy):
     # the next forward cannot use split units: the "c" kernels take over, same integers
     np.testing.assert_array_equal(pair_kernels.scaled_forward(layer, x, 256), nitro_scale(exact(x, layer.weight), 256))
     assert "units_product" not in spy.calls and spy.calls["scale_to_int8"] == 1
+    assert "split_units" not in spy.calls and "row_l1" not in spy.calls
 
 
 # -- threads ---------------------------------------------------------------------------------

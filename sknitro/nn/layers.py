@@ -54,7 +54,7 @@ class IntegerLinear:
         self.drop_copies()
 
     def drop_copies(self) -> None:
-        """Forget what the kernels keep of this layer (copies of ``W``, the last input)."""
+        """Forget what the kernels keep of this layer (copies of ``W`` in other forms)."""
         self.kernel_cache = None
 
     def forward(self, x: Any) -> Any:
