@@ -279,10 +279,12 @@ class CompiledKernels(NumpyKernels):
                 and x.dtype == np.int8 and target.dtype == np.int8 and x.flags.c_contiguous
                 and target.flags.c_contiguous and 128 * scale < KERNEL_DIVISOR_LIMIT
                 and _divisors_fit(divisor, decay_inv))
+        if not fits:
+            return super().head_step(layer, x, target, scale, divisor, decay_inv, propagate)
         (batch, features), classes = x.shape, layer.weight.shape[0]
         grad_bound = ERROR_BOUND * 128 * batch
-        if not fits or max(128 * layer.weight_bound * features, ERROR_BOUND * layer.weight_bound * classes,
-                           grad_bound) > INT32_LIMIT:
+        if max(128 * layer.weight_bound * features, ERROR_BOUND * layer.weight_bound * classes,
+               grad_bound) > INT32_LIMIT:
             return super().head_step(layer, x, target, scale, divisor, decay_inv, propagate)
         updated_bound(layer.weight_bound, grad_bound, divisor, decay_inv)  # raises past int32
         yhat = np.empty((batch, classes), dtype=np.int8)
