@@ -118,6 +118,13 @@ def weight_grad_bound(delta: Any, x: Any, delta_bound: int | None = None, column
     return x_bound * column_l1
 
 
+def weight_grad(delta: Any, x: Any, delta_bound: int | None = None,
+                column_l1: int | None = None) -> tuple[Any, int]:
+    """``G = delta.T @ x``, exact, and its bound from :func:`weight_grad_bound` (no pass over G)."""
+    bound = weight_grad_bound(delta, x, delta_bound, column_l1)
+    return exact_matmul(delta.T, x, sum_bound=bound), bound
+
+
 # -- what an implementation keeps of a layer -----------------------------------------------
 
 
@@ -197,8 +204,7 @@ class NumpyKernels:
         ``delta_bound`` bounds ``max|delta|`` and ``column_l1`` is ``max_j sum_i |delta[i, j]|``
         when the caller knows them (see :func:`weight_grad_bound`)."""
         layer.drop_copies()  # the in-place update leaves every copy stale
-        grad_bound = weight_grad_bound(delta, x, delta_bound, column_l1)
-        grad = exact_matmul(delta.T, x, sum_bound=grad_bound)
+        grad, grad_bound = weight_grad(delta, x, delta_bound, column_l1)
         layer.weight_bound = integer_sgd_step(layer.weight, grad, grad_bound, layer.weight_bound, divisor, decay_inv)
         if layer.bias is not None:
             bias_grad = delta.sum(axis=0)

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import abs_max, array_namespace, exact_matmul, to_namespace
+from ..backend import abs_max, array_namespace, to_namespace
 from . import kernels
 from .functional import INT8_MAX, tdiv
-from .kernels import nitro_scale, weight_grad_bound
+from .kernels import nitro_scale, weight_grad
 from .init import LEAKY_GAINS, RELU_GAIN, integer_uniform, kaiming_bound, xavier_bound
 from .state import InvalidModelError, check_array, check_int, checked_state
 
@@ -75,8 +75,7 @@ class IntegerLinear:
     def weight_grad(self, delta: Any, x: Any, delta_bound: int | None = None) -> tuple[Any, int]:
         """``G = delta.T @ x`` and a bound of ``max|G|`` (no pass over G; see
         :func:`.kernels.weight_grad_bound`)."""
-        bound = weight_grad_bound(delta, x, delta_bound)
-        return exact_matmul(delta.T, x, sum_bound=bound), bound
+        return weight_grad(delta, x, delta_bound)
 
     def input_grad(self, delta: Any, delta_bound: int | None = None) -> Any:
         """``delta @ W``: the gradient with respect to the layer's input."""
