@@ -291,3 +291,178 @@ def _dump_json(model: dict) -> str:
         return "[" + ", ".join(v.strip() for v in match.group(1).split(",")) + "]"
 
     return _NUMBER_LIST.sub(one_line, text) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# C: a self-contained integer-only project (sknitro/c_runtime + model.c), for any C99
+# compiler, microcontrollers without an FPU included; see docs/user_guide/microcontroller.rst
+
+C_RUNTIME = Path(__file__).with_name("c_runtime")
+C_RUNTIME_FILES = ("nitro.h", "nitro.c", "predict.c", "train.c", "Makefile")
+C_RULES = Path(__file__).with_name("_rules.h")  # the engine's C rules, shared with the extension
+C_ESTIMATOR_FILE = "estimator.joblib"
+
+
+def export_c(estimator: BaseNitroClassifier, folder: str | PathLike) -> Path:
+    """Write a fitted classifier as a C99 project that predicts and goes on training.
+
+    The folder holds the runtime (``nitro.h``, ``nitro.c``, ``nitro_rules.h``), the model
+    (``model.h``, ``model.c``: weights as ``const`` arrays in the smallest integer type
+    holding each layer, scaling divisors, activation tables, the uint8 encoder's tables,
+    static buffers), the programs ``predict.c`` and ``train.c``, a ``Makefile`` (``make``:
+    host programs; ``make mcu``: Cortex-M3 ELF files; ``make run-mcu``: run them under QEMU),
+    and ``estimator.joblib``, the estimator itself, which :func:`load_c_weights` fills with
+    the weights that ``train`` writes. Integer arithmetic only: no ``float``, no ``double``,
+    no ``malloc``.
+
+    Parameters
+    ----------
+    estimator : NitroMLPClassifier or NitroCNNClassifier
+        A fitted estimator.
+    folder : str or path-like
+        Created if needed; the files above are overwritten.
+
+    Returns
+    -------
+    folder : Path
+
+    Raises
+    ------
+    TypeError
+        If ``estimator`` is not an sknitro classifier.
+    sklearn.exceptions.NotFittedError
+        If it is not fitted.
+    ValueError
+        If the network is one the C runtime does not run (more than 256 classes).
+    FileExistsError
+        If ``folder`` exists and is not a directory.
+    """
+    import joblib
+
+    from ._base import AUTO_BATCH_MIN, AUTO_BATCH_SIZE
+    from ._c_model import InputEncoding, TrainingSettings, write_model
+
+    if not isinstance(estimator, BaseNitroClassifier):
+        raise TypeError(f"export_c expects a fitted NitroMLPClassifier or NitroCNNClassifier, "
+                        f"got {type(estimator).__name__}")
+    check_is_fitted(estimator)
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{str(folder)!r} exists and is not a directory; export_c writes a C project there")
+    graph = estimator.network_.graph()
+    encoder = estimator.encoder_
+    if encoder.kind == "image":
+        tables = np.asarray(encoder.lookup_table)
+        encoding = InputEncoding(tables, math.prod(graph.input_shape) // tables.shape[0])
+    else:
+        encoding = InputEncoding(None, 1)
+    batch_size = 0 if estimator.batch_size == "auto" else int(estimator.batch_size)
+    training = TrainingSettings(int(estimator.lr_inv_), batch_size, AUTO_BATCH_SIZE, AUTO_BATCH_MIN,
+                                int(estimator.target_value))
+    description = (f"{type(estimator).__name__}, {graph.n_classes} classes, "
+                   f"input {'uint8' if encoding.tables is not None else 'int8 (encoded)'} "
+                   f"x {math.prod(graph.input_shape)}")
+    model_h, model_c = write_model(graph, encoding, training, description)  # checks before writing
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in C_RUNTIME_FILES:
+        shutil.copyfile(C_RUNTIME / name, folder / name)
+    shutil.copyfile(C_RULES, folder / "nitro_rules.h")
+    (folder / "model.h").write_text(model_h, encoding="utf-8")
+    (folder / "model.c").write_text(model_c, encoding="utf-8")
+    joblib.dump(estimator, folder / C_ESTIMATOR_FILE)
+    return folder
+
+
+def encode_for_c(estimator: BaseNitroClassifier, X: Any, path: str | PathLike, y: Any = None) -> Path:
+    """Write ``X`` (and ``y``) as the exported C programs read them.
+
+    Without ``y``: ``input.bin`` for ``predict``: one row per sample, row-major -- the uint8
+    values themselves for a model fitted on uint8 data (the C program encodes them), else
+    the estimator's int8 encoding of the features (the one float step stays in Python).
+    With ``y``: ``train.bin`` for ``train``: those rows, then one uint8 class index (into
+    ``classes_``) per sample.
+
+    Parameters
+    ----------
+    estimator : NitroMLPClassifier or NitroCNNClassifier
+        The fitted estimator that was exported.
+    X : array-like of shape (n_samples, ...)
+        As for ``predict``.
+    path : str or path-like
+        The file to write.
+    y : array-like of shape (n_samples,), default=None
+        Labels, all in ``classes_``.
+
+    Returns
+    -------
+    path : Path
+    """
+    check_is_fitted(estimator)
+    X = estimator._validate_X(X, reset=False)
+    n = X.shape[0]
+    if estimator.encoder_.kind == "image":
+        if X.dtype != np.uint8:
+            raise ValueError(f"this model was fitted on uint8 data, and its C program reads uint8 rows; "
+                             f"X has dtype {X.dtype}")
+        rows = np.ascontiguousarray(X).reshape(n, -1)
+    else:
+        rows = estimator.encoder_.transform(X).reshape(n, -1)
+    data = rows.tobytes()
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape != (n,):
+            raise ValueError(f"y must have one label per sample of X: shape ({n},), got {y.shape}")
+        index = np.searchsorted(estimator.classes_, y)
+        index = np.minimum(index, len(estimator.classes_) - 1)
+        if not (estimator.classes_[index] == y).all():
+            raise ValueError(f"y contains labels not in classes_: {np.setdiff1d(y, estimator.classes_).tolist()!r}")
+        data += index.astype(np.uint8).tobytes()
+    path = Path(path)
+    path.write_bytes(data)
+    return path
+
+
+def load_c_weights(source: str | PathLike, estimator: BaseNitroClassifier | None = None) -> BaseNitroClassifier:
+    """A fitted estimator with the weights that the exported ``train`` program wrote.
+
+    Parameters
+    ----------
+    source : str or path-like
+        The exported folder (its ``weights.bin``) or a ``weights.bin`` file.
+    estimator : NitroMLPClassifier or NitroCNNClassifier, default=None
+        The estimator that was exported. By default, the ``estimator.joblib`` that
+        :func:`export_c` saved next to ``weights.bin`` (a pickle: load folders you trust).
+
+    Returns
+    -------
+    estimator : NitroMLPClassifier or NitroCNNClassifier
+        A copy of ``estimator`` whose ``weights_`` and ``head_weights_`` are those of the file;
+        everything else (encoder, classes, ``lr_inv_``, counters) is the exported model's.
+
+    Raises
+    ------
+    ValueError
+        If the file does not hold exactly the model's weights (its size differs).
+    """
+    import copy
+
+    import joblib
+
+    source = Path(source)
+    weights_path = source / "weights.bin" if source.is_dir() else source
+    if estimator is None:
+        estimator = joblib.load(weights_path.parent / C_ESTIMATOR_FILE)
+    check_is_fitted(estimator)
+    shapes = [w.shape for w in estimator.weights_] + [w.shape for w in estimator.head_weights_]
+    sizes = [math.prod(shape) for shape in shapes]
+    data = np.fromfile(weights_path, dtype="<i4")
+    if data.size * 4 != weights_path.stat().st_size or data.size != sum(sizes):
+        raise ValueError(f"{weights_path} holds {weights_path.stat().st_size} bytes; this model's weights take "
+                         f"{4 * sum(sizes)} (int32 little-endian: weights_, then head_weights_)")
+    arrays = np.split(data.astype(np.int32), np.cumsum(sizes)[:-1])
+    arrays = [a.reshape(shape) for a, shape in zip(arrays, shapes)]
+    n_blocks = len(estimator.head_weights_)
+    forward, output, heads = arrays[:n_blocks], arrays[n_blocks], arrays[n_blocks + 1:]
+    result = copy.deepcopy(estimator)
+    result.network_.set_weights(forward + heads + [output])  # the network's layers() order
+    return result

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import array_namespace
-from . import kernels
+from ..backend import array_namespace, to_host
+from . import graph, kernels
 from .conv import AvgPool2d, IntegerConv2d, MaxPool2d, head_pool
 from .kernels import ERROR_BOUND
 from .layers import IntegerDropout, IntegerLinear, TabulatedActivation, scale_factor
@@ -48,6 +48,10 @@ class LinearHead:
     def forward(self, x: Any) -> Any:
         return self.linear.scaled_forward(x, self.scale)
 
+    def describe(self, pool: graph.Pool | None = None) -> graph.Head:
+        """This head (or output layer) in the network's graph, read after ``pool``."""
+        return graph.Head(pool, _dense(self.linear), self.scale)
+
     def __setstate__(self, state: dict) -> None:
         state = checked_state(state, "LinearHead", ("linear", "scale"))
         self.linear = check_instance(state["linear"], "LinearHead.linear", IntegerLinear)
@@ -64,6 +68,12 @@ class LinearHead:
         squared_error : int, ``sum(e**2)`` over the batch
         """
         return kernels.select().head_step(self.linear, x, target, self.scale, sgd.lr_inv, decay_inv, propagate)
+
+
+def _dense(layer: IntegerLinear) -> graph.Dense:
+    if layer.bias is not None:  # no estimator builds one; the graph has no bias term
+        raise ValueError("the network graph describes layers without bias only")
+    return graph.Dense(np.array(to_host(layer.weight)))
 
 
 @dataclass
@@ -110,6 +120,11 @@ class LinearBlock:
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.linear.out_features,)
+
+    def describe(self, input_shape: tuple[int, ...]) -> graph.Block:
+        """This block in the network's graph (see :mod:`.graph`)."""
+        return graph.Block(_dense(self.linear), self.scale, self.activation.describe(), self.head.describe(),
+                           self.updates_per_step, tuple(input_shape), self.output_shape(input_shape))
 
     def forward(self, x: Any) -> Any:
         x = x.reshape(x.shape[0], -1)  # flattens a conv feature map
@@ -184,6 +199,15 @@ class ConvBlock:
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.conv.out_channels, *self.input_shape[1:])
 
+    def describe(self, input_shape: tuple[int, ...]) -> graph.Block:
+        """This block in the network's graph (see :mod:`.graph`)."""
+        output_shape = self.output_shape(input_shape)
+        weight = np.ascontiguousarray(to_host(self.conv.weight))
+        layer = graph.Conv3x3(weight, self.input_shape, self.conv.padding)
+        head = self.head.describe(self.head_pool.describe(output_shape))
+        return graph.Block(layer, self.scale, self.activation.describe(), head, self.updates_per_step,
+                           self.input_shape, output_shape)
+
     def forward(self, x: Any) -> Any:
         return self.conv.scaled_activated_forward(x, self.scale, self.activation)[1]
 
@@ -238,6 +262,9 @@ class FeaturePool:
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return self.pool.output_shape(*self.input_shape)
 
+    def describe(self, input_shape: tuple[int, ...]) -> graph.Pool:
+        return self.pool.describe(self.input_shape)
+
     def __setstate__(self, state: dict) -> None:
         state = checked_state(state, "FeaturePool", ("input_shape",), derived=("pool",))
         self.__init__(check_shape(state["input_shape"], "FeaturePool.input_shape", 3))
@@ -261,6 +288,9 @@ class FeatureDropout:
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)
+
+    def describe(self, input_shape: tuple[int, ...]) -> graph.Dropout:
+        return graph.Dropout(self.dropout.keep_percent, self.dropout.rescale, tuple(input_shape))
 
     def forward(self, x: Any) -> Any:
         return x

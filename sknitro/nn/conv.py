@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_namespace, to_namespace
+from . import graph
 from .functional import im2col, tdiv
 from .init import integer_uniform
 from .layers import IntegerLinear
@@ -158,6 +159,12 @@ class _Pool2d:
         return (channels, pooled_size(height, self.window[0], self.padding[0]),
                 pooled_size(width, self.window[1], self.padding[1]))
 
+    kind = ""
+
+    def describe(self, input_shape: tuple[int, int, int]) -> graph.Pool:
+        """This pooling, on maps of ``input_shape``, in the network's graph."""
+        return graph.Pool(self.kind, self.window, self.padding, tuple(input_shape), self.output_shape(*input_shape))
+
     def _spread(self, values_at: Any, delta: Any, input_shape: tuple[int, ...]) -> Any:
         """The map of ``input_shape`` with ``values_at(k)`` at window position ``k`` of every
         window; padding and the rows (columns) no window covers receive 0."""
@@ -174,6 +181,8 @@ class _Pool2d:
 class MaxPool2d(_Pool2d):
     """Window maximum; padding (the map dtype's minimum) never wins; backward routes
     ``delta`` to the first arg-max of each window."""
+
+    kind = "max"
 
     def forward(self, x: Any) -> tuple[Any, Any]:
         """Pooled map and the arg-max position of each window (for backward)."""
@@ -200,6 +209,8 @@ class MaxPool2d(_Pool2d):
 
 class AvgPool2d(_Pool2d):
     """``tdiv(window sum, kh * kw)``, padding counts as 0; backward spreads ``tdiv(delta, kh * kw)``."""
+
+    kind = "avg"
 
     @property
     def size(self) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import abs_max, array_namespace, to_namespace
-from . import kernels
+from . import graph, kernels
 from .functional import INT8_MAX, tdiv
 from .kernels import nitro_scale, weight_grad
 from .init import LEAKY_GAINS, RELU_GAIN, integer_uniform, kaiming_bound, xavier_bound
@@ -137,6 +137,13 @@ class TabulatedActivation:
 
     def gradient_divisor(self, s: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def describe(self) -> graph.Activation:
+        """The tables in the order ``s = -128 .. 127`` (index ``s + 128``), for the network's graph."""
+        order = S_VALUES.astype(np.int8).view(np.uint8)
+        name = next(name for name, cls in ACTIVATIONS.items() if type(self) is cls)
+        return graph.Activation(name, self.forward_table[order].copy(), self.backward_multiplier[order].copy(),
+                                self.backward_divisor)
 
     def tables(self, xp: Any) -> tuple[Any, Any]:
         """The forward table and backward multipliers as arrays of ``xp`` (numpy or cupy)."""

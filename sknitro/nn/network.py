@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_namespace, get_namespace, to_host, to_namespace
+from .graph import NetworkGraph
 from .blocks import BlockCache, ConvBlock, FeatureDropout, FeaturePool, LinearBlock, LinearHead
 from .layers import make_activation
 from .optim import IntegerSGD
@@ -110,6 +111,16 @@ class IntegerNetwork:
         if self.output.linear.in_features != math.prod(shape):
             raise InvalidModelError(f"IntegerNetwork.output reads {self.output.linear.in_features} features, "
                                     f"but receives {math.prod(shape)}")
+
+    def graph(self) -> NetworkGraph:
+        """What inference and training compute, as data (see :mod:`.graph`): the engine's
+        own description, which exporters read instead of the blocks' internals."""
+        shape, path = self.input_shape(), []
+        for stage in self.path:
+            path.append(stage.describe(shape))
+            shape = stage.output_shape(shape)
+        return NetworkGraph(tuple(self.input_shape()), tuple(path), self.output.describe(), self.lr_amp,
+                            self.fwd_decay_inv, self.head_decay_inv)
 
     @property
     def blocks(self) -> list[Any]:
