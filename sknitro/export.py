@@ -59,16 +59,13 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import BaseNitroClassifier
-from .backend import to_host
 from .encoding import MAD_SCALE
-from .nn.blocks import ConvBlock, FeatureDropout, FeaturePool, LinearBlock
-from .nn.layers import ACTIVATIONS, S_VALUES
+from .nn.graph import Activation, Block, Conv3x3, NetworkGraph, Pool
 
 EXPORT_FORMAT = "sknitro-integer-model"
 EXPORT_FORMAT_VERSION = 2
 READER_SOURCE = Path(__file__).with_name("_export_reader.py")
 
-_ACTIVATION_NAMES = {cls: name for name, cls in ACTIVATIONS.items()}
 _NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
 
 
@@ -132,7 +129,7 @@ def describe_model(estimator: BaseNitroClassifier) -> tuple[dict[str, Any], dict
         sample_shape = list(estimator.image_shape_)
     else:
         sample_shape = [int(estimator.n_features_in_)]
-    layers, arrays = _describe_layers(estimator.network_, tuple(sample_shape))
+    layers, arrays = _describe_layers(estimator.network_.graph())
     model = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
@@ -217,69 +214,61 @@ def _describe_encoder(encoder: Any, sample_shape: list[int]) -> dict[str, Any]:
     return entry
 
 
-def _describe_layers(network: Any, sample_shape: tuple[int, ...]) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """The inference layers in order (what ``IntegerNetwork.forward`` computes)."""
+def _describe_layers(graph: NetworkGraph) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The inference layers in order (what ``IntegerNetwork.forward`` computes), from the
+    network's own graph."""
     layers: list[dict] = []
     arrays: dict[str, np.ndarray] = {}
-    shape = sample_shape
+    shape = tuple(graph.input_shape)
 
-    def add_linear(layer: Any, name: str, block: Any) -> None:
+    def add_linear(weight: np.ndarray, name: str, block: Any) -> None:
         nonlocal shape
         if len(shape) != 1:
             layers.append({"type": "flatten", "block": block, "input_shape": list(shape),
                            "output_shape": [math.prod(shape)], "order": "row-major (C)"})
             shape = (math.prod(shape),)
-        arrays[f"{name}.weight"] = np.asarray(to_host(layer.weight))
-        bias = None
-        if layer.bias is not None:
-            bias = f"{name}.bias"
-            arrays[bias] = np.asarray(to_host(layer.bias))
+        arrays[f"{name}.weight"] = weight
         layers.append({"type": "linear", "block": block, "weight": f"{name}.weight",
-                       "shape": list(layer.weight.shape), "bias": bias, "input_shape": list(shape),
-                       "output_shape": [layer.out_features]})
-        shape = (layer.out_features,)
+                       "shape": list(weight.shape), "bias": None, "input_shape": list(shape),
+                       "output_shape": [weight.shape[0]]})
+        shape = (weight.shape[0],)
 
-    def add_scale_and_activation(scale: int, activation: Any, block: Any) -> None:
+    def add_scale_and_activation(scale: int, activation: Activation | None, block: Any) -> None:
         layers.append({"type": "nitro_scale", "block": block, "divisor": int(scale)})
         if activation is None:
             return
-        # index s + 128: the engine's table (indexed by the bit pattern of s) in the order s = -128 .. 127
-        table = activation.forward_table[S_VALUES.astype(np.int8).view(np.uint8)]
-        entry = {"type": "activation", "block": block, "name": _ACTIVATION_NAMES.get(type(activation)),
-                 "table": table.astype(int).tolist()}
-        if hasattr(activation, "alpha"):
-            entry["negative_slope_inv"] = int(activation.alpha)
+        entry = {"type": "activation", "block": block, "name": activation.name,
+                 "table": activation.forward_table.astype(int).tolist()}  # index s + 128
+        if activation.negative_slope_inv is not None:
+            entry["negative_slope_inv"] = activation.negative_slope_inv
         layers.append(entry)
 
-    blocks = network.blocks
-    for stage in network.path:
-        if isinstance(stage, ConvBlock):
-            i = blocks.index(stage)
-            conv = stage.conv
-            arrays[f"block{i}.weight"] = np.asarray(to_host(conv.weight))
-            out_shape = (conv.out_channels, *shape[1:])
-            layers.append({"type": "conv2d", "block": i, "weight": f"block{i}.weight",
-                           "shape": list(conv.weight.shape), "bias": None, "kernel_size": conv.kernel,
+    index = 0
+    for stage in graph.path:
+        if isinstance(stage, Block) and isinstance(stage.layer, Conv3x3):
+            conv = stage.layer
+            arrays[f"block{index}.weight"] = conv.weight
+            layers.append({"type": "conv2d", "block": index, "weight": f"block{index}.weight",
+                           "shape": list(conv.weight.shape), "bias": None, "kernel_size": 3,
                            "stride": 1, "padding": conv.padding, "padding_value": 0,
-                           "input_shape": list(shape), "output_shape": list(out_shape)})
-            shape = out_shape
-            add_scale_and_activation(stage.scale, stage.activation, i)
-        elif isinstance(stage, LinearBlock):
-            i = blocks.index(stage)
-            add_linear(stage.linear, f"block{i}", i)
-            add_scale_and_activation(stage.scale, stage.activation, i)
-        elif isinstance(stage, FeaturePool):
-            kh, kw = stage.pool.window
-            out_shape = stage.output_shape(shape)
+                           "input_shape": list(shape), "output_shape": list(stage.output_shape)})
+            shape = tuple(stage.output_shape)
+        elif isinstance(stage, Block):
+            add_linear(stage.layer.weight, f"block{index}", index)
+        elif isinstance(stage, Pool):
+            kh, kw = stage.window
             layers.append({"type": "maxpool2d", "block": None, "window": [kh, kw], "stride": [kh, kw],
                            "padding": "none; rows and columns that no whole window covers are dropped "
                                       "(floor mode)",
-                           "input_shape": list(shape), "output_shape": list(out_shape)})
-            shape = out_shape
-        elif not isinstance(stage, FeatureDropout):  # dropout: the identity at inference
-            raise TypeError(f"cannot export a layer of type {type(stage).__name__}")
-    add_linear(network.output.linear, "output", "output")
-    add_scale_and_activation(network.output.scale, None, "output")
+                           "input_shape": list(shape), "output_shape": list(stage.output_shape)})
+            shape = tuple(stage.output_shape)
+            continue
+        else:  # dropout: the identity at inference
+            continue
+        add_scale_and_activation(stage.scale, stage.activation, index)
+        index += 1
+    add_linear(graph.output.dense.weight, "output", "output")
+    add_scale_and_activation(graph.output.scale, None, "output")
     return layers, arrays
 
 
@@ -298,7 +287,7 @@ def _dump_json(model: dict) -> str:
 # compiler, microcontrollers without an FPU included; see docs/user_guide/microcontroller.rst
 
 C_RUNTIME = Path(__file__).with_name("c_runtime")
-C_RUNTIME_FILES = ("nitro.h", "nitro.c", "predict.c", "train.c", "Makefile")
+C_RUNTIME_FILES = ("nitro.h", "nitro.c", "predict.c", "train.c", "mcu.c", "mcu.h", "Makefile")
 C_RULES = Path(__file__).with_name("_rules.h")  # the engine's C rules, shared with the extension
 C_ESTIMATOR_FILE = "estimator.joblib"
 

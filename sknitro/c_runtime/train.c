@@ -15,6 +15,10 @@
 
 #include "model.h"
 
+#ifndef NITRO_FIRST_ARGUMENT
+#define NITRO_FIRST_ARGUMENT 1 /* 2 under QEMU semihosting, where argv[1] is the program file */
+#endif
+
 static uint8_t row[NITRO_INPUT_SIZE];
 
 static int fail(const char *message, const char *path)
@@ -54,9 +58,10 @@ static int write_weights(FILE *out)
 
 int main(int argc, char **argv)
 {
-    const char *in_path = argc > 1 ? argv[1] : "train.bin";
-    const char *out_path = argc > 2 ? argv[2] : "weights.bin";
-    uint64_t seed = argc > 3 ? (uint64_t)strtoul(argv[3], NULL, 10) : 0;
+    const int first = NITRO_FIRST_ARGUMENT;
+    const char *in_path = argc > first ? argv[first] : "train.bin";
+    const char *out_path = argc > first + 1 ? argv[first + 1] : "weights.bin";
+    uint64_t seed = argc > first + 2 ? (uint64_t)strtoul(argv[first + 2], NULL, 10) : 0;
     FILE *file = fopen(in_path, "rb");
     if (file == NULL)
         return fail("cannot open ", in_path);

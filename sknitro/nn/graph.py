@@ -51,6 +51,7 @@ class Activation:
     forward_table: np.ndarray  # int8, 256
     backward_multiplier: np.ndarray  # int32, 256
     backward_divisor: int
+    negative_slope_inv: int | None = None  # the leaky activations' parameter
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ class TabulatedActivation:
         order = S_VALUES.astype(np.int8).view(np.uint8)
         name = next(name for name, cls in ACTIVATIONS.items() if type(self) is cls)
         return graph.Activation(name, self.forward_table[order].copy(), self.backward_multiplier[order].copy(),
-                                self.backward_divisor)
+                                self.backward_divisor, getattr(self, "alpha", None))
 
     def tables(self, xp: Any) -> tuple[Any, Any]:
         """The forward table and backward multipliers as arrays of ``xp`` (numpy or cupy)."""
