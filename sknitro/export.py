@@ -39,8 +39,9 @@ class scores; ``predict`` is the class of the highest score (the first one on ti
 
 The input encoder (:mod:`sknitro.encoding`) is stored as fitted: for uint8 images, each
 channel's 256-entry int8 lookup table; for integer features, the per-feature integer mean
-and MAD of the rule ``clip(tdiv((x - mean) * 51, mad), -127, 127)``; for float features, the
-float mean and MAD (and their dtype) of ``clip(rint((x - mean) * (51 / mad)), -127, 127)`` --
+and MAD of the rule ``clip(tdiv((x - mean) * multiplier, mad), -127, 127)``; for float features,
+the float mean and MAD (and their dtype) of ``clip(rint((x - mean) * (multiplier / mad)), -127, 127)``
+(``multiplier``: the encoder's ``scale``, 26 for the MLP's features, 51 otherwise) --
 the one float operation of an sknitro model, at the input boundary (JSON keeps these floats
 exactly, so the reader rounds exactly as the estimator).
 """
@@ -190,8 +191,8 @@ def _describe_encoder(encoder: Any, sample_shape: list[int]) -> dict[str, Any]:
     elif encoder.kind == "integer":
         entry.update({
             "encoding": "integer_mad",
-            "rule": f"x8 = clip(tdiv((int64(x) - mean) * {MAD_SCALE}, mad), -127, 127), per feature",
-            "multiplier": MAD_SCALE,
+            "rule": f"x8 = clip(tdiv((int64(x) - mean) * {encoder.scale}, mad), -127, 127), per feature",
+            "multiplier": encoder.scale,
             "shape": list(encoder.mean.shape),
             "mean": encoder.mean.astype(int).ravel().tolist(),
             "mad": encoder.mad.astype(int).ravel().tolist(),
@@ -199,13 +200,13 @@ def _describe_encoder(encoder: Any, sample_shape: list[int]) -> dict[str, Any]:
     else:
         entry.update({
             "encoding": "float_mad",
-            "rule": f"x8 = clip(rint((x - mean) * ({MAD_SCALE} / mad)), -127, 127), per feature, "
+            "rule": f"x8 = clip(rint((x - mean) * ({encoder.scale} / mad)), -127, 127), per feature, "
                     "with NumPy's type promotion of x against 'dtype' (float64 for float64 or integer x; "
                     "float32 only when both are float32), rint rounding half to even",
             "dtype": np.asarray(encoder.mean).dtype.name,
             "note": "the one float operation of the model, at the input boundary; everything after it "
                     "is integer",
-            "multiplier": MAD_SCALE,
+            "multiplier": encoder.scale,
             "shape": list(np.shape(encoder.mean)),
             # float32 statistics convert exactly to Python floats, and JSON keeps those exactly
             "mean": np.asarray(encoder.mean).ravel().tolist(),

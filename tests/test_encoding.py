@@ -2,13 +2,16 @@
 
 Expected values are computed by hand in the comments: integer rule
 ``x' = clip(tdiv((x - mean) * 51, mad), -127, 127)`` with ``mean = tdiv(sum(x), n)`` and
-``mad = tdiv(sum(|x - mean|), n)``; tdiv truncates toward zero.
+``mad = tdiv(sum(|x - mean|), n)``; tdiv truncates toward zero. The MLP encodes integer
+and float features with 26 in place of 51 (``TABLE_MAD_SCALE``); uint8 images always use 51.
 """
 
 import numpy as np
 import pytest
 
-from sknitro.encoding import MAD_FLOOR, MAD_SCALE, InputEncoder
+from sknitro import NitroCNNClassifier, NitroMLPClassifier
+from sknitro.encoding import MAD_FLOOR, MAD_SCALE, TABLE_MAD_SCALE, InputEncoder
+from sknitro.nn.state import InvalidModelError
 
 
 def image_batch():
@@ -23,6 +26,7 @@ def image_batch():
 
 def test_constants():
     assert MAD_SCALE == 51
+    assert TABLE_MAD_SCALE == 26
     assert MAD_FLOOR == 1e-300
 
 
@@ -203,3 +207,58 @@ def test_an_image_model_refuses_what_is_not_a_pixel(bad):
         enc.transform(np.array(bad))
     good = enc.transform(np.array([[0, 255, 10]], np.int64))  # other dtypes of real pixels are fine
     assert good.tolist() == enc.transform(np.array([[0, 255, 10]], np.uint8)).tolist()
+
+
+def test_table_scale_for_integer_and_float_features():
+    # the integer example above with 26: (x - 997) * 26 = [78, 156, -182] ; / 5 -> [15, 31, -36]
+    #   x * 26 = [-78, 52, -26] ; / 2 -> [-39, 26, -13] ; the constant feature -> 0
+    X = np.array([[1000, -3, 5], [1003, 2, 5], [990, -1, 5]], dtype=np.int64)
+    enc = InputEncoder(feature_scale=TABLE_MAD_SCALE).fit(X)
+    assert enc.kind == "integer" and enc.scale == 26
+    assert enc.transform(X).tolist() == [[15, -39, 0], [31, 26, 0], [-36, -13, 0]]
+    # the float example: (x - 3.25) * 26 / 3.375 = [-25.04, -17.33, -9.63, 52.0] ;
+    #   (x - 0.1) * 26 / 0.15 = [-17.33 x3, 52]
+    X = np.array([[0.0, 10.0, 0.0], [1.0, 10.0, 0.0], [2.0, 10.0, 0.0], [10.0, 10.0, 0.4]])
+    enc = InputEncoder(feature_scale=TABLE_MAD_SCALE).fit(X)
+    assert enc.kind == "float" and enc.scale == 26
+    assert enc.transform(X).tolist() == [[-25, 0, -17], [-17, 0, -17], [-10, 0, -17], [52, 0, 52]]
+
+
+def test_uint8_images_keep_their_scale_whatever_the_feature_scale():
+    X = image_batch()
+    enc = InputEncoder(channel_axis=1, feature_scale=TABLE_MAD_SCALE).fit(X)
+    assert enc.scale == MAD_SCALE
+    np.testing.assert_array_equal(enc.lookup_table, InputEncoder(channel_axis=1).fit(X).lookup_table)
+
+
+def test_the_mlp_encodes_tables_with_the_table_scale_and_images_as_before():
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    floats = rng.normal(size=(40, 4))
+    pixels = rng.integers(0, 256, size=(40, 4)).astype(np.uint8)
+    for X, scale in ((floats, TABLE_MAD_SCALE), (np.rint(floats * 100).astype(np.int64), TABLE_MAD_SCALE),
+                     (pixels, MAD_SCALE)):
+        assert NitroMLPClassifier(max_iter=1, random_state=0).fit(X, y).encoder_.scale == scale
+    images = rng.normal(size=(40, 1, 4, 4))  # the CNN keeps 51 for every input
+    assert NitroCNNClassifier(architecture=[4], max_iter=1, random_state=0).fit(images, y).encoder_.scale == MAD_SCALE
+
+
+@pytest.mark.parametrize("bad", [0, 64, 2.0, True])
+def test_feature_scale_is_checked(bad):
+    with pytest.raises(ValueError, match="feature_scale"):
+        InputEncoder(feature_scale=bad).fit(np.ones((3, 2)))
+
+
+def test_an_encoder_saved_before_scales_were_recorded_loads_with_51():
+    X = np.array([[1000, -3, 5], [1003, 2, 5], [990, -1, 5]], dtype=np.int64)
+    enc = InputEncoder().fit(X)
+    state = {k: v for k, v in vars(enc).items() if k not in ("scale", "feature_scale")}
+    old = InputEncoder.__new__(InputEncoder)
+    old.__setstate__(state)
+    assert old.scale == old.feature_scale == MAD_SCALE
+    np.testing.assert_array_equal(old.transform(X), enc.transform(X))
+    with pytest.raises(InvalidModelError, match="scale"):
+        InputEncoder.__new__(InputEncoder).__setstate__({**vars(enc), "scale": 0})
+    image = InputEncoder().fit(image_batch())
+    with pytest.raises(InvalidModelError, match="uint8 images"):
+        InputEncoder.__new__(InputEncoder).__setstate__({**vars(image), "scale": 26})
