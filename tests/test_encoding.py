@@ -192,6 +192,17 @@ def test_a_float_column_near_the_float64_maximum():
     assert out.tolist() == [[77, -76], [-77, 0], [0, 76]]
 
 
+def test_a_float32_column_near_the_float32_maximum():
+    # float32 sums pass the float32 range: the statistics are taken in float64
+    X = np.array([[3e38, 1], [-3e38, 2], [3.3e38, 3]], dtype=np.float32)
+    with np.errstate(all="raise"):
+        encoder = InputEncoder().fit(X)
+        out = encoder.transform(X)
+    mean, mad = X.astype(np.float64).mean(axis=0), np.abs(X.astype(np.float64) - X.astype(np.float64).mean(axis=0))
+    assert np.allclose(encoder.mean, mean) and np.allclose(encoder.mad, mad.mean(axis=0))
+    assert out[:, 1].tolist() == [-76, 0, 76] and out[2, 0] > 0 > out[1, 0]
+
+
 def test_an_integer_model_refuses_huge_or_float_input():
     enc = InputEncoder().fit(np.arange(12, dtype=np.int64).reshape(6, 2))
     with pytest.raises(ValueError, match="beyond"):

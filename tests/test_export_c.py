@@ -22,7 +22,16 @@ from sknitro.export import encode_for_c, export_c, load_c_weights
 from sknitro.nn.graph import Block, Conv3x3, Pool
 
 HOST_TOOLS = shutil.which("make") and shutil.which("cc")
-MCU_TOOLS = all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "arm-none-eabi-nm", "qemu-system-arm"))
+
+
+def _picolibc() -> bool:
+    if not shutil.which("arm-none-eabi-gcc"):
+        return False
+    found = subprocess.run(["arm-none-eabi-gcc", "-print-file-name=picolibc.specs"], capture_output=True, text=True)
+    return Path(found.stdout.strip()).is_absolute()  # else gcc echoes the bare name
+
+
+MCU_TOOLS = all(shutil.which(tool) for tool in ("arm-none-eabi-nm", "qemu-system-arm")) and _picolibc()
 needs_host = pytest.mark.skipif(not HOST_TOOLS, reason="needs make and a C compiler (cc)")
 needs_mcu = pytest.mark.skipif(
     not (HOST_TOOLS and MCU_TOOLS),

@@ -8,12 +8,17 @@
  * its current lr_inv: partial_fit(X, y) with shuffle=False gives the same weights (dropout
  * off; dropout's masks here come from `seed`, not NumPy's generator). Then every weight
  * matrix -- each block's layer, the output layer, each block's head (weights_, then
- * head_weights_) -- is written to weights.bin as little-endian int32.
+ * head_weights_) -- is written to weights.bin as little-endian int32. The Cortex-M3 build
+ * (NITRO_MCU) also prints "# instructions per training sample: N" (see mcu.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "model.h"
+
+#ifdef NITRO_MCU
+#include "mcu.h"
+#endif
 
 #ifndef NITRO_FIRST_ARGUMENT
 #define NITRO_FIRST_ARGUMENT 1 /* 2 under QEMU semihosting, where argv[1] is the program file */
@@ -73,11 +78,21 @@ int main(int argc, char **argv)
     long n = size / (NITRO_INPUT_SIZE + 1);
     int32_t batch = nitro_batch_size(&NITRO_MODEL, n);
     nitro_training_init(&NITRO_MODEL);
+#ifdef NITRO_MCU
+    uint64_t ticks = 0;
+    mcu_ticks_start();
+#endif
     for (long start = 0, step = 0; start < n; start += batch, step++) {
         int32_t count = (int32_t)(n - start < batch ? n - start : batch);
         if (!read_batch(file, n, start, count))
             return fail("cannot read a batch of ", in_path);
+#ifdef NITRO_MCU
+        uint64_t started = mcu_ticks();
+#endif
         int rc = nitro_train_step(&NITRO_MODEL, count, seed, (uint64_t)step);
+#ifdef NITRO_MCU
+        ticks += mcu_ticks() - started;
+#endif
         if (rc == NITRO_BAD_ARGUMENT)
             return fail("a class index past the model's classes, or a batch past its buffers, in ", in_path);
         if (rc == NITRO_OVERFLOW)
@@ -89,5 +104,8 @@ int main(int argc, char **argv)
         return fail("cannot write ", out_path);
     fclose(out);
     printf("trained on %ld samples; weights in %s\n", n, out_path);
+#ifdef NITRO_MCU
+    printf("# instructions per training sample: %lu\n", (unsigned long)(ticks * MCU_INSTRUCTIONS_PER_TICK / (uint64_t)n));
+#endif
     return 0;
 }
