@@ -7,8 +7,8 @@ For the digits MLP (scikit-learn's digits, default ``NitroMLPClassifier``), the 
 Fashion-MNIST MLP (784-200-100-50-10, 5 epochs) and the compact CNN (conv32-pool-conv64-pool,
 1 epoch on Fashion-MNIST): ``sknitro.export.export_c``, ``make mcu``, then
 
-- flash (text + data) and RAM (data + bss, the 64 KiB stack included) of ``predict.elf``
-  and ``train.elf`` from ``arm-none-eabi-size``;
+- flash (text + data) and static RAM (data + bss, less the 64 KiB stack that ``mcu.c``
+  reserves) of ``predict.elf`` and ``train.elf``, from ``arm-none-eabi-size``;
 - the instructions QEMU executed per prediction and per training sample (``-icount
   shift=0`` and SysTick, see the exported ``mcu.c``): the closest figure to time on a
   device this machine gives (a Cortex-M3 runs about one instruction per cycle);
@@ -56,11 +56,11 @@ def make(folder: Path, *targets: str) -> str:
 
 
 def sizes(folder: Path) -> dict:
-    """Flash and RAM of each ELF: text + data, and data + bss."""
+    """Flash and static RAM of each ELF: text + data, and data + bss less the stack."""
     out = {}
     for line in make(folder, "size-mcu").splitlines()[1:]:
         text, data, bss, *_, name = line.split()
-        out[name.removesuffix(".elf")] = {"flash": int(text) + int(data), "ram": int(data) + int(bss)}
+        out[name.removesuffix(".elf")] = {"flash": int(text) + int(data), "ram": int(data) + int(bss) - STACK_BYTES}
     return out
 
 
@@ -144,8 +144,10 @@ def run(args: argparse.Namespace) -> None:
 
 `python benchmarks/bench_mcu.py --predictions {args.predictions}` · {machine_line(machine)}
 
-RAM includes the 64 KiB stack. Training RAM holds the int32 weights, one batch's
-pre-activations and the int64 gradient sums.
+Flash: text + data. RAM: static data and buffers (data + bss), besides the 64 KiB stack the
+build reserves. Training RAM holds the int32 weights, one batch's pre-activations and the
+int64 gradient sums of a layer. Instructions: QEMU `-icount shift=0` and SysTick (the
+exported `mcu.c`); a Cortex-M3 runs about one instruction per cycle.
 
 {table}
 

@@ -365,3 +365,41 @@ def test_cortex_m3_build_refuses_soft_float(fitted, tmp_path):
     result = subprocess.run(["make", "-s", "predict.elf"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode != 0 and "soft-float helpers" in result.stdout + result.stderr
     assert not (tmp_path / "predict.elf").exists()
+
+
+@needs_mcu
+def test_round_trip_through_the_cortex_m3(digits, tmp_path):
+    """Python fit -> C export -> one epoch of training on the device on 300 samples -> weights
+    read back -> Python's predict equals the device's, and the weights partial_fit's."""
+    X, y = digits
+    model = quietly_fit(NitroMLPClassifier(random_state=0, shuffle=False), X[:1000], y[:1000])
+    folder = build(model, tmp_path / "exported", "mcu")
+    encode_for_c(model, X[:1], folder / "input.bin")
+    encode_for_c(model, X[1000:1300], folder / "train.bin", y[1000:1300])
+    assert "trained on 300 samples" in run(folder, "make", "-s", "run-mcu").stdout
+    trained = load_c_weights(folder)
+    again = build(trained, tmp_path / "trained", "mcu")  # the device's weights, for predict.elf
+    encode_for_c(trained, X[1500:], again / "train.bin", y[1500:])
+    device = trained.classes_[mcu_predictions(trained, X[1500:], again)]
+    assert np.array_equal(device, trained.predict(X[1500:]))
+    assert (device == y[1500:]).mean() >= 0.85
+    model.partial_fit(X[1000:1300], y[1000:1300])
+    assert_same_weights(trained, model)
+
+
+@needs_host
+def test_training_stops_where_a_weight_would_leave_int32(fitted, digits, tmp_path):
+    model, X = fitted["digits_mlp"]
+    _, y = digits
+    model = copy.deepcopy(model)
+    weights = model.network_.get_weights()
+    weights[-1][:] = 2**31 - 1  # the output layer at the int32 limit: a step up passes it
+    model.network_.set_weights(weights)
+    model.network_.head_decay_inv = 0  # (a decay would pull every weight back first)
+    folder = build(model, tmp_path)
+    encode_for_c(model, X[:64], folder / "train.bin", y[:64])
+    result = run(folder, "./train", check=False)
+    assert result.returncode == 1 and "leave int32" in result.stderr
+    assert not (folder / "weights.bin").exists()
+    with pytest.raises(OverflowError):  # Python refuses the same step
+        model.partial_fit(X[:64], y[:64])

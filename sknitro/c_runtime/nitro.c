@@ -403,12 +403,24 @@ static int64_t step_divisor(int64_t lr_inv, int64_t amp)
     return lr_inv > INT64_MAX / amp ? INT64_MAX : lr_inv * amp;
 }
 
+/* Adds max|delta| * max|x| * positions to `bound` (a bound of every |G| of the layer after
+ * this sample); 0 when the sum could leave int64, where G would not be exact. */
+static int grad_bound_add(int64_t *bound, int64_t max_delta, const nitro_stage *st)
+{
+    int64_t per_delta = (int64_t)st->input_bound * (st->kind == NITRO_CONV_BLOCK ? (int64_t)st->in_h * st->in_w : 1);
+    if (max_delta > (INT64_MAX - *bound) / per_delta)
+        return 0;
+    *bound += max_delta * per_delta;
+    return 1;
+}
+
 static int block_learn(const nitro_model *model, nitro_stage *st, int32_t k, int32_t n, uint64_t seed,
                        uint64_t step)
 {
     const nitro_buffers *b = &model->buffers;
     nitro_head *head = &st->head;
     int32_t size = stage_output_size(st);
+    int64_t bound = 0;
     clear(b->grad_head, (int64_t)head->dense.rows * head->dense.cols);
     clear(b->grad_layer, (int64_t)st->layer.rows * st->layer.cols);
     for (int32_t i = 0; i < n; i++) {
@@ -425,8 +437,13 @@ static int block_learn(const nitro_model *model, nitro_stage *st, int32_t k, int
         else
             for (int32_t j = 0; j < size; j++)
                 b->delta[j] = b->head_grad[j];
-        for (int32_t j = 0; j < size; j++) /* the activation's backward; scaling's is the identity */
+        int64_t max_delta = 0;
+        for (int32_t j = 0; j < size; j++) { /* the activation's backward; scaling's is the identity */
             b->delta[j] = b->delta[j] * st->activation->multiplier[s[j] + 128] / st->activation->divisor;
+            max_delta = magnitude64(b->delta[j]) > max_delta ? magnitude64(b->delta[j]) : max_delta;
+        }
+        if (!grad_bound_add(&bound, max_delta, st))
+            return NITRO_OVERFLOW;
         layer_grad(st, b->delta, replay(model, k, i, seed, step), b->grad_layer);
     }
     int rc = sgd_update(&head->dense, b->grad_head, model->lr_inv, model->head_decay_inv);
@@ -483,8 +500,10 @@ int32_t nitro_weight_matrices(nitro_model *model, nitro_matrix **out, int32_t ca
 
 void nitro_training_init(nitro_model *model)
 {
-    nitro_matrix *matrices[1024];
-    int32_t count = nitro_weight_matrices(model, matrices, 1024);
-    for (int32_t i = 0; i < count; i++)
-        copy_to_ram(matrices[i]);
+    copy_to_ram(&model->output.dense);
+    for (int32_t k = 0; k < model->n_stages; k++)
+        if (is_block(&model->stages[k])) {
+            copy_to_ram(&model->stages[k].layer);
+            copy_to_ram(&model->stages[k].head.dense);
+        }
 }

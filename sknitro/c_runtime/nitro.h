@@ -22,7 +22,7 @@
 enum {
     NITRO_OK = 0,
     NITRO_BAD_ARGUMENT = 1, /* a size, label or batch the model's buffers do not hold */
-    NITRO_OVERFLOW = 2      /* an update would move a weight past int32: lower the learning rate */
+    NITRO_OVERFLOW = 2      /* a weight would leave int32, or a gradient int64: lower the learning rate */
 };
 
 /* A weight matrix (rows, cols), row-major. Inference reads `data`, the exported weights in

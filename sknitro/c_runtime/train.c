@@ -96,7 +96,7 @@ int main(int argc, char **argv)
         if (rc == NITRO_BAD_ARGUMENT)
             return fail("a class index past the model's classes, or a batch past its buffers, in ", in_path);
         if (rc == NITRO_OVERFLOW)
-            return fail("a weight would leave int32 (lower the learning rate); stopped on ", in_path);
+            return fail("a weight would leave int32, or a gradient int64 (lower the learning rate); stopped on ", in_path);
     }
     fclose(file);
     FILE *out = fopen(out_path, "wb");
