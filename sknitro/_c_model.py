@@ -254,6 +254,7 @@ class _Sizes:
             "map_b": w.buffer("MAP_B", "int16_t", self.max_map),
             "pre_activation": w.buffer("PRE_ACTIVATION", "int8_t", self.max_block),
             "acc": w.buffer("ACCUMULATOR", "int64_t", self.max_plane),
+            "acc32": w.buffer("ACCUMULATOR32", "int32_t", self.max_plane),
         }
         for name, c_type, size in (("batch_x", "int8_t", batch * self.input_size),
                                    ("batch_labels", "uint8_t", batch),

@@ -89,6 +89,7 @@ typedef struct {
     int16_t *map_a, *map_b; /* max_map values each */
     int8_t *pre_activation; /* a block's s: max block size */
     int64_t *acc;           /* a conv output channel: max h * w */
+    int32_t *acc32;         /* the same, where int32 sums are exact */
     /* training only (NULL in inference builds) */
     int8_t *batch_x;        /* max_batch x input_size */
     uint8_t *batch_labels;  /* max_batch */
