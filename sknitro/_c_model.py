@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
 from .nn.graph import Block, Conv3x3, Dropout, Head, NetworkGraph, Pool
@@ -69,13 +67,13 @@ def _numbers(values: np.ndarray, per_line: int = 24) -> str:
     return ",\n".join("    " + ", ".join(flat[i:i + per_line]) for i in range(0, len(flat), per_line))
 
 
-def smallest_type(weight: np.ndarray) -> tuple[Any, str, int]:
-    """The narrowest of int8, int16, int32 holding every value of ``weight``."""
+def smallest_type(weight: np.ndarray) -> tuple[str, int]:
+    """The narrowest of int8, int16, int32 holding every value of ``weight``: C name, bytes."""
     low, high = (int(weight.min()), int(weight.max())) if weight.size else (0, 0)
     for dtype, c_type, size in _C_TYPES:
         info = np.iinfo(dtype)
         if info.min <= low and high <= info.max:
-            return dtype, c_type, size
+            return c_type, size
     raise ValueError("weights beyond int32")
 
 
@@ -99,7 +97,7 @@ def write_model(graph: NetworkGraph, encoding: InputEncoding, training: Training
 
     def matrix(name: str, weight: np.ndarray) -> str:
         rows, cols = weight.shape[0], int(math.prod(weight.shape[1:]))
-        _, c_type, size = smallest_type(weight)
+        c_type, size = smallest_type(weight)
         data = w.const_array(f"{name}_WEIGHTS", weight, c_type)
         ram = w.buffer(f"{name}_RAM", "int32_t", weight.size, training=True)
         matrices.append(name)
@@ -136,7 +134,7 @@ def write_model(graph: NetworkGraph, encoding: InputEncoding, training: Training
                 activations[key] = f"ACTIVATION{k}"
             kind = "NITRO_CONV_BLOCK" if isinstance(stage.layer, Conv3x3) else "NITRO_DENSE_BLOCK"
             out_shape = _chw(stage.output_shape)
-            s_size = sizes.max_batch_for(training) * math.prod(out_shape)
+            s_size = training.max_batch * math.prod(out_shape)
             batch_s = w.buffer(f"STAGE{index}_BATCH_S", "int8_t", s_size, training=True)
             stages.append(
                 f"    {{.kind = {kind}, {_shape_fields(in_shape, out_shape)}, .input_bound = {bound},\n"
@@ -153,9 +151,6 @@ def write_model(graph: NetworkGraph, encoding: InputEncoding, training: Training
                           f".keep_percent = {stage.keep_percent}, .rescale = {stage.rescale}}}")
             bound = bound * stage.rescale // 1000
     output = head(graph.output, "OUTPUT")
-    # the estimator's order: each block's layer, the output layer, each block's head
-    order = ([m for m in matrices if m.startswith("BLOCK")] + ["OUTPUT"]
-             + [m for m in matrices if m.startswith("HEAD")])
 
     tables = "NULL"
     if encoding.tables is not None:
@@ -210,7 +205,7 @@ nitro_model NITRO_MODEL = {{
 
 #define NITRO_INPUT_SIZE {in_c * in_h * in_w}
 #define NITRO_N_CLASSES {graph.n_classes}
-#define NITRO_N_MATRICES {len(order)}
+#define NITRO_N_MATRICES {len(matrices)}
 
 extern nitro_model NITRO_MODEL;
 
@@ -242,10 +237,6 @@ class _Sizes:
         self.max_head_input = max(h.shape[1] for h in heads)
         self.max_head = max(h.size for h in heads)
         self.max_layer = max([b.layer.weight.size for b in blocks], default=1)
-
-    @staticmethod
-    def max_batch_for(training: TrainingSettings) -> int:
-        return training.max_batch
 
     def buffers(self, w: _Writer, training: TrainingSettings) -> str:
         batch = training.max_batch
