@@ -117,11 +117,13 @@ class IntegerConv2d:
 
 def _pad_and_crop(x: Any, window: tuple[int, int], padding: tuple[int, int], fill: int) -> Any:
     """Pad ``padding`` rows (columns) on both sides of the map, then keep the rows (columns)
-    that whole windows cover: floor mode, as the published network's pooling."""
+    that whole windows cover: floor mode, as the published network's pooling. The padded map
+    keeps the channels-last memory of the conv layers' output (see :func:`_channels_last`)."""
     xp = array_namespace(x)
     (kh, kw), (ph, pw) = window, padding
     if ph or pw:
-        x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+        x = xp.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)),
+                   constant_values=fill).transpose(0, 3, 1, 2)
     return x[:, :, :x.shape[2] // kh * kh, :x.shape[3] // kw * kw]
 
 
@@ -139,8 +141,32 @@ def _window_positions(window: tuple[int, int]):
             yield di * kw + dj, (slice(None), slice(None), slice(di, None, kh), slice(dj, None, kw))
 
 
+def _channels_last(xp: Any, shape: tuple[int, int, int, int], dtype: Any) -> Any:
+    """Zeros of the map shape ``(n, C, H, W)`` laid out in memory as ``(n, H, W, C)``.
+
+    The conv layers' products are rows, one per position (``(n, H, W, C)`` in memory), and
+    their maps are views of those rows; pooling keeps that memory layout in both directions,
+    so that no step of a conv network transposes a whole map.
+    """
+    n, c, h, w = shape
+    return xp.zeros((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+
+
+def _in_channels_last(x: Any) -> Any:
+    """``x`` (a map) with channels-last memory, copied only if it is not laid out so."""
+    if x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        return x
+    out = _channels_last(array_namespace(x), x.shape, x.dtype)
+    out[...] = x
+    return out
+
+
 class _Pool2d:
-    """Pooling with stride = window, ``padding`` rows and columns on both sides, floor mode."""
+    """Pooling with stride = window, ``padding`` rows and columns on both sides, floor mode.
+
+    Results keep their input's memory layout (channels-last for the conv maps)."""
+
+    kind = ""  # "max" or "avg", in the network's graph
 
     def __init__(self, window: tuple[int, int], padding: tuple[int, int] = (0, 0)) -> None:
         self.window = tuple(int(k) for k in window)
@@ -159,8 +185,6 @@ class _Pool2d:
         return (channels, pooled_size(height, self.window[0], self.padding[0]),
                 pooled_size(width, self.window[1], self.padding[1]))
 
-    kind = ""
-
     def describe(self, input_shape: tuple[int, int, int]) -> graph.Pool:
         """This pooling, on maps of ``input_shape``, in the network's graph."""
         return graph.Pool(self.kind, self.window, self.padding, tuple(input_shape), self.output_shape(*input_shape))
@@ -171,7 +195,7 @@ class _Pool2d:
         xp = array_namespace(delta)
         n, c, h, w = input_shape
         (kh, kw), (ph, pw) = self.window, self.padding
-        out = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=delta.dtype)
+        out = _channels_last(xp, (n, c, h + 2 * ph, w + 2 * pw), delta.dtype)
         covered = out[:, :, :delta.shape[2] * kh, :delta.shape[3] * kw]
         for k, index in _window_positions(self.window):
             covered[index] = values_at(k)
@@ -194,7 +218,7 @@ class MaxPool2d(_Pool2d):
         for k, index in _window_positions(self.window):
             values = x[index]
             if best is None:
-                best, argmax = values.copy(), xp.zeros(values.shape, dtype=index_dtype)
+                best, argmax = values.copy(order="K"), xp.zeros_like(values, dtype=index_dtype)
                 continue
             better = (values > best).view(np.uint8)  # strictly: the first maximum wins ties
             xp.maximum(best, values, out=best)
@@ -204,6 +228,7 @@ class MaxPool2d(_Pool2d):
         return best, argmax
 
     def backward(self, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
+        delta = _in_channels_last(delta)  # as argmax (the map's layout): elementwise products stay contiguous
         return self._spread(lambda k: delta * (argmax == k), delta, input_shape)
 
 
@@ -224,7 +249,7 @@ class AvgPool2d(_Pool2d):
         return tdiv(total, self.size).astype(x.dtype), None
 
     def backward(self, delta: Any, _: Any, input_shape: tuple[int, ...]) -> Any:
-        share = tdiv(delta, self.size)
+        share = tdiv(_in_channels_last(delta), self.size)
         return self._spread(lambda k: share, share, input_shape)
 
 
