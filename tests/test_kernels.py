@@ -3,6 +3,7 @@ conv layers, even and odd widths, any number of threads; and the selection rules
 ``config_context(kernels=...)``. (The unit tests of each kernel are in test_fused.py and
 test_pairs.py; the golden traces replay on every implementation in test_reference.py.)"""
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -103,3 +104,42 @@ def test_an_implementation_this_machine_cannot_run_is_refused():
         with pytest.raises(ValueError, match="cannot run here"):
             sknitro.set_config(kernels=name)
     assert sknitro.get_config()["kernels"] == "auto"
+
+
+def _blas_threads():
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("isa", PAIR_ISAS)
+def test_pair_kernel_epochs_keep_blas_on_one_thread(digits, isa):
+    """The pair kernels' OpenMP threads and BLAS's would spin against each other: during a
+    pair-kernel epoch BLAS runs on one thread, and the user's setting comes back after it."""
+    from sknitro.nn.optim import IntegerSGD
+    from sknitro.nn.training import train_epoch
+
+    if not _blas_threads():
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    X, y = digits
+    clf = NitroMLPClassifier(hidden_layer_sizes=(64,), max_iter=1, random_state=0).fit(X[:200], y[:200])
+    encoded = clf.encoder_.transform(X[:256])
+    with threadpool_limits(limits=2, user_api="blas"), sknitro.config_context(kernels=isa):
+        seen = []
+        train_epoch(clf.network_, encoded, y[:256], 32, IntegerSGD(256), 64, np.random.default_rng(0),
+                    on_batch=lambda total: seen.append(_blas_threads()))
+        assert seen and all(threads == [1] * len(threads) for threads in seen)
+        assert _blas_threads() == [2] * len(_blas_threads())
+    with sknitro.config_context(kernels="c"):  # BLAS is the "c" kernels' engine: left alone
+        assert isinstance(kernels.select().thread_pools(), contextlib.nullcontext)
+
+
+def test_blas_limit_is_shared_by_concurrent_epochs():
+    if not _blas_threads():
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    limit = kernels._SingleThreadedBlas()  # one per process, shared by every epoch
+    with threadpool_limits(limits=2, user_api="blas"):
+        limit.__enter__()  # a fit's epoch
+        limit.__enter__()  # another fit's, in another thread, while the first runs
+        limit.__exit__(None, None, None)  # the first ends
+        assert _blas_threads() == [1] * len(_blas_threads())  # the second still runs
+        limit.__exit__(None, None, None)
+        assert _blas_threads() == [2] * len(_blas_threads())

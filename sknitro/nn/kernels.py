@@ -39,6 +39,8 @@ is published, and each call reads the slot once.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -227,6 +229,11 @@ class NumpyKernels:
         """``table[x]`` for uint8 ``x`` and an int8 table of 256 entries."""
         return array_namespace(x).take(table, x)  # take: twice as fast as table[x]
 
+    def thread_pools(self) -> contextlib.AbstractContextManager:
+        """A context for a run of many steps (an epoch) with the thread pools this
+        implementation wants; the reference leaves them as they are."""
+        return contextlib.nullcontext()
+
 
 def _host_int32(array: Any) -> bool:
     return isinstance(array, np.ndarray) and array.dtype == np.int32 and array.flags.c_contiguous
@@ -340,6 +347,13 @@ class PairKernels(CompiledKernels):
     def __init__(self, isa: str) -> None:
         self.name = isa
 
+    def thread_pools(self) -> contextlib.AbstractContextManager:
+        # The products run on the kernels' OpenMP threads; BLAS keeps only small work (a first
+        # conv layer's narrow products) and stays on one thread: two pools whose idle threads
+        # spin on the same cores made a 2-thread compact-CNN epoch 1.4x slower than 1 thread
+        # (benchmarks/bench_kernels.py).
+        return _SINGLE_THREADED_BLAS
+
     def scaled_forward(self, layer: Any, x: Any, scale: int, table: Any = None) -> Any:
         # When max_i sum_k |x[i, k]| * max|W| (of the pair form: at most 2**15) is below 2**31
         # one int32 sum covers a whole row; otherwise the kernel adds up chunks that fit in
@@ -385,6 +399,35 @@ class PairKernels(CompiledKernels):
         # past the units' range the copy is not valid
         layer.kernel_cache = LayerCopies(units=units if layer.weight_bound < UNITS_LIMIT else None)
         return True
+
+
+class _SingleThreadedBlas:
+    """BLAS limited to one thread while any epoch that asked for it runs: the first to enter
+    sets the limit, the last to leave restores the user's (fits in several threads at once
+    share one limit instead of restoring each other's)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limits: Any = None
+
+    def __enter__(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        with self._lock:
+            if self._users == 0:
+                self._limits = threadpool_limits(limits=1, user_api="blas")
+            self._users += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._limits.restore_original_limits()
+                self._limits = None
+
+
+_SINGLE_THREADED_BLAS = _SingleThreadedBlas()
 
 
 def _pair_input(x: Any) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_namespace, to_namespace
+from . import kernels
 from .network import IntegerNetwork, StepStats
 from .optim import IntegerSGD
 
@@ -36,16 +37,17 @@ def train_epoch(network: IntegerNetwork, X: np.ndarray, labels: np.ndarray, targ
     targets = one_hot(labels, network.n_classes, target_value)
     total = StepStats()
     try:
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            batch = to_namespace(X[idx], xp)
-            if augment is not None:
-                batch = augment(batch, rng)
-            stats = network.train_step(batch, to_namespace(targets[idx], xp),
-                                       to_namespace(labels[idx], xp), sgd, rng)
-            total.add(stats)
-            if on_batch is not None:
-                on_batch(total)
+        with kernels.select().thread_pools():
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                batch = to_namespace(X[idx], xp)
+                if augment is not None:
+                    batch = augment(batch, rng)
+                stats = network.train_step(batch, to_namespace(targets[idx], xp),
+                                           to_namespace(labels[idx], xp), sgd, rng)
+                total.add(stats)
+                if on_batch is not None:
+                    on_batch(total)
     finally:
         network.drop_weight_copies()
     return total
