@@ -164,6 +164,10 @@ def models(digits):
                                                             shuffle=False, dropout=0.1),
                                          Xf[:1000].astype(np.int64) * 1000 - 7, y[:1000]),
                              Xf.astype(np.int64) * 1000 - 7),
+        # two classes with string labels, no hidden layer (the output layer reads the input)
+        "binary_strings": (quietly_fit(NitroMLPClassifier(hidden_layer_sizes=(), max_iter=3, random_state=0,
+                                                          shuffle=False),
+                                       X[:1000], np.where(y[:1000] % 2 == 0, "even", "odd")), X),
         "compact_cnn": (quietly_fit(NitroCNNClassifier(architecture="compact", max_iter=1, random_state=0,
                                                        shuffle=False, batch_size=16), X[:600], y[:600]), X),
         # three channels, a dense block after the convolutions (trained twice per step), average
@@ -182,7 +186,8 @@ def fitted(digits):
 
 
 @needs_host
-@pytest.mark.parametrize("name", ["digits_mlp", "float_features", "integer_features", "compact_cnn", "rgb_cnn"])
+@pytest.mark.parametrize("name", ["digits_mlp", "float_features", "integer_features", "binary_strings",
+                                  "compact_cnn", "rgb_cnn"])
 def test_host_program_predicts_the_estimators_classes_and_scores(name, fitted, tmp_path):
     model, X = fitted[name]
     folder = build(model, tmp_path)
