@@ -18,6 +18,9 @@ from .nn.graph import Block, Conv3x3, Dropout, Head, NetworkGraph, Pool
 INT64_MAX = 2**63 - 1
 ACTIVATION_BOUND = 127  # every encoded input and activation lies in [-127, 127]
 MAX_CLASSES = 256  # train.bin stores class indices as uint8
+# The runtime sums a layer's products in int64: exact for any int32 weights while
+# fan_in * max|input| * (2**31 - 1) < 2**63, max|input| at most 127 * 20 (dropout's rescale).
+MAX_FAN_IN = (2**63 - 1) // (127 * 20 * (2**31 - 1))
 _C_TYPES = ((np.int8, "int8_t", 1), (np.int16, "int16_t", 2), (np.int32, "int32_t", 4))
 _POOL_KINDS = {"max": "NITRO_POOL_MAX", "avg": "NITRO_POOL_AVG"}
 
@@ -82,9 +85,15 @@ def check_exportable(graph: NetworkGraph) -> None:
     if graph.n_classes > MAX_CLASSES:
         raise ValueError(f"the C export handles up to {MAX_CLASSES} classes (train.bin stores uint8 class "
                          f"indices); this model has {graph.n_classes}")
+    fan_ins = [graph.output.dense.weight.shape[1]]
     for stage in graph.path:
         if isinstance(stage, Block) and isinstance(stage.layer, Conv3x3) and stage.layer.padding != 1:
             raise ValueError(f"the C runtime runs 3x3 convolutions with padding 1, not {stage.layer.padding}")
+        if isinstance(stage, Block):
+            fan_ins += [math.prod(stage.layer.weight.shape[1:]), stage.head.dense.weight.shape[1]]
+    if max(fan_ins) > MAX_FAN_IN:
+        raise ValueError(f"a layer reads {max(fan_ins)} values; the C runtime's int64 sums are exact up to "
+                         f"{MAX_FAN_IN}")
 
 
 def write_model(graph: NetworkGraph, encoding: InputEncoding, training: TrainingSettings,

@@ -408,3 +408,18 @@ def test_training_stops_where_a_weight_would_leave_int32(fitted, digits, tmp_pat
     assert not (folder / "weights.bin").exists()
     with pytest.raises(OverflowError):  # Python refuses the same step
         model.partial_fit(X[:64], y[:64])
+
+
+def test_networks_the_runtime_cannot_run_exactly_are_refused():
+    from sknitro._c_model import MAX_CLASSES, MAX_FAN_IN, check_exportable
+    from sknitro.nn.graph import Dense, Head, NetworkGraph
+
+    def graph(classes, features):
+        output = Head(None, Dense(np.zeros((classes, features), dtype=np.int32)), 256 * features)
+        return NetworkGraph((features,), (), output, 640, 0, 0)
+
+    check_exportable(graph(MAX_CLASSES, 8))
+    with pytest.raises(ValueError, match="up to 256 classes"):
+        check_exportable(graph(MAX_CLASSES + 1, 8))
+    with pytest.raises(ValueError, match="int64 sums are exact"):
+        check_exportable(graph(2, MAX_FAN_IN + 1))

@@ -35,6 +35,13 @@ static int32_t weight_at(const nitro_matrix *m, int64_t i)
     }
 }
 
+/* Whether terms products of |x| <= x_bound and |w| <= w_bound sum exactly in int32 (x_bound
+ * and terms below 2**31: their product fits int64). */
+static int sum_fits_int32(int64_t x_bound, int64_t w_bound, int64_t terms)
+{
+    return x_bound == 0 || terms == 0 || w_bound <= INT32_LIMIT / (x_bound * terms);
+}
+
 /* Row `row` of m times x (m->cols values); an int32 sum where |x| <= x_bound proves it exact. */
 #define DOT(WEIGHT, SUM)                                                                    \
     do {                                                                                    \
@@ -49,7 +56,7 @@ static int64_t dot_row(const nitro_matrix *m, int32_t row, const int16_t *x, int
 {
     const void *base = m->ram != NULL ? (const void *)m->ram : m->data;
     int bytes = m->ram != NULL ? 4 : m->bytes;
-    if ((int64_t)x_bound * m->bound * m->cols <= INT32_LIMIT) {
+    if (sum_fits_int32(x_bound, m->bound, m->cols)) {
         if (bytes == 1)
             DOT(int8_t, int32_t);
         if (bytes == 2)
@@ -102,7 +109,7 @@ static void dense_forward(const nitro_matrix *m, int64_t scale, const int16_t *x
 static void conv_forward(const nitro_stage *st, const int16_t *x, int8_t *s, int64_t *acc64, int32_t *acc32)
 {
     const int32_t channels = st->in_c, h = st->in_h, w = st->in_w, plane = h * w;
-    int narrow = (int64_t)st->input_bound * st->layer.bound * channels * 9 <= INT32_LIMIT;
+    int narrow = sum_fits_int32(st->input_bound, st->layer.bound, (int64_t)channels * 9);
     for (int32_t f = 0; f < st->out_c; f++) {
         if (narrow)
             CONV_CHANNEL(int32_t, acc32);
