@@ -167,6 +167,11 @@ static void pool_forward(const nitro_pool *p, const int16_t *x, int16_t *out)
 
 /* ---- one sample through the path ---------------------------------------------------------- */
 
+static int is_block(const nitro_stage *st)
+{
+    return st->kind == NITRO_DENSE_BLOCK || st->kind == NITRO_CONV_BLOCK;
+}
+
 static int32_t stage_output_size(const nitro_stage *st)
 {
     return st->out_c * st->out_h * st->out_w;
@@ -241,7 +246,7 @@ int32_t nitro_predict(const nitro_model *model, const int8_t *x, int8_t *scores)
     widen(x, map, model->input_size);
     for (int32_t k = 0; k < model->n_stages; k++) {
         const nitro_stage *st = &model->stages[k];
-        if (st->kind == NITRO_DENSE_BLOCK || st->kind == NITRO_CONV_BLOCK) {
+        if (is_block(st)) {
             block_forward(model, st, map, b->pre_activation);
             activate(st, b->pre_activation, other);
         } else if (st->kind == NITRO_FEATURE_POOL) {
@@ -263,11 +268,6 @@ int32_t nitro_batch_size(const nitro_model *model, int64_t n)
         return model->batch_size;
     int64_t size = n / 10 > model->auto_batch_min ? n / 10 : model->auto_batch_min;
     return (int32_t)(size < model->auto_batch_max ? size : model->auto_batch_max);
-}
-
-static int is_block(const nitro_stage *st)
-{
-    return st->kind == NITRO_DENSE_BLOCK || st->kind == NITRO_CONV_BLOCK;
 }
 
 /* The input of stage `k` (k == n_stages: of the output layer) for sample `n` of the batch,

@@ -11,6 +11,9 @@
  * NITRO scaling s = clip(z / scale, -127, 127), and an activation table[s + 128]; its head
  * pools (conv blocks), scores, and learns from e = yhat - target; the block learns from the
  * head's e @ W through the pooling's and the activation's backward (algorithm.md sections 3-5).
+ *
+ * The functions work in the model's own buffers: one call at a time per model (on a
+ * microcontroller's single thread, as anywhere else; a second thread needs a second model).
  */
 #ifndef NITRO_H
 #define NITRO_H
