@@ -323,7 +323,8 @@ def export_c(estimator: BaseNitroClassifier, folder: str | PathLike) -> Path:
     sklearn.exceptions.NotFittedError
         If it is not fitted.
     ValueError
-        If the network is one the C runtime does not run (more than 256 classes).
+        If the network is one the C runtime does not run exactly: more than 256 classes, or
+        a layer reading more than 1.69 million values (its int64 sums could wrap).
     FileExistsError
         If ``folder`` exists and is not a directory.
     """
