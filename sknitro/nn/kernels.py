@@ -404,19 +404,24 @@ class PairKernels(CompiledKernels):
 class _SingleThreadedBlas:
     """BLAS limited to one thread while any epoch that asked for it runs: the first to enter
     sets the limit, the last to leave restores the user's (fits in several threads at once
-    share one limit instead of restoring each other's)."""
+    share one limit instead of restoring each other's). The libraries are found once, at the
+    first epoch (NumPy's BLAS, which the kernels call, is loaded by then): finding them takes
+    milliseconds, as long as a small table's whole epoch."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
+        self._controller: Any = None
         self._limits: Any = None
 
     def __enter__(self) -> None:
-        from threadpoolctl import threadpool_limits
-
         with self._lock:
             if self._users == 0:
-                self._limits = threadpool_limits(limits=1, user_api="blas")
+                if self._controller is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    self._controller = ThreadpoolController()
+                self._limits = self._controller.limit(limits=1, user_api="blas")
             self._users += 1
 
     def __exit__(self, *exc: Any) -> None:
