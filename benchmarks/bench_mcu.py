@@ -145,8 +145,8 @@ def run(args: argparse.Namespace) -> None:
 `python benchmarks/bench_mcu.py --predictions {args.predictions}` · {machine_line(machine)}
 
 Flash: text + data. RAM: static data and buffers (data + bss), besides the 64 KiB stack the
-build reserves. Training RAM holds the int32 weights, one batch's pre-activations and the
-int64 gradient sums of a layer. Instructions: QEMU `-icount shift=0` and SysTick (the
+build reserves. Training RAM holds the int32 weights, one batch's pre-activations, and the
+int64 gradient sums of a conv layer or a dense layer's deltas and inputs for the batch. Instructions: QEMU `-icount shift=0` and SysTick (the
 exported `mcu.c`); a Cortex-M3 runs about one instruction per cycle.
 
 {table}

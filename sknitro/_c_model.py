@@ -245,7 +245,14 @@ class _Sizes:
         heads = [b.head.dense.weight for b in blocks] + [graph.output.dense.weight]
         self.max_head_input = max(h.shape[1] for h in heads)
         self.max_head = max(h.size for h in heads)
-        self.max_layer = max([b.layer.weight.size for b in blocks], default=1)
+        conv = [b for b in blocks if isinstance(b.layer, Conv3x3)]
+        dense = [b for b in blocks if not isinstance(b.layer, Conv3x3)]
+        # a conv layer's G is summed whole; a dense layer's one row at a time, from the batch's
+        # deltas and inputs (its G would be the largest buffer of a dense network)
+        self.max_layer = max([b.layer.weight.size for b in conv] + [b.layer.weight.shape[1] for b in dense],
+                             default=1)
+        self.max_dense_width = max([b.layer.weight.shape[0] for b in dense], default=1)
+        self.max_dense_input = max([b.layer.weight.shape[1] for b in dense], default=1)
 
     def buffers(self, w: _Writer, training: TrainingSettings) -> str:
         batch = training.max_batch
@@ -263,6 +270,8 @@ class _Sizes:
                                    ("head_grad", "int64_t", self.max_head_input),
                                    ("delta", "int64_t", self.max_block),
                                    ("grad_head", "int64_t", self.max_head),
-                                   ("grad_layer", "int64_t", self.max_layer)):
+                                   ("grad_layer", "int64_t", self.max_layer),
+                                   ("batch_delta", "int64_t", batch * self.max_dense_width),
+                                   ("batch_input", "int16_t", batch * self.max_dense_input)):
             fields[name] = f"TRAINING({w.buffer(name.upper(), c_type, size, training=True)})"
         return "{" + ", ".join(f".{k} = {v}" for k, v in fields.items()) + "}"

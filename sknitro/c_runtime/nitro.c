@@ -358,19 +358,9 @@ static void pool_backward(const nitro_pool *p, const int64_t *grad, const int16_
     }
 }
 
-/* G += the weight gradient of one sample: delta (the layer's output gradient) and x its input. */
-static void layer_grad(const nitro_stage *st, const int64_t *delta, const int16_t *x, int64_t *grad)
+/* G += a conv layer's weight gradient for one sample: delta (F, H, W) and x its input (C, H, W). */
+static void conv_grad(const nitro_stage *st, const int64_t *delta, const int16_t *x, int64_t *grad)
 {
-    if (st->kind == NITRO_DENSE_BLOCK) {
-        for (int32_t j = 0; j < st->layer.rows; j++) {
-            if (delta[j] == 0)
-                continue;
-            int64_t *g = grad + (int64_t)j * st->layer.cols;
-            for (int32_t k = 0; k < st->layer.cols; k++)
-                g[k] += delta[j] * x[k];
-        }
-        return;
-    }
     const int32_t h = st->in_h, w = st->in_w, plane = h * w;
     for (int32_t f = 0; f < st->out_c; f++)
         for (int32_t c = 0; c < st->in_c; c++)
@@ -390,26 +380,6 @@ static void layer_grad(const nitro_stage *st, const int64_t *delta, const int16_
                 }
 }
 
-/* IntegerSGD: w -= tdiv(G, divisor) + tdiv(w, decay_inv) (no decay when decay_inv is 0). The
- * matrix is left unchanged when a weight would leave int32. */
-static int sgd_update(nitro_matrix *m, const int64_t *grad, int64_t divisor, int64_t decay_inv)
-{
-    int64_t size = (int64_t)m->rows * m->cols, bound = 0;
-    for (int pass = 0; pass < 2; pass++)
-        for (int64_t i = 0; i < size; i++) {
-            int64_t w = m->ram[i];
-            int64_t updated = w - grad[i] / divisor - (decay_inv > 0 ? w / decay_inv : 0);
-            if (pass == 0 && magnitude64(updated) > INT32_LIMIT)
-                return NITRO_OVERFLOW;
-            if (pass == 1) {
-                m->ram[i] = (int32_t)updated;
-                bound = magnitude64(updated) > bound ? magnitude64(updated) : bound;
-            }
-        }
-    m->bound = (int32_t)bound;
-    return NITRO_OK;
-}
-
 static void clear(int64_t *a, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
@@ -421,6 +391,62 @@ static int64_t step_divisor(int64_t lr_inv, int64_t amp)
 {
     return lr_inv > INT64_MAX / amp ? INT64_MAX : lr_inv * amp;
 }
+
+/* IntegerSGD on `count` values of a matrix from `first` on: w -= tdiv(G, divisor) +
+ * tdiv(w, decay_inv) (no decay when decay_inv is 0); raises *bound to max |w|. They are left
+ * unchanged when one would leave int32. */
+static int sgd_values(nitro_matrix *m, int64_t first, int64_t count, const int64_t *grad, int64_t divisor,
+                      int64_t decay_inv, int64_t *bound)
+{
+    int32_t *w = m->ram + first;
+    for (int pass = 0; pass < 2; pass++)
+        for (int64_t i = 0; i < count; i++) {
+            int64_t updated = w[i] - grad[i] / divisor - (decay_inv > 0 ? w[i] / decay_inv : 0);
+            if (pass == 0 && magnitude64(updated) > INT32_LIMIT)
+                return NITRO_OVERFLOW;
+            if (pass == 1) {
+                w[i] = (int32_t)updated;
+                *bound = magnitude64(updated) > *bound ? magnitude64(updated) : *bound;
+            }
+        }
+    return NITRO_OK;
+}
+
+/* IntegerSGD on a whole matrix from its G (unchanged when a weight would leave int32). */
+static int sgd_update(nitro_matrix *m, const int64_t *grad, int64_t divisor, int64_t decay_inv)
+{
+    int64_t bound = 0;
+    int rc = sgd_values(m, 0, (int64_t)m->rows * m->cols, grad, divisor, decay_inv, &bound);
+    if (rc == NITRO_OK)
+        m->bound = (int32_t)bound;
+    return rc;
+}
+
+/* IntegerSGD on a dense block's layer from the batch's deltas (n x rows) and inputs
+ * (n x cols), one row of G at a time: no G of the whole matrix is ever stored. A row that
+ * would leave int32 stops the update there (the rows before it are updated). */
+static int dense_update(const nitro_model *model, nitro_stage *st, int32_t n)
+{
+    const nitro_buffers *b = &model->buffers;
+    nitro_matrix *m = &st->layer;
+    int64_t bound = 0, divisor = step_divisor(model->lr_inv, model->lr_amp);
+    for (int32_t j = 0; j < m->rows; j++) {
+        int64_t *g = b->grad_layer;
+        clear(g, m->cols);
+        for (int32_t i = 0; i < n; i++) {
+            int64_t d = b->batch_delta[(int64_t)i * m->rows + j];
+            const int16_t *x = b->batch_input + (int64_t)i * m->cols;
+            for (int32_t k = 0; d != 0 && k < m->cols; k++)
+                g[k] += d * x[k];
+        }
+        int rc = sgd_values(m, (int64_t)j * m->cols, m->cols, g, divisor, model->fwd_decay_inv, &bound);
+        if (rc != NITRO_OK)
+            return rc;
+    }
+    m->bound = (int32_t)bound;
+    return NITRO_OK;
+}
+
 
 /* Adds max|delta| * max|x| * positions to `bound` (a bound of every |G| of the layer after
  * this sample); 0 when the sum could leave int64, where G would not be exact. */
@@ -441,7 +467,8 @@ static int block_learn(const nitro_model *model, nitro_stage *st, int32_t k, int
     int32_t size = stage_output_size(st);
     int64_t bound = 0;
     clear(b->grad_head, (int64_t)head->dense.rows * head->dense.cols);
-    clear(b->grad_layer, (int64_t)st->layer.rows * st->layer.cols);
+    if (st->kind == NITRO_CONV_BLOCK)
+        clear(b->grad_layer, (int64_t)st->layer.rows * st->layer.cols);
     for (int32_t i = 0; i < n; i++) {
         const int8_t *s = st->batch_s + (int64_t)i * size;
         activate(st, s, b->block_out);
@@ -463,11 +490,21 @@ static int block_learn(const nitro_model *model, nitro_stage *st, int32_t k, int
         }
         if (!grad_bound_add(&bound, max_delta, st))
             return NITRO_OVERFLOW;
-        layer_grad(st, b->delta, replay(model, k, i, seed, step), b->grad_layer);
+        const int16_t *x = replay(model, k, i, seed, step);
+        if (st->kind == NITRO_CONV_BLOCK) {
+            conv_grad(st, b->delta, x, b->grad_layer);
+        } else { /* kept for dense_update: a dense layer's G is never stored whole */
+            for (int32_t j = 0; j < size; j++)
+                b->batch_delta[(int64_t)i * size + j] = b->delta[j];
+            for (int32_t j = 0; j < st->layer.cols; j++)
+                b->batch_input[(int64_t)i * st->layer.cols + j] = x[j];
+        }
     }
     int rc = sgd_update(&head->dense, b->grad_head, model->lr_inv, model->head_decay_inv);
-    if (rc == NITRO_OK)
+    if (rc == NITRO_OK && st->kind == NITRO_CONV_BLOCK)
         rc = sgd_update(&st->layer, b->grad_layer, step_divisor(model->lr_inv, model->lr_amp), model->fwd_decay_inv);
+    else if (rc == NITRO_OK)
+        rc = dense_update(model, st, n);
     return rc;
 }
 

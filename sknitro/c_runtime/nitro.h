@@ -101,7 +101,9 @@ typedef struct {
     int64_t *head_grad;     /* e @ W of a head: max head input */
     int64_t *delta;         /* the gradient at a block's output: max block size */
     int64_t *grad_head;     /* G of a head or of the output layer: n_classes x max head input */
-    int64_t *grad_layer;    /* G of a block's layer: max layer size */
+    int64_t *grad_layer;    /* G of a conv layer (max conv layer size), or one row of a dense one's */
+    int64_t *batch_delta;   /* a dense block's deltas for the batch: max_batch x max dense width */
+    int16_t *batch_input;   /* its inputs for the batch: max_batch x max dense input */
 } nitro_buffers;
 
 typedef struct {
@@ -138,8 +140,8 @@ int32_t nitro_batch_size(const nitro_model *model, int64_t n);
 
 /* One training step on the batch held in buffers.batch_x / batch_labels (n samples):
  * forward, then the output layer and every block learn (dropout masks from `seed` and
- * `step`). Returns NITRO_OK, NITRO_BAD_ARGUMENT or NITRO_OVERFLOW (weights then unchanged
- * from the layer that would overflow on). */
+ * `step`). Returns NITRO_OK, NITRO_BAD_ARGUMENT or NITRO_OVERFLOW (the step stopped part-way:
+ * some layers are updated and others not; reload the weights). */
 int nitro_train_step(nitro_model *model, int32_t n, uint64_t seed, uint64_t step);
 
 /* Every trainable matrix, in the estimator's order: each block's layer (weights_), the
