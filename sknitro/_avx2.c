@@ -247,11 +247,19 @@ AVX2_TARGET static int64_t update_tile(const int32_t *g, int32_t *w, int32_t *w_
     return (int64_t)top;
 }
 
+/* input_unit of each value, 8 lanes at a time (load_x), zero past `width`. */
+AVX2_TARGET static void pack_units(const int8_t *values, int32_t *packed, ptrdiff_t width, ptrdiff_t columns)
+{
+    for (ptrdiff_t c = 0; c < columns; c += 8)
+        _mm256_storeu_si256((__m256i *)(packed + c),
+                            c < width ? load_x(values, c, 0, width - c) : _mm256_setzero_si256());
+}
+
 AVX2_TARGET static int64_t avx2_sgd_update(const int32_t *delta, const int8_t *x, int32_t *w,
                                            int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
                                            ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
 {
-    return pairs_run_sgd_update(gradient_tile, update_tile, UPDATE_COLUMNS, delta, x, w, w_units, w_pairs, outliers,
+    return pairs_run_sgd_update(gradient_tile, update_tile, pack_units, UPDATE_COLUMNS, delta, x, w, w_units, w_pairs, outliers,
                             n, batch, k, lr, decays, decay);
 }
 

@@ -112,7 +112,8 @@ int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int8_t *x,
     return 0;
 }
 
-int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, ptrdiff_t columns, const int32_t *delta,
+int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pack_units_t pack, ptrdiff_t columns,
+                             const int32_t *delta,
                          const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
                          outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays,
                          divisor_t decay)
@@ -144,13 +145,8 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, ptr
             memset(g, 0, (size_t)((n + 3) * columns) * sizeof(int32_t));
             for (ptrdiff_t first = 0; first < batch; first += GRADIENT_ROW_BLOCK) {
                 ptrdiff_t last = first + GRADIENT_ROW_BLOCK < batch ? first + GRADIENT_ROW_BLOCK : batch;
-                for (ptrdiff_t row = first; row < last; row++) {
-                    int32_t *packed = x_tile + (row - first) * columns;
-                    const int8_t *values = x + row * k + k0;
-                    for (ptrdiff_t c = 0; c < width; c++)
-                        packed[c] = input_unit(values[c]);
-                    memset(packed + width, 0, (size_t)(columns - width) * sizeof(int32_t));
-                }
+                for (ptrdiff_t row = first; row < last; row++)
+                    pack(x + row * k + k0, x_tile + (row - first) * columns, width, columns);
                 gradient(delta_units, x_tile, g, n, batch, first, last);
             }
             int64_t tile_largest = update(g, w, w_units, w_pairs, outliers, n, k, k0, lr, decays, decay);

@@ -110,8 +110,13 @@ int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int8_t *x,
                       int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, int pairs,
                       const outliers_t *outliers);
 
+/* Packs the first `width` int8 values of a row of x as input units into `packed`, zero up to
+ * `columns` (the x_tile rows of gradient_tile_t). */
+typedef void (*pack_units_t)(const int8_t *values, int32_t *packed, ptrdiff_t width, ptrdiff_t columns);
+
 /* The update of `pair_kernels_t` from an ISA's tiles of `columns` columns. */
-int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, ptrdiff_t columns, const int32_t *delta,
+int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pack_units_t pack, ptrdiff_t columns,
+                             const int32_t *delta,
                          const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
                          outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays,
                          divisor_t decay);

@@ -260,11 +260,18 @@ VNNI_TARGET static int64_t update_tile(const int32_t *g, int32_t *w, int32_t *w_
     return (int64_t)(uint32_t)_mm512_reduce_max_epu32(largest);
 }
 
+/* input_unit of each value, 16 lanes at a time (load_x), zero past `width`. */
+VNNI_TARGET static void pack_units(const int8_t *values, int32_t *packed, ptrdiff_t width, ptrdiff_t columns)
+{
+    for (ptrdiff_t c = 0; c < columns; c += 16)
+        _mm512_storeu_si512(packed + c, c < width ? load_x(values, c, 0, width - c) : _mm512_setzero_si512());
+}
+
 VNNI_TARGET static int64_t vnni_sgd_update(const int32_t *delta, const int8_t *x, int32_t *w,
                                            int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
                                            ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
 {
-    return pairs_run_sgd_update(gradient_tile, update_tile, UPDATE_COLUMNS, delta, x, w, w_units, w_pairs, outliers,
+    return pairs_run_sgd_update(gradient_tile, update_tile, pack_units, UPDATE_COLUMNS, delta, x, w, w_units, w_pairs, outliers,
                             n, batch, k, lr, decays, decay);
 }
 
