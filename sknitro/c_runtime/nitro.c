@@ -42,7 +42,8 @@ static int sum_fits_int32(int64_t x_bound, int64_t w_bound, int64_t terms)
     return x_bound == 0 || terms == 0 || w_bound <= INT32_LIMIT / (x_bound * terms);
 }
 
-/* Row `row` of m times x (m->cols values); an int32 sum where |x| <= x_bound proves it exact. */
+/* Row `row` of m times x (m->cols values), in int32 when `narrow` (sum_fits_int32 proved it
+ * exact for every row: the caller tests once per matrix). */
 #define DOT(WEIGHT, SUM)                                                                    \
     do {                                                                                    \
         const WEIGHT *w = (const WEIGHT *)base + (ptrdiff_t)row * m->cols;                  \
@@ -52,11 +53,11 @@ static int sum_fits_int32(int64_t x_bound, int64_t w_bound, int64_t terms)
         return sum;                                                                         \
     } while (0)
 
-static int64_t dot_row(const nitro_matrix *m, int32_t row, const int16_t *x, int32_t x_bound)
+static int64_t dot_row(const nitro_matrix *m, int32_t row, const int16_t *x, int narrow)
 {
     const void *base = m->ram != NULL ? (const void *)m->ram : m->data;
     int bytes = m->ram != NULL ? 4 : m->bytes;
-    if (sum_fits_int32(x_bound, m->bound, m->cols)) {
+    if (narrow) {
         if (bytes == 1)
             DOT(int8_t, int32_t);
         if (bytes == 2)
@@ -74,8 +75,9 @@ static int64_t dot_row(const nitro_matrix *m, int32_t row, const int16_t *x, int
 
 static void dense_forward(const nitro_matrix *m, int64_t scale, const int16_t *x, int32_t x_bound, int8_t *s)
 {
+    int narrow = sum_fits_int32(x_bound, m->bound, m->cols);
     for (int32_t j = 0; j < m->rows; j++)
-        s[j] = nitro_scale(dot_row(m, j, x, x_bound), scale);
+        s[j] = nitro_scale(dot_row(m, j, x, narrow), scale);
 }
 
 /* One output channel f of a 3x3 convolution (stride 1, zero padding 1) summed into acc[h * w],
@@ -315,8 +317,9 @@ static void head_sample(const nitro_model *model, const nitro_head *head, const 
 {
     const nitro_matrix *m = &head->dense;
     int16_t error[256];
+    int narrow = sum_fits_int32(x_bound, m->bound, m->cols);
     for (int32_t c = 0; c < m->rows; c++) {
-        int32_t yhat = nitro_scale(dot_row(m, c, x, x_bound), head->scale);
+        int32_t yhat = nitro_scale(dot_row(m, c, x, narrow), head->scale);
         error[c] = (int16_t)(yhat - (c == label ? model->target_value : 0));
         int64_t *g = grad + (int64_t)c * m->cols;
         for (int32_t k = 0; k < m->cols; k++)
