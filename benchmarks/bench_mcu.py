@@ -28,11 +28,10 @@ import copy
 import subprocess
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-from _common import machine_info, machine_line, md_table, write_json, write_text
+from _common import fit_quietly, machine_info, machine_line, md_table, write_json, write_text
 from sklearn.datasets import load_digits
 
 from sknitro import NitroCNNClassifier, NitroMLPClassifier
@@ -43,9 +42,8 @@ STACK_BYTES = 0x10000  # mcu.c's reservation, part of the bss that arm-none-eabi
 
 
 def fit(model, X, y):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model.fit(X, y)
+    fit_quietly(model, X, y)
+    return model
 
 
 def make(folder: Path, *targets: str) -> str:
@@ -146,8 +144,9 @@ def run(args: argparse.Namespace) -> None:
 
 Flash: text + data. RAM: static data and buffers (data + bss), besides the 64 KiB stack the
 build reserves. Training RAM holds the int32 weights, one batch's pre-activations, and the
-int64 gradient sums of a conv layer or a dense layer's deltas and inputs for the batch. Instructions: QEMU `-icount shift=0` and SysTick (the
-exported `mcu.c`); a Cortex-M3 runs about one instruction per cycle.
+int64 gradient sums of a conv layer or a dense layer's deltas and inputs for the batch.
+Instructions: QEMU `-icount shift=0` and SysTick (the exported `mcu.c`); a Cortex-M3 runs
+about one instruction per cycle.
 
 {table}
 

@@ -279,11 +279,14 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
                     f"got 1 class: {self.classes_[0]!r}"
                 )
             self.encoder_ = self._make_encoder().fit(X)
+        return self.encoder_.transform(X), self._class_indices(y)
+
+    def _class_indices(self, y: np.ndarray) -> np.ndarray:
+        """Each label's index into ``classes_`` (int64); ValueError for a label not in it."""
         unseen = np.setdiff1d(unique_labels(y), self.classes_)
         if unseen.size:
             raise ValueError(f"y contains labels not in classes_: {unseen.tolist()!r}")
-        y_idx = np.searchsorted(self.classes_, y).astype(np.int64)
-        return self.encoder_.transform(X), y_idx
+        return np.searchsorted(self.classes_, y).astype(np.int64)
 
     def _initialise(self, X: np.ndarray) -> None:
         random_state = check_random_state(self.random_state)

@@ -113,10 +113,9 @@ int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int8_t *x,
 }
 
 int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pack_units_t pack, ptrdiff_t columns,
-                             const int32_t *delta,
-                         const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
-                         outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays,
-                         divisor_t decay)
+                             const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
+                             outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr,
+                             int decays, divisor_t decay)
 {
     /* delta^T as split units: row j holds column j of delta, the broadcast operand */
     int32_t *delta_units = malloc((size_t)(n * batch) * sizeof(int32_t) + 1);

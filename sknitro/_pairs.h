@@ -116,10 +116,9 @@ typedef void (*pack_units_t)(const int8_t *values, int32_t *packed, ptrdiff_t wi
 
 /* The update of `pair_kernels_t` from an ISA's tiles of `columns` columns. */
 int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pack_units_t pack, ptrdiff_t columns,
-                             const int32_t *delta,
-                         const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
-                         outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays,
-                         divisor_t decay);
+                             const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
+                             outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr,
+                             int decays, divisor_t decay);
 
 /* ---- one ISA's kernels (_avx2.c, _vnni.c) -------------------------------------------- */
 

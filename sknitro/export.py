@@ -96,19 +96,26 @@ def export_integer_model(estimator: BaseNitroClassifier, path: str | PathLike) -
     FileExistsError
         If ``path`` exists and is not a directory.
     """
-    if not isinstance(estimator, BaseNitroClassifier):
-        raise TypeError(f"export_integer_model expects a fitted NitroMLPClassifier or NitroCNNClassifier, "
-                        f"got {type(estimator).__name__}")
-    check_is_fitted(estimator)
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{str(path)!r} exists and is not a directory; export_integer_model "
-                              "writes a directory (model.json, weights.npz, nitro_reader.py)")
+    path = _export_folder(estimator, path, "export_integer_model",
+                          "writes a directory (model.json, weights.npz, nitro_reader.py)")
     model, arrays = describe_model(estimator)  # everything checked before anything is written
     path.mkdir(parents=True, exist_ok=True)
     np.savez(path / "weights.npz", **arrays)
     (path / "model.json").write_text(_dump_json(model), encoding="utf-8")
     shutil.copyfile(READER_SOURCE, path / "nitro_reader.py")
+    return path
+
+
+def _export_folder(estimator: Any, path: str | PathLike, function: str, writes: str) -> Path:
+    """``path`` as a Path, once ``estimator`` is a fitted sknitro classifier and ``path`` is
+    not a file (TypeError, NotFittedError, FileExistsError naming ``function`` otherwise)."""
+    if not isinstance(estimator, BaseNitroClassifier):
+        raise TypeError(f"{function} expects a fitted NitroMLPClassifier or NitroCNNClassifier, "
+                        f"got {type(estimator).__name__}")
+    check_is_fitted(estimator)
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{str(path)!r} exists and is not a directory; {function} {writes}")
     return path
 
 
@@ -333,13 +340,7 @@ def export_c(estimator: BaseNitroClassifier, folder: str | PathLike) -> Path:
     from ._base import AUTO_BATCH_MIN, AUTO_BATCH_SIZE
     from ._c_model import InputEncoding, TrainingSettings, write_model
 
-    if not isinstance(estimator, BaseNitroClassifier):
-        raise TypeError(f"export_c expects a fitted NitroMLPClassifier or NitroCNNClassifier, "
-                        f"got {type(estimator).__name__}")
-    check_is_fitted(estimator)
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"{str(folder)!r} exists and is not a directory; export_c writes a C project there")
+    folder = _export_folder(estimator, folder, "export_c", "writes a C project there")
     graph = estimator.network_.graph()
     encoder = estimator.encoder_
     if encoder.kind == "image":
@@ -403,11 +404,7 @@ def encode_for_c(estimator: BaseNitroClassifier, X: Any, path: str | PathLike, y
         y = np.asarray(y)
         if y.shape != (n,):
             raise ValueError(f"y must have one label per sample of X: shape ({n},), got {y.shape}")
-        index = np.searchsorted(estimator.classes_, y)
-        index = np.minimum(index, len(estimator.classes_) - 1)
-        if not (estimator.classes_[index] == y).all():
-            raise ValueError(f"y contains labels not in classes_: {np.setdiff1d(y, estimator.classes_).tolist()!r}")
-        data += index.astype(np.uint8).tobytes()
+        data += estimator._class_indices(y).astype(np.uint8).tobytes()
     path = Path(path)
     path.write_bytes(data)
     return path

@@ -21,10 +21,9 @@ static int8_t nitro_scale(int64_t z, int64_t scale)
     return clip_int8((int32_t)(q > 128 ? 128 : (q < -128 ? -128 : q)));
 }
 
-static int32_t weight_at(const nitro_matrix *m, int64_t i)
+/* Weight i as exported (in the smallest type holding the matrix). */
+static int32_t exported_weight(const nitro_matrix *m, int64_t i)
 {
-    if (m->ram != NULL)
-        return m->ram[i];
     switch (m->bytes) {
     case 1:
         return ((const int8_t *)m->data)[i];
@@ -33,6 +32,12 @@ static int32_t weight_at(const nitro_matrix *m, int64_t i)
     default:
         return ((const int32_t *)m->data)[i];
     }
+}
+
+/* Weight i as it is now: trained (in RAM) or exported. */
+static int32_t weight_at(const nitro_matrix *m, int64_t i)
+{
+    return m->ram != NULL ? m->ram[i] : exported_weight(m, i);
 }
 
 /* Whether terms products of |x| <= x_bound and |w| <= w_bound sum exactly in int32 (x_bound
@@ -539,21 +544,20 @@ int nitro_train_step(nitro_model *model, int32_t n, uint64_t seed, uint64_t step
 static void copy_to_ram(nitro_matrix *m)
 {
     for (int64_t i = 0; i < (int64_t)m->rows * m->cols; i++)
-        m->ram[i] = weight_at(&(nitro_matrix){m->data, NULL, m->rows, m->cols, m->bound, m->bytes}, i);
+        m->ram[i] = exported_weight(m, i);
 }
 
 int32_t nitro_weight_matrices(nitro_model *model, nitro_matrix **out, int32_t capacity)
 {
     int32_t count = 0;
-    for (int pass = 0; pass < 3; pass++) {
-        if (pass == 1 && count < capacity)
-            out[count++] = &model->output.dense;
-        for (int32_t k = 0; pass != 1 && k < model->n_stages; k++) {
-            nitro_stage *st = &model->stages[k];
-            if (is_block(st) && count < capacity)
-                out[count++] = pass == 0 ? &st->layer : &st->head.dense;
-        }
-    }
+    for (int32_t k = 0; k < model->n_stages && count < capacity; k++) /* weights_: the blocks' layers, */
+        if (is_block(&model->stages[k]))
+            out[count++] = &model->stages[k].layer;
+    if (count < capacity) /* the output layer, */
+        out[count++] = &model->output.dense;
+    for (int32_t k = 0; k < model->n_stages && count < capacity; k++) /* then head_weights_ */
+        if (is_block(&model->stages[k]))
+            out[count++] = &model->stages[k].head.dense;
     return count;
 }
 

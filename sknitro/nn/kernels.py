@@ -31,8 +31,9 @@ All give the same integers. :func:`select` returns the fastest this CPU runs, un
 pin ``"numpy"``).
 
 Each implementation owns what it keeps of a layer between calls (:class:`LayerCopies`, in
-the layer's ``kernel_cache`` slot: weight copies in the forms the next products read) and keeps it in step with every weight change it makes. Any
-other change of the weights goes through the layer's ``refresh_bounds``, which drops it.
+the layer's ``kernel_cache`` slot: weight copies in the forms the next products read) and
+keeps it in step with every weight change it makes. Any other change of the weights goes
+through the layer's ``refresh_bounds``, which drops it.
 Inference from many threads at once is safe: a copy is built whole in new arrays before it
 is published, and each call reads the slot once.
 """
