@@ -199,12 +199,11 @@ AVX2_TARGET static inline __m256i update_lanes(int32_t *w, int32_t *w_units, int
     return _mm256_and_si256(_mm256_abs_epi32(updated), mask);
 }
 
-AVX2_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t *x_tile, int32_t *g, ptrdiff_t n,
-                                      ptrdiff_t batch, ptrdiff_t first, ptrdiff_t last)
+AVX2_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stride, const int32_t *x_tile,
+                                      int32_t *g, ptrdiff_t n, ptrdiff_t first, ptrdiff_t last)
 {
     for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
-        const int32_t *e0 = delta_units + clamp_row(j0, n) * batch, *e1 = delta_units + clamp_row(j0 + 1, n) * batch,
-                      *e2 = delta_units + clamp_row(j0 + 2, n) * batch, *e3 = delta_units + clamp_row(j0 + 3, n) * batch;
+        const int32_t *e = delta_units + j0; /* e[row * stride + r]: delta's unit (row, j0 + r) */
         __m256i *rows = (__m256i *)(g + j0 * UPDATE_COLUMNS); /* rows j0..j0+3 of G: 2 vectors each */
         __m256i a0 = _mm256_loadu_si256(rows), a1 = _mm256_loadu_si256(rows + 1),
                 b0 = _mm256_loadu_si256(rows + 2), b1 = _mm256_loadu_si256(rows + 3),
@@ -213,13 +212,13 @@ AVX2_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t 
         const int32_t *x = x_tile;
         for (ptrdiff_t row = first; row < last; row++, x += UPDATE_COLUMNS) {
             __m256i X0 = _mm256_loadu_si256((const __m256i *)x), X1 = _mm256_loadu_si256((const __m256i *)(x + 8));
-            __m256i E = _mm256_set1_epi32(e0[row]);
+            __m256i E = _mm256_set1_epi32(e[row * stride + 0]);
             MADD(a0, E, X0); MADD(a1, E, X1);
-            E = _mm256_set1_epi32(e1[row]);
+            E = _mm256_set1_epi32(e[row * stride + 1]);
             MADD(b0, E, X0); MADD(b1, E, X1);
-            E = _mm256_set1_epi32(e2[row]);
+            E = _mm256_set1_epi32(e[row * stride + 2]);
             MADD(c0, E, X0); MADD(c1, E, X1);
-            E = _mm256_set1_epi32(e3[row]);
+            E = _mm256_set1_epi32(e[row * stride + 3]);
             MADD(d0, E, X0); MADD(d1, E, X1);
         }
         _mm256_storeu_si256(rows, a0), _mm256_storeu_si256(rows + 1, a1);

@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 int64_t pairs_row_l1(const int8_t *x, ptrdiff_t rows, ptrdiff_t cols)
 {
     int64_t largest = 0;
@@ -117,39 +121,65 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
                              outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr,
                              int decays, divisor_t decay)
 {
-    /* delta^T as split units: row j holds column j of delta, the broadcast operand */
-    int32_t *delta_units = malloc((size_t)(n * batch) * sizeof(int32_t) + 1);
+    /* delta as split units, row by row like delta, each row padded with zeros to a whole
+     * number of the tiles' 4 outputs */
+    ptrdiff_t stride = (n + 3) / 4 * 4;
+    int32_t *delta_units = malloc((size_t)(stride * batch) * sizeof(int32_t) + 1);
     if (!delta_units)
         return -1;
-    for (ptrdiff_t b = 0; b < batch; b++)
+    for (ptrdiff_t b = 0; b < batch; b++) {
         for (ptrdiff_t j = 0; j < n; j++)
-            delta_units[j * batch + b] = split_unit(delta[b * n + j]);
+            delta_units[b * stride + j] = split_unit(delta[b * n + j]);
+        for (ptrdiff_t j = n; j < stride; j++)
+            delta_units[b * stride + j] = 0;
+    }
     if (!w_units)
         outliers->count = 0;
     int64_t largest = 0;
     int failed = 0;
-    ptrdiff_t tiles = (k + columns - 1) / columns;
-#pragma omp parallel if ((int64_t)n * batch * k >= PARALLEL_WORK) reduction(max : largest) reduction(| : failed)
+    int parallel = (int64_t)n * batch * k >= PARALLEL_WORK;
+    /* The tiles go in groups, one sweep over the batch per group: a group's G fits
+     * GRADIENT_G_BYTES, and there are enough groups for every thread. */
+    ptrdiff_t tiles = (k + columns - 1) / columns, tile_g = (n + 3) * columns;
+    ptrdiff_t per_group = GRADIENT_G_BYTES / (tile_g * (ptrdiff_t)sizeof(int32_t));
+    per_group = per_group < 1 ? 1 : per_group;
+#ifdef _OPENMP
+    ptrdiff_t threads = parallel ? omp_get_max_threads() : 1;
+#else
+    ptrdiff_t threads = 1;
+#endif
+    ptrdiff_t groups = (tiles + per_group - 1) / per_group;
+    groups = groups < threads ? (threads < tiles ? threads : tiles) : groups;
+    per_group = (tiles + groups - 1) / groups;
+#pragma omp parallel if (parallel) reduction(max : largest) reduction(| : failed)
     {
-        /* this thread's G of one tile, and its x rows packed as input units: read n / 4 times
-         * per block, they must stay in L1, which rows k apart (often near a power of two) would not */
-        int32_t *g = malloc((size_t)((n + 3) * columns) * sizeof(int32_t));
+        /* this thread's G of one group of tiles, and its x rows packed as input units: read
+         * n / 4 times per block, they must stay in L1, which rows k apart (often near a power of
+         * two) would not */
+        int32_t *g = malloc((size_t)(per_group * tile_g) * sizeof(int32_t));
         int32_t *x_tile = malloc((size_t)(GRADIENT_ROW_BLOCK * columns) * sizeof(int32_t));
         failed |= g == NULL || x_tile == NULL;
 #pragma omp for schedule(static)
-        for (ptrdiff_t tile = 0; tile < tiles; tile++) {
-            if (!g || !x_tile)
+        for (ptrdiff_t group = 0; group < groups; group++) {
+            ptrdiff_t first_tile = group * per_group;
+            ptrdiff_t last_tile = first_tile + per_group < tiles ? first_tile + per_group : tiles;
+            if (!g || !x_tile || first_tile >= last_tile)
                 continue;
-            ptrdiff_t k0 = tile * columns, width = k - k0 < columns ? k - k0 : columns;
-            memset(g, 0, (size_t)((n + 3) * columns) * sizeof(int32_t));
+            memset(g, 0, (size_t)((last_tile - first_tile) * tile_g) * sizeof(int32_t));
             for (ptrdiff_t first = 0; first < batch; first += GRADIENT_ROW_BLOCK) {
                 ptrdiff_t last = first + GRADIENT_ROW_BLOCK < batch ? first + GRADIENT_ROW_BLOCK : batch;
-                for (ptrdiff_t row = first; row < last; row++)
-                    pack(x + row * k + k0, x_tile + (row - first) * columns, width, columns);
-                gradient(delta_units, x_tile, g, n, batch, first, last);
+                for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
+                    ptrdiff_t k0 = tile * columns, width = k - k0 < columns ? k - k0 : columns;
+                    for (ptrdiff_t row = first; row < last; row++)
+                        pack(x + row * k + k0, x_tile + (row - first) * columns, width, columns);
+                    gradient(delta_units, stride, x_tile, g + (tile - first_tile) * tile_g, n, first, last);
+                }
             }
-            int64_t tile_largest = update(g, w, w_units, w_pairs, outliers, n, k, k0, lr, decays, decay);
-            largest = tile_largest > largest ? tile_largest : largest;
+            for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
+                int64_t tile_largest = update(g + (tile - first_tile) * tile_g, w, w_units, w_pairs, outliers, n,
+                                              k, tile * columns, lr, decays, decay);
+                largest = tile_largest > largest ? tile_largest : largest;
+            }
         }
         free(x_tile);
         free(g);

@@ -93,11 +93,12 @@ typedef void (*product_tile_t)(const int8_t *x, const int32_t *w_units, int32_t 
                                const outliers_t *outliers, const ptrdiff_t *row_start);
 
 /* Adds delta^T x over batch rows [first, last) to the G of a tile of `columns` columns of w:
- * x_tile holds those rows of x as input units, `columns` per row (packed by the driver:
- * contiguous, zero past the last column), g is n + 3 rows of `columns` int32 (rows past n are scratch);
- * int32 lanes wrap. */
-typedef void (*gradient_tile_t)(const int32_t *delta_units, const int32_t *x_tile, int32_t *g, ptrdiff_t n,
-                                ptrdiff_t batch, ptrdiff_t first, ptrdiff_t last);
+ * delta_units holds delta's split units row by row, `stride` (n rounded up to 4, zero past n)
+ * per batch row; x_tile holds the rows [first, last) of x as input units, `columns` per row
+ * (packed by the driver: contiguous, zero past the last column); g is n + 3 rows of `columns`
+ * int32 (rows past n are scratch); int32 lanes wrap. */
+typedef void (*gradient_tile_t)(const int32_t *delta_units, ptrdiff_t stride, const int32_t *x_tile, int32_t *g,
+                                ptrdiff_t n, ptrdiff_t first, ptrdiff_t last);
 
 /* Applies sgd_rule to columns [k0, k0 + columns) of w from their G (g, as above) and writes
  * the new values' split units, or their pair form and outliers; returns their largest |w|. */
@@ -155,5 +156,8 @@ extern const pair_kernels_t avx2_kernels, vnni_kernels;
 /* Batch rows per sweep of the gradient over the outputs: their units stay in L1 (a conv
  * layer's batch is every position of every image: tens of thousands of rows). */
 #define GRADIENT_ROW_BLOCK 256
+/* Bytes of G one thread accumulates at a time (the tiles of a sweep over the batch): they
+ * stay in L2, and delta is read once per sweep instead of once per tile. */
+#define GRADIENT_G_BYTES ((ptrdiff_t)512 * 1024)
 
 #endif

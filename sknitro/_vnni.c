@@ -211,12 +211,11 @@ static inline void column_masks(ptrdiff_t left, __mmask16 mask[4])
         mask[c] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? 0 : (__mmask16)((1u << left) - 1));
 }
 
-VNNI_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t *x_tile, int32_t *g, ptrdiff_t n,
-                                      ptrdiff_t batch, ptrdiff_t first, ptrdiff_t last)
+VNNI_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stride, const int32_t *x_tile,
+                                      int32_t *g, ptrdiff_t n, ptrdiff_t first, ptrdiff_t last)
 {
     for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
-        const int32_t *e0 = delta_units + clamp_row(j0, n) * batch, *e1 = delta_units + clamp_row(j0 + 1, n) * batch,
-                      *e2 = delta_units + clamp_row(j0 + 2, n) * batch, *e3 = delta_units + clamp_row(j0 + 3, n) * batch;
+        const int32_t *e = delta_units + j0; /* e[row * stride + r]: delta's unit (row, j0 + r) */
         int32_t *g0 = g + j0 * UPDATE_COLUMNS, *g1 = g0 + UPDATE_COLUMNS, *g2 = g1 + UPDATE_COLUMNS,
                 *g3 = g2 + UPDATE_COLUMNS;
 #define LOAD4(r, p) __m512i r##0 = _mm512_loadu_si512(p), r##1 = _mm512_loadu_si512(p + 16), \
@@ -231,10 +230,10 @@ VNNI_TARGET static void gradient_tile(const int32_t *delta_units, const int32_t 
         for (ptrdiff_t row = first; row < last; row++, x += UPDATE_COLUMNS) {
             __m512i X0 = _mm512_loadu_si512(x), X1 = _mm512_loadu_si512(x + 16), X2 = _mm512_loadu_si512(x + 32),
                     X3 = _mm512_loadu_si512(x + 48);
-            DP4(a, _mm512_set1_epi32(e0[row]), X0, X1, X2, X3);
-            DP4(b, _mm512_set1_epi32(e1[row]), X0, X1, X2, X3);
-            DP4(c, _mm512_set1_epi32(e2[row]), X0, X1, X2, X3);
-            DP4(d, _mm512_set1_epi32(e3[row]), X0, X1, X2, X3);
+            DP4(a, _mm512_set1_epi32(e[row * stride + 0]), X0, X1, X2, X3);
+            DP4(b, _mm512_set1_epi32(e[row * stride + 1]), X0, X1, X2, X3);
+            DP4(c, _mm512_set1_epi32(e[row * stride + 2]), X0, X1, X2, X3);
+            DP4(d, _mm512_set1_epi32(e[row * stride + 3]), X0, X1, X2, X3);
         }
         STORE4(a, g0);
         STORE4(b, g1);

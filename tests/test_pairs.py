@@ -872,6 +872,30 @@ def test_thread_count_does_not_change_the_update(isa, threads, mirror):
         assert one[3][0] > 400 and (np.diff(two[3][1]) > 0).all()
 
 
+@pytest.mark.parametrize("mirror", ["split", "pairs"])
+def test_update_sweeps_row_blocks_over_groups_of_tiles(isa, threads, mirror):
+    # batch past GRADIENT_ROW_BLOCK (256) rows: three sweeps, the last partial; G of 301 + 3
+    # rows per tile past GRADIENT_G_BYTES (512 KiB) over all tiles: the tiles go in groups
+    # (AVX2: 29 of 16 columns, VNNI: 8 of 64), the last partial; n not a multiple of 4: the
+    # padded delta rows. One large delta in the first and in the last row of the batch.
+    rng = np.random.default_rng(14)
+    batch, n, k = 520, 301, 453
+    x = rng.integers(-128, 128, (batch, k)).astype(np.int8)
+    delta = rng.integers(-(2**12), 2**12, (batch, n)).astype(np.int32)
+    delta[0, 7], delta[-1, n - 1] = -(2**20), 2**20
+    weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
+    weight.flat[rng.choice(weight.size, 300, replace=False)] = 2**18
+    expected, expected_bound = expected_update(delta, x, weight, 512, 3000)
+
+    def update():
+        return run_update(isa, delta, x, weight, 512, 3000, mirror)
+
+    for updated, bound, copy, outliers in (threads(1, update), threads(2, update)):
+        np.testing.assert_array_equal(updated, expected)
+        assert bound == expected_bound
+        assert_mirror(copy, outliers, expected, mirror)
+
+
 def test_thread_count_keeps_the_outlier_count_past_the_capacity(isa, threads):
     # past the capacity the threads race for the list's slots: which outliers it holds may
     # differ (the layers then use split units), but the count, the pair form and the
