@@ -27,6 +27,15 @@
 
 /* ---------------------------------------------------------------------------------- */
 
+/* The elementwise passes over a large array go in chunks of this many items, spread over the
+ * OpenMP threads when there are several: each item's result is the same whatever the split. */
+#define CHUNK_ITEMS ((Py_ssize_t)1 << 16)
+
+static Py_ssize_t chunk_count(Py_ssize_t n)
+{
+    return (n + CHUNK_ITEMS - 1) / CHUNK_ITEMS;
+}
+
 static int check_size(Py_buffer *view, Py_ssize_t count, Py_ssize_t itemsize, const char *name)
 {
     if (view->len != count * itemsize) {
@@ -178,13 +187,19 @@ static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
                && (!has_table || (check_size(&table, 256, 1, "table") == 0
                                   && check_size(&activated, n, 1, "activated") == 0))) {
         divisor_t d = make_divisor(scale);
+        Py_ssize_t chunks = chunk_count(n);
         Py_BEGIN_ALLOW_THREADS
-        if (z.itemsize == 4)  /* the converter took int32 or float64: the element size tells which */
-            scale_loop_int32((const int32_t *)z.buf, (int8_t *)out.buf, n, d);
-        else
-            scale_loop((const double *)z.buf, (int8_t *)out.buf, n, 128.0 * (double)scale, d);
-        if (has_table)
-            lookup_int8((const int8_t *)table.buf, (const int8_t *)out.buf, (int8_t *)activated.buf, n);
+#pragma omp parallel for schedule(static) if (chunks > 1)
+        for (Py_ssize_t chunk = 0; chunk < chunks; chunk++) {
+            Py_ssize_t start = chunk * CHUNK_ITEMS, count = n - start < CHUNK_ITEMS ? n - start : CHUNK_ITEMS;
+            int8_t *scaled = (int8_t *)out.buf + start;
+            if (z.itemsize == 4)  /* the converter took int32 or float64: the element size tells which */
+                scale_loop_int32((const int32_t *)z.buf + start, scaled, count, d);
+            else
+                scale_loop((const double *)z.buf + start, scaled, count, 128.0 * (double)scale, d);
+            if (has_table)
+                lookup_int8((const int8_t *)table.buf, scaled, (int8_t *)activated.buf + start, count);
+        }
         Py_END_ALLOW_THREADS
         result = Py_None;
         Py_INCREF(result);
@@ -216,15 +231,29 @@ static PyObject *activation_backward(PyObject *Py_UNUSED(self), PyObject *args)
     int64_t *sums = NULL;
     if (check_rows(n, cols, "out") == 0 && check_size(&g, n, 4, "g") == 0 && check_size(&out, n, 4, "out") == 0
         && check_size(&table, 256, 4, "table") == 0 && check_divisor(divisor, "divisor") == 0) {
-        if ((sums = PyMem_Malloc((size_t)cols * sizeof(int64_t))) == NULL) {
+        /* chunks of whole rows, each with its own column sums (exact in int64: any order) */
+        Py_ssize_t rows = n / cols, chunk_rows = CHUNK_ITEMS / cols > 0 ? CHUNK_ITEMS / cols : 1;
+        Py_ssize_t chunks = (rows + chunk_rows - 1) / chunk_rows;
+        if ((sums = PyMem_Calloc((size_t)(chunks > 0 ? chunks : 1) * (size_t)cols, sizeof(int64_t))) == NULL) {
             PyErr_NoMemory();
         } else {
             divisor_t d = make_divisor(divisor);
-            int64_t largest;
+            int64_t largest = 0;
             Py_BEGIN_ALLOW_THREADS
-            backward_loop((const int32_t *)g.buf, (const int8_t *)pre.buf, (const int32_t *)table.buf,
-                          (int32_t *)out.buf, n, divisor, d);
-            largest = column_l1_max((const int32_t *)out.buf, sums, n / cols, cols);
+#pragma omp parallel for schedule(static) if (chunks > 1)
+            for (Py_ssize_t chunk = 0; chunk < chunks; chunk++) {
+                Py_ssize_t first = chunk * chunk_rows, count = rows - first < chunk_rows ? rows - first : chunk_rows;
+                int32_t *block = (int32_t *)out.buf + first * cols;
+                backward_loop((const int32_t *)g.buf + first * cols, (const int8_t *)pre.buf + first * cols,
+                              (const int32_t *)table.buf, block, count * cols, divisor, d);
+                column_l1_max(block, sums + chunk * cols, count, cols);
+            }
+            for (Py_ssize_t j = 0; j < cols; j++) {
+                int64_t total = 0;
+                for (Py_ssize_t chunk = 0; chunk < chunks; chunk++)
+                    total += sums[chunk * cols + j];
+                largest = total > largest ? total : largest;
+            }
             Py_END_ALLOW_THREADS
             result = PyLong_FromLongLong(largest);
         }

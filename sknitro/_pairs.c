@@ -147,6 +147,7 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
     ptrdiff_t threads = parallel ? omp_get_max_threads() : 1;
 #else
     ptrdiff_t threads = 1;
+    (void)parallel;
 #endif
     ptrdiff_t groups = (tiles + per_group - 1) / per_group;
     groups = groups < threads ? (threads < tiles ? threads : tiles) : groups;

@@ -54,7 +54,8 @@ void backward_loop(const int32_t *restrict g, const int8_t *restrict pre, const 
             out[i] = (int32_t)(((int64_t)g[i] * table[(uint8_t)pre[i]]) / d); /* C division truncates */
 }
 
-/* max_j sum_i |a[i, j]| of an int32 matrix (rows, cols); `sums` is scratch for one row. */
+/* max_j sum_i |a[i, j]| of an int32 matrix (rows, cols); leaves the column
+ * sums in `sums` (cols of them). */
 MULTIVERSION
 int64_t column_l1_max(const int32_t *restrict a, int64_t *restrict sums, ptrdiff_t rows, ptrdiff_t cols)
 {

@@ -22,7 +22,8 @@ void scale_loop_int32(const int32_t *restrict z, int8_t *restrict out, ptrdiff_t
 void backward_loop(const int32_t *restrict g, const int8_t *restrict pre, const int32_t *restrict table,
                    int32_t *restrict out, ptrdiff_t n, int64_t d, divisor_t divisor);
 
-/* max_j sum_i |a[i, j]| of an int32 matrix (rows, cols); `sums` is scratch for one row. */
+/* max_j sum_i |a[i, j]| of an int32 matrix (rows, cols); leaves the column
+ * sums in `sums` (cols of them). */
 int64_t column_l1_max(const int32_t *restrict a, int64_t *restrict sums, ptrdiff_t rows, ptrdiff_t cols);
 
 /* w = sgd_rule(w, g) for a float64 gradient g holding integers (|g| < 2**31), the new w also

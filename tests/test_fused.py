@@ -256,6 +256,37 @@ def test_activation_backward_matches_the_reference(c_kernels, spy, name, wide):
     assert none is None
 
 
+@needs_c
+@pytest.mark.parametrize("threads", [1, 2])
+def test_elementwise_passes_in_chunks_on_threads(threads):
+    # 3001 x 50 items: scale_to_int8 in chunks of 2**16 items, activation_backward in chunks of
+    # 1310 whole rows, the last of each partial; on 2 threads the chunks run in parallel. Each
+    # column's L1 norm adds up across the chunks: column 7's is the largest, a third in each.
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(threads)
+    activation = make_activation("nitro_relu")
+    multiplier, divisor = activation.backward_multiplier, activation.backward_divisor
+    delta = rng.integers(-(2**20), 2**20, size=(3001, 50)).astype(np.int32)
+    s = rng.integers(-128, 128, size=delta.shape).astype(np.int8)
+    delta[:, 7], s[:, 7] = 2**20, 100
+    delta[0, 3], s[0, 3] = 2**30, 100  # the first chunk's products leave int32: its exact 64-bit pass
+    z = rng.integers(-(2**31), 2**31, size=delta.shape).astype(np.int32)
+    table = activation.forward_table
+    expected_delta = NUMPY.activation_backward(delta, s, multiplier, divisor)[0]
+    expected_l1 = np.abs(expected_delta.astype(np.int64)).sum(axis=0)
+    assert expected_l1.argmax() == 7 and 2**30 * int(multiplier[100]) > INT32_MAX
+    with threadpool_limits(threads):
+        out = np.empty_like(delta)
+        column_l1 = _fused.activation_backward(delta, s, multiplier, divisor, out, delta.shape[1])
+        scaled, activated = np.empty(z.shape, np.int8), np.empty(z.shape, np.int8)
+        _fused.scale_to_int8(z, 2**8 * 784, scaled, table, activated)
+    np.testing.assert_array_equal(out, expected_delta)
+    assert column_l1 == expected_l1.max()
+    np.testing.assert_array_equal(scaled, nitro_scale(z, 2**8 * 784))
+    np.testing.assert_array_equal(activated, table[scaled.view(np.uint8)])
+
+
 def _backward_cases():
     rng = np.random.default_rng(1)
     delta = rng.integers(-2**20, 2**20, (6, 5)).astype(np.int32)
