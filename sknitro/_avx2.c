@@ -137,12 +137,6 @@ AVX2_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, in
             z[(i0 + r) * n + j0 + c] = saturate_int32(totals[4 * r + c]);
 }
 
-AVX2_TARGET static int avx2_product(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
-                                    ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers)
-{
-    return pairs_run_product(product_tile, 2, x, w_units, z, m, n, units, chunk, pairs, outliers);
-}
-
 /* tdiv(v, d) in each lane for |v| < 2**31 (tdiv32 of _rules.h): the multiply and shift on
  * the even and the odd lanes in turn (VPMULUDQ multiplies the low halves of 64-bit lanes). */
 AVX2_TARGET static inline __m256i tdiv_lanes(__m256i v, divisor_t d)
@@ -254,10 +248,66 @@ AVX2_TARGET static void pack_units(const int8_t *values, int32_t *packed, ptrdif
                             c < width ? load_x(values, c, 0, width - c) : _mm256_setzero_si256());
 }
 
+/* The narrow kernels (_pairs.h): outputs in the lanes, one broadcast input unit per step. */
+AVX2_TARGET static void narrow_product(const int32_t *x_units, ptrdiff_t kpad, const int32_t *wt, ptrdiff_t npad,
+                                       int32_t *z, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t k)
+{
+    for (ptrdiff_t j = 0; j < n; j += 8) {
+        __m256i acc[NARROW_ROWS];
+        for (int r = 0; r < NARROW_ROWS; r++)
+            acc[r] = _mm256_setzero_si256();
+        for (ptrdiff_t c = 0; c < k; c++) {
+            __m256i W = _mm256_loadu_si256((const __m256i *)(wt + c * npad + j));
+            for (int r = 0; r < NARROW_ROWS; r++) /* rows past `rows`: never stored */
+                MADD(acc[r], _mm256_set1_epi32(x_units[r * kpad + c]), W);
+        }
+        __m256i mask = lanes_mask(n - j);
+        for (ptrdiff_t r = 0; r < rows; r++)
+            _mm256_maskstore_epi32(z + r * n + j, mask, acc[r]);
+    }
+}
+
+/* 8 inputs per sweep (16 would not fit AVX2's 16 registers) */
+AVX2_TARGET static void narrow_gradient(const int32_t *delta, ptrdiff_t n, const int32_t *x_units, ptrdiff_t kpad,
+                                        ptrdiff_t rows, uint32_t *gt, ptrdiff_t npad)
+{
+    for (ptrdiff_t j = 0; j < n; j += 8) {
+        __m256i mask = lanes_mask(n - j);
+        for (ptrdiff_t c0 = 0; c0 < kpad; c0 += 8) {
+            __m256i acc[8];
+            for (int c = 0; c < 8; c++)
+                acc[c] = _mm256_setzero_si256();
+            for (ptrdiff_t r = 0; r < rows; r++) {
+                __m256i d = _mm256_maskload_epi32(delta + r * n + j, mask); /* split_unit, lane by lane */
+                __m256i units = _mm256_or_si256(_mm256_and_si256(d, _mm256_set1_epi32(0xFF)),
+                                                _mm256_slli_epi32(_mm256_srai_epi32(d, 8), 16));
+                const int32_t *x_row = x_units + r * kpad + c0;
+                for (int c = 0; c < 8; c++)
+                    MADD(acc[c], units, _mm256_set1_epi32(x_row[c]));
+            }
+            for (int c = 0; c < 8; c++) {
+                __m256i *g = (__m256i *)(gt + (c0 + c) * npad + j);
+                _mm256_storeu_si256(g, _mm256_add_epi32(_mm256_loadu_si256(g), acc[c]));
+            }
+        }
+    }
+}
+
+AVX2_TARGET static int avx2_product(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
+                                    ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers)
+{
+    if (!pairs && units < NARROW_UNITS && chunk >= units)
+        return pairs_run_narrow_product(narrow_product, pack_units, 8, x, w_units, z, m, n, units);
+    return pairs_run_product(product_tile, 2, x, w_units, z, m, n, units, chunk, pairs, outliers);
+}
+
 AVX2_TARGET static int64_t avx2_sgd_update(const int32_t *delta, const int8_t *x, int32_t *w,
                                            int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
                                            ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
 {
+    if (k < NARROW_UNITS)
+        return pairs_run_narrow_update(narrow_gradient, pack_units, 8, delta, x, w, w_units, w_pairs, outliers, n,
+                                       batch, k, lr, decays, decay);
     return pairs_run_sgd_update(gradient_tile, update_tile, pack_units, UPDATE_COLUMNS, delta, x, w, w_units, w_pairs, outliers,
                             n, batch, k, lr, decays, decay);
 }

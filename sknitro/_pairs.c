@@ -192,3 +192,98 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
         pairs_sort_outliers(outliers);
     return largest;
 }
+
+static ptrdiff_t round_up(ptrdiff_t v, ptrdiff_t step)
+{
+    return (v + step - 1) / step * step;
+}
+
+/* w's split units transposed (k x npad, zero past n); NULL when out of memory */
+static int32_t *transposed_units(const int32_t *w_units, ptrdiff_t n, ptrdiff_t k, ptrdiff_t npad)
+{
+    int32_t *wt = calloc((size_t)(k * npad), sizeof(int32_t));
+    if (wt)
+        for (ptrdiff_t j = 0; j < n; j++)
+            for (ptrdiff_t c = 0; c < k; c++)
+                wt[c * npad + j] = w_units[j * k + c];
+    return wt;
+}
+
+int pairs_run_narrow_product(narrow_product_t product, pack_units_t pack, ptrdiff_t lanes, const int8_t *x,
+                             const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k)
+{
+    ptrdiff_t npad = round_up(n, lanes), kpad = round_up(k, NARROW_K_BLOCK);
+    int32_t *wt = transposed_units(w_units, n, k, npad);
+    if (!wt)
+        return -1;
+    int failed = 0;
+    ptrdiff_t blocks = (m + NARROW_ROWS - 1) / NARROW_ROWS;
+#pragma omp parallel if ((int64_t)m * n * k >= PARALLEL_WORK) reduction(| : failed)
+    {
+        int32_t *x_units = calloc((size_t)(NARROW_ROWS * kpad), sizeof(int32_t)); /* read whole: no uninitialised lanes */
+        failed |= x_units == NULL;
+#pragma omp for schedule(static)
+        for (ptrdiff_t block = 0; block < blocks; block++) {
+            if (!x_units)
+                continue;
+            ptrdiff_t i0 = block * NARROW_ROWS, rows = m - i0 < NARROW_ROWS ? m - i0 : NARROW_ROWS;
+            for (ptrdiff_t r = 0; r < rows; r++)
+                pack(x + (i0 + r) * k, x_units + r * kpad, k, kpad);
+            product(x_units, kpad, wt, npad, z + i0 * n, rows, n, k);
+        }
+        free(x_units);
+    }
+    free(wt);
+    return failed ? -1 : 0;
+}
+
+int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, ptrdiff_t lanes,
+                                const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
+                                int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
+                                divisor_t lr, int decays, divisor_t decay)
+{
+    ptrdiff_t npad = round_up(n, lanes), kpad = round_up(k, NARROW_K_BLOCK);
+    uint32_t *gt = calloc((size_t)(kpad * npad), sizeof(uint32_t)); /* G transposed, modulo 2**32 */
+    if (!gt)
+        return -1;
+    int failed = 0;
+    ptrdiff_t blocks = (batch + GRADIENT_ROW_BLOCK - 1) / GRADIENT_ROW_BLOCK;
+#pragma omp parallel if ((int64_t)n * batch * k >= PARALLEL_WORK) reduction(| : failed)
+    {
+        uint32_t *part = calloc((size_t)(kpad * npad), sizeof(uint32_t));
+        int32_t *x_units = malloc((size_t)(GRADIENT_ROW_BLOCK * kpad) * sizeof(int32_t));
+        failed |= part == NULL || x_units == NULL;
+#pragma omp for schedule(static)
+        for (ptrdiff_t block = 0; block < blocks; block++) {
+            if (!part || !x_units)
+                continue;
+            ptrdiff_t first = block * GRADIENT_ROW_BLOCK;
+            ptrdiff_t rows = batch - first < GRADIENT_ROW_BLOCK ? batch - first : GRADIENT_ROW_BLOCK;
+            for (ptrdiff_t r = 0; r < rows; r++)
+                pack(x + (first + r) * k, x_units + r * kpad, k, kpad);
+            gradient(delta + first * n, n, x_units, kpad, rows, part, npad);
+        }
+        if (part)
+#pragma omp critical(sknitro_narrow_gradient)
+            for (ptrdiff_t i = 0; i < kpad * npad; i++)
+                gt[i] += part[i];
+        free(x_units);
+        free(part);
+    }
+    int64_t largest = -1;
+    if (!failed) {
+        largest = 0;
+        for (ptrdiff_t j = 0; j < n; j++)
+            for (ptrdiff_t c = 0; c < k; c++) {
+                int64_t value = sgd_rule(w[j * k + c], (int32_t)gt[c * npad + j], lr, decays, decay);
+                w[j * k + c] = (int32_t)value;
+                largest = magnitude64(value) > largest ? magnitude64(value) : largest;
+            }
+        if (w_units)
+            pairs_split_units(w, w_units, n * k);
+        else
+            pairs_pair_form(w, w_pairs, n, k, outliers); /* sorted: found in order */
+    }
+    free(gt);
+    return largest;
+}

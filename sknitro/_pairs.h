@@ -22,8 +22,9 @@
  * width.) A sum is exact whenever its true value fits int32; the caller proves that.
  *
  * The kernels use the OpenMP threads the user allows (OMP_NUM_THREADS, threadpoolctl); each
- * output integer is computed by one thread in one fixed order, and the outlier lists are
- * sorted, so the results are the same for any number of threads. (Only a list past its
+ * output integer is computed by one thread in one fixed order, or (a narrow layer's G) as a
+ * sum modulo 2**32 of the threads' parts, and the outlier lists are sorted, so the results
+ * are the same for any number of threads. (Only a list past its
  * capacity, which the engine never reads, may hold other outliers from run to run.)
  */
 #ifndef SKNITRO_PAIRS_H
@@ -120,6 +121,36 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
                              const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
                              outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr,
                              int decays, divisor_t decay);
+
+/* ---- narrow layers: fewer than NARROW_UNITS inputs (a first conv layer's 9 or 27) ------
+ * Their rows are too short for tiles along k; these kernels put the outputs in the lanes and
+ * broadcast each input unit instead: w's split units go transposed, wt (k x npad, npad: n
+ * rounded up to whole vectors, zero past n), and x's rows as input units (kpad per row, kpad:
+ * k rounded up to NARROW_K_BLOCK, zero past k). */
+#define NARROW_UNITS 64
+#define NARROW_ROWS 8     /* rows of z per call of a product kernel */
+#define NARROW_K_BLOCK 16 /* inputs per sweep of a gradient kernel */
+
+/* z[r, j] = sum_k x[r, k] w[j, k] for rows r < rows (<= NARROW_ROWS) of x_units, in int32
+ * lanes (the caller proves that whole rows fit int32); z's rows are n apart. */
+typedef void (*narrow_product_t)(const int32_t *x_units, ptrdiff_t kpad, const int32_t *wt, ptrdiff_t npad,
+                                 int32_t *z, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t k);
+
+/* gt[k][j] += sum_r x[r, k] delta[r, j] over `rows` rows of delta (int32, n per row, split in
+ * registers) and x_units; gt is kpad x npad, lanes wrap. */
+typedef void (*narrow_gradient_t)(const int32_t *delta, ptrdiff_t n, const int32_t *x_units, ptrdiff_t kpad,
+                                  ptrdiff_t rows, uint32_t *gt, ptrdiff_t npad);
+
+/* `product` of pair_kernels_t for split units and k < NARROW_UNITS, whole rows in int32. */
+int pairs_run_narrow_product(narrow_product_t product, pack_units_t pack, ptrdiff_t lanes, const int8_t *x,
+                             const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k);
+
+/* `sgd_update` of pair_kernels_t for k < NARROW_UNITS: G from the narrow gradient kernel,
+ * then sgd_rule weight by weight (n * k of them: a few hundred). */
+int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, ptrdiff_t lanes,
+                                const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
+                                int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
+                                divisor_t lr, int decays, divisor_t decay);
 
 /* ---- one ISA's kernels (_avx2.c, _vnni.c) -------------------------------------------- */
 

@@ -150,12 +150,6 @@ VNNI_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, in
         _mm_mask_storeu_epi32(z + (i0 + r) * n + j0, columns, _mm_loadu_si128((const __m128i *)(out + 4 * r)));
 }
 
-VNNI_TARGET static int vnni_product(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
-                                    ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers)
-{
-    return pairs_run_product(product_tile, 4, x, w_units, z, m, n, units, chunk, pairs, outliers);
-}
-
 /* tdiv(v, d) in each lane for |v| < 2**31: the multiply and shift of _fused.c, on the even
  * and the odd lanes in turn (VPMULUDQ multiplies the low halves of 64-bit lanes). */
 VNNI_TARGET static inline __m512i tdiv_lanes(__m512i v, divisor_t d)
@@ -266,10 +260,65 @@ VNNI_TARGET static void pack_units(const int8_t *values, int32_t *packed, ptrdif
         _mm512_storeu_si512(packed + c, c < width ? load_x(values, c, 0, width - c) : _mm512_setzero_si512());
 }
 
+/* The narrow kernels (_pairs.h): outputs in the lanes, one broadcast input unit per step. */
+VNNI_TARGET static void narrow_product(const int32_t *x_units, ptrdiff_t kpad, const int32_t *wt, ptrdiff_t npad,
+                                       int32_t *z, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t k)
+{
+    for (ptrdiff_t j = 0; j < n; j += 16) {
+        __m512i acc[NARROW_ROWS];
+        for (int r = 0; r < NARROW_ROWS; r++)
+            acc[r] = _mm512_setzero_si512();
+        for (ptrdiff_t c = 0; c < k; c++) {
+            __m512i W = _mm512_loadu_si512(wt + c * npad + j);
+            for (int r = 0; r < NARROW_ROWS; r++) /* rows past `rows`: never stored */
+                DP(acc[r], _mm512_set1_epi32(x_units[r * kpad + c]), W);
+        }
+        __mmask16 mask = (__mmask16)(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1);
+        for (ptrdiff_t r = 0; r < rows; r++)
+            _mm512_mask_storeu_epi32(z + r * n + j, mask, acc[r]);
+    }
+}
+
+VNNI_TARGET static void narrow_gradient(const int32_t *delta, ptrdiff_t n, const int32_t *x_units, ptrdiff_t kpad,
+                                        ptrdiff_t rows, uint32_t *gt, ptrdiff_t npad)
+{
+    for (ptrdiff_t j = 0; j < n; j += 16) {
+        __mmask16 mask = (__mmask16)(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1);
+        for (ptrdiff_t c0 = 0; c0 < kpad; c0 += NARROW_K_BLOCK) {
+            __m512i acc[NARROW_K_BLOCK];
+            for (int c = 0; c < NARROW_K_BLOCK; c++)
+                acc[c] = _mm512_setzero_si512();
+            for (ptrdiff_t r = 0; r < rows; r++) {
+                __m512i d = _mm512_maskz_loadu_epi32(mask, delta + r * n + j); /* split_unit, lane by lane */
+                __m512i units = _mm512_or_si512(_mm512_and_si512(d, _mm512_set1_epi32(0xFF)),
+                                                _mm512_slli_epi32(_mm512_srai_epi32(d, 8), 16));
+                const int32_t *x_row = x_units + r * kpad + c0;
+                for (int c = 0; c < NARROW_K_BLOCK; c++)
+                    DP(acc[c], units, _mm512_set1_epi32(x_row[c]));
+            }
+            for (int c = 0; c < NARROW_K_BLOCK; c++) {
+                uint32_t *g = gt + (c0 + c) * npad + j;
+                _mm512_storeu_si512(g, _mm512_add_epi32(_mm512_loadu_si512(g), acc[c]));
+            }
+        }
+    }
+}
+
+VNNI_TARGET static int vnni_product(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
+                                    ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers)
+{
+    if (!pairs && units < NARROW_UNITS && chunk >= units)
+        return pairs_run_narrow_product(narrow_product, pack_units, 16, x, w_units, z, m, n, units);
+    return pairs_run_product(product_tile, 4, x, w_units, z, m, n, units, chunk, pairs, outliers);
+}
+
 VNNI_TARGET static int64_t vnni_sgd_update(const int32_t *delta, const int8_t *x, int32_t *w,
                                            int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
                                            ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
 {
+    if (k < NARROW_UNITS)
+        return pairs_run_narrow_update(narrow_gradient, pack_units, 16, delta, x, w, w_units, w_pairs, outliers, n,
+                                       batch, k, lr, decays, decay);
     return pairs_run_sgd_update(gradient_tile, update_tile, pack_units, UPDATE_COLUMNS, delta, x, w, w_units, w_pairs, outliers,
                             n, batch, k, lr, decays, decay);
 }

@@ -1,7 +1,7 @@
 """The pair products (sknitro/_pairs.h): the AVX2 (_avx2.c) and AVX-512 VNNI (_vnni.c)
 kernels against int64 NumPy arithmetic, and PairKernels, which runs them for the dense and
-conv layers with inputs of PAIR_MIN_WIDTH (64) columns or more (narrower ones go to the "c"
-kernels), against the NumPy reference.
+conv layers (inputs narrower than PAIR_MIN_WIDTH, 64 columns, on the narrow kernels: outputs
+in the lanes), against the NumPy reference.
 
 The tests of the kernels run on each instruction set this CPU has (an ISA it lacks is
 skipped; the float64 path that runs there instead is tests/test_fused.py's). The kernels are vector
@@ -617,11 +617,12 @@ def test_chunk_reads_the_row_l1_norms_only_past_the_factor_bound(spy, width):
     assert spy.calls["row_l1"] == 5
 
 
-@pytest.mark.parametrize("inputs", [62, 63, 64, 65])
-def test_inputs_narrower_than_64_columns_go_to_the_c_kernels(isa, spy, inputs):
-    # a narrow input (a first conv layer's 9 or 27 patch values) leaves most of a pair
-    # kernel's vector tiles empty: the "c" kernels take the forward and the update, with the
-    # same integers; from 64 columns on, the pair products do
+@pytest.mark.parametrize("inputs", [9, 27, 62, 63, 64, 65])
+def test_inputs_narrower_than_64_columns_run_on_split_units(isa, spy, inputs):
+    # a narrow input (a first conv layer's 9 or 27 patch values) would leave most of a tile
+    # along the inputs empty: below 64 columns the forward reads the split units, even for
+    # an even width (the narrow kernels: outputs in the lanes), with the same integers; from
+    # 64 columns on, an even width reads the pair form
     assert kernels.PAIR_MIN_WIDTH == 64
     pair_kernels = kernels.IMPLEMENTATIONS[isa]
     rng = np.random.default_rng(inputs)
@@ -640,23 +641,15 @@ def test_inputs_narrower_than_64_columns_go_to_the_c_kernels(isa, spy, inputs):
         np.testing.assert_array_equal(layer.weight, reference.weight)
         assert layer.weight_bound == reference.weight_bound == np.abs(reference.weight).max()
         copies = layer.kernel_cache
-        if inputs < 64:  # the "c" kernels' copy: W as float64
-            np.testing.assert_array_equal(copies.float64, reference.weight.astype(np.float64))
-            assert copies.pairs is None and copies.units is None
-        elif inputs % 2:
+        if inputs < 64 or inputs % 2:
             np.testing.assert_array_equal(copies.units, split_units(reference.weight))
             assert copies.pairs is None and copies.float64 is None
         else:
             np.testing.assert_array_equal(copies.pairs.pairs, expected_pair_form(reference.weight)[0])
             assert copies.units is None and copies.float64 is None
-    if inputs < 64:
-        assert not any("/" in name for name in spy.calls)  # no pair kernel ran, on any ISA
-        assert spy.calls["sgd_update"] == 3 and spy.calls["scale_to_int8"] == 3
-        assert not {"row_l1", "pair_form", "split_units"} & set(spy.calls)
-    else:
-        product = "units_product" if inputs % 2 else "pairs_product"
-        assert spy.calls[f"{product}/{isa}"] == 3 and spy.calls[f"units_sgd_update/{isa}"] == 3
-        assert "sgd_update" not in spy.calls
+    product = "units_product" if inputs < 64 or inputs % 2 else "pairs_product"
+    assert spy.calls[f"{product}/{isa}"] == 3 and spy.calls[f"units_sgd_update/{isa}"] == 3
+    assert "sgd_update" not in spy.calls
 
 
 def test_too_many_outliers_switch_the_forward_to_split_units(isa, spy):
@@ -677,7 +670,7 @@ def _hand_back_cases():
     biased.bias[:] = [3, -4, 5]
     biased.refresh_bounds()
     wide = np.repeat(x, 2, axis=1)
-    narrow = np.ascontiguousarray(x[:, :63])
+    narrow = np.ascontiguousarray(x[:, :62])
     pair_kernels = ["pair_form", "split_units", "row_l1", "pairs_product", "units_product"]
     return {
         # (layer, x, scale, the C functions that must run, those that must not)
@@ -691,9 +684,8 @@ def _hand_back_cases():
             ["units_product", "split_units"]),
         "int16 input": (layer_with(np.ones((3, 64))), x.astype(np.int16), 256, ["scale_to_int8"], pair_kernels),
         "strided input": (layer_with(np.ones((3, 64))), wide[:, ::2], 256, ["scale_to_int8"], pair_kernels),
-        "narrow input, even": (layer_with(np.full((3, 62), UNITS_LIMIT)), narrow[:, :62].copy(), 256,
-                               ["scale_to_int8"], pair_kernels),
-        "narrow input, odd": (layer_with(np.full((3, 63), 1000)), narrow, 256, ["scale_to_int8"], pair_kernels),
+        "narrow input, past the split units": (layer_with(np.full((3, 62), UNITS_LIMIT)), narrow,
+                                               256, ["scale_to_int8"], pair_kernels),
         "128 * scale past int32": (layer_with(np.ones((3, 64))), x, 2**24, [], pair_kernels + ["scale_to_int8"]),
         "bias": (biased, x, 256, [], pair_kernels + ["scale_to_int8"]),
     }
@@ -770,8 +762,7 @@ def _update_cases():
         "int64 delta": (delta.astype(np.int64), x, 64, None, "sgd_update"),
         "int16 input": (delta, x.astype(np.int16), 64, None, "sgd_update"),
         "strided input": (delta, np.repeat(x, 2, axis=1)[:, ::2], 64, None, "sgd_update"),
-        "narrow input, even": (delta, np.ascontiguousarray(x[:, :62]), 64, None, "sgd_update"),
-        "narrow input, odd": (delta, np.ascontiguousarray(x[:, :63]), 64, None, "sgd_update"),
+        "narrow input, delta past the split units": (big, np.ascontiguousarray(x[:1, :9]), 64, None, "sgd_update"),
         "divisor past 32 bits": (delta, x, 2**31, None, None),
     }
 

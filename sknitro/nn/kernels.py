@@ -62,8 +62,9 @@ KERNEL_DIVISOR_LIMIT = 2**31  # divisors of the C kernels' 32-bit multiply-and-s
 UNITS_LIMIT = 2**23  # |a| < 2**23: a >> 8 fits the int16 half of a split unit
 PAIR_LIMIT = 2**15  # |w| <= 2**15 in a weight's pair form (int16, saturated)
 OUTLIER_CAPACITY = 512  # outliers a pair form corrects; past that, the forward uses split units
-# Narrower inputs (a first conv layer's 9 or 27 patch values) leave most of a pair kernel's
-# vector tiles empty: the "c" kernels are faster there (benchmarks/bench_conv_throughput.py).
+# Narrower inputs (a first conv layer's 9 or 27 patch values) would leave most of a tile along
+# the inputs empty: the kernels put the outputs in the vector lanes instead (_pairs.h, "narrow
+# layers"), on the weights' split units.
 PAIR_MIN_WIDTH = 64
 
 
@@ -349,9 +350,9 @@ class PairKernels(CompiledKernels):
         self.name = isa
 
     def thread_pools(self) -> contextlib.AbstractContextManager:
-        # The products run on the kernels' OpenMP threads; BLAS keeps only small work (a first
-        # conv layer's narrow products) and stays on one thread: two pools whose idle threads
-        # spin on the same cores made a 2-thread compact-CNN epoch 1.4x slower than 1 thread
+        # The products run on the kernels' OpenMP threads; BLAS keeps only what falls outside
+        # their proofs and stays on one thread: two pools whose idle threads spin on the same
+        # cores made a 2-thread compact-CNN epoch 1.4x slower than 1 thread
         # (benchmarks/bench_kernels.py).
         return _SINGLE_THREADED_BLAS
 
@@ -439,13 +440,14 @@ _SINGLE_THREADED_BLAS = _SingleThreadedBlas()
 def _pair_input(x: Any) -> bool:
     """Whether the pair products may take ``x`` (a host int8 matrix) as their input."""
     return (isinstance(x, np.ndarray) and x.dtype == np.int8 and x.ndim == 2 and x.size > 0
-            and x.shape[1] >= PAIR_MIN_WIDTH and x.flags.c_contiguous)
+            and x.flags.c_contiguous)
 
 
 def _pair_width(layer: Any) -> bool:
-    """Whether the forward reads ``layer``'s pair form: an even width, and int32 flat indices
-    for its outliers (else its split units)."""
-    return layer.weight.shape[1] % 2 == 0 and layer.weight.size <= INT32_LIMIT
+    """Whether the forward reads ``layer``'s pair form: an even width of at least
+    PAIR_MIN_WIDTH, and int32 flat indices for its outliers (else its split units)."""
+    width = layer.weight.shape[1]
+    return width % 2 == 0 and width >= PAIR_MIN_WIDTH and layer.weight.size <= INT32_LIMIT
 
 
 def _new_pair_buffers(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
