@@ -8,6 +8,7 @@
  *   sgd_update           W -= tdiv(G, lr_inv * amp) + tdiv(W, decay_inv), returning max|W|
  *   head_step            a learning head's whole update, in int32 loops (no float at all)
  *   lookup_uint8         out = table[x] for uint8 x                      (the image encoder)
+ *   max_pool, max_unpool max pooling of int8 maps and its gradient        (conv blocks)
  *
  * from the portable loops of _portable.c, and the pair products of _pairs.h (row_l1,
  * split_units, pair_form, units_product, pairs_product, units_sgd_update), which replace
@@ -131,6 +132,7 @@ TYPED_BUFFER(int8_out, 'i', 1, 1, 0, "int8")
 TYPED_BUFFER(int8_out_or_none, 'i', 1, 1, 1, "int8")
 TYPED_BUFFER(int8_in_or_none, 'i', 1, 0, 1, "int8")
 TYPED_BUFFER(uint8_in, 'u', 1, 0, 0, "uint8")
+TYPED_BUFFER(uint8_out, 'u', 1, 1, 0, "uint8")
 TYPED_BUFFER(int16_in, 'i', 2, 0, 0, "int16")
 TYPED_BUFFER(int16_out, 'i', 2, 1, 0, "int16")
 TYPED_BUFFER(int32_in, 'i', 4, 0, 0, "int32")
@@ -379,6 +381,102 @@ static PyObject *lookup_uint8(PyObject *Py_UNUSED(self), PyObject *args)
     }
     PyBuffer_Release(&table);
     PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* ---- max pooling ------------------------------------------------------------------ */
+
+/* n maps of (h, w, c) and windows of (kh, kw) that fit them, at most 256 positions (uint8
+ * arg-max); the output has n * (h / kh) rows of (w / kw) * c values. */
+static int check_pool(Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c, Py_ssize_t kh, Py_ssize_t kw)
+{
+    if (n < 1 || h < 1 || w < 1 || c < 1 || kh < 1 || kw < 1 || kh > h || kw > w || kh * kw > 256) {
+        PyErr_Format(PyExc_ValueError, "maps (%zd, %zd, %zd, %zd) and window (%zd, %zd) do not make a pooling",
+                     n, h, w, c, kh, kw);
+        return -1;
+    }
+    if (h > PY_SSIZE_T_MAX / w / c / n) {
+        PyErr_SetString(PyExc_ValueError, "maps too large");
+        return -1;
+    }
+    return 0;
+}
+
+/* Output rows per chunk of a pooling pass: about CHUNK_ITEMS input values. */
+static Py_ssize_t pool_chunk_rows(Py_ssize_t w, Py_ssize_t c, Py_ssize_t kh)
+{
+    Py_ssize_t per_row = kh * w * c;
+    return CHUNK_ITEMS / per_row > 0 ? CHUNK_ITEMS / per_row : 1;
+}
+
+PyDoc_STRVAR(max_pool_doc,
+"max_pool(x, n, h, w, c, kh, kw, best, argmax)\n"
+"--\n"
+"\n"
+"Max pooling of int8 maps x laid out (n, h, w, c) with windows (kh, kw), stride = window, no\n"
+"padding, floor mode: int8 best and uint8 argmax (the window position di * kw + dj of the\n"
+"first maximum), both laid out (n, h // kh, w // kw, c).");
+
+static PyObject *max_pool(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer x, best, argmax;
+    Py_ssize_t n, h, w, c, kh, kw;
+    if (!PyArg_ParseTuple(args, "O&nnnnnnO&O&", int8_in, &x, &n, &h, &w, &c, &kh, &kw, int8_out, &best,
+                          uint8_out, &argmax))
+        return NULL;
+    PyObject *result = NULL;
+    if (check_pool(n, h, w, c, kh, kw) == 0 && check_size(&x, n * h * w * c, 1, "x") == 0
+        && check_size(&best, n * (h / kh) * (w / kw) * c, 1, "best") == 0
+        && check_size(&argmax, n * (h / kh) * (w / kw) * c, 1, "argmax") == 0) {
+        Py_ssize_t rows = n * (h / kh), chunk_rows = pool_chunk_rows(w, c, kh);
+        Py_ssize_t chunks = (rows + chunk_rows - 1) / chunk_rows;
+        Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel for schedule(static) if (chunks > 1)
+        for (Py_ssize_t chunk = 0; chunk < chunks; chunk++)
+            max_pool_rows((const int8_t *)x.buf, (int8_t *)best.buf, (uint8_t *)argmax.buf, chunk * chunk_rows,
+                          (chunk + 1) * chunk_rows < rows ? (chunk + 1) * chunk_rows : rows, h, w, c, kh, kw);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&best);
+    PyBuffer_Release(&argmax);
+    return result;
+}
+
+PyDoc_STRVAR(max_unpool_doc,
+"max_unpool(delta, argmax, n, h, w, c, kh, kw, out)\n"
+"--\n"
+"\n"
+"The gradient through max_pool: int32 out laid out (n, h, w, c) gets each window's int32\n"
+"delta at the window's argmax and 0 at its other positions; values no window covers (the\n"
+"rows and columns past the last whole window) are left as they are.");
+
+static PyObject *max_unpool(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer delta, argmax, out;
+    Py_ssize_t n, h, w, c, kh, kw;
+    if (!PyArg_ParseTuple(args, "O&O&nnnnnnO&", int32_in, &delta, uint8_in, &argmax, &n, &h, &w, &c, &kh, &kw,
+                          int32_out, &out))
+        return NULL;
+    PyObject *result = NULL;
+    if (check_pool(n, h, w, c, kh, kw) == 0 && check_size(&out, n * h * w * c, 4, "out") == 0
+        && check_size(&delta, n * (h / kh) * (w / kw) * c, 4, "delta") == 0
+        && check_size(&argmax, n * (h / kh) * (w / kw) * c, 1, "argmax") == 0) {
+        Py_ssize_t rows = n * (h / kh), chunk_rows = pool_chunk_rows(w, c, kh);
+        Py_ssize_t chunks = (rows + chunk_rows - 1) / chunk_rows;
+        Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel for schedule(static) if (chunks > 1)
+        for (Py_ssize_t chunk = 0; chunk < chunks; chunk++)
+            max_unpool_rows((const int32_t *)delta.buf, (const uint8_t *)argmax.buf, (int32_t *)out.buf,
+                            chunk * chunk_rows, (chunk + 1) * chunk_rows < rows ? (chunk + 1) * chunk_rows : rows,
+                            h, w, c, kh, kw);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&delta);
+    PyBuffer_Release(&argmax);
     PyBuffer_Release(&out);
     return result;
 }
@@ -674,6 +772,8 @@ static PyObject *units_sgd_update(PyObject *Py_UNUSED(self), PyObject *args)
 
 static PyMethodDef methods[] = {
     {"lookup_uint8", lookup_uint8, METH_VARARGS, lookup_uint8_doc},
+    {"max_pool", max_pool, METH_VARARGS, max_pool_doc},
+    {"max_unpool", max_unpool, METH_VARARGS, max_unpool_doc},
     {"head_step", head_step, METH_VARARGS, head_step_doc},
     {"scale_to_int8", scale_to_int8, METH_VARARGS, scale_to_int8_doc},
     {"activation_backward", activation_backward, METH_VARARGS, activation_backward_doc},

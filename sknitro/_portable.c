@@ -160,3 +160,56 @@ void lookup_int8(const int8_t *restrict table, const int8_t *restrict x, int8_t 
         out[i] = table[(uint8_t)x[i]];
 }
 
+
+/* Max pooling (conv.MaxPool2d) of int8 maps laid out (n, h, w, c), windows kh x kw with
+ * stride = window, no padding, floor mode: output rows [first, last) of the n * (h / kh)
+ * rows, `best` (n, h / kh, w / kw, c) and `argmax`, the window position di * kw + dj of the
+ * first maximum. */
+MULTIVERSION
+void max_pool_rows(const int8_t *restrict x, int8_t *restrict best, uint8_t *restrict argmax, ptrdiff_t first,
+                   ptrdiff_t last, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw)
+{
+    ptrdiff_t ho = h / kh, wo = w / kw;
+    for (ptrdiff_t row = first; row < last; row++) {
+        ptrdiff_t image = row / ho, i = row % ho;
+        for (ptrdiff_t j = 0; j < wo; j++) {
+            int8_t *b = best + (row * wo + j) * c;
+            uint8_t *a = argmax + (row * wo + j) * c;
+            for (ptrdiff_t ch = 0; ch < c; ch++) {
+                b[ch] = x[((image * h + i * kh) * w + j * kw) * c + ch];
+                a[ch] = 0;
+            }
+            for (ptrdiff_t k = 1; k < kh * kw; k++) {
+                const int8_t *v = x + ((image * h + i * kh + k / kw) * w + j * kw + k % kw) * c;
+                for (ptrdiff_t ch = 0; ch < c; ch++) { /* strictly greater: the first maximum wins ties */
+                    int better = v[ch] > b[ch];
+                    b[ch] = better ? v[ch] : b[ch];
+                    a[ch] = better ? (uint8_t)k : a[ch];
+                }
+            }
+        }
+    }
+}
+
+/* The gradient through max_pool_rows for its rows [first, last): each window's delta at its
+ * arg-max, 0 at the window's other positions (`out` (n, h, w, c); what no window covers is
+ * left as it is). */
+MULTIVERSION
+void max_unpool_rows(const int32_t *restrict delta, const uint8_t *restrict argmax, int32_t *restrict out,
+                     ptrdiff_t first, ptrdiff_t last, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh,
+                     ptrdiff_t kw)
+{
+    ptrdiff_t ho = h / kh, wo = w / kw;
+    for (ptrdiff_t row = first; row < last; row++) {
+        ptrdiff_t image = row / ho, i = row % ho;
+        for (ptrdiff_t j = 0; j < wo; j++) {
+            const int32_t *d = delta + (row * wo + j) * c;
+            const uint8_t *a = argmax + (row * wo + j) * c;
+            for (ptrdiff_t k = 0; k < kh * kw; k++) {
+                int32_t *o = out + ((image * h + i * kh + k / kw) * w + j * kw + k % kw) * c;
+                for (ptrdiff_t ch = 0; ch < c; ch++)
+                    o[ch] = a[ch] == k ? d[ch] : 0;
+            }
+        }
+    }
+}

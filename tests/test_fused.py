@@ -19,6 +19,7 @@ from sknitro import NitroCNNClassifier, NitroMLPClassifier
 from sknitro.encoding import InputEncoder
 from sknitro.nn import kernels
 from sknitro.nn.blocks import LinearHead
+from sknitro.nn.conv import MaxPool2d
 from sknitro.nn.functional import tdiv
 from sknitro.nn.kernels import CompiledKernels, LayerCopies, PairForm, PairKernels, nitro_scale
 from sknitro.nn.layers import ACTIVATIONS, IntegerLinear, make_activation
@@ -545,6 +546,58 @@ def test_step_refuses_int32_overflow_and_leaves_the_weights_alone(spy, name):
     np.testing.assert_array_equal(layer.weight, before)
     assert layer.weight_bound == 2**31 - 10
     assert not any("sgd_update" in call for call in spy.calls)
+
+
+def channels_last(maps):
+    """``maps`` (n, C, H, W) laid out (n, H, W, C) in memory, as the conv blocks keep them."""
+    return np.ascontiguousarray(maps.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@needs_c
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("window, shape", [((2, 2), (3, 5, 28, 28)), ((2, 2), (2, 3, 7, 7)), ((3, 2), (4, 33, 8, 5)),
+                                           ((1, 1), (1, 2, 3, 3)), ((4, 4), (2, 17, 4, 6)), ((1, 16), (2, 3, 5, 16))])
+def test_max_pool_matches_the_reference(c_kernels, spy, threads, window, shape):
+    # floor mode (7 -> 3, 5 -> 2: the last row and column in no window get no gradient), ties
+    # (values from a few levels, -128 and 127 among them: the first maximum wins); 3 x 5 x
+    # 28 x 28 with 2 x 2 windows is past one chunk (2**16 values), so 2 threads split it
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(shape[1])
+    x = channels_last(rng.choice(np.array([-128, -5, 0, 3, 127], np.int8), shape))
+    delta = rng.integers(-(2**31), 2**31, (shape[0], shape[1], shape[2] // window[0], shape[3] // window[1]),
+                         dtype=np.int64).astype(np.int32)
+    pool = MaxPool2d(window)
+    expected, expected_argmax = pool.reference_forward(x)
+    expected_grad = pool.reference_backward(delta, expected_argmax, shape)
+    with threadpool_limits(threads):
+        best, argmax = c_kernels.max_pool(pool, x)
+        grad = c_kernels.max_pool_backward(pool, delta, argmax, shape)
+    assert spy.calls["max_pool"] == spy.calls["max_unpool"] == 1
+    assert best.dtype == np.int8 and argmax.dtype == np.uint8 and grad.dtype == np.int32
+    np.testing.assert_array_equal(best, expected)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(grad, expected_grad)
+    assert grad.shape == shape and (grad != 0).sum() == (delta != 0).sum()
+
+
+@needs_c
+def test_max_pool_hands_back_what_it_does_not_cover(c_kernels, spy):
+    # padding (a head's pool), int16 maps (conv dropout's output), NCHW memory, int64 delta
+    rng = np.random.default_rng(0)
+    x = channels_last(rng.integers(-128, 128, (2, 3, 6, 6)).astype(np.int8))
+    padded = MaxPool2d((4, 4), (1, 1))
+    plain = MaxPool2d((2, 2))
+    cases = [(padded, x), (plain, x.astype(np.int16)), (plain, np.ascontiguousarray(x))]
+    for pool, maps in cases:
+        best, argmax = c_kernels.max_pool(pool, maps)
+        expected, expected_argmax = pool.reference_forward(maps)
+        np.testing.assert_array_equal(best, expected)
+        np.testing.assert_array_equal(argmax, expected_argmax)
+        delta = rng.integers(-100, 100, best.shape).astype(np.int64)
+        np.testing.assert_array_equal(c_kernels.max_pool_backward(pool, delta, argmax, maps.shape),
+                                      pool.reference_backward(delta, argmax, maps.shape))
+    assert "max_pool" not in spy.calls and "max_unpool" not in spy.calls
 
 
 def test_image_encoding_lookup_matches_the_reference(c_kernels, spy):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_namespace, to_namespace
-from . import graph
+from . import graph, kernels
 from .functional import im2col, tdiv
 from .init import integer_uniform
 from .layers import IntegerLinear
@@ -210,6 +210,13 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x: Any) -> tuple[Any, Any]:
         """Pooled map and the arg-max position of each window (for backward)."""
+        return kernels.select().max_pool(self, x)
+
+    def backward(self, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
+        return kernels.select().max_pool_backward(self, delta, argmax, input_shape)
+
+    def reference_forward(self, x: Any) -> tuple[Any, Any]:
+        """:meth:`forward` in NumPy (or CuPy): the rule the compiled kernels are held to."""
         xp = array_namespace(x)
         fill = int(np.iinfo(x.dtype).min) if x.dtype.kind in "iu" else INT8_MIN
         x = _pad_and_crop(x, self.window, self.padding, fill)
@@ -227,7 +234,8 @@ class MaxPool2d(_Pool2d):
             argmax += better * (index_dtype(k) - argmax)
         return best, argmax
 
-    def backward(self, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
+    def reference_backward(self, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
+        """:meth:`backward` in NumPy (or CuPy)."""
         delta = _in_channels_last(delta)  # as argmax (the map's layout): elementwise products stay contiguous
         return self._spread(lambda k: delta * (argmax == k), delta, input_shape)
 

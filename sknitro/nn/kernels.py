@@ -231,6 +231,15 @@ class NumpyKernels:
         """``table[x]`` for uint8 ``x`` and an int8 table of 256 entries."""
         return array_namespace(x).take(table, x)  # take: twice as fast as table[x]
 
+    def max_pool(self, pool: Any, x: Any) -> tuple[Any, Any]:
+        """``pool`` (a :class:`~.conv.MaxPool2d`) on the map ``x``: the pooled map and the
+        arg-max of each window."""
+        return pool.reference_forward(x)
+
+    def max_pool_backward(self, pool: Any, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
+        """The gradient through ``pool``: ``delta`` at each window's arg-max."""
+        return pool.reference_backward(delta, argmax, input_shape)
+
     def thread_pools(self) -> contextlib.AbstractContextManager:
         """A context for a run of many steps (an epoch) with the thread pools this
         implementation wants; the reference leaves them as they are."""
@@ -315,6 +324,32 @@ class CompiledKernels(NumpyKernels):
         out = np.empty(x.shape, dtype=np.int8)
         _compiled.lookup_uint8(table, x, out)
         return out
+
+    def max_pool(self, pool: Any, x: Any) -> tuple[Any, Any]:
+        (kh, kw), (n, c, h, w) = pool.window, x.shape
+        if not _channels_last_int8(x) or pool.padding != (0, 0) or kh * kw > 256 or kh > h or kw > w \
+                or x.size == 0:
+            return super().max_pool(pool, x)
+        best = np.empty((n, h // kh, w // kw, c), dtype=np.int8)
+        argmax = np.empty(best.shape, dtype=np.uint8)
+        _compiled.max_pool(x.transpose(0, 2, 3, 1), n, h, w, c, kh, kw, best, argmax)
+        return best.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
+
+    def max_pool_backward(self, pool: Any, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
+        (kh, kw), (n, c, h, w) = pool.window, input_shape
+        rows_last = argmax.transpose(0, 2, 3, 1)
+        if not isinstance(delta, np.ndarray) or delta.dtype != np.int32 or argmax.dtype != np.uint8 \
+                or not rows_last.flags.c_contiguous or pool.padding != (0, 0) or kh * kw > 256 \
+                or argmax.shape != (n, c, h // kh, w // kw) or delta.shape != argmax.shape or delta.size == 0:
+            return super().max_pool_backward(pool, delta, argmax, input_shape)
+        out = np.zeros((n, h, w, c), dtype=np.int32)
+        _compiled.max_unpool(np.ascontiguousarray(delta.transpose(0, 2, 3, 1)), rows_last, n, h, w, c, kh, kw, out)
+        return out.transpose(0, 3, 1, 2)
+
+
+def _channels_last_int8(x: Any) -> bool:
+    """Whether the map ``x`` is a host int8 array laid out ``(n, H, W, C)`` in memory."""
+    return isinstance(x, np.ndarray) and x.dtype == np.int8 and x.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
 def _divisors_fit(divisor: int, decay_inv: int) -> bool:

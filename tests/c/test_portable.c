@@ -231,6 +231,49 @@ static void test_head(void)
 }
 
 /* The operand forms of the pair products, and the outlier list of a pair form. */
+static void test_pools(void)
+{
+    enum { IMAGES = 3, H = 7, W = 9, C = 5 };
+    static int8_t x[IMAGES * H * W * C], best[IMAGES * H * W * C];
+    static uint8_t argmax[IMAGES * H * W * C];
+    static int32_t delta[IMAGES * H * W * C], out[IMAGES * H * W * C];
+    const int windows[][2] = {{2, 2}, {3, 2}, {1, 4}, {7, 9}};
+    for (int round = 0; round < 16; round++) {
+        int kh = windows[round % 4][0], kw = windows[round % 4][1], ho = H / kh, wo = W / kw;
+        for (int i = 0; i < IMAGES * H * W * C; i++) {
+            x[i] = (int8_t)(uniform(0, 4) * 60 - 128); /* few levels: ties, -128 and 112 */
+            delta[i] = (int32_t)uniform(-2000000000, 2000000000);
+            out[i] = 7; /* past the last whole window: left as it is */
+        }
+        max_pool_rows(x, best, argmax, 0, IMAGES * ho, H, W, C, kh, kw);
+        max_unpool_rows(delta, argmax, out, 0, IMAGES * ho, H, W, C, kh, kw);
+        for (int n = 0; n < IMAGES; n++)
+            for (int i = 0; i < ho; i++)
+                for (int j = 0; j < wo; j++)
+                    for (int c = 0; c < C; c++) {
+                        int top = -129, at = -1;
+                        for (int di = 0; di < kh; di++)
+                            for (int dj = 0; dj < kw; dj++) {
+                                int v = x[((n * H + i * kh + di) * W + j * kw + dj) * C + c];
+                                if (v > top)
+                                    top = v, at = di * kw + dj;
+                            }
+                        int o = ((n * ho + i) * wo + j) * C + c;
+                        CHECK(best[o] == top && argmax[o] == at, "max_pool_rows at %d (window %dx%d)", o, kh, kw);
+                        for (int di = 0; di < kh; di++)
+                            for (int dj = 0; dj < kw; dj++)
+                                CHECK(out[((n * H + i * kh + di) * W + j * kw + dj) * C + c]
+                                          == (di * kw + dj == at ? delta[o] : 0),
+                                      "max_unpool_rows at %d", o);
+                    }
+        for (int n = 0; n < IMAGES; n++)
+            for (int i = 0; i < H; i++)
+                for (int j = 0; j < W; j++)
+                    if (i >= ho * kh || j >= wo * kw)
+                        CHECK(out[((n * H + i) * W + j) * C] == 7, "max_unpool_rows wrote past the windows");
+    }
+}
+
 static void test_pair_forms(void)
 {
     enum { R = 9, K = 30 };
@@ -330,6 +373,7 @@ int main(void)
     test_rules();
     test_loops();
     test_head();
+    test_pools();
     test_pair_forms();
     const pair_kernels_t *isas[] = {&avx2_kernels, &vnni_kernels};
     for (int i = 0; i < 2; i++) {
