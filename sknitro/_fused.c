@@ -387,33 +387,44 @@ static PyObject *lookup_uint8(PyObject *Py_UNUSED(self), PyObject *args)
 
 /* ---- max pooling ------------------------------------------------------------------ */
 
-/* n maps of (h, w, c) and windows of (kh, kw) that fit them, at most 256 positions (uint8
- * arg-max); the output has n * (h / kh) rows of (w / kw) * c values. */
-static int check_pool(Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c, Py_ssize_t kh, Py_ssize_t kw)
+/* A max pooling's geometry, and its output rows in chunks of about CHUNK_ITEMS input values. */
+typedef struct {
+    Py_ssize_t h, w, c, kh, kw, rows, chunk_rows, chunks;
+} pooling_t;
+
+/* The pooling of n maps (h, w, c) by windows (kh, kw) that fit them, at most 256 positions
+ * (uint8 arg-max): `maps` must hold the maps (map_itemsize bytes per value), `pooled` and
+ * `argmax` the n * (h / kh) * (w / kw) * c pooled values (pooled_itemsize, and 1 byte). */
+static int make_pooling(pooling_t *p, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c, Py_ssize_t kh,
+                        Py_ssize_t kw, Py_buffer *maps, Py_ssize_t map_itemsize, Py_buffer *pooled,
+                        Py_ssize_t pooled_itemsize, Py_buffer *argmax)
 {
     if (n < 1 || h < 1 || w < 1 || c < 1 || kh < 1 || kw < 1 || kh > h || kw > w || kh * kw > 256) {
         PyErr_Format(PyExc_ValueError, "maps (%zd, %zd, %zd, %zd) and window (%zd, %zd) do not make a pooling",
                      n, h, w, c, kh, kw);
         return -1;
     }
-    if (h > PY_SSIZE_T_MAX / w / c / n) {
+    if (h > PY_SSIZE_T_MAX / 4 / w / c / n) {
         PyErr_SetString(PyExc_ValueError, "maps too large");
         return -1;
     }
+    Py_ssize_t values = n * (h / kh) * (w / kw) * c;
+    if (check_size(maps, n * h * w * c, map_itemsize, "maps") < 0
+        || check_size(pooled, values, pooled_itemsize, "pooled") < 0 || check_size(argmax, values, 1, "argmax") < 0)
+        return -1;
+    *p = (pooling_t){h, w, c, kh, kw, n * (h / kh), CHUNK_ITEMS / (kh * w * c) > 0 ? CHUNK_ITEMS / (kh * w * c) : 1, 0};
+    p->chunks = (p->rows + p->chunk_rows - 1) / p->chunk_rows;
     return 0;
 }
 
-/* Output rows per chunk of a pooling pass: about CHUNK_ITEMS input values. */
-static Py_ssize_t pool_chunk_rows(Py_ssize_t w, Py_ssize_t c, Py_ssize_t kh)
+/* The end of the rows of chunk `chunk`. */
+static Py_ssize_t chunk_end(const pooling_t *p, Py_ssize_t chunk)
 {
-    Py_ssize_t per_row = kh * w * c;
-    return CHUNK_ITEMS / per_row > 0 ? CHUNK_ITEMS / per_row : 1;
+    return (chunk + 1) * p->chunk_rows < p->rows ? (chunk + 1) * p->chunk_rows : p->rows;
 }
 
 PyDoc_STRVAR(max_pool_doc,
-"max_pool(x, n, h, w, c, kh, kw, best, argmax)\n"
-"--\n"
-"\n"
+"max_pool(x, n, h, w, c, kh, kw, best, argmax)\n--\n\n"
 "Max pooling of int8 maps x laid out (n, h, w, c) with windows (kh, kw), stride = window, no\n"
 "padding, floor mode: int8 best and uint8 argmax (the window position di * kw + dj of the\n"
 "first maximum), both laid out (n, h // kh, w // kw, c).");
@@ -425,30 +436,24 @@ static PyObject *max_pool(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "O&nnnnnnO&O&", int8_in, &x, &n, &h, &w, &c, &kh, &kw, int8_out, &best,
                           uint8_out, &argmax))
         return NULL;
-    PyObject *result = NULL;
-    if (check_pool(n, h, w, c, kh, kw) == 0 && check_size(&x, n * h * w * c, 1, "x") == 0
-        && check_size(&best, n * (h / kh) * (w / kw) * c, 1, "best") == 0
-        && check_size(&argmax, n * (h / kh) * (w / kw) * c, 1, "argmax") == 0) {
-        Py_ssize_t rows = n * (h / kh), chunk_rows = pool_chunk_rows(w, c, kh);
-        Py_ssize_t chunks = (rows + chunk_rows - 1) / chunk_rows;
+    pooling_t p;
+    int ok = make_pooling(&p, n, h, w, c, kh, kw, &x, 1, &best, 1, &argmax) == 0;
+    if (ok) {
         Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel for schedule(static) if (chunks > 1)
-        for (Py_ssize_t chunk = 0; chunk < chunks; chunk++)
-            max_pool_rows((const int8_t *)x.buf, (int8_t *)best.buf, (uint8_t *)argmax.buf, chunk * chunk_rows,
-                          (chunk + 1) * chunk_rows < rows ? (chunk + 1) * chunk_rows : rows, h, w, c, kh, kw);
+#pragma omp parallel for schedule(static) if (p.chunks > 1)
+        for (Py_ssize_t chunk = 0; chunk < p.chunks; chunk++)
+            max_pool_rows((const int8_t *)x.buf, (int8_t *)best.buf, (uint8_t *)argmax.buf, chunk * p.chunk_rows,
+                          chunk_end(&p, chunk), h, w, c, kh, kw);
         Py_END_ALLOW_THREADS
-        result = Py_NewRef(Py_None);
     }
     PyBuffer_Release(&x);
     PyBuffer_Release(&best);
     PyBuffer_Release(&argmax);
-    return result;
+    return ok ? Py_NewRef(Py_None) : NULL;
 }
 
 PyDoc_STRVAR(max_unpool_doc,
-"max_unpool(delta, argmax, n, h, w, c, kh, kw, out)\n"
-"--\n"
-"\n"
+"max_unpool(delta, argmax, n, h, w, c, kh, kw, out)\n--\n\n"
 "The gradient through max_pool: int32 out laid out (n, h, w, c) gets each window's int32\n"
 "delta at the window's argmax and 0 at its other positions; values no window covers (the\n"
 "rows and columns past the last whole window) are left as they are.");
@@ -460,25 +465,20 @@ static PyObject *max_unpool(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O&nnnnnnO&", int32_in, &delta, uint8_in, &argmax, &n, &h, &w, &c, &kh, &kw,
                           int32_out, &out))
         return NULL;
-    PyObject *result = NULL;
-    if (check_pool(n, h, w, c, kh, kw) == 0 && check_size(&out, n * h * w * c, 4, "out") == 0
-        && check_size(&delta, n * (h / kh) * (w / kw) * c, 4, "delta") == 0
-        && check_size(&argmax, n * (h / kh) * (w / kw) * c, 1, "argmax") == 0) {
-        Py_ssize_t rows = n * (h / kh), chunk_rows = pool_chunk_rows(w, c, kh);
-        Py_ssize_t chunks = (rows + chunk_rows - 1) / chunk_rows;
+    pooling_t p;
+    int ok = make_pooling(&p, n, h, w, c, kh, kw, &out, 4, &delta, 4, &argmax) == 0;
+    if (ok) {
         Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel for schedule(static) if (chunks > 1)
-        for (Py_ssize_t chunk = 0; chunk < chunks; chunk++)
+#pragma omp parallel for schedule(static) if (p.chunks > 1)
+        for (Py_ssize_t chunk = 0; chunk < p.chunks; chunk++)
             max_unpool_rows((const int32_t *)delta.buf, (const uint8_t *)argmax.buf, (int32_t *)out.buf,
-                            chunk * chunk_rows, (chunk + 1) * chunk_rows < rows ? (chunk + 1) * chunk_rows : rows,
-                            h, w, c, kh, kw);
+                            chunk * p.chunk_rows, chunk_end(&p, chunk), h, w, c, kh, kw);
         Py_END_ALLOW_THREADS
-        result = Py_NewRef(Py_None);
     }
     PyBuffer_Release(&delta);
     PyBuffer_Release(&argmax);
     PyBuffer_Release(&out);
-    return result;
+    return ok ? Py_NewRef(Py_None) : NULL;
 }
 
 /* ---- the pair products (sknitro/_pairs.h) ---------------------------------------- */

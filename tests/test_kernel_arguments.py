@@ -71,6 +71,11 @@ def _valid_calls():
         "pair_form": ([np.arange(8, dtype=np.int32), 4, np.empty(8, np.int16), np.empty(4, np.int32),
                        np.empty(4, np.int32)],
                       {0: (np.int32, False), 2: (np.int16, True), 3: (np.int32, True), 4: (np.int32, True)}),
+        # 2 maps of 5 x 4 x 3 by 2 x 2 windows: 2 x 2 x 2 x 3 pooled values
+        "max_pool": ([np.ones(120, np.int8), 2, 5, 4, 3, 2, 2, np.empty(24, np.int8), np.empty(24, np.uint8)],
+                     {0: (np.int8, False), 7: (np.int8, True), 8: (np.uint8, True)}),
+        "max_unpool": ([np.ones(24, np.int32), np.zeros(24, np.uint8), 2, 5, 4, 3, 2, 2, np.zeros(120, np.int32)],
+                       {0: (np.int32, False), 1: (np.uint8, False), 8: (np.int32, True)}),
     }
     calls = {name: (name, args, arrays) for name, (args, arrays) in calls.items()}
     for isa in PAIR_ISAS:
@@ -140,6 +145,21 @@ def test_sizes_that_do_not_fit_raise(size, cols):
     else:
         with pytest.raises(ValueError, match="rows"):
             _fused.row_l1(x, cols)
+
+
+@pytest.mark.parametrize("geometry", [(0, 5, 4, 3, 2, 2), (2, 5, 4, 3, 6, 2), (2, 5, 4, 3, 2, 5), (2, 5, 4, 3, 0, 2),
+                                      (2, 5, 4, 0, 2, 2), (2, 5, 4, 3, -1, 2), (1, 20, 20, 1, 17, 16),
+                                      (2**40, 2**40, 2**40, 3, 2, 2), (3, 5, 4, 3, 2, 2), (2, 5, 4, 3, 1, 1)])
+def test_a_pooling_that_does_not_fit_raises_value_error_and_writes_nothing(geometry):
+    # empty maps, windows past a side or of more than 256 positions, sizes that overflow, and
+    # geometries the buffers do not hold (3 maps; 1 x 1 windows: 120 pooled values)
+    x, best, argmax = np.ones(120, np.int8), np.full(24, 7, np.int8), np.full(24, 7, np.uint8)
+    delta, out = np.ones(24, np.int32), np.full(120, 7, np.int32)
+    with pytest.raises(ValueError):
+        _fused.max_pool(x, *geometry, best, argmax)
+    with pytest.raises(ValueError):
+        _fused.max_unpool(delta, argmax, *geometry, out)
+    assert (best == 7).all() and (argmax == 7).all() and (out == 7).all()
 
 
 @pytest.mark.parametrize("isa", PAIR_ISAS)
