@@ -11,6 +11,7 @@ Every integer operation of a step whose cost grows with the data goes through a
 ``sgd_update``            IntegerSGD on a layer with ``G = delta.T @ x`` (§5)
 ``head_step``             a learning head's whole update (§4)
 ``lookup_uint8``          the image encoder's table lookup
+``max_pool``              a max pooling of a conv map, and its gradient (``max_pool_backward``)
 ========================  ================================================================
 
 The implementations, each a subclass of the one before, which it calls (``super()``)
@@ -21,7 +22,8 @@ whenever its bounds do not prove an operation exact in its integer types:
     :func:`~sknitro.backend.exact_matmul`. Runs everywhere, GPU included.
 ``"c"`` (:class:`CompiledKernels`)
     Products on float64 BLAS, proven exact, with everything around them fused into
-    portable C passes (``sknitro._fused``; the rules are written once, in ``_rules.h``).
+    portable C passes (``sknitro._fused``; the rules are written once, in ``_rules.h``),
+    and max pooling in C.
 ``"avx2"``, ``"vnni"`` (:class:`PairKernels`)
     The dense and convolution products themselves on int16 pair instructions: AVX2's
     ``VPMADDWD`` or AVX-512 VNNI's ``VPDPWSSD`` (``_pairs.h``).
