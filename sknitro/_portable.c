@@ -12,6 +12,8 @@
  */
 #include "_portable.h"
 
+#include <string.h>
+
 /* Each hot loop is compiled for AVX-512 and AVX2 too; the loader picks the best the CPU has. */
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
 #define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -161,6 +163,35 @@ void lookup_int8(const int8_t *restrict table, const int8_t *restrict x, int8_t 
 }
 
 
+/* One window position v of c channels against the running maxima b, recording position k in
+ * a where v wins (strictly: the first maximum wins ties). Blocks of 16 channels of fixed
+ * length, which compilers vectorize whatever the target's vector width (a map has 32 or 64
+ * channels: one loop over c would not fill an AVX-512 vector). */
+static inline void pool_position(const int8_t *restrict v, int8_t *restrict b, uint8_t *restrict a, ptrdiff_t c,
+                                 uint8_t k)
+{
+    ptrdiff_t ch = 0;
+    for (; ch + 16 <= c; ch += 16) {
+        int8_t vv[16], bb[16];
+        uint8_t aa[16];
+        memcpy(vv, v + ch, 16);
+        memcpy(bb, b + ch, 16);
+        memcpy(aa, a + ch, 16);
+        for (int t = 0; t < 16; t++) {
+            uint8_t better = (uint8_t)-(vv[t] > bb[t]); /* all ones where v wins */
+            aa[t] = (uint8_t)((aa[t] & ~better) | (k & better));
+            bb[t] = vv[t] > bb[t] ? vv[t] : bb[t];
+        }
+        memcpy(b + ch, bb, 16);
+        memcpy(a + ch, aa, 16);
+    }
+    for (; ch < c; ch++) {
+        int better = v[ch] > b[ch];
+        b[ch] = better ? v[ch] : b[ch];
+        a[ch] = better ? k : a[ch];
+    }
+}
+
 /* Max pooling (conv.MaxPool2d) of int8 maps laid out (n, h, w, c), windows kh x kw with
  * stride = window, no padding, floor mode: output rows [first, last) of the n * (h / kh)
  * rows, `best` (n, h / kh, w / kw, c) and `argmax`, the window position di * kw + dj of the
@@ -171,22 +202,18 @@ void max_pool_rows(const int8_t *restrict x, int8_t *restrict best, uint8_t *res
 {
     ptrdiff_t ho = h / kh, wo = w / kw;
     for (ptrdiff_t row = first; row < last; row++) {
-        ptrdiff_t image = row / ho, i = row % ho;
+        const int8_t *band = x + (row / ho * h + row % ho * kh) * w * c; /* the window's first row */
         for (ptrdiff_t j = 0; j < wo; j++) {
             int8_t *b = best + (row * wo + j) * c;
             uint8_t *a = argmax + (row * wo + j) * c;
+            const int8_t *window = band + j * kw * c;
             for (ptrdiff_t ch = 0; ch < c; ch++) {
-                b[ch] = x[((image * h + i * kh) * w + j * kw) * c + ch];
+                b[ch] = window[ch];
                 a[ch] = 0;
             }
-            for (ptrdiff_t k = 1; k < kh * kw; k++) {
-                const int8_t *v = x + ((image * h + i * kh + k / kw) * w + j * kw + k % kw) * c;
-                for (ptrdiff_t ch = 0; ch < c; ch++) { /* strictly greater: the first maximum wins ties */
-                    int better = v[ch] > b[ch];
-                    b[ch] = better ? v[ch] : b[ch];
-                    a[ch] = better ? (uint8_t)k : a[ch];
-                }
-            }
+            for (ptrdiff_t di = 0; di < kh; di++)
+                for (ptrdiff_t dj = di == 0; dj < kw; dj++)
+                    pool_position(window + (di * w + dj) * c, b, a, c, (uint8_t)(di * kw + dj));
         }
     }
 }
