@@ -9,6 +9,7 @@
  *   head_step            a learning head's whole update, in int32 loops (no float at all)
  *   lookup_uint8         out = table[x] for uint8 x                      (the image encoder)
  *   max_pool, max_unpool max pooling of int8 maps and its gradient        (conv blocks)
+ *   im2col               the patches of int8 maps                         (conv layers)
  *
  * from the portable loops of _portable.c, and the pair products of _pairs.h (row_l1,
  * split_units, pair_form, units_product, pairs_product, units_sgd_update), which replace
@@ -481,6 +482,45 @@ static PyObject *max_unpool(PyObject *Py_UNUSED(self), PyObject *args)
     return ok ? Py_NewRef(Py_None) : NULL;
 }
 
+/* ---- im2col ------------------------------------------------------------------------ */
+
+PyDoc_STRVAR(im2col_doc,
+"im2col(x, n, h, w, c, k, pad, out)\n--\n\n"
+"The im2col patches of int8 maps x laid out (n, h, w, c), k x k windows, stride 1, pad zeros\n"
+"on every side: int8 out of n * ho * wo rows (ho = h + 2 pad - k + 1) of k * k * c values,\n"
+"ordered (kernel row, kernel column, channel).");
+
+static PyObject *im2col(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer x, out;
+    Py_ssize_t n, h, w, c, k, pad;
+    if (!PyArg_ParseTuple(args, "O&nnnnnnO&", int8_in, &x, &n, &h, &w, &c, &k, &pad, int8_out, &out))
+        return NULL;
+    int ok = 0;
+    if (n < 1 || h < 1 || w < 1 || c < 1 || k < 1 || pad < 0 || pad >= k || k > h + 2 * pad || k > w + 2 * pad
+        || h > (1 << 20) || w > (1 << 20) || k > 64
+        || c > PY_SSIZE_T_MAX / 4096 / (h + 2 * pad) / (w + 2 * pad) / n) {
+        PyErr_Format(PyExc_ValueError, "maps (%zd, %zd, %zd, %zd), window %zd and padding %zd do not make patches",
+                     n, h, w, c, k, pad);
+    } else {
+        Py_ssize_t ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1, rows = n * ho * wo;
+        if (check_size(&x, n * h * w * c, 1, "x") == 0 && check_size(&out, rows * k * k * c, 1, "out") == 0) {
+            Py_ssize_t chunk_rows = CHUNK_ITEMS / (k * k * c) > 0 ? CHUNK_ITEMS / (k * k * c) : 1;
+            Py_ssize_t chunks = (rows + chunk_rows - 1) / chunk_rows;
+            Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel for schedule(static) if (chunks > 1)
+            for (Py_ssize_t chunk = 0; chunk < chunks; chunk++)
+                im2col_rows((const int8_t *)x.buf, (int8_t *)out.buf, chunk * chunk_rows,
+                            (chunk + 1) * chunk_rows < rows ? (chunk + 1) * chunk_rows : rows, h, w, c, k, pad);
+            Py_END_ALLOW_THREADS
+            ok = 1;
+        }
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return ok ? Py_NewRef(Py_None) : NULL;
+}
+
 /* ---- the pair products (sknitro/_pairs.h) ---------------------------------------- */
 
 /* The pair products of each instruction set, fastest first. */
@@ -774,6 +814,7 @@ static PyMethodDef methods[] = {
     {"lookup_uint8", lookup_uint8, METH_VARARGS, lookup_uint8_doc},
     {"max_pool", max_pool, METH_VARARGS, max_pool_doc},
     {"max_unpool", max_unpool, METH_VARARGS, max_unpool_doc},
+    {"im2col", im2col, METH_VARARGS, im2col_doc},
     {"head_step", head_step, METH_VARARGS, head_step_doc},
     {"scale_to_int8", scale_to_int8, METH_VARARGS, scale_to_int8_doc},
     {"activation_backward", activation_backward, METH_VARARGS, activation_backward_doc},

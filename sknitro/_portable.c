@@ -240,3 +240,34 @@ void max_unpool_rows(const int32_t *restrict delta, const uint8_t *restrict argm
         }
     }
 }
+
+/* The im2col patches (functional.im2col) of int8 maps laid out (n, h, w, c), k x k windows,
+ * stride 1, `pad` zeros on every side: rows [first, last) of the n * ho * wo rows (ho = h +
+ * 2 pad - k + 1), each k * k * c values in the order (kernel row, kernel column, channel). */
+MULTIVERSION
+void im2col_rows(const int8_t *restrict x, int8_t *restrict out, ptrdiff_t first, ptrdiff_t last, ptrdiff_t h,
+                 ptrdiff_t w, ptrdiff_t c, ptrdiff_t k, ptrdiff_t pad)
+{
+    ptrdiff_t ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
+    for (ptrdiff_t row = first; row < last; row++) {
+        ptrdiff_t image = row / (ho * wo), i = row / wo % ho, j = row % wo;
+        int8_t *dst = out + row * k * k * c;
+        for (ptrdiff_t di = 0; di < k; di++, dst += k * c) {
+            ptrdiff_t si = i + di - pad, sj = j - pad; /* the window row's first column */
+            const int8_t *src = x + ((image * h + si) * w + sj) * c;
+            if (si < 0 || si >= h) {
+                memset(dst, 0, (size_t)(k * c));
+            } else if (sj >= 0 && sj + k <= w) { /* the whole window row inside: k * c contiguous values */
+                if (k * c >= 16)
+                    memcpy(dst, src, (size_t)(k * c));
+                else
+                    for (ptrdiff_t t = 0; t < k * c; t++)
+                        dst[t] = src[t];
+            } else {
+                for (ptrdiff_t dj = 0; dj < k; dj++)
+                    for (ptrdiff_t ch = 0; ch < c; ch++)
+                        dst[dj * c + ch] = sj + dj >= 0 && sj + dj < w ? src[dj * c + ch] : 0;
+            }
+        }
+    }
+}

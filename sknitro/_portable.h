@@ -49,4 +49,8 @@ void max_unpool_rows(const int32_t *restrict delta, const uint8_t *restrict argm
                      ptrdiff_t first, ptrdiff_t last, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh,
                      ptrdiff_t kw);
 
+/* The im2col patches of (n, h, w, c) int8 maps, k x k windows, `pad` zeros: rows [first, last). */
+void im2col_rows(const int8_t *restrict x, int8_t *restrict out, ptrdiff_t first, ptrdiff_t last, ptrdiff_t h,
+                 ptrdiff_t w, ptrdiff_t c, ptrdiff_t k, ptrdiff_t pad);
+
 #endif

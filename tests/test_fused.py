@@ -600,6 +600,38 @@ def test_max_pool_hands_back_what_it_does_not_cover(c_kernels, spy):
     assert "max_pool" not in spy.calls and "max_unpool" not in spy.calls
 
 
+@needs_c
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, kernel, padding", [((64, 1, 28, 28), 3, 1), ((9, 32, 14, 14), 3, 1),
+                                                    ((5, 3, 7, 9), 3, 1), ((2, 4, 5, 5), 3, 0),
+                                                    ((2, 2, 3, 4), 5, 2), ((3, 6, 1, 1), 3, 1), ((2, 5, 4, 4), 1, 0)])
+def test_im2col_matches_the_reference(c_kernels, spy, threads, shape, kernel, padding):
+    # one channel (a first conv layer: rows of 3 values), many (whole window rows copied at
+    # once), windows past every edge, no padding, 1 x 1 maps; the first two shapes are past
+    # one chunk (2**16 values), so 2 threads split them
+    from threadpoolctl import threadpool_limits
+
+    from sknitro.nn.functional import im2col
+
+    maps = channels_last(np.random.default_rng(shape[1]).integers(-128, 128, shape).astype(np.int8))
+    with threadpool_limits(threads):
+        patches = c_kernels.im2col(maps, kernel, padding)
+    assert spy.calls["im2col"] == 1
+    expected = im2col(maps, kernel, padding)
+    assert patches.dtype == np.int8 and patches.flags.c_contiguous
+    np.testing.assert_array_equal(patches, expected)
+
+
+@needs_c
+def test_im2col_hands_back_what_it_does_not_cover(c_kernels, spy):
+    from sknitro.nn.functional import im2col
+
+    maps = np.random.default_rng(1).integers(-128, 128, (2, 3, 5, 5)).astype(np.int8)
+    for x in (maps, maps.astype(np.int16)):  # NCHW memory; int16 maps (conv dropout's output)
+        np.testing.assert_array_equal(c_kernels.im2col(x, 3, 1), im2col(x, 3, 1))
+    assert "im2col" not in spy.calls
+
+
 def test_image_encoding_lookup_matches_the_reference(c_kernels, spy):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)

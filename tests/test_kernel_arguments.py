@@ -76,6 +76,9 @@ def _valid_calls():
                      {0: (np.int8, False), 7: (np.int8, True), 8: (np.uint8, True)}),
         "max_unpool": ([np.ones(24, np.int32), np.zeros(24, np.uint8), 2, 5, 4, 3, 2, 2, np.zeros(120, np.int32)],
                        {0: (np.int32, False), 1: (np.uint8, False), 8: (np.int32, True)}),
+        # the same maps, 3 x 3 windows, padding 1: 40 rows of 27 values
+        "im2col": ([np.ones(120, np.int8), 2, 5, 4, 3, 3, 1, np.empty(1080, np.int8)],
+                   {0: (np.int8, False), 7: (np.int8, True)}),
     }
     calls = {name: (name, args, arrays) for name, (args, arrays) in calls.items()}
     for isa in PAIR_ISAS:
@@ -145,6 +148,18 @@ def test_sizes_that_do_not_fit_raise(size, cols):
     else:
         with pytest.raises(ValueError, match="rows"):
             _fused.row_l1(x, cols)
+
+
+@pytest.mark.parametrize("geometry", [(0, 5, 4, 3, 3, 1), (2, 5, 4, 0, 3, 1), (2, 5, 4, 3, 0, 0), (2, 5, 4, 3, 3, 3),
+                                      (2, 5, 4, 3, 3, -1), (2, 5, 4, 3, 7, 1), (2, 5, 4, 3, 65, 40),
+                                      (2**40, 2**40, 2**40, 3, 3, 1), (3, 5, 4, 3, 3, 1), (2, 5, 4, 3, 3, 0)])
+def test_patches_that_do_not_fit_raise_value_error_and_write_nothing(geometry):
+    # empty maps, no window, padding of a whole window or negative, windows past the padded
+    # map, sizes that overflow, and geometries the buffers do not hold
+    x, out = np.ones(120, np.int8), np.full(1080, 7, np.int8)
+    with pytest.raises(ValueError):
+        _fused.im2col(x, *geometry, out)
+    assert (out == 7).all()
 
 
 @pytest.mark.parametrize("geometry", [(0, 5, 4, 3, 2, 2), (2, 5, 4, 3, 6, 2), (2, 5, 4, 3, 2, 5), (2, 5, 4, 3, 0, 2),

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backend import array_namespace, to_namespace
 from . import graph, kernels
-from .functional import im2col, tdiv
+from .functional import tdiv
 from .init import integer_uniform
 from .layers import IntegerLinear
 from .state import InvalidModelError, check_array, check_int, check_shape, checked_state
@@ -92,7 +92,7 @@ class IntegerConv2d:
     def forward(self, x: Any, patches: Any = None) -> tuple[Any, Any]:
         """``z`` of shape ``(n, F, H, W)`` and the patches ``(n*H*W, C*9)`` of ``x``."""
         if patches is None:
-            patches = im2col(x, self.kernel, self.padding)
+            patches = kernels.select().im2col(x, self.kernel, self.padding)
         return self._to_map(self.linear.forward(patches), *self._map_size(x)), patches
 
     def _map_size(self, x: Any) -> tuple[int, int, int]:
@@ -102,7 +102,7 @@ class IntegerConv2d:
     def scaled_activated_forward(self, x: Any, scale: int, activation: Any) -> tuple[Any, Any, Any]:
         """NITRO scaling of the conv as rows ``(n*H*W, F)`` (what the backward reads), its
         activation as a map ``(n, F, H, W)``, and the patches."""
-        patches = im2col(x, self.kernel, self.padding)
+        patches = kernels.select().im2col(x, self.kernel, self.padding)
         pre_activation, activated = self.linear.scaled_activated_forward(patches, scale, activation)
         return pre_activation, self._to_map(activated, *self._map_size(x)), patches
 

@@ -11,6 +11,7 @@ Every integer operation of a step whose cost grows with the data goes through a
 ``sgd_update``            IntegerSGD on a layer with ``G = delta.T @ x`` (§5)
 ``head_step``             a learning head's whole update (§4)
 ``lookup_uint8``          the image encoder's table lookup
+``im2col``                the patches of a conv layer's input maps, as rows
 ``max_pool``              a max pooling of a conv map, and its gradient (``max_pool_backward``)
 ========================  ================================================================
 
@@ -23,7 +24,7 @@ whenever its bounds do not prove an operation exact in its integer types:
 ``"c"`` (:class:`CompiledKernels`)
     Products on float64 BLAS, proven exact, with everything around them fused into
     portable C passes (``sknitro._fused``; the rules are written once, in ``_rules.h``),
-    and max pooling in C.
+    and im2col and max pooling in C.
 ``"avx2"``, ``"vnni"`` (:class:`PairKernels`)
     The dense and convolution products themselves on int16 pair instructions: AVX2's
     ``VPMADDWD`` or AVX-512 VNNI's ``VPDPWSSD`` (``_pairs.h``).
@@ -52,7 +53,7 @@ import numpy as np
 from .._config import kernels_setting
 from ..backend import (FLOAT64_EXACT_LIMIT, INT32_LIMIT, abs_max, array_namespace, dtype_bound, exact_matmul,
                        float64_product)
-from .functional import tdiv, to_int8
+from .functional import im2col, tdiv, to_int8
 
 try:
     from .. import _fused as _compiled
@@ -233,6 +234,10 @@ class NumpyKernels:
         """``table[x]`` for uint8 ``x`` and an int8 table of 256 entries."""
         return array_namespace(x).take(table, x)  # take: twice as fast as table[x]
 
+    def im2col(self, x: Any, kernel: int, padding: int) -> Any:
+        """The patches of the maps ``x`` as rows (:func:`~.functional.im2col`)."""
+        return im2col(x, kernel, padding)
+
     def max_pool(self, pool: Any, x: Any) -> tuple[Any, Any]:
         """``pool`` (a :class:`~.conv.MaxPool2d`) on the map ``x``: the pooled map and the
         arg-max of each window."""
@@ -325,6 +330,15 @@ class CompiledKernels(NumpyKernels):
             return super().lookup_uint8(table, x)
         out = np.empty(x.shape, dtype=np.int8)
         _compiled.lookup_uint8(table, x, out)
+        return out
+
+    def im2col(self, x: Any, kernel: int, padding: int) -> Any:
+        n, c, h, w = x.shape
+        rows, cols = h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1
+        if not _channels_last_int8(x) or x.size == 0 or not 0 <= padding < kernel <= 64 or min(rows, cols) < 1:
+            return super().im2col(x, kernel, padding)
+        out = np.empty((n * rows * cols, kernel * kernel * c), dtype=np.int8)
+        _compiled.im2col(x.transpose(0, 2, 3, 1), n, h, w, c, kernel, padding, out)
         return out
 
     def max_pool(self, pool: Any, x: Any) -> tuple[Any, Any]:

@@ -274,6 +274,34 @@ static void test_pools(void)
     }
 }
 
+static void test_im2col(void)
+{
+    enum { IMAGES = 2, H = 5, W = 6, C = 7 };
+    static int8_t x[IMAGES * H * W * C], out[IMAGES * (H + 4) * (W + 4) * 25 * C];
+    const int shapes[][2] = {{3, 1}, {3, 0}, {1, 0}, {5, 2}, {2, 1}}; /* (k, pad) */
+    for (int s = 0; s < 5; s++) {
+        int k = shapes[s][0], pad = shapes[s][1], ho = H + 2 * pad - k + 1, wo = W + 2 * pad - k + 1;
+        for (int c = 1; c <= C; c += 6) { /* one channel (byte copies) and seven (whole window rows) */
+            for (int i = 0; i < IMAGES * H * W * c; i++)
+                x[i] = (int8_t)uniform(-128, 127);
+            im2col_rows(x, out, 0, IMAGES * ho * wo, H, W, c, k, pad);
+            for (int n = 0; n < IMAGES; n++)
+                for (int i = 0; i < ho; i++)
+                    for (int j = 0; j < wo; j++)
+                        for (int di = 0; di < k; di++)
+                            for (int dj = 0; dj < k; dj++)
+                                for (int ch = 0; ch < c; ch++) {
+                                    int si = i + di - pad, sj = j + dj - pad;
+                                    int expected = si < 0 || si >= H || sj < 0 || sj >= W
+                                                       ? 0 : x[((n * H + si) * W + sj) * c + ch];
+                                    int got = out[((n * ho + i) * wo + j) * k * k * c + (di * k + dj) * c + ch];
+                                    CHECK(got == expected, "im2col_rows (k %d, pad %d, c %d) at %d %d %d", k, pad, c,
+                                          n, i, j);
+                                }
+        }
+    }
+}
+
 static void test_pair_forms(void)
 {
     enum { R = 9, K = 30 };
@@ -374,6 +402,7 @@ int main(void)
     test_loops();
     test_head();
     test_pools();
+    test_im2col();
     test_pair_forms();
     const pair_kernels_t *isas[] = {&avx2_kernels, &vnni_kernels};
     for (int i = 0; i < 2; i++) {
