@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from .nn.graph import Block, Conv3x3, Dropout, Head, NetworkGraph, Pool

@@ -29,13 +29,30 @@
 
 /* ---------------------------------------------------------------------------------- */
 
-/* The elementwise passes over a large array go in chunks of this many items, spread over the
+/* The passes over a large array go in chunks of about this many items, spread over the
  * OpenMP threads when there are several: each item's result is the same whatever the split. */
 #define CHUNK_ITEMS ((Py_ssize_t)1 << 16)
 
-static Py_ssize_t chunk_count(Py_ssize_t n)
+/* `rows` rows of `items_per_row` items (>= 1) in chunks of whole rows, at least one row each. */
+typedef struct {
+    Py_ssize_t rows, chunk_rows, chunks;
+} chunks_t;
+
+static chunks_t row_chunks(Py_ssize_t rows, Py_ssize_t items_per_row)
 {
-    return (n + CHUNK_ITEMS - 1) / CHUNK_ITEMS;
+    Py_ssize_t chunk_rows = CHUNK_ITEMS / items_per_row > 0 ? CHUNK_ITEMS / items_per_row : 1;
+    return (chunks_t){rows, chunk_rows, (rows + chunk_rows - 1) / chunk_rows};
+}
+
+/* The first row of chunk `chunk`, and the end of its rows. */
+static Py_ssize_t chunk_first(const chunks_t *c, Py_ssize_t chunk)
+{
+    return chunk * c->chunk_rows;
+}
+
+static Py_ssize_t chunk_end(const chunks_t *c, Py_ssize_t chunk)
+{
+    return (chunk + 1) * c->chunk_rows < c->rows ? (chunk + 1) * c->chunk_rows : c->rows;
 }
 
 static int check_size(Py_buffer *view, Py_ssize_t count, Py_ssize_t itemsize, const char *name)
@@ -190,11 +207,11 @@ static PyObject *scale_to_int8(PyObject *Py_UNUSED(self), PyObject *args)
                && (!has_table || (check_size(&table, 256, 1, "table") == 0
                                   && check_size(&activated, n, 1, "activated") == 0))) {
         divisor_t d = make_divisor(scale);
-        Py_ssize_t chunks = chunk_count(n);
+        chunks_t chunks = row_chunks(n, 1);
         Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel for schedule(static) if (chunks > 1)
-        for (Py_ssize_t chunk = 0; chunk < chunks; chunk++) {
-            Py_ssize_t start = chunk * CHUNK_ITEMS, count = n - start < CHUNK_ITEMS ? n - start : CHUNK_ITEMS;
+#pragma omp parallel for schedule(static) if (chunks.chunks > 1)
+        for (Py_ssize_t chunk = 0; chunk < chunks.chunks; chunk++) {
+            Py_ssize_t start = chunk_first(&chunks, chunk), count = chunk_end(&chunks, chunk) - start;
             int8_t *scaled = (int8_t *)out.buf + start;
             if (z.itemsize == 4)  /* the converter took int32 or float64: the element size tells which */
                 scale_loop_int32((const int32_t *)z.buf + start, scaled, count, d);
@@ -235,17 +252,17 @@ static PyObject *activation_backward(PyObject *Py_UNUSED(self), PyObject *args)
     if (check_rows(n, cols, "out") == 0 && check_size(&g, n, 4, "g") == 0 && check_size(&out, n, 4, "out") == 0
         && check_size(&table, 256, 4, "table") == 0 && check_divisor(divisor, "divisor") == 0) {
         /* chunks of whole rows, each with its own column sums (exact in int64: any order) */
-        Py_ssize_t rows = n / cols, chunk_rows = CHUNK_ITEMS / cols > 0 ? CHUNK_ITEMS / cols : 1;
-        Py_ssize_t chunks = (rows + chunk_rows - 1) / chunk_rows;
-        if ((sums = PyMem_Calloc((size_t)(chunks > 0 ? chunks : 1) * (size_t)cols, sizeof(int64_t))) == NULL) {
+        chunks_t chunks = row_chunks(n / cols, cols);
+        if ((sums = PyMem_Calloc((size_t)(chunks.chunks > 0 ? chunks.chunks : 1) * (size_t)cols,
+                                 sizeof(int64_t))) == NULL) {
             PyErr_NoMemory();
         } else {
             divisor_t d = make_divisor(divisor);
             int64_t largest = 0;
             Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel for schedule(static) if (chunks > 1)
-            for (Py_ssize_t chunk = 0; chunk < chunks; chunk++) {
-                Py_ssize_t first = chunk * chunk_rows, count = rows - first < chunk_rows ? rows - first : chunk_rows;
+#pragma omp parallel for schedule(static) if (chunks.chunks > 1)
+            for (Py_ssize_t chunk = 0; chunk < chunks.chunks; chunk++) {
+                Py_ssize_t first = chunk_first(&chunks, chunk), count = chunk_end(&chunks, chunk) - first;
                 int32_t *block = (int32_t *)out.buf + first * cols;
                 backward_loop((const int32_t *)g.buf + first * cols, (const int8_t *)pre.buf + first * cols,
                               (const int32_t *)table.buf, block, count * cols, divisor, d);
@@ -253,7 +270,7 @@ static PyObject *activation_backward(PyObject *Py_UNUSED(self), PyObject *args)
             }
             for (Py_ssize_t j = 0; j < cols; j++) {
                 int64_t total = 0;
-                for (Py_ssize_t chunk = 0; chunk < chunks; chunk++)
+                for (Py_ssize_t chunk = 0; chunk < chunks.chunks; chunk++)
                     total += sums[chunk * cols + j];
                 largest = total > largest ? total : largest;
             }
@@ -388,17 +405,12 @@ static PyObject *lookup_uint8(PyObject *Py_UNUSED(self), PyObject *args)
 
 /* ---- max pooling ------------------------------------------------------------------ */
 
-/* A max pooling's geometry, and its output rows in chunks of about CHUNK_ITEMS input values. */
-typedef struct {
-    Py_ssize_t h, w, c, kh, kw, rows, chunk_rows, chunks;
-} pooling_t;
-
-/* The pooling of n maps (h, w, c) by windows (kh, kw) that fit them, at most 256 positions
- * (uint8 arg-max): `maps` must hold the maps (map_itemsize bytes per value), `pooled` and
- * `argmax` the n * (h / kh) * (w / kw) * c pooled values (pooled_itemsize, and 1 byte). */
-static int make_pooling(pooling_t *p, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c, Py_ssize_t kh,
-                        Py_ssize_t kw, Py_buffer *maps, Py_ssize_t map_itemsize, Py_buffer *pooled,
-                        Py_ssize_t pooled_itemsize, Py_buffer *argmax)
+/* Checks the pooling of n maps (h, w, c) by windows (kh, kw) that fit them, at most 256
+ * positions (uint8 arg-max): `maps` must hold the maps (map_itemsize bytes per value), `pooled`
+ * and `argmax` the n * (h / kh) * (w / kw) * c pooled values (pooled_itemsize, and 1 byte). */
+static int check_pooling(Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c, Py_ssize_t kh, Py_ssize_t kw,
+                         Py_buffer *maps, Py_ssize_t map_itemsize, Py_buffer *pooled, Py_ssize_t pooled_itemsize,
+                         Py_buffer *argmax)
 {
     if (n < 1 || h < 1 || w < 1 || c < 1 || kh < 1 || kw < 1 || kh > h || kw > w || kh * kw > 256) {
         PyErr_Format(PyExc_ValueError, "maps (%zd, %zd, %zd, %zd) and window (%zd, %zd) do not make a pooling",
@@ -413,15 +425,7 @@ static int make_pooling(pooling_t *p, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, 
     if (check_size(maps, n * h * w * c, map_itemsize, "maps") < 0
         || check_size(pooled, values, pooled_itemsize, "pooled") < 0 || check_size(argmax, values, 1, "argmax") < 0)
         return -1;
-    *p = (pooling_t){h, w, c, kh, kw, n * (h / kh), CHUNK_ITEMS / (kh * w * c) > 0 ? CHUNK_ITEMS / (kh * w * c) : 1, 0};
-    p->chunks = (p->rows + p->chunk_rows - 1) / p->chunk_rows;
     return 0;
-}
-
-/* The end of the rows of chunk `chunk`. */
-static Py_ssize_t chunk_end(const pooling_t *p, Py_ssize_t chunk)
-{
-    return (chunk + 1) * p->chunk_rows < p->rows ? (chunk + 1) * p->chunk_rows : p->rows;
 }
 
 PyDoc_STRVAR(max_pool_doc,
@@ -437,14 +441,14 @@ static PyObject *max_pool(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "O&nnnnnnO&O&", int8_in, &x, &n, &h, &w, &c, &kh, &kw, int8_out, &best,
                           uint8_out, &argmax))
         return NULL;
-    pooling_t p;
-    int ok = make_pooling(&p, n, h, w, c, kh, kw, &x, 1, &best, 1, &argmax) == 0;
+    int ok = check_pooling(n, h, w, c, kh, kw, &x, 1, &best, 1, &argmax) == 0;
     if (ok) {
+        chunks_t rows = row_chunks(n * (h / kh), kh * w * c); /* output rows, by the input they read */
         Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel for schedule(static) if (p.chunks > 1)
-        for (Py_ssize_t chunk = 0; chunk < p.chunks; chunk++)
-            max_pool_rows((const int8_t *)x.buf, (int8_t *)best.buf, (uint8_t *)argmax.buf, chunk * p.chunk_rows,
-                          chunk_end(&p, chunk), h, w, c, kh, kw);
+#pragma omp parallel for schedule(static) if (rows.chunks > 1)
+        for (Py_ssize_t chunk = 0; chunk < rows.chunks; chunk++)
+            max_pool_rows((const int8_t *)x.buf, (int8_t *)best.buf, (uint8_t *)argmax.buf,
+                          chunk_first(&rows, chunk), chunk_end(&rows, chunk), h, w, c, kh, kw);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&x);
@@ -466,14 +470,14 @@ static PyObject *max_unpool(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O&nnnnnnO&", int32_in, &delta, uint8_in, &argmax, &n, &h, &w, &c, &kh, &kw,
                           int32_out, &out))
         return NULL;
-    pooling_t p;
-    int ok = make_pooling(&p, n, h, w, c, kh, kw, &out, 4, &delta, 4, &argmax) == 0;
+    int ok = check_pooling(n, h, w, c, kh, kw, &out, 4, &delta, 4, &argmax) == 0;
     if (ok) {
+        chunks_t rows = row_chunks(n * (h / kh), kh * w * c);
         Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel for schedule(static) if (p.chunks > 1)
-        for (Py_ssize_t chunk = 0; chunk < p.chunks; chunk++)
+#pragma omp parallel for schedule(static) if (rows.chunks > 1)
+        for (Py_ssize_t chunk = 0; chunk < rows.chunks; chunk++)
             max_unpool_rows((const int32_t *)delta.buf, (const uint8_t *)argmax.buf, (int32_t *)out.buf,
-                            chunk * p.chunk_rows, chunk_end(&p, chunk), h, w, c, kh, kw);
+                            chunk_first(&rows, chunk), chunk_end(&rows, chunk), h, w, c, kh, kw);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&delta);
@@ -505,13 +509,12 @@ static PyObject *im2col(PyObject *Py_UNUSED(self), PyObject *args)
     } else {
         Py_ssize_t ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1, rows = n * ho * wo;
         if (check_size(&x, n * h * w * c, 1, "x") == 0 && check_size(&out, rows * k * k * c, 1, "out") == 0) {
-            Py_ssize_t chunk_rows = CHUNK_ITEMS / (k * k * c) > 0 ? CHUNK_ITEMS / (k * k * c) : 1;
-            Py_ssize_t chunks = (rows + chunk_rows - 1) / chunk_rows;
+            chunks_t chunks = row_chunks(rows, k * k * c);
             Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel for schedule(static) if (chunks > 1)
-            for (Py_ssize_t chunk = 0; chunk < chunks; chunk++)
-                im2col_rows((const int8_t *)x.buf, (int8_t *)out.buf, chunk * chunk_rows,
-                            (chunk + 1) * chunk_rows < rows ? (chunk + 1) * chunk_rows : rows, h, w, c, k, pad);
+#pragma omp parallel for schedule(static) if (chunks.chunks > 1)
+            for (Py_ssize_t chunk = 0; chunk < chunks.chunks; chunk++)
+                im2col_rows((const int8_t *)x.buf, (int8_t *)out.buf, chunk_first(&chunks, chunk),
+                            chunk_end(&chunks, chunk), h, w, c, k, pad);
             Py_END_ALLOW_THREADS
             ok = 1;
         }

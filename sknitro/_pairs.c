@@ -116,6 +116,11 @@ int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int8_t *x,
     return 0;
 }
 
+static ptrdiff_t round_up(ptrdiff_t v, ptrdiff_t step)
+{
+    return (v + step - 1) / step * step;
+}
+
 int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pack_units_t pack, ptrdiff_t columns,
                              const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
                              outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr,
@@ -123,7 +128,7 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
 {
     /* delta as split units, row by row like delta, each row padded with zeros to a whole
      * number of the tiles' 4 outputs */
-    ptrdiff_t stride = (n + 3) / 4 * 4;
+    ptrdiff_t stride = round_up(n, 4);
     int32_t *delta_units = malloc((size_t)(stride * batch) * sizeof(int32_t) + 1);
     if (!delta_units)
         return -1;
@@ -191,11 +196,6 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
     if (!w_units)
         pairs_sort_outliers(outliers);
     return largest;
-}
-
-static ptrdiff_t round_up(ptrdiff_t v, ptrdiff_t step)
-{
-    return (v + step - 1) / step * step;
 }
 
 /* w's split units transposed (k x npad, zero past n); NULL when out of memory */

@@ -162,7 +162,6 @@ void lookup_int8(const int8_t *restrict table, const int8_t *restrict x, int8_t 
         out[i] = table[(uint8_t)x[i]];
 }
 
-
 /* One window position v of c channels against the running maxima b, recording position k in
  * a where v wins (strictly: the first maximum wins ties). Blocks of 16 channels of fixed
  * length, which compilers vectorize whatever the target's vector width (a map has 32 or 64

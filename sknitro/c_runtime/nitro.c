@@ -455,7 +455,6 @@ static int dense_update(const nitro_model *model, nitro_stage *st, int32_t n)
     return NITRO_OK;
 }
 
-
 /* Adds max|delta| * max|x| * positions to `bound` (a bound of every |G| of the layer after
  * this sample); 0 when the sum could leave int64, where G would not be exact. */
 static int grad_bound_add(int64_t *bound, int64_t max_delta, const nitro_stage *st)
