@@ -1,7 +1,8 @@
 """Build script for the optional C extension; the metadata lives in pyproject.toml.
 
 ``sknitro._fused`` (the compiled integer kernels of the CPU training step) is optional: where
-no C compiler is available the build goes on without it and the engine uses its NumPy path,
+no C compiler (or no Cython, which writes its Python side from ``_fused.pyx``; pip installs it
+for the build) is available the build goes on without it and the engine uses its NumPy path,
 which gives bit-identical results, only slower. The kernels run on the OpenMP threads the
 user allows (``OMP_NUM_THREADS``, threadpoolctl); a compiler without OpenMP builds them
 single-threaded.
@@ -14,8 +15,13 @@ import tempfile
 
 from setuptools import Extension, setup
 
-SOURCES = ["sknitro/_fused.c", "sknitro/_portable.c", "sknitro/_pairs.c", "sknitro/_avx2.c", "sknitro/_vnni.c"]
-HEADERS = ["sknitro/_rules.h", "sknitro/_portable.h", "sknitro/_pairs.h"]
+try:
+    from Cython.Build import cythonize
+except ImportError:  # a build without pip's isolation on a machine without Cython
+    cythonize = None
+
+SOURCES = ["sknitro/_fused.pyx", "sknitro/_passes.c", "sknitro/_portable.c", "sknitro/_pairs.c", "sknitro/_avx2.c", "sknitro/_vnni.c"]
+HEADERS = ["sknitro/_rules.h", "sknitro/_portable.h", "sknitro/_passes.h", "sknitro/_pairs.h"]
 
 
 def openmp_flags() -> list:
@@ -38,9 +44,9 @@ def openmp_flags() -> list:
 
 OPENMP = openmp_flags()
 
-setup(
-    ext_modules=[
-        Extension("sknitro._fused", SOURCES, depends=HEADERS, optional=True,
-                  extra_compile_args=["-O3", "-fno-trapping-math", *OPENMP], extra_link_args=OPENMP),
-    ],
-)
+EXTENSION = Extension("sknitro._fused", SOURCES, depends=HEADERS, optional=True,
+                      extra_compile_args=["-O3", "-fno-trapping-math", *OPENMP], extra_link_args=OPENMP)
+if cythonize is None:
+    print("sknitro: Cython is not installed; building without the compiled kernels", file=sys.stderr)
+
+setup(ext_modules=cythonize([EXTENSION]) if cythonize is not None else [])

@@ -278,7 +278,9 @@ class CompiledKernels(NumpyKernels):
         if not _host_int32(delta) or not s.flags.c_contiguous or divisor >= KERNEL_DIVISOR_LIMIT or delta.ndim == 0:
             return super().activation_backward(delta, s, multiplier, divisor)
         out = np.empty_like(delta)
-        column_l1 = _compiled.activation_backward(delta, s, multiplier, divisor, out, delta.shape[-1])
+        columns = delta.shape[-1]
+        column_l1 = _compiled.activation_backward(delta.reshape(-1, columns), s.reshape(-1, columns), multiplier,
+                                                  divisor, out.reshape(-1, columns))
         return out, column_l1
 
     def sgd_update(self, layer: Any, delta: Any, x: Any, divisor: int, decay_inv: int,
@@ -321,7 +323,7 @@ class CompiledKernels(NumpyKernels):
         yhat = np.empty((batch, classes), dtype=np.int8)
         input_grad = np.empty((batch, features), dtype=np.int32) if propagate else None
         layer.drop_copies()  # the kernel updates the weights in place
-        squared_error, layer.weight_bound = _compiled.head_step(x, layer.weight, target, batch, scale, divisor,
+        squared_error, layer.weight_bound = _compiled.head_step(x, layer.weight, target, scale, divisor,
                                                                 decay_inv, yhat, input_grad)
         return yhat, input_grad, squared_error
 
@@ -329,7 +331,7 @@ class CompiledKernels(NumpyKernels):
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or not x.flags.c_contiguous:
             return super().lookup_uint8(table, x)
         out = np.empty(x.shape, dtype=np.int8)
-        _compiled.lookup_uint8(table, x, out)
+        _compiled.lookup_uint8(table, x.reshape(-1), out.reshape(-1))
         return out
 
     def im2col(self, x: Any, kernel: int, padding: int) -> Any:
@@ -338,7 +340,7 @@ class CompiledKernels(NumpyKernels):
         if not _channels_last_int8(x) or x.size == 0 or not 0 <= padding < kernel <= 64 or min(rows, cols) < 1:
             return super().im2col(x, kernel, padding)
         out = np.empty((n * rows * cols, kernel * kernel * c), dtype=np.int8)
-        _compiled.im2col(x.transpose(0, 2, 3, 1), n, h, w, c, kernel, padding, out)
+        _compiled.im2col(x.transpose(0, 2, 3, 1), kernel, padding, out)
         return out
 
     def max_pool(self, pool: Any, x: Any) -> tuple[Any, Any]:
@@ -348,7 +350,7 @@ class CompiledKernels(NumpyKernels):
             return super().max_pool(pool, x)
         best = np.empty((n, h // kh, w // kw, c), dtype=np.int8)
         argmax = np.empty(best.shape, dtype=np.uint8)
-        _compiled.max_pool(x.transpose(0, 2, 3, 1), n, h, w, c, kh, kw, best, argmax)
+        _compiled.max_pool(x.transpose(0, 2, 3, 1), kh, kw, best, argmax)
         return best.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
 
     def max_pool_backward(self, pool: Any, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
@@ -359,7 +361,7 @@ class CompiledKernels(NumpyKernels):
                 or argmax.shape != (n, c, h // kh, w // kw) or delta.shape != argmax.shape or delta.size == 0:
             return super().max_pool_backward(pool, delta, argmax, input_shape)
         out = np.zeros((n, h, w, c), dtype=np.int32)
-        _compiled.max_unpool(np.ascontiguousarray(delta.transpose(0, 2, 3, 1)), rows_last, n, h, w, c, kh, kw, out)
+        _compiled.max_unpool(np.ascontiguousarray(delta.transpose(0, 2, 3, 1)), rows_last, kh, kw, out)
         return out.transpose(0, 3, 1, 2)
 
 
@@ -377,10 +379,10 @@ def _scaled(product: np.ndarray, scale: int, table: Any) -> Any:
     """NITRO scaling (and the activation ``table``) of an exact product, int32 or float64."""
     scaled = np.empty(product.shape, dtype=np.int8)
     if table is None:
-        _compiled.scale_to_int8(product, scale, scaled)
+        _compiled.scale_to_int8(product.reshape(-1), scale, scaled.reshape(-1))
         return scaled
     activated = np.empty_like(scaled)
-    _compiled.scale_to_int8(product, scale, scaled, table, activated)
+    _compiled.scale_to_int8(product.reshape(-1), scale, scaled.reshape(-1), table, activated.reshape(-1))
     return scaled, activated
 
 
@@ -421,12 +423,12 @@ class PairKernels(CompiledKernels):
         if pair_form is not None:
             chunk = _chunk(x, min(layer.weight_bound, PAIR_LIMIT), 2, width // 2)
             _compiled.pairs_product(self.name, x, pair_form.pairs, pair_form.index, pair_form.residual,
-                                    pair_form.count, batch, outputs, width, chunk, product)
+                                    pair_form.count, chunk, product)
             return _scaled(product, scale, table)
         chunk = 0 if layer.weight_bound >= UNITS_LIMIT else _chunk(x, layer.weight_bound, 1, width)
         if chunk == 0:
             return super().scaled_forward(layer, x, scale, table)
-        _compiled.units_product(self.name, x, _split_units(layer), batch, outputs, width, chunk, product)
+        _compiled.units_product(self.name, x, _split_units(layer), chunk, product)
         return _scaled(product, scale, table)
 
     def _sgd_update(self, layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int) -> bool:
@@ -435,7 +437,6 @@ class PairKernels(CompiledKernels):
         if not _pair_input(x) or not _host_int32(delta) or delta.ndim != 2 or grad_bound > INT32_LIMIT \
                 or grad_bound // dtype_bound(x) >= UNITS_LIMIT or not _divisors_fit(divisor, decay_inv):
             return super()._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv)
-        (batch, outputs), width = delta.shape, x.shape[1]
         old = _copies(layer)
         if _pair_width(layer):  # the next forward reads the pair form
             # training reuses the last pair form's buffers: no other thread reads a model being fitted
@@ -443,12 +444,12 @@ class PairKernels(CompiledKernels):
             pairs, index, residual = (_new_pair_buffers(layer.weight.shape) if last is None
                                       else (last.pairs, last.index, last.residual))
             layer.weight_bound, count = _compiled.units_sgd_update(
-                self.name, delta, x, layer.weight, pairs, batch, outputs, width, divisor, decay_inv, index, residual)
+                self.name, delta, x, layer.weight, pairs, divisor, decay_inv, index, residual)
             layer.kernel_cache = LayerCopies(pairs=PairForm(pairs, index, residual, count))
             return True
         units = old.units if old.units is not None else np.empty_like(layer.weight)
-        layer.weight_bound, _ = _compiled.units_sgd_update(self.name, delta, x, layer.weight, units, batch, outputs,
-                                                           width, divisor, decay_inv)
+        layer.weight_bound, _ = _compiled.units_sgd_update(self.name, delta, x, layer.weight, units, divisor,
+                                                           decay_inv)
         # past the units' range the copy is not valid
         layer.kernel_cache = LayerCopies(units=units if layer.weight_bound < UNITS_LIMIT else None)
         return True
@@ -512,7 +513,7 @@ def _pair_form(layer: Any) -> PairForm | None:
     pair_form = _copies(layer).pairs
     if pair_form is None:
         pairs, index, residual = _new_pair_buffers(layer.weight.shape)
-        count = _compiled.pair_form(layer.weight, layer.weight.shape[1], pairs, index, residual)
+        count = _compiled.pair_form(layer.weight, pairs, index, residual)
         pair_form = PairForm(pairs, index, residual, count)
         _publish(layer, pairs=pair_form)
     return pair_form if pair_form.count <= OUTLIER_CAPACITY else None
@@ -533,7 +534,7 @@ def _chunk(x: np.ndarray, weight_bound: int, products_per_unit: int, units: int)
     max|W|`` fits int32 (the factor bound first, the row L1 norms only when it does not), else
     as many whole vectors (16 units) as ``max|x| * max|W|`` per product allows (0: none)."""
     width = x.shape[1]
-    if 128 * width * weight_bound <= INT32_LIMIT or _compiled.row_l1(x, width) * weight_bound <= INT32_LIMIT:
+    if 128 * width * weight_bound <= INT32_LIMIT or _compiled.row_l1(x) * weight_bound <= INT32_LIMIT:
         return units
     return INT32_LIMIT // (products_per_unit * 128 * weight_bound) // 16 * 16
 

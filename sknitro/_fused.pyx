@@ -1,0 +1,503 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""sknitro._fused: the Python side of the compiled kernels (see sknitro/nn/kernels.py).
+
+Each function takes its arrays as typed memoryviews (Cython checks dtype, number of
+dimensions, C-contiguity and writability), checks that their shapes agree and its integer
+arguments' ranges, and then runs a kernel with the GIL released:
+
+    scale_to_int8        s = clip(tdiv(z, SF), -127, 127), a = table[s]  (scaling, activation)
+    activation_backward  d = tdiv(g * multiplier[s], D)                  (the activation's backward)
+    sgd_update           W -= tdiv(G, lr_inv * amp) + tdiv(W, decay_inv), returning max|W|
+    head_step            a learning head's whole update, in int32 loops (no float at all)
+    lookup_uint8         out = table[x] for uint8 x                      (the image encoder)
+    max_pool, max_unpool max pooling of int8 maps and its gradient        (conv blocks)
+    im2col               the patches of int8 maps                         (conv layers)
+
+from the loops of _portable.c and _passes.c, and the pair products of _pairs.h (row_l1,
+split_units, pair_form, units_product, pairs_product, units_sgd_update), which replace
+float64 BLAS where the CPU has AVX2 or AVX-512 VNNI. The rules themselves (tdiv, the int8
+clip, the SGD update) are written once, in _rules.h. The caller proves before each call that
+every integer fits the types used here (|G| < 2**31 and the like). Nothing is written when a
+call raises.
+"""
+
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, INT32_MAX
+from libc.stdlib cimport free, malloc
+
+
+cdef extern from "_rules.h" nogil:
+    ctypedef struct divisor_t:
+        pass
+    divisor_t make_divisor(int64_t d)
+
+cdef extern from "_portable.h" nogil:
+    int64_t update_loop(int32_t *w, const double *g, double *mirror, ptrdiff_t n, divisor_t lr, int decays,
+                        divisor_t decay)
+    int64_t head_loop(const int8_t *x, int32_t *w, const int8_t *target, int8_t *yhat, int32_t *input_grad,
+                      int32_t *row, int16_t *error, ptrdiff_t batch, ptrdiff_t classes, ptrdiff_t features,
+                      divisor_t scale, int32_t limit, divisor_t lr, int decays, divisor_t decay,
+                      int64_t *squared_error)
+    void lookup_loop(const int8_t *table, const uint8_t *x, int8_t *out, ptrdiff_t n)
+
+cdef extern from "_passes.h" nogil:
+    void pass_scale_int32(const int32_t *z, int8_t *out, const int8_t *table, int8_t *activated, ptrdiff_t n,
+                          int64_t scale)
+    void pass_scale_float64(const double *z, int8_t *out, const int8_t *table, int8_t *activated, ptrdiff_t n,
+                            int64_t scale)
+    int64_t pass_activation_backward(const int32_t *g, const int8_t *pre, const int32_t *table, int64_t divisor,
+                                     int32_t *out, ptrdiff_t rows, ptrdiff_t cols)
+    void pass_max_pool(const int8_t *x, int8_t *best, uint8_t *argmax, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                       ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw)
+    void pass_max_unpool(const int32_t *delta, const uint8_t *argmax, int32_t *out, ptrdiff_t n, ptrdiff_t h,
+                         ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw)
+    void pass_im2col(const int8_t *x, int8_t *out, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k,
+                     ptrdiff_t pad)
+
+cdef extern from "_pairs.h" nogil:
+    ctypedef struct outliers_t:
+        int32_t *index
+        int32_t *residual
+        ptrdiff_t capacity
+        ptrdiff_t count
+    ctypedef struct pair_kernels_t:
+        const char *name
+        int (*supported)() noexcept nogil
+        int (*product)(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
+                       ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers) noexcept nogil
+        int64_t (*sgd_update)(const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
+                              int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
+                              divisor_t lr, int decays, divisor_t decay) noexcept nogil
+    const pair_kernels_t avx2_kernels
+    const pair_kernels_t vnni_kernels
+    int64_t pairs_row_l1(const int8_t *x, ptrdiff_t rows, ptrdiff_t cols)
+    void pairs_split_units(const int32_t *a, int32_t *units, ptrdiff_t n)
+    void pairs_pair_form(const int32_t *a, int16_t *pairs, ptrdiff_t n, ptrdiff_t k, outliers_t *outliers)
+
+
+# -- checks ------------------------------------------------------------------------------
+
+cdef int check_shape(str name, tuple got, tuple expected) except -1:
+    if got != expected:
+        raise ValueError(f"{name}: expected shape {expected}, got {got}")
+    return 0
+
+
+cdef int check_not_empty(str name, tuple shape) except -1:
+    if 0 in shape:
+        raise ValueError(f"{name}: shape {shape} is empty")
+    return 0
+
+
+cdef int check_divisor(str name, long long d) except -1:
+    if not 1 <= d < 2**31:
+        raise ValueError(f"{name} must be in [1, 2**31), got {d}")
+    return 0
+
+
+cdef int check_scale(long long scale) except -1:
+    if not 1 <= scale < 2**24:
+        raise ValueError(f"scale must be in [1, 2**24) (128 * scale < 2**31), got {scale}")
+    return 0
+
+
+cdef int check_decay(long long decay_inv) except -1:
+    """decay_inv 0: no decay."""
+    if decay_inv != 0:
+        check_divisor("decay_inv", decay_inv)
+    return 0
+
+
+cdef outliers_t outlier_list(int32_t[::1] index, int32_t[::1] residual) except *:
+    """An empty outlier list over two int32 buffers of the same capacity."""
+    if index.shape[0] != residual.shape[0]:
+        raise ValueError("index and residual: int32 buffers of one size expected")
+    cdef outliers_t outliers
+    outliers.index = &index[0] if index.shape[0] else NULL
+    outliers.residual = &residual[0] if residual.shape[0] else NULL
+    outliers.capacity = index.shape[0]
+    outliers.count = 0
+    return outliers
+
+
+# -- elementwise passes ------------------------------------------------------------------
+
+def scale_to_int8(z not None, long long scale, int8_t[::1] out not None, const int8_t[::1] table=None,
+                  int8_t[::1] activated=None):
+    """scale_to_int8(z, scale, out, table=None, activated=None)
+
+    out[i] = clip(tdiv(z[i], scale), -127, 127) for 1-D int32 z, or float64 z holding
+    integers; 1-D int8 out; 128 * scale must be below 2**31. With an int8 table of 256
+    entries, also activated[i] = table[out[i] as uint8] (an activation looked up by bit
+    pattern)."""
+    cdef const int32_t[::1] narrow
+    cdef const double[::1] wide
+    cdef bint is_wide = False
+    try:
+        narrow = z
+    except (ValueError, TypeError):
+        try:
+            wide = z
+            is_wide = True
+        except (ValueError, TypeError) as error:
+            raise ValueError("z: expected a C-contiguous 1-D int32 or float64 array") from error
+    if (table is None) != (activated is None):
+        raise ValueError("table and activated go together")
+    check_scale(scale)
+    cdef ptrdiff_t n = out.shape[0]
+    check_shape("z", (wide.shape[0] if is_wide else narrow.shape[0],), (n,))
+    cdef const int8_t *table_data = NULL
+    cdef int8_t *activated_data = NULL
+    if table is not None:
+        check_shape("table", (table.shape[0],), (256,))
+        check_shape("activated", (activated.shape[0],), (n,))
+        table_data, activated_data = &table[0], (&activated[0] if n else NULL)
+    if n == 0:
+        return
+    with nogil:
+        if is_wide:
+            pass_scale_float64(&wide[0], &out[0], table_data, activated_data, n, scale)
+        else:
+            pass_scale_int32(&narrow[0], &out[0], table_data, activated_data, n, scale)
+
+
+def activation_backward(const int32_t[:, ::1] g not None, const int8_t[:, ::1] pre not None,
+                        const int32_t[::1] table not None, long long divisor, int32_t[:, ::1] out not None):
+    """activation_backward(g, pre, table, divisor, out) -> int
+
+    out = tdiv(g * table[pre], divisor) for int32 g and out and int8 pre, all (rows, cols),
+    and an int32 table of 256 entries in [0, divisor] indexed by the bit pattern of pre;
+    exact for every int32 g. Returns max_j sum_i |out[i, j]| (the weight gradient's bound)."""
+    cdef ptrdiff_t rows = pre.shape[0], cols = pre.shape[1]
+    check_shape("g", (g.shape[0], g.shape[1]), (rows, cols))
+    check_shape("out", (out.shape[0], out.shape[1]), (rows, cols))
+    check_shape("table", (table.shape[0],), (256,))
+    check_divisor("divisor", divisor)
+    if rows == 0 or cols == 0:
+        return 0
+    cdef int64_t largest
+    with nogil:
+        largest = pass_activation_backward(&g[0, 0], &pre[0, 0], &table[0], divisor, &out[0, 0], rows, cols)
+    if largest < 0:
+        raise MemoryError()
+    return largest
+
+
+def sgd_update(int32_t[:, ::1] w not None, const double[:, ::1] g not None, long long divisor, long long decay_inv,
+               double[:, ::1] mirror):
+    """sgd_update(w, g, divisor, decay_inv, mirror) -> int
+
+    In place w -= tdiv(g, divisor) + (tdiv(w, decay_inv) if decay_inv else 0) for int32 w
+    and float64 g holding integers with |g| < 2**31, both (n, k); writes float64(w) to mirror
+    unless it is None and returns max|w| after the update. The caller proves that the new w
+    fits int32."""
+    shape = (w.shape[0], w.shape[1])
+    check_shape("g", (g.shape[0], g.shape[1]), shape)
+    if mirror is not None:
+        check_shape("mirror", (mirror.shape[0], mirror.shape[1]), shape)
+    check_divisor("divisor", divisor)
+    check_decay(decay_inv)
+    cdef ptrdiff_t n = w.shape[0] * w.shape[1]
+    if n == 0:
+        return 0
+    cdef divisor_t lr = make_divisor(divisor), decay = make_divisor(decay_inv if decay_inv > 0 else 1)
+    cdef double *mirror_data = &mirror[0, 0] if mirror is not None else NULL
+    cdef int64_t largest
+    with nogil:
+        largest = update_loop(&w[0, 0], &g[0, 0], mirror_data, n, lr, decay_inv > 0, decay)
+    return largest
+
+
+def head_step(const int8_t[:, ::1] x not None, int32_t[:, ::1] w not None, const int8_t[:, ::1] target not None,
+              long long scale, long long divisor, long long decay_inv, int8_t[:, ::1] yhat not None,
+              int32_t[:, ::1] input_grad):
+    """head_step(x, w, target, scale, divisor, decay_inv, yhat, input_grad) -> (squared_error, max_w)
+
+    One update of a learning head on its local loss, in int32: for int8 x (batch, features),
+    int32 w (classes, features), int8 target (batch, classes): yhat = clip(tdiv(x w^T, scale)),
+    e = yhat - target, input_grad = e w (before the update; skipped when None), then
+    w -= tdiv(e^T x, divisor) + tdiv(w, decay_inv). Returns sum(e**2) and max|w| after the
+    update. The caller proves that every sum fits int32 and that the new w fits int32."""
+    cdef ptrdiff_t batch = x.shape[0], features = x.shape[1], classes = w.shape[0]
+    check_scale(scale)
+    check_not_empty("x", (batch, features))
+    check_not_empty("w", (classes, features))
+    check_shape("w", (w.shape[0], w.shape[1]), (classes, features))
+    check_shape("target", (target.shape[0], target.shape[1]), (batch, classes))
+    check_shape("yhat", (yhat.shape[0], yhat.shape[1]), (batch, classes))
+    if input_grad is not None:
+        check_shape("input_grad", (input_grad.shape[0], input_grad.shape[1]), (batch, features))
+    check_divisor("divisor", divisor)
+    check_decay(decay_inv)
+    cdef int32_t *row = <int32_t *>malloc(features * sizeof(int32_t))
+    cdef int16_t *error = <int16_t *>malloc(batch * classes * sizeof(int16_t))
+    cdef divisor_t d_scale = make_divisor(scale), lr = make_divisor(divisor)
+    cdef divisor_t decay = make_divisor(decay_inv if decay_inv > 0 else 1)
+    cdef int32_t *grad_data = &input_grad[0, 0] if input_grad is not None else NULL
+    cdef int64_t squares = 0, largest = 0
+    try:
+        if row == NULL or error == NULL:
+            raise MemoryError()
+        with nogil:
+            largest = head_loop(&x[0, 0], &w[0, 0], &target[0, 0], &yhat[0, 0], grad_data, row, error, batch,
+                                classes, features, d_scale, <int32_t>(128 * scale), lr, decay_inv > 0, decay,
+                                &squares)
+    finally:
+        free(row)
+        free(error)
+    return squares, largest
+
+
+def lookup_uint8(const int8_t[::1] table not None, const uint8_t[::1] x not None, int8_t[::1] out not None):
+    """lookup_uint8(table, x, out)
+
+    out[i] = table[x[i]] for an int8 table of 256 entries, 1-D uint8 x and int8 out (the
+    image encoder's lookup: one pass, where numpy.take goes through a generic gather)."""
+    check_shape("table", (table.shape[0],), (256,))
+    check_shape("out", (out.shape[0],), (x.shape[0],))
+    cdef ptrdiff_t n = x.shape[0]
+    if n == 0:
+        return
+    with nogil:
+        lookup_loop(&table[0], &x[0], &out[0], n)
+
+
+# -- pooling and patches -----------------------------------------------------------------
+
+cdef int check_pooling(tuple maps, ptrdiff_t kh, ptrdiff_t kw) except -1:
+    """Maps (n, h, w, c) and windows (kh, kw) that fit them, at most 256 positions (uint8
+    arg-max)."""
+    n, h, w, c = maps
+    if min(maps) < 1 or not (1 <= kh <= h and 1 <= kw <= w) or kh * kw > 256:
+        raise ValueError(f"maps {maps} and window ({kh}, {kw}) do not make a pooling")
+    return 0
+
+
+def max_pool(const int8_t[:, :, :, ::1] x not None, ptrdiff_t kh, ptrdiff_t kw, int8_t[:, :, :, ::1] best not None,
+             uint8_t[:, :, :, ::1] argmax not None):
+    """max_pool(x, kh, kw, best, argmax)
+
+    Max pooling of int8 maps x (n, h, w, c) with windows (kh, kw), stride = window, no
+    padding, floor mode: int8 best and uint8 argmax (the window position di * kw + dj of the
+    first maximum), both (n, h // kh, w // kw, c)."""
+    cdef ptrdiff_t n = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3]
+    check_pooling((n, h, w, c), kh, kw)
+    pooled = (n, h // kh, w // kw, c)
+    check_shape("best", (best.shape[0], best.shape[1], best.shape[2], best.shape[3]), pooled)
+    check_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]), pooled)
+    with nogil:
+        pass_max_pool(&x[0, 0, 0, 0], &best[0, 0, 0, 0], &argmax[0, 0, 0, 0], n, h, w, c, kh, kw)
+
+
+def max_unpool(const int32_t[:, :, :, ::1] delta not None, const uint8_t[:, :, :, ::1] argmax not None,
+               ptrdiff_t kh, ptrdiff_t kw, int32_t[:, :, :, ::1] out not None):
+    """max_unpool(delta, argmax, kh, kw, out)
+
+    The gradient through max_pool: int32 out (n, h, w, c) gets each window's int32 delta
+    (n, h // kh, w // kw, c) at the window's uint8 argmax (same shape) and 0 at its other
+    positions; values no window covers (the rows and columns past the last whole window) are
+    left as they are."""
+    cdef ptrdiff_t n = out.shape[0], h = out.shape[1], w = out.shape[2], c = out.shape[3]
+    check_pooling((n, h, w, c), kh, kw)
+    pooled = (n, h // kh, w // kw, c)
+    check_shape("delta", (delta.shape[0], delta.shape[1], delta.shape[2], delta.shape[3]), pooled)
+    check_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]), pooled)
+    with nogil:
+        pass_max_unpool(&delta[0, 0, 0, 0], &argmax[0, 0, 0, 0], &out[0, 0, 0, 0], n, h, w, c, kh, kw)
+
+
+def im2col(const int8_t[:, :, :, ::1] x not None, ptrdiff_t k, ptrdiff_t pad, int8_t[:, ::1] out not None):
+    """im2col(x, k, pad, out)
+
+    The im2col patches of int8 maps x (n, h, w, c), k x k windows (k <= 64), stride 1, pad
+    zeros on every side: int8 out (n * ho * wo, k * k * c), ho = h + 2 pad - k + 1 (wo
+    likewise), each row ordered (kernel row, kernel column, channel)."""
+    cdef ptrdiff_t n = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3]
+    if min(n, h, w, c) < 1 or not (1 <= k <= 64 and 0 <= pad < k) or k > h + 2 * pad or k > w + 2 * pad:
+        raise ValueError(f"maps {(n, h, w, c)}, window {k} and padding {pad} do not make patches")
+    cdef ptrdiff_t ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1
+    check_shape("out", (out.shape[0], out.shape[1]), (n * ho * wo, k * k * c))
+    with nogil:
+        pass_im2col(&x[0, 0, 0, 0], &out[0, 0], n, h, w, c, k, pad)
+
+
+# -- the pair products (sknitro/_pairs.h) ------------------------------------------------
+
+# The pair products of each instruction set, fastest first.
+cdef enum:
+    N_PAIR_KERNELS = 2
+cdef const pair_kernels_t *PAIR_KERNELS[N_PAIR_KERNELS]
+PAIR_KERNELS[0], PAIR_KERNELS[1] = &vnni_kernels, &avx2_kernels
+ISAS = tuple(PAIR_KERNELS[i].name.decode() for i in range(N_PAIR_KERNELS))
+
+
+cdef const pair_kernels_t *pair_kernels(str isa) except NULL:
+    """The pair kernels named ``isa``, which this CPU must run."""
+    if isa not in ISAS:
+        raise ValueError(f"isa must be {' or '.join(map(repr, ISAS))}, got {isa!r}")
+    cdef const pair_kernels_t *kernels = PAIR_KERNELS[ISAS.index(isa)]
+    if not kernels.supported():
+        raise RuntimeError(f"this CPU does not run the {isa!r} pair products")
+    return kernels
+
+
+def pair_isas():
+    """pair_isas() -> tuple
+
+    The instruction sets of the pair products this CPU runs, fastest first: 'vnni' (AVX-512
+    F, BW, VL and VNNI) and 'avx2'."""
+    return tuple(isa for i, isa in enumerate(ISAS) if PAIR_KERNELS[i].supported())
+
+
+def row_l1(const int8_t[:, ::1] x not None):
+    """row_l1(x) -> int
+
+    The largest row L1 norm max_i sum_k |x[i, k]| of int8 x (rows, cols); 0 without rows."""
+    cdef ptrdiff_t rows = x.shape[0], cols = x.shape[1]
+    if rows == 0 or cols == 0:
+        return 0
+    cdef int64_t largest
+    with nogil:
+        largest = pairs_row_l1(&x[0, 0], rows, cols)
+    return largest
+
+
+def split_units(const int32_t[:, ::1] a not None, int32_t[:, ::1] units not None):
+    """split_units(a, units)
+
+    units = (a & 255, a >> 8) as a pair of int16 for int32 a (n, k) with |a| < 2**23."""
+    check_shape("units", (units.shape[0], units.shape[1]), (a.shape[0], a.shape[1]))
+    cdef ptrdiff_t n = a.shape[0] * a.shape[1]
+    if n == 0:
+        return
+    with nogil:
+        pairs_split_units(&a[0, 0], &units[0, 0], n)
+
+
+def pair_form(const int32_t[:, ::1] a not None, int16_t[:, ::1] pairs not None, int32_t[::1] index not None,
+              int32_t[::1] residual not None):
+    """pair_form(a, pairs, index, residual) -> int
+
+    pairs = a saturated to int16 for int32 a (n, k), and its outliers (the flat index of each
+    value past int16, ascending, and what saturation cut off) written to the int32 buffers
+    index and residual; returns their count, which may exceed the buffers' capacity (then the
+    lists are incomplete)."""
+    cdef ptrdiff_t n = a.shape[0], k = a.shape[1]
+    check_not_empty("a", (n, k))
+    check_shape("pairs", (pairs.shape[0], pairs.shape[1]), (n, k))
+    if n * k > INT32_MAX:
+        raise ValueError(f"a: shape {(n, k)} is too large for int32 outlier indices")
+    cdef outliers_t outliers = outlier_list(index, residual)
+    with nogil:
+        pairs_pair_form(&a[0, 0], &pairs[0, 0], n, k, &outliers)
+    return outliers.count
+
+
+def units_product(str isa not None, const int8_t[:, ::1] x not None, const int32_t[:, ::1] w_units not None,
+                  ptrdiff_t chunk, int32_t[:, ::1] z not None):
+    """units_product(isa, x, w_units, chunk, z)
+
+    z = x w^T saturated to int32, (m, n), from int8 x (m, k) and the split units of w (n, k).
+    Exact (before saturation) when every partial sum over chunk consecutive k (chunk < 1: all
+    k) fits int32, which the caller proves; the chunks add up in int64."""
+    cdef const pair_kernels_t *kernels = pair_kernels(isa)
+    cdef ptrdiff_t m = x.shape[0], k = x.shape[1], n = w_units.shape[0]
+    check_not_empty("x", (m, k))
+    check_not_empty("w_units", (n, k))
+    check_shape("w_units", (w_units.shape[0], w_units.shape[1]), (n, k))
+    check_shape("z", (z.shape[0], z.shape[1]), (m, n))
+    cdef int status
+    with nogil:
+        status = kernels.product(&x[0, 0], &w_units[0, 0], &z[0, 0], m, n, k, chunk if chunk >= 1 else k, 0, NULL)
+    if status < 0:
+        raise MemoryError()
+
+
+def pairs_product(str isa not None, const int8_t[:, ::1] x not None, const int16_t[:, ::1] w_pairs not None,
+                  const int32_t[::1] index not None, const int32_t[::1] residual not None, ptrdiff_t count,
+                  ptrdiff_t chunk,
+                  int32_t[:, ::1] z not None):
+    """pairs_product(isa, x, w_pairs, index, residual, count, chunk, z)
+
+    z = x w^T saturated to int32, (m, n), from int8 x (m, k) and the pair form of w (n, k),
+    k even, with its first count outliers (index, residual; see pair_form). Exact (before
+    saturation) when every partial sum over chunk consecutive pairs of k (chunk < 1: all)
+    fits int32, which the caller proves; the chunks and the outliers add up in int64."""
+    cdef const pair_kernels_t *kernels = pair_kernels(isa)
+    cdef ptrdiff_t m = x.shape[0], k = x.shape[1], n = w_pairs.shape[0]
+    check_not_empty("x", (m, k))
+    check_not_empty("w_pairs", (n, k))
+    if k % 2:
+        raise ValueError(f"x: k must be even, got {k}")
+    check_shape("w_pairs", (w_pairs.shape[0], w_pairs.shape[1]), (n, k))
+    check_shape("z", (z.shape[0], z.shape[1]), (m, n))
+    if index.shape[0] != residual.shape[0]:
+        raise ValueError("index and residual: int32 buffers of one size expected")
+    if not 0 <= count <= index.shape[0]:
+        raise ValueError(f"count must be in [0, {index.shape[0]}], got {count}")
+    # the kernel groups the outliers by row through these indices
+    cdef ptrdiff_t i
+    for i in range(count):
+        if not 0 <= index[i] < n * k or (i > 0 and index[i] <= index[i - 1]):
+            raise ValueError(f"outlier index {index[i]} at {i} is outside [0, {n * k}) or not ascending")
+    # (the product only reads the list)
+    cdef outliers_t outliers
+    outliers.index = <int32_t *>&index[0] if count else NULL
+    outliers.residual = <int32_t *>&residual[0] if count else NULL
+    outliers.capacity = outliers.count = count
+    cdef int status
+    with nogil:
+        status = kernels.product(&x[0, 0], <const int32_t *>&w_pairs[0, 0], &z[0, 0], m, n, k // 2,
+                                 chunk if chunk >= 1 else k // 2, 1, &outliers)
+    if status < 0:
+        raise MemoryError()
+
+
+def units_sgd_update(str isa not None, const int32_t[:, ::1] delta not None, const int8_t[:, ::1] x not None,
+                     int32_t[:, ::1] w not None, mirror not None, long long divisor, long long decay_inv,
+                     int32_t[::1] index=None, int32_t[::1] residual=None):
+    """units_sgd_update(isa, delta, x, w, mirror, divisor, decay_inv, index=None, residual=None)
+
+    IntegerSGD with G = delta^T x on the pair products of isa ('vnni' or 'avx2'): for int32
+    delta (batch, n) with |delta| < 2**23, int8 x (batch, k) and int32 w (n, k), in place
+    w -= tdiv(G, divisor) + (tdiv(w, decay_inv) if decay_inv else 0). Writes to mirror (n, k)
+    the new w's split units (int32), or, given the outlier buffers index and residual, its
+    pair form (int16) and outliers (see pair_form). Returns (max|w|, outlier count). The
+    caller proves |G| < 2**31 and that the new w fits int32."""
+    cdef bint pairs = index is not None
+    if pairs != (residual is not None):
+        raise ValueError("index and residual go together")
+    cdef int32_t[:, ::1] units
+    cdef int16_t[:, ::1] pair_values
+    try:
+        if pairs:
+            pair_values = mirror
+        else:
+            units = mirror
+    except (ValueError, TypeError) as error:
+        raise ValueError("mirror: an int16 mirror goes with index and residual, an int32 one without") from error
+    cdef const pair_kernels_t *kernels = pair_kernels(isa)
+    cdef ptrdiff_t batch = delta.shape[0], n = delta.shape[1], k = x.shape[1]
+    check_not_empty("delta", (batch, n))
+    check_not_empty("x", (x.shape[0], k))
+    check_shape("x", (x.shape[0], x.shape[1]), (batch, k))
+    check_shape("w", (w.shape[0], w.shape[1]), (n, k))
+    check_shape("mirror", (pair_values.shape[0], pair_values.shape[1]) if pairs else (units.shape[0], units.shape[1]), (n, k))
+    check_divisor("divisor", divisor)
+    check_decay(decay_inv)
+    cdef outliers_t outliers
+    outliers.index = outliers.residual = NULL
+    outliers.capacity = outliers.count = 0
+    if pairs:
+        if n * k > INT32_MAX:
+            raise ValueError(f"w: shape {(n, k)} is too large for int32 outlier indices")
+        outliers = outlier_list(index, residual)
+    cdef divisor_t lr = make_divisor(divisor), decay = make_divisor(decay_inv if decay_inv > 0 else 1)
+    cdef int32_t *units_data = NULL if pairs else &units[0, 0]
+    cdef int16_t *pairs_data = &pair_values[0, 0] if pairs else NULL
+    cdef int64_t largest
+    with nogil:
+        largest = kernels.sgd_update(&delta[0, 0], &x[0, 0], &w[0, 0], units_data, pairs_data, &outliers, n, batch,
+                                     k, lr, decay_inv > 0, decay)
+    if largest < 0:
+        raise MemoryError()
+    return largest, outliers.count

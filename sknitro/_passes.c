@@ -1,0 +1,118 @@
+/*
+ * sknitro/_passes.c: the whole-array passes of _passes.h, each split into chunks of whole
+ * rows spread over the OpenMP threads (one thread for a small array).
+ */
+#include "_passes.h"
+
+#include <stdlib.h>
+
+#include "_portable.h"
+
+/* Chunks of about this many items. */
+#define CHUNK_ITEMS ((ptrdiff_t)1 << 16)
+
+/* `rows` rows of `items_per_row` items (>= 1) in chunks of whole rows, at least one row each. */
+typedef struct {
+    ptrdiff_t rows, chunk_rows, chunks;
+} chunks_t;
+
+static chunks_t row_chunks(ptrdiff_t rows, ptrdiff_t items_per_row)
+{
+    ptrdiff_t chunk_rows = CHUNK_ITEMS / items_per_row > 0 ? CHUNK_ITEMS / items_per_row : 1;
+    return (chunks_t){rows, chunk_rows, (rows + chunk_rows - 1) / chunk_rows};
+}
+
+/* The first row of chunk `chunk`, and the end of its rows. */
+static ptrdiff_t chunk_first(const chunks_t *c, ptrdiff_t chunk)
+{
+    return chunk * c->chunk_rows;
+}
+
+static ptrdiff_t chunk_end(const chunks_t *c, ptrdiff_t chunk)
+{
+    return (chunk + 1) * c->chunk_rows < c->rows ? (chunk + 1) * c->chunk_rows : c->rows;
+}
+
+/* z is int32 when `wide` is NULL, else float64 */
+static void scale_pass(const int32_t *z, const double *wide, int8_t *out, const int8_t *table, int8_t *activated,
+                       ptrdiff_t n, int64_t scale)
+{
+    divisor_t d = make_divisor(scale);
+    chunks_t chunks = row_chunks(n, 1);
+#pragma omp parallel for schedule(static) if (chunks.chunks > 1)
+    for (ptrdiff_t chunk = 0; chunk < chunks.chunks; chunk++) {
+        ptrdiff_t start = chunk_first(&chunks, chunk), count = chunk_end(&chunks, chunk) - start;
+        if (wide == NULL)
+            scale_loop_int32(z + start, out + start, count, d);
+        else
+            scale_loop(wide + start, out + start, count, 128.0 * (double)scale, d);
+        if (table != NULL)
+            lookup_int8(table, out + start, activated + start, count);
+    }
+}
+
+void pass_scale_int32(const int32_t *z, int8_t *out, const int8_t *table, int8_t *activated, ptrdiff_t n,
+                      int64_t scale)
+{
+    scale_pass(z, NULL, out, table, activated, n, scale);
+}
+
+void pass_scale_float64(const double *z, int8_t *out, const int8_t *table, int8_t *activated, ptrdiff_t n,
+                        int64_t scale)
+{
+    scale_pass(NULL, z, out, table, activated, n, scale);
+}
+
+int64_t pass_activation_backward(const int32_t *g, const int8_t *pre, const int32_t *table, int64_t divisor,
+                                 int32_t *out, ptrdiff_t rows, ptrdiff_t cols)
+{
+    /* chunks of whole rows, each with its own column sums (exact in int64: any order) */
+    chunks_t chunks = row_chunks(rows, cols);
+    int64_t *sums = calloc((size_t)(chunks.chunks > 0 ? chunks.chunks : 1) * (size_t)cols, sizeof(int64_t));
+    if (sums == NULL)
+        return -1;
+    divisor_t d = make_divisor(divisor);
+#pragma omp parallel for schedule(static) if (chunks.chunks > 1)
+    for (ptrdiff_t chunk = 0; chunk < chunks.chunks; chunk++) {
+        ptrdiff_t first = chunk_first(&chunks, chunk), count = chunk_end(&chunks, chunk) - first;
+        backward_loop(g + first * cols, pre + first * cols, table, out + first * cols, count * cols, divisor, d);
+        column_l1_max(out + first * cols, sums + chunk * cols, count, cols);
+    }
+    int64_t largest = 0;
+    for (ptrdiff_t j = 0; j < cols; j++) {
+        int64_t total = 0;
+        for (ptrdiff_t chunk = 0; chunk < chunks.chunks; chunk++)
+            total += sums[chunk * cols + j];
+        largest = total > largest ? total : largest;
+    }
+    free(sums);
+    return largest;
+}
+
+void pass_max_pool(const int8_t *x, int8_t *best, uint8_t *argmax, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                   ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw)
+{
+    chunks_t rows = row_chunks(n * (h / kh), kh * w * c); /* output rows, by the input they read */
+#pragma omp parallel for schedule(static) if (rows.chunks > 1)
+    for (ptrdiff_t chunk = 0; chunk < rows.chunks; chunk++)
+        max_pool_rows(x, best, argmax, chunk_first(&rows, chunk), chunk_end(&rows, chunk), h, w, c, kh, kw);
+}
+
+void pass_max_unpool(const int32_t *delta, const uint8_t *argmax, int32_t *out, ptrdiff_t n, ptrdiff_t h,
+                     ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw)
+{
+    chunks_t rows = row_chunks(n * (h / kh), kh * w * c);
+#pragma omp parallel for schedule(static) if (rows.chunks > 1)
+    for (ptrdiff_t chunk = 0; chunk < rows.chunks; chunk++)
+        max_unpool_rows(delta, argmax, out, chunk_first(&rows, chunk), chunk_end(&rows, chunk), h, w, c, kh, kw);
+}
+
+void pass_im2col(const int8_t *x, int8_t *out, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k,
+                 ptrdiff_t pad)
+{
+    ptrdiff_t ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
+    chunks_t chunks = row_chunks(n * ho * wo, k * k * c);
+#pragma omp parallel for schedule(static) if (chunks.chunks > 1)
+    for (ptrdiff_t chunk = 0; chunk < chunks.chunks; chunk++)
+        im2col_rows(x, out, chunk_first(&chunks, chunk), chunk_end(&chunks, chunk), h, w, c, k, pad);
+}

@@ -1,0 +1,36 @@
+/*
+ * sknitro/_passes.h: whole-array passes of the training step, in chunks on the OpenMP
+ * threads the user allows (_passes.c), from the loops of _portable.c. Each item's result is
+ * the same whatever the split, so any number of threads gives the same integers. The caller
+ * (sknitro/_fused.pyx) has checked every size and range.
+ */
+#ifndef SKNITRO_PASSES_H
+#define SKNITRO_PASSES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "_rules.h"
+
+/* out = clip(tdiv(z, scale), -127, 127) for int32 z (or float64 z holding integers), and, with
+ * a table (else NULL), activated = table[out as uint8]. 1 <= scale < 2**24. */
+void pass_scale_int32(const int32_t *z, int8_t *out, const int8_t *table, int8_t *activated, ptrdiff_t n,
+                      int64_t scale);
+void pass_scale_float64(const double *z, int8_t *out, const int8_t *table, int8_t *activated, ptrdiff_t n,
+                        int64_t scale);
+
+/* out = tdiv(g * table[pre], divisor) for (rows, cols) int32 g and out and int8 pre; returns
+ * max_j sum_i |out[i, j]|, or -1 when memory for the column sums ran out. */
+int64_t pass_activation_backward(const int32_t *g, const int8_t *pre, const int32_t *table, int64_t divisor,
+                                 int32_t *out, ptrdiff_t rows, ptrdiff_t cols);
+
+/* Max pooling of (n, h, w, c) int8 maps by (kh, kw) windows, and its gradient; im2col of the
+ * same maps (k x k windows, pad zeros). */
+void pass_max_pool(const int8_t *x, int8_t *best, uint8_t *argmax, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                   ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw);
+void pass_max_unpool(const int32_t *delta, const uint8_t *argmax, int32_t *out, ptrdiff_t n, ptrdiff_t h,
+                     ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw);
+void pass_im2col(const int8_t *x, int8_t *out, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k,
+                 ptrdiff_t pad);
+
+#endif
