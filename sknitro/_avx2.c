@@ -193,16 +193,29 @@ AVX2_TARGET static inline __m256i update_lanes(int32_t *w, int32_t *w_units, int
     return _mm256_and_si256(_mm256_abs_epi32(updated), mask);
 }
 
-AVX2_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stride, const int32_t *x_tile,
-                                      int32_t *g, ptrdiff_t n, ptrdiff_t first, ptrdiff_t last)
+/* Prefetches a row of the tile's 16 columns of w (and, where written, of its split units or
+ * pair form) from flat index `at`. */
+AVX2_TARGET static inline void prefetch_row(const tile_update_t *t, ptrdiff_t at)
 {
+    _mm_prefetch((const char *)(t->w + at), _MM_HINT_T0);
+    _mm_prefetch((const char *)(t->w_units ? t->w_units + at : (const int32_t *)(t->w_pairs + at)), _MM_HINT_T0);
+}
+
+AVX2_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stride, const int32_t *x_tile,
+                                      int32_t *g, ptrdiff_t n, ptrdiff_t first, ptrdiff_t last, tile_update_t *apply)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i largest = zero;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
         const int32_t *e = delta_units + j0; /* e[row * stride + r]: delta's unit (row, j0 + r) */
-        __m256i *rows = (__m256i *)(g + j0 * UPDATE_COLUMNS); /* rows j0..j0+3 of G: 2 vectors each */
-        __m256i a0 = _mm256_loadu_si256(rows), a1 = _mm256_loadu_si256(rows + 1),
-                b0 = _mm256_loadu_si256(rows + 2), b1 = _mm256_loadu_si256(rows + 3),
-                c0 = _mm256_loadu_si256(rows + 4), c1 = _mm256_loadu_si256(rows + 5),
-                d0 = _mm256_loadu_si256(rows + 6), d1 = _mm256_loadu_si256(rows + 7);
+        __m256i *rows = apply ? NULL : (__m256i *)(g + j0 * UPDATE_COLUMNS); /* rows j0..j0+3 of G: 2 vectors each */
+#define LOAD(i) (apply ? zero : _mm256_loadu_si256(rows + i))
+        __m256i a0 = LOAD(0), a1 = LOAD(1), b0 = LOAD(2), b1 = LOAD(3), c0 = LOAD(4), c1 = LOAD(5), d0 = LOAD(6),
+                d1 = LOAD(7);
+#undef LOAD
+        if (apply) /* the next 4 rows of w, while these are summed */
+            for (ptrdiff_t i = j0 + 4; i < j0 + 8 && i < n; i++)
+                prefetch_row(apply, i * apply->k + apply->k0);
         const int32_t *x = x_tile;
         for (ptrdiff_t row = first; row < last; row++, x += UPDATE_COLUMNS) {
             __m256i X0 = _mm256_loadu_si256((const __m256i *)x), X1 = _mm256_loadu_si256((const __m256i *)(x + 8));
@@ -215,10 +228,33 @@ AVX2_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stri
             E = _mm256_set1_epi32(e[row * stride + 3]);
             MADD(d0, E, X0); MADD(d1, E, X1);
         }
-        _mm256_storeu_si256(rows, a0), _mm256_storeu_si256(rows + 1, a1);
-        _mm256_storeu_si256(rows + 2, b0), _mm256_storeu_si256(rows + 3, b1);
-        _mm256_storeu_si256(rows + 4, c0), _mm256_storeu_si256(rows + 5, c1);
-        _mm256_storeu_si256(rows + 6, d0), _mm256_storeu_si256(rows + 7, d1);
+        if (apply) {
+            ptrdiff_t left = apply->k - apply->k0;
+#define APPLY2(r, i) if (j0 + i < n) { \
+            ptrdiff_t at = (j0 + i) * apply->k + apply->k0; \
+            largest = _mm256_max_epu32(largest, update_lanes(apply->w, apply->w_units, apply->w_pairs, \
+                apply->outliers, at, left, r##0, apply->lr, apply->decays, apply->decay)); \
+            if (left > 8) \
+                largest = _mm256_max_epu32(largest, update_lanes(apply->w, apply->w_units, apply->w_pairs, \
+                    apply->outliers, at + 8, left - 8, r##1, apply->lr, apply->decays, apply->decay)); }
+            APPLY2(a, 0);
+            APPLY2(b, 1);
+            APPLY2(c, 2);
+            APPLY2(d, 3);
+#undef APPLY2
+        } else {
+            _mm256_storeu_si256(rows, a0), _mm256_storeu_si256(rows + 1, a1);
+            _mm256_storeu_si256(rows + 2, b0), _mm256_storeu_si256(rows + 3, b1);
+            _mm256_storeu_si256(rows + 4, c0), _mm256_storeu_si256(rows + 5, c1);
+            _mm256_storeu_si256(rows + 6, d0), _mm256_storeu_si256(rows + 7, d1);
+        }
+    }
+    if (apply) {
+        uint32_t lanes[8], top = 0;
+        _mm256_storeu_si256((__m256i *)lanes, largest);
+        for (int lane = 0; lane < 8; lane++)
+            top = lanes[lane] > top ? lanes[lane] : top;
+        apply->largest = (int64_t)top;
     }
 }
 

@@ -107,6 +107,14 @@ cdef int check_decay(long long decay_inv) except -1:
     return 0
 
 
+cdef object uint8_buffer(object obj, str name):
+    """``obj``, refused when it is a bool array: a buffer of format '?', which Cython's
+    memoryviews take for uint8."""
+    if obj is not None and memoryview(obj).format == "?":
+        raise ValueError(f"{name}: Buffer dtype mismatch, expected 'uint8_t' but got 'bool'")
+    return obj
+
+
 cdef outliers_t outlier_list(int32_t[::1] index, int32_t[::1] residual) except *:
     """An empty outlier list over two int32 buffers of the same capacity."""
     if index.shape[0] != residual.shape[0]:
@@ -247,18 +255,19 @@ def head_step(const int8_t[:, ::1] x not None, int32_t[:, ::1] w not None, const
     return squares, largest
 
 
-def lookup_uint8(const int8_t[::1] table not None, const uint8_t[::1] x not None, int8_t[::1] out not None):
+def lookup_uint8(const int8_t[::1] table not None, x not None, int8_t[::1] out not None):
     """lookup_uint8(table, x, out)
 
     out[i] = table[x[i]] for an int8 table of 256 entries, 1-D uint8 x and int8 out (the
     image encoder's lookup: one pass, where numpy.take goes through a generic gather)."""
+    cdef const uint8_t[::1] values = uint8_buffer(x, "x")
     check_shape("table", (table.shape[0],), (256,))
-    check_shape("out", (out.shape[0],), (x.shape[0],))
-    cdef ptrdiff_t n = x.shape[0]
+    check_shape("out", (out.shape[0],), (values.shape[0],))
+    cdef ptrdiff_t n = values.shape[0]
     if n == 0:
         return
     with nogil:
-        lookup_loop(&table[0], &x[0], &out[0], n)
+        lookup_loop(&table[0], &values[0], &out[0], n)
 
 
 # -- pooling and patches -----------------------------------------------------------------
@@ -273,22 +282,23 @@ cdef int check_pooling(tuple maps, ptrdiff_t kh, ptrdiff_t kw) except -1:
 
 
 def max_pool(const int8_t[:, :, :, ::1] x not None, ptrdiff_t kh, ptrdiff_t kw, int8_t[:, :, :, ::1] best not None,
-             uint8_t[:, :, :, ::1] argmax not None):
+             argmax not None):
     """max_pool(x, kh, kw, best, argmax)
 
     Max pooling of int8 maps x (n, h, w, c) with windows (kh, kw), stride = window, no
     padding, floor mode: int8 best and uint8 argmax (the window position di * kw + dj of the
     first maximum), both (n, h // kh, w // kw, c)."""
+    cdef uint8_t[:, :, :, ::1] positions = uint8_buffer(argmax, "argmax")
     cdef ptrdiff_t n = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3]
     check_pooling((n, h, w, c), kh, kw)
     pooled = (n, h // kh, w // kw, c)
     check_shape("best", (best.shape[0], best.shape[1], best.shape[2], best.shape[3]), pooled)
-    check_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]), pooled)
+    check_shape("argmax", (positions.shape[0], positions.shape[1], positions.shape[2], positions.shape[3]), pooled)
     with nogil:
-        pass_max_pool(&x[0, 0, 0, 0], &best[0, 0, 0, 0], &argmax[0, 0, 0, 0], n, h, w, c, kh, kw)
+        pass_max_pool(&x[0, 0, 0, 0], &best[0, 0, 0, 0], &positions[0, 0, 0, 0], n, h, w, c, kh, kw)
 
 
-def max_unpool(const int32_t[:, :, :, ::1] delta not None, const uint8_t[:, :, :, ::1] argmax not None,
+def max_unpool(const int32_t[:, :, :, ::1] delta not None, argmax not None,
                ptrdiff_t kh, ptrdiff_t kw, int32_t[:, :, :, ::1] out not None):
     """max_unpool(delta, argmax, kh, kw, out)
 
@@ -296,13 +306,14 @@ def max_unpool(const int32_t[:, :, :, ::1] delta not None, const uint8_t[:, :, :
     (n, h // kh, w // kw, c) at the window's uint8 argmax (same shape) and 0 at its other
     positions; values no window covers (the rows and columns past the last whole window) are
     left as they are."""
+    cdef const uint8_t[:, :, :, ::1] positions = uint8_buffer(argmax, "argmax")
     cdef ptrdiff_t n = out.shape[0], h = out.shape[1], w = out.shape[2], c = out.shape[3]
     check_pooling((n, h, w, c), kh, kw)
     pooled = (n, h // kh, w // kw, c)
     check_shape("delta", (delta.shape[0], delta.shape[1], delta.shape[2], delta.shape[3]), pooled)
-    check_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]), pooled)
+    check_shape("argmax", (positions.shape[0], positions.shape[1], positions.shape[2], positions.shape[3]), pooled)
     with nogil:
-        pass_max_unpool(&delta[0, 0, 0, 0], &argmax[0, 0, 0, 0], &out[0, 0, 0, 0], n, h, w, c, kh, kw)
+        pass_max_unpool(&delta[0, 0, 0, 0], &positions[0, 0, 0, 0], &out[0, 0, 0, 0], n, h, w, c, kh, kw)
 
 
 def im2col(const int8_t[:, :, :, ::1] x not None, ptrdiff_t k, ptrdiff_t pad, int8_t[:, ::1] out not None):
@@ -474,7 +485,8 @@ def units_sgd_update(str isa not None, const int32_t[:, ::1] delta not None, con
         else:
             units = mirror
     except (ValueError, TypeError) as error:
-        raise ValueError("mirror: an int16 mirror goes with index and residual, an int32 one without") from error
+        raise ValueError("mirror: expected a writable C-contiguous 2-D array, int16 with index and residual "
+                         "(the pair form), int32 without (the split units)") from error
     cdef const pair_kernels_t *kernels = pair_kernels(isa)
     cdef ptrdiff_t batch = delta.shape[0], n = delta.shape[1], k = x.shape[1]
     check_not_empty("delta", (batch, n))

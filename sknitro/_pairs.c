@@ -121,6 +121,105 @@ static ptrdiff_t round_up(ptrdiff_t v, ptrdiff_t step)
     return (v + step - 1) / step * step;
 }
 
+/* One sgd_update's operands, for the two ways of sweeping the batch below. */
+typedef struct {
+    gradient_tile_t gradient;
+    update_tile_t update;
+    pack_units_t pack;
+    ptrdiff_t columns, tiles;
+    const int32_t *delta_units; /* delta's split units, `stride` per batch row */
+    ptrdiff_t stride;
+    const int8_t *x;
+    ptrdiff_t n, batch, k;
+    int parallel;
+    tile_update_t target; /* w, its copies, the divisors (k0 and largest unused) */
+} update_sweep_t;
+
+/* A batch of at most GRADIENT_ROW_BLOCK rows (a dense layer's): one sweep per tile, each
+ * tile's G in registers. The largest |w|, or -1 when out of memory. */
+static int64_t sweep_whole_batch(const update_sweep_t *s)
+{
+    int64_t largest = 0;
+    int failed = 0;
+#pragma omp parallel if (s->parallel) reduction(max : largest) reduction(| : failed)
+    {
+        int32_t *x_tile = malloc((size_t)(s->batch * s->columns) * sizeof(int32_t));
+        failed |= x_tile == NULL;
+#pragma omp for schedule(static)
+        for (ptrdiff_t tile = 0; tile < s->tiles; tile++) {
+            ptrdiff_t k0 = tile * s->columns, width = s->k - k0 < s->columns ? s->k - k0 : s->columns;
+            if (!x_tile)
+                continue;
+            for (ptrdiff_t row = 0; row < s->batch; row++)
+                s->pack(s->x + row * s->k + k0, x_tile + row * s->columns, width, s->columns);
+            tile_update_t apply = s->target;
+            apply.k0 = k0;
+            apply.largest = 0;
+            s->gradient(s->delta_units, s->stride, x_tile, NULL, s->n, 0, s->batch, &apply);
+            largest = apply.largest > largest ? apply.largest : largest;
+        }
+        free(x_tile);
+    }
+    return failed ? -1 : largest;
+}
+
+/* A larger batch (a conv layer's: every position of every image): the tiles go in groups,
+ * one sweep over the batch per group; a group's G fits GRADIENT_G_BYTES, and there are
+ * enough groups for every thread. The largest |w|, or -1 when out of memory. */
+static int64_t sweep_tile_groups(const update_sweep_t *s)
+{
+    const tile_update_t *t = &s->target;
+    ptrdiff_t tiles = s->tiles, tile_g = (s->n + 3) * s->columns;
+    ptrdiff_t per_group = GRADIENT_G_BYTES / (tile_g * (ptrdiff_t)sizeof(int32_t));
+    per_group = per_group < 1 ? 1 : per_group;
+#ifdef _OPENMP
+    ptrdiff_t threads = s->parallel ? omp_get_max_threads() : 1;
+#else
+    ptrdiff_t threads = 1;
+#endif
+    ptrdiff_t groups = (tiles + per_group - 1) / per_group;
+    groups = groups < threads ? (threads < tiles ? threads : tiles) : groups;
+    per_group = (tiles + groups - 1) / groups;
+    int64_t largest = 0;
+    int failed = 0;
+#pragma omp parallel if (s->parallel) reduction(max : largest) reduction(| : failed)
+    {
+        /* this thread's G of one group of tiles, and its x rows packed as input units: read
+         * n / 4 times per block, they must stay in L1, which rows k apart (often near a power of
+         * two) would not */
+        int32_t *g = malloc((size_t)(per_group * tile_g) * sizeof(int32_t));
+        int32_t *x_tile = malloc((size_t)(GRADIENT_ROW_BLOCK * s->columns) * sizeof(int32_t));
+        failed |= g == NULL || x_tile == NULL;
+#pragma omp for schedule(static)
+        for (ptrdiff_t group = 0; group < groups; group++) {
+            ptrdiff_t first_tile = group * per_group;
+            ptrdiff_t last_tile = first_tile + per_group < tiles ? first_tile + per_group : tiles;
+            if (!g || !x_tile || first_tile >= last_tile)
+                continue;
+            memset(g, 0, (size_t)((last_tile - first_tile) * tile_g) * sizeof(int32_t));
+            for (ptrdiff_t first = 0; first < s->batch; first += GRADIENT_ROW_BLOCK) {
+                ptrdiff_t last = first + GRADIENT_ROW_BLOCK < s->batch ? first + GRADIENT_ROW_BLOCK : s->batch;
+                for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
+                    ptrdiff_t k0 = tile * s->columns, width = s->k - k0 < s->columns ? s->k - k0 : s->columns;
+                    for (ptrdiff_t row = first; row < last; row++)
+                        s->pack(s->x + row * s->k + k0, x_tile + (row - first) * s->columns, width, s->columns);
+                    s->gradient(s->delta_units, s->stride, x_tile, g + (tile - first_tile) * tile_g, s->n, first,
+                                last, NULL);
+                }
+            }
+            for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
+                int64_t tile_largest = s->update(g + (tile - first_tile) * tile_g, t->w, t->w_units, t->w_pairs,
+                                                 t->outliers, s->n, s->k, tile * s->columns, t->lr, t->decays,
+                                                 t->decay);
+                largest = tile_largest > largest ? tile_largest : largest;
+            }
+        }
+        free(x_tile);
+        free(g);
+    }
+    return failed ? -1 : largest;
+}
+
 int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pack_units_t pack, ptrdiff_t columns,
                              const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
                              outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr,
@@ -140,60 +239,12 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
     }
     if (!w_units)
         outliers->count = 0;
-    int64_t largest = 0;
-    int failed = 0;
-    int parallel = (int64_t)n * batch * k >= PARALLEL_WORK;
-    /* The tiles go in groups, one sweep over the batch per group: a group's G fits
-     * GRADIENT_G_BYTES, and there are enough groups for every thread. */
-    ptrdiff_t tiles = (k + columns - 1) / columns, tile_g = (n + 3) * columns;
-    ptrdiff_t per_group = GRADIENT_G_BYTES / (tile_g * (ptrdiff_t)sizeof(int32_t));
-    per_group = per_group < 1 ? 1 : per_group;
-#ifdef _OPENMP
-    ptrdiff_t threads = parallel ? omp_get_max_threads() : 1;
-#else
-    ptrdiff_t threads = 1;
-    (void)parallel;
-#endif
-    ptrdiff_t groups = (tiles + per_group - 1) / per_group;
-    groups = groups < threads ? (threads < tiles ? threads : tiles) : groups;
-    per_group = (tiles + groups - 1) / groups;
-#pragma omp parallel if (parallel) reduction(max : largest) reduction(| : failed)
-    {
-        /* this thread's G of one group of tiles, and its x rows packed as input units: read
-         * n / 4 times per block, they must stay in L1, which rows k apart (often near a power of
-         * two) would not */
-        int32_t *g = malloc((size_t)(per_group * tile_g) * sizeof(int32_t));
-        int32_t *x_tile = malloc((size_t)(GRADIENT_ROW_BLOCK * columns) * sizeof(int32_t));
-        failed |= g == NULL || x_tile == NULL;
-#pragma omp for schedule(static)
-        for (ptrdiff_t group = 0; group < groups; group++) {
-            ptrdiff_t first_tile = group * per_group;
-            ptrdiff_t last_tile = first_tile + per_group < tiles ? first_tile + per_group : tiles;
-            if (!g || !x_tile || first_tile >= last_tile)
-                continue;
-            memset(g, 0, (size_t)((last_tile - first_tile) * tile_g) * sizeof(int32_t));
-            for (ptrdiff_t first = 0; first < batch; first += GRADIENT_ROW_BLOCK) {
-                ptrdiff_t last = first + GRADIENT_ROW_BLOCK < batch ? first + GRADIENT_ROW_BLOCK : batch;
-                for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
-                    ptrdiff_t k0 = tile * columns, width = k - k0 < columns ? k - k0 : columns;
-                    for (ptrdiff_t row = first; row < last; row++)
-                        pack(x + row * k + k0, x_tile + (row - first) * columns, width, columns);
-                    gradient(delta_units, stride, x_tile, g + (tile - first_tile) * tile_g, n, first, last);
-                }
-            }
-            for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
-                int64_t tile_largest = update(g + (tile - first_tile) * tile_g, w, w_units, w_pairs, outliers, n,
-                                              k, tile * columns, lr, decays, decay);
-                largest = tile_largest > largest ? tile_largest : largest;
-            }
-        }
-        free(x_tile);
-        free(g);
-    }
+    update_sweep_t sweep = {gradient, update, pack, columns, (k + columns - 1) / columns, delta_units, stride, x,
+                            n, batch, k, (int64_t)n * batch * k >= PARALLEL_WORK,
+                            {w, w_units, w_pairs, outliers, k, 0, lr, decays, decay, 0}};
+    int64_t largest = batch <= GRADIENT_ROW_BLOCK ? sweep_whole_batch(&sweep) : sweep_tile_groups(&sweep);
     free(delta_units);
-    if (failed)
-        return -1;
-    if (!w_units)
+    if (largest >= 0 && !w_units)
         pairs_sort_outliers(outliers);
     return largest;
 }

@@ -93,13 +93,30 @@ typedef void (*product_tile_t)(const int8_t *x, const int32_t *w_units, int32_t 
                                ptrdiff_t units, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0, int pairs,
                                const outliers_t *outliers, const ptrdiff_t *row_start);
 
+/* What a gradient tile applies at once when its rows are the whole batch: sgd_rule on
+ * columns [k0, k0 + columns) of w (n, k), the new values' split units or pair form and
+ * outliers (as update_tile_t); the tile leaves the largest |w| it wrote in `largest`. */
+typedef struct {
+    int32_t *w;
+    int32_t *w_units;
+    int16_t *w_pairs;
+    outliers_t *outliers;
+    ptrdiff_t k, k0;
+    divisor_t lr;
+    int decays;
+    divisor_t decay;
+    int64_t largest;
+} tile_update_t;
+
 /* Adds delta^T x over batch rows [first, last) to the G of a tile of `columns` columns of w:
  * delta_units holds delta's split units row by row, `stride` (n rounded up to 4, zero past n)
  * per batch row; x_tile holds the rows [first, last) of x as input units, `columns` per row
  * (packed by the driver: contiguous, zero past the last column); g is n + 3 rows of `columns`
- * int32 (rows past n are scratch); int32 lanes wrap. */
+ * int32 (rows past n are scratch); int32 lanes wrap. With `apply` (g NULL) the rows are the
+ * whole batch: each 4 rows of G are summed from zero in registers and go straight into the
+ * update, which prefetches the next rows of w meanwhile, so G never goes to memory. */
 typedef void (*gradient_tile_t)(const int32_t *delta_units, ptrdiff_t stride, const int32_t *x_tile, int32_t *g,
-                                ptrdiff_t n, ptrdiff_t first, ptrdiff_t last);
+                                ptrdiff_t n, ptrdiff_t first, ptrdiff_t last, tile_update_t *apply);
 
 /* Applies sgd_rule to columns [k0, k0 + columns) of w from their G (g, as above) and writes
  * the new values' split units, or their pair form and outliers; returns their largest |w|. */

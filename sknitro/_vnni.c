@@ -205,17 +205,50 @@ static inline void column_masks(ptrdiff_t left, __mmask16 mask[4])
         mask[c] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? 0 : (__mmask16)((1u << left) - 1));
 }
 
-VNNI_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stride, const int32_t *x_tile,
-                                      int32_t *g, ptrdiff_t n, ptrdiff_t first, ptrdiff_t last)
+/* Prefetches the `columns` int32 (and, where written, the split units' or pair form's) from
+ * flat index `at` of w. */
+VNNI_TARGET static inline void prefetch_row(const tile_update_t *t, ptrdiff_t at, int columns)
 {
+    for (int c = 0; c < columns; c += 16) {
+        _mm_prefetch((const char *)(t->w + at + c), _MM_HINT_T0);
+        if (t->w_units)
+            _mm_prefetch((const char *)(t->w_units + at + c), _MM_HINT_T0);
+        else if (c % 32 == 0)
+            _mm_prefetch((const char *)(t->w_pairs + at + c), _MM_HINT_T0);
+    }
+}
+
+VNNI_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stride, const int32_t *x_tile,
+                                      int32_t *g, ptrdiff_t n, ptrdiff_t first, ptrdiff_t last, tile_update_t *apply)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i largest = zero;
+    __mmask16 mask[4];
+    if (apply)
+        column_masks(apply->k - apply->k0, mask);
     for (ptrdiff_t j0 = 0; j0 < n; j0 += 4) {
         const int32_t *e = delta_units + j0; /* e[row * stride + r]: delta's unit (row, j0 + r) */
         int32_t *g0 = g + j0 * UPDATE_COLUMNS, *g1 = g0 + UPDATE_COLUMNS, *g2 = g1 + UPDATE_COLUMNS,
                 *g3 = g2 + UPDATE_COLUMNS;
-#define LOAD4(r, p) __m512i r##0 = _mm512_loadu_si512(p), r##1 = _mm512_loadu_si512(p + 16), \
-                            r##2 = _mm512_loadu_si512(p + 32), r##3 = _mm512_loadu_si512(p + 48)
+#define LOAD4(r, p) __m512i r##0 = apply ? zero : _mm512_loadu_si512(p), \
+                            r##1 = apply ? zero : _mm512_loadu_si512(p + 16), \
+                            r##2 = apply ? zero : _mm512_loadu_si512(p + 32), \
+                            r##3 = apply ? zero : _mm512_loadu_si512(p + 48)
 #define STORE4(r, p) _mm512_storeu_si512(p, r##0); _mm512_storeu_si512(p + 16, r##1); \
                      _mm512_storeu_si512(p + 32, r##2); _mm512_storeu_si512(p + 48, r##3)
+#define APPLY4(r, i) if (j0 + i < n) { \
+            ptrdiff_t at = (j0 + i) * apply->k + apply->k0; \
+            largest = _mm512_max_epu32(largest, update_lanes(apply->w, apply->w_units, apply->w_pairs, \
+                apply->outliers, at, mask[0], r##0, apply->lr, apply->decays, apply->decay)); \
+            largest = _mm512_max_epu32(largest, update_lanes(apply->w, apply->w_units, apply->w_pairs, \
+                apply->outliers, at + 16, mask[1], r##1, apply->lr, apply->decays, apply->decay)); \
+            largest = _mm512_max_epu32(largest, update_lanes(apply->w, apply->w_units, apply->w_pairs, \
+                apply->outliers, at + 32, mask[2], r##2, apply->lr, apply->decays, apply->decay)); \
+            largest = _mm512_max_epu32(largest, update_lanes(apply->w, apply->w_units, apply->w_pairs, \
+                apply->outliers, at + 48, mask[3], r##3, apply->lr, apply->decays, apply->decay)); }
+        if (apply) /* the next 4 rows of w, while these are summed */
+            for (ptrdiff_t i = j0 + 4; i < j0 + 8 && i < n; i++)
+                prefetch_row(apply, i * apply->k + apply->k0, UPDATE_COLUMNS);
         LOAD4(a, g0);
         LOAD4(b, g1);
         LOAD4(c, g2);
@@ -229,13 +262,23 @@ VNNI_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stri
             DP4(c, _mm512_set1_epi32(e[row * stride + 2]), X0, X1, X2, X3);
             DP4(d, _mm512_set1_epi32(e[row * stride + 3]), X0, X1, X2, X3);
         }
-        STORE4(a, g0);
-        STORE4(b, g1);
-        STORE4(c, g2);
-        STORE4(d, g3);
+        if (apply) {
+            APPLY4(a, 0);
+            APPLY4(b, 1);
+            APPLY4(c, 2);
+            APPLY4(d, 3);
+        } else {
+            STORE4(a, g0);
+            STORE4(b, g1);
+            STORE4(c, g2);
+            STORE4(d, g3);
+        }
 #undef LOAD4
 #undef STORE4
+#undef APPLY4
     }
+    if (apply)
+        apply->largest = (int64_t)(uint32_t)_mm512_reduce_max_epu32(largest);
 }
 
 VNNI_TARGET static int64_t update_tile(const int32_t *g, int32_t *w, int32_t *w_units, int16_t *w_pairs,

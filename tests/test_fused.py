@@ -111,7 +111,8 @@ def test_division_is_exact_around_multiples_of_the_divisor(divisor):
     g = np.concatenate([multiples - 1, multiples, multiples + 1, [INT32_MAX, INT32_MAX - 1]])
     g = g[(g >= 0) & (g <= INT32_MAX)]
     g = np.concatenate([g, -g])
-    weight = np.zeros(g.size, np.int32)
+    g = g.reshape(2, -1)  # (g and -g: an even count)
+    weight = np.zeros(g.shape, np.int32)
     _fused.sgd_update(weight, g.astype(np.float64), divisor, 0, None)
     np.testing.assert_array_equal(weight, -tdiv(g, divisor))
 
@@ -130,23 +131,34 @@ def test_scale_to_int8_matches_nitro_scale(scale, z_type):
     z[2, :2] = [limit, -limit - (z_type is np.int32)]
     expected = nitro_scale(z, scale)
     table = make_activation("nitro_relu").forward_table
+    z, expected = z.ravel(), expected.ravel()  # scale_to_int8 takes flat arrays
     out, activated = np.empty(z.shape, np.int8), np.empty(z.shape, np.int8)
     _fused.scale_to_int8(z.astype(z_type), scale, out, table, activated)
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(activated, table[expected.view(np.uint8)])
+    out = np.empty(z.shape, np.int8)
     _fused.scale_to_int8(z.astype(z_type), scale, out)
     np.testing.assert_array_equal(out, expected)
 
 
 @needs_c
-def test_the_c_functions_reject_buffers_of_the_wrong_size():
-    weight = np.zeros(10, np.int32)
-    with pytest.raises(ValueError, match="g: expected 10 items"):
-        _fused.sgd_update(weight, np.zeros(9), 3, 0, None)
+def test_the_c_functions_reject_buffers_of_the_wrong_shape():
+    weight = np.full((2, 5), 7, np.int32)
+    with pytest.raises(ValueError, match=r"g: expected shape \(2, 5\), got \(2, 4\)"):
+        _fused.sgd_update(weight, np.zeros((2, 4)), 3, 0, None)
+    with pytest.raises(ValueError, match=r"g: expected shape \(2, 5\), got \(5, 2\)"):
+        _fused.sgd_update(weight, np.zeros((5, 2)), 3, 0, None)  # as many items, another shape
+    with pytest.raises(ValueError, match=r"mirror: expected shape \(2, 5\), got \(1, 10\)"):
+        _fused.sgd_update(weight, np.zeros((2, 5)), 3, 0, np.zeros((1, 10)))
+    with pytest.raises(ValueError, match="dimensions"):
+        _fused.sgd_update(np.zeros(10, np.int32), np.zeros(10), 3, 0, None)  # 2-D only
     with pytest.raises(ValueError, match="divisor must be in"):
-        _fused.sgd_update(weight, np.zeros(10), 0, 0, None)
+        _fused.sgd_update(weight, np.zeros((2, 5)), 0, 0, None)
+    assert (weight == 7).all()  # nothing written by a call that raised
     with pytest.raises(ValueError, match="scale must be in"):
         _fused.scale_to_int8(np.zeros(4), 2**24, np.zeros(4, np.int8))
+    with pytest.raises(ValueError, match="dimensions"):
+        _fused.scale_to_int8(np.zeros((2, 2), np.int32), 3, np.zeros((2, 2), np.int8))  # 1-D only
 
 
 # -- the "c" kernels against the reference, and when they hand the work back -----------------
@@ -279,9 +291,10 @@ def test_elementwise_passes_in_chunks_on_threads(threads):
     assert expected_l1.argmax() == 7 and 2**30 * int(multiplier[100]) > INT32_MAX
     with threadpool_limits(threads):
         out = np.empty_like(delta)
-        column_l1 = _fused.activation_backward(delta, s, multiplier, divisor, out, delta.shape[1])
-        scaled, activated = np.empty(z.shape, np.int8), np.empty(z.shape, np.int8)
-        _fused.scale_to_int8(z, 2**8 * 784, scaled, table, activated)
+        column_l1 = _fused.activation_backward(delta, s, multiplier, divisor, out)
+        scaled, activated = np.empty(z.size, np.int8), np.empty(z.size, np.int8)
+        _fused.scale_to_int8(z.ravel(), 2**8 * 784, scaled, table, activated)
+        scaled, activated = scaled.reshape(z.shape), activated.reshape(z.shape)
     np.testing.assert_array_equal(out, expected_delta)
     assert column_l1 == expected_l1.max()
     np.testing.assert_array_equal(scaled, nitro_scale(z, 2**8 * 784))

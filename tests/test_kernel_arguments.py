@@ -1,9 +1,15 @@
 """The compiled kernels check their own arguments, whatever Python passes: each array's
-dtype (by its buffer format), contiguity and writability, sizes without overflow, the
-outlier indices the pair products follow, and the instruction set the pair products are
-asked for (an unknown name: ValueError; one this CPU lacks: RuntimeError). Property-based:
-hypothesis swaps one argument of a valid call for a wrong one; the kernel must raise, never
-read or write out of bounds. The pair products are called on every ISA this CPU runs."""
+dtype, number of dimensions, contiguity and writability (typed memoryviews: ValueError; an
+object that is no buffer at all, such as None or a list: TypeError), that the shapes of the
+arrays agree with each other (the sizes are read from them), the geometries of the pooling
+and the patches, the outlier indices the pair products follow, and the instruction set the
+pair products are asked for (an unknown name: ValueError; one this CPU lacks: RuntimeError).
+A call that raises writes nothing. Property-based and exhaustive: one argument of a valid
+call is swapped for a wrong one; the kernel must raise, never read or write out of bounds.
+The pair products are called on every ISA this CPU runs."""
+
+import re
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -19,27 +25,54 @@ PAIR_ISAS = [isa for isa in ISAS if isa in kernels.AVAILABLE]
 PAIR_FUNCTIONS = ("units_product", "pairs_product", "units_sgd_update", "units_sgd_update_pairs")
 
 
+class Arg(NamedTuple):
+    """An array argument of a kernel: its name, dtype, whether the kernel writes it, and
+    whether None stands for it (the call then runs without it)."""
+
+    name: str
+    dtype: type
+    written: bool
+    optional: bool = False
+
+
+class Call(NamedTuple):
+    function: str
+    args: list
+    arrays: dict  # argument position -> Arg
+    names: tuple  # every argument's name, in order (the shape errors start with one)
+
+
 def _pair_calls(isa):
-    """The pair products' valid calls on ``isa`` (argument 0): name -> (function, args,
-    {argument position: (dtype, written)}). Each takes int8 x (m, k) itself."""
+    """The pair products' valid calls on ``isa`` (argument 0): name -> Call. Each takes int8
+    x (m, k) itself."""
     m, n, k = 3, 2, 4
     x = np.random.default_rng(0).integers(-9, 9, size=(m, k)).astype(np.int8)
+    update_names = ("isa", "delta", "x", "w", "mirror", "divisor", "decay_inv", "index", "residual")
     return {
-        "units_product": ("units_product", [isa, x, np.ones((n, k), np.int32), m, n, k, 0, np.empty((m, n), np.int32)],
-                          {1: (np.int8, False), 2: (np.int32, False), 7: (np.int32, True)}),
-        "pairs_product": ("pairs_product", [isa, x, np.ones((n, k), np.int16), np.array([1, 5], np.int32),
-                                            np.array([3, -2], np.int32), 2, m, n, k, 0, np.empty((m, n), np.int32)],
-                          {1: (np.int8, False), 2: (np.int16, False), 3: (np.int32, False), 4: (np.int32, False),
-                           10: (np.int32, True)}),
+        "units_product": Call("units_product", [isa, x, np.ones((n, k), np.int32), 0, np.empty((m, n), np.int32)],
+                              {1: Arg("x", np.int8, False), 2: Arg("w_units", np.int32, False),
+                               4: Arg("z", np.int32, True)},
+                              ("isa", "x", "w_units", "chunk", "z")),
+        "pairs_product": Call("pairs_product", [isa, x, np.ones((n, k), np.int16), np.array([1, 5], np.int32),
+                                                np.array([3, -2], np.int32), 2, 0, np.empty((m, n), np.int32)],
+                              {1: Arg("x", np.int8, False), 2: Arg("w_pairs", np.int16, False),
+                               3: Arg("index", np.int32, False), 4: Arg("residual", np.int32, False),
+                               7: Arg("z", np.int32, True)},
+                              ("isa", "x", "w_pairs", "index", "residual", "count", "chunk", "z")),
         # the split units' mirror (int32), then the pair form's (int16, with its outlier list)
-        "units_sgd_update": ("units_sgd_update", [isa, np.ones((m, n), np.int32), x, np.zeros((n, k), np.int32),
-                                                  np.empty((n, k), np.int32), m, n, k, 5, 0],
-                             {1: (np.int32, False), 2: (np.int8, False), 3: (np.int32, True), 4: (np.int32, True)}),
-        "units_sgd_update_pairs": ("units_sgd_update", [isa, np.ones((m, n), np.int32), x,
-                                                        np.full((n, k), 2**16, np.int32), np.empty((n, k), np.int16),
-                                                        m, n, k, 5, 0, np.empty(4, np.int32), np.empty(4, np.int32)],
-                                   {1: (np.int32, False), 2: (np.int8, False), 3: (np.int32, True),
-                                    4: (np.int16, True), 10: (np.int32, True), 11: (np.int32, True)}),
+        "units_sgd_update": Call("units_sgd_update", [isa, np.ones((m, n), np.int32), x, np.zeros((n, k), np.int32),
+                                                      np.empty((n, k), np.int32), 5, 0],
+                                 {1: Arg("delta", np.int32, False), 2: Arg("x", np.int8, False),
+                                  3: Arg("w", np.int32, True), 4: Arg("mirror", np.int32, True)},
+                                 update_names),
+        "units_sgd_update_pairs": Call("units_sgd_update", [isa, np.ones((m, n), np.int32), x,
+                                                            np.full((n, k), 2**16, np.int32),
+                                                            np.empty((n, k), np.int16), 5, 0, np.empty(4, np.int32),
+                                                            np.empty(4, np.int32)],
+                                       {1: Arg("delta", np.int32, False), 2: Arg("x", np.int8, False),
+                                        3: Arg("w", np.int32, True), 4: Arg("mirror", np.int16, True),
+                                        7: Arg("index", np.int32, True), 8: Arg("residual", np.int32, True)},
+                                       update_names),
     }
 
 
@@ -48,39 +81,59 @@ X_POSITION = {"units_product": 1, "pairs_product": 1, "units_sgd_update": 2, "un
 
 
 def _valid_calls():
-    """name -> (function, args of a valid call, {argument position: (dtype, written)})."""
+    """name -> Call of a valid call."""
     table = np.arange(256, dtype=np.int8)
+    maps = np.random.default_rng(1).integers(-128, 128, (2, 5, 4, 3)).astype(np.int8)
     calls = {
-        "scale_to_int8": ([np.arange(12, dtype=np.int32), 3, np.empty(12, np.int8), table, np.empty(12, np.int8)],
-                          {0: (np.int32, False), 2: (np.int8, True), 3: (np.int8, False), 4: (np.int8, True)}),
-        "activation_backward": ([np.arange(12, dtype=np.int32), np.zeros(12, np.int8), np.ones(256, np.int32), 1,
-                                 np.empty(12, np.int32), 4],
-                                {0: (np.int32, False), 1: (np.int8, False), 2: (np.int32, False),
-                                 4: (np.int32, True)}),
-        "sgd_update": ([np.zeros(12, np.int32), np.ones(12, np.float64), 2, 0, np.empty(12, np.float64)],
-                       {0: (np.int32, True), 1: (np.float64, False), 4: (np.float64, True)}),
-        "head_step": ([np.ones((4, 6), np.int8), np.ones((3, 6), np.int32), np.zeros((4, 3), np.int8), 4, 60, 7, 0,
-                       np.empty((4, 3), np.int8), np.empty((4, 6), np.int32)],
-                      {0: (np.int8, False), 1: (np.int32, True), 2: (np.int8, False), 7: (np.int8, True),
-                       8: (np.int32, True)}),
-        "lookup_uint8": ([table, np.arange(10, dtype=np.uint8), np.empty(10, np.int8)],
-                         {0: (np.int8, False), 1: (np.uint8, False), 2: (np.int8, True)}),
-        "row_l1": ([np.ones((3, 4), np.int8), 4], {0: (np.int8, False)}),
-        "split_units": ([np.arange(8, dtype=np.int32), np.empty(8, np.int32)],
-                        {0: (np.int32, False), 1: (np.int32, True)}),
-        "pair_form": ([np.arange(8, dtype=np.int32), 4, np.empty(8, np.int16), np.empty(4, np.int32),
-                       np.empty(4, np.int32)],
-                      {0: (np.int32, False), 2: (np.int16, True), 3: (np.int32, True), 4: (np.int32, True)}),
+        "scale_to_int8": Call("scale_to_int8", [np.arange(12, dtype=np.int32), 3, np.empty(12, np.int8), table,
+                                                np.empty(12, np.int8)],
+                              {0: Arg("z", np.int32, False), 2: Arg("out", np.int8, True),
+                               3: Arg("table", np.int8, False), 4: Arg("activated", np.int8, True)},
+                              ("z", "scale", "out", "table", "activated")),
+        "activation_backward": Call("activation_backward",
+                                    [np.arange(12, dtype=np.int32).reshape(3, 4), np.zeros((3, 4), np.int8),
+                                     np.ones(256, np.int32), 1, np.empty((3, 4), np.int32)],
+                                    {0: Arg("g", np.int32, False), 1: Arg("pre", np.int8, False),
+                                     2: Arg("table", np.int32, False), 4: Arg("out", np.int32, True)},
+                                    ("g", "pre", "table", "divisor", "out")),
+        "sgd_update": Call("sgd_update", [np.zeros((3, 4), np.int32), np.ones((3, 4), np.float64), 2, 0,
+                                          np.empty((3, 4), np.float64)],
+                           {0: Arg("w", np.int32, True), 1: Arg("g", np.float64, False),
+                            4: Arg("mirror", np.float64, True, optional=True)},
+                           ("w", "g", "divisor", "decay_inv", "mirror")),
+        "head_step": Call("head_step", [np.ones((4, 6), np.int8), np.ones((3, 6), np.int32), np.zeros((4, 3), np.int8),
+                                        60, 7, 0, np.empty((4, 3), np.int8), np.empty((4, 6), np.int32)],
+                          {0: Arg("x", np.int8, False), 1: Arg("w", np.int32, True), 2: Arg("target", np.int8, False),
+                           6: Arg("yhat", np.int8, True), 7: Arg("input_grad", np.int32, True, optional=True)},
+                          ("x", "w", "target", "scale", "divisor", "decay_inv", "yhat", "input_grad")),
+        "lookup_uint8": Call("lookup_uint8", [table, np.arange(10, dtype=np.uint8), np.empty(10, np.int8)],
+                             {0: Arg("table", np.int8, False), 1: Arg("x", np.uint8, False),
+                              2: Arg("out", np.int8, True)},
+                             ("table", "x", "out")),
+        "row_l1": Call("row_l1", [np.ones((3, 4), np.int8)], {0: Arg("x", np.int8, False)}, ("x",)),
+        "split_units": Call("split_units", [np.arange(8, dtype=np.int32).reshape(2, 4), np.empty((2, 4), np.int32)],
+                            {0: Arg("a", np.int32, False), 1: Arg("units", np.int32, True)},
+                            ("a", "units")),
+        "pair_form": Call("pair_form", [np.arange(8, dtype=np.int32).reshape(2, 4), np.empty((2, 4), np.int16),
+                                        np.empty(4, np.int32), np.empty(4, np.int32)],
+                          {0: Arg("a", np.int32, False), 1: Arg("pairs", np.int16, True),
+                           2: Arg("index", np.int32, True), 3: Arg("residual", np.int32, True)},
+                          ("a", "pairs", "index", "residual")),
         # 2 maps of 5 x 4 x 3 by 2 x 2 windows: 2 x 2 x 2 x 3 pooled values
-        "max_pool": ([np.ones(120, np.int8), 2, 5, 4, 3, 2, 2, np.empty(24, np.int8), np.empty(24, np.uint8)],
-                     {0: (np.int8, False), 7: (np.int8, True), 8: (np.uint8, True)}),
-        "max_unpool": ([np.ones(24, np.int32), np.zeros(24, np.uint8), 2, 5, 4, 3, 2, 2, np.zeros(120, np.int32)],
-                       {0: (np.int32, False), 1: (np.uint8, False), 8: (np.int32, True)}),
-        # the same maps, 3 x 3 windows, padding 1: 40 rows of 27 values
-        "im2col": ([np.ones(120, np.int8), 2, 5, 4, 3, 3, 1, np.empty(1080, np.int8)],
-                   {0: (np.int8, False), 7: (np.int8, True)}),
+        "max_pool": Call("max_pool", [maps, 2, 2, np.empty((2, 2, 2, 3), np.int8), np.empty((2, 2, 2, 3), np.uint8)],
+                         {0: Arg("x", np.int8, False), 3: Arg("best", np.int8, True),
+                          4: Arg("argmax", np.uint8, True)},
+                         ("x", "kh", "kw", "best", "argmax")),
+        "max_unpool": Call("max_unpool", [np.ones((2, 2, 2, 3), np.int32), np.zeros((2, 2, 2, 3), np.uint8), 2, 2,
+                                          np.zeros((2, 5, 4, 3), np.int32)],
+                           {0: Arg("delta", np.int32, False), 1: Arg("argmax", np.uint8, False),
+                            4: Arg("out", np.int32, True)},
+                           ("delta", "argmax", "kh", "kw", "out")),
+        # the same maps, 3 x 3 windows, padding 1: 2 x 5 x 4 = 40 rows of 27 values
+        "im2col": Call("im2col", [maps, 3, 1, np.empty((40, 27), np.int8)],
+                       {0: Arg("x", np.int8, False), 3: Arg("out", np.int8, True)},
+                       ("x", "k", "pad", "out")),
     }
-    calls = {name: (name, args, arrays) for name, (args, arrays) in calls.items()}
     for isa in PAIR_ISAS:
         calls.update({f"{name}[{isa}]": call for name, call in _pair_calls(isa).items()})
     return calls
@@ -89,10 +142,42 @@ def _valid_calls():
 CALLS = _valid_calls()
 OTHER_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.float32, np.float64,
                 np.bool_]
+# the functions whose every size is tied to another argument's (the pooling and the patches
+# also take a geometry: their own tests below)
+TIED = [name for name, call in CALLS.items() if call.function not in ("row_l1", "max_pool", "max_unpool", "im2col")]
 
 
 def _fresh(args):
     return [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+
+
+def _prepared(call):
+    """A fresh copy of ``call``'s arguments with every array it writes set to 7, and a
+    snapshot of those arrays (a call that raises must leave them as they are)."""
+    args = _fresh(call.args)
+    for position, arg in call.arrays.items():
+        if arg.written:
+            args[position].fill(7)
+    return args
+
+
+def _snapshot(args, call):
+    return {position: args[position].copy() for position, arg in call.arrays.items()
+            if arg.written and isinstance(args[position], np.ndarray)}
+
+
+def _assert_unwritten(args, snapshot):
+    for position, before in snapshot.items():
+        assert args[position].dtype == before.dtype and np.array_equal(args[position], before), \
+            f"argument {position} was written by a call that raised"
+
+
+def _accepts(call, position, dtype):
+    """Whether ``dtype`` is one the argument takes (float64 is scale_to_int8's other type of z;
+    an update's int32 and int16 mirrors are both accepted by type, and refused below when they
+    do not match the outlier buffers)."""
+    return np.dtype(dtype) == np.dtype(call.arrays[position].dtype) or (
+        call.function == "scale_to_int8" and position == 0 and np.dtype(dtype) == np.float64)
 
 
 def test_every_pair_isa_of_this_cpu_is_fuzzed():
@@ -103,117 +188,349 @@ def test_every_pair_isa_of_this_cpu_is_fuzzed():
 
 @pytest.mark.parametrize("name", CALLS)
 def test_the_valid_calls_run(name):
-    function, args, _ = CALLS[name]
-    getattr(_fused, function)(*_fresh(args))
+    call = CALLS[name]
+    getattr(_fused, call.function)(*_fresh(call.args))
 
 
-def _broken(array, dtype, written, how):
-    """``array`` made wrong: another dtype, a strided view, or read-only where written."""
+OPTIONAL = [(name, position) for name, call in CALLS.items() for position, arg in call.arrays.items() if arg.optional]
+
+
+@pytest.mark.parametrize("name, position", OPTIONAL)
+def test_an_optional_array_may_be_none(name, position):
+    # the call runs without it, and the rest of its results are the same as with it
+    call = CALLS[name]
+    given, without = _prepared(call), _prepared(call)
+    without[position] = None
+    assert getattr(_fused, call.function)(*without) == getattr(_fused, call.function)(*given)
+    for at, arg in call.arrays.items():
+        if arg.written and at != position:
+            np.testing.assert_array_equal(without[at], given[at])
+
+
+def test_scale_to_int8_takes_table_and_activated_together():
+    z, scale, out, table, activated = _fresh(CALLS["scale_to_int8"].args)
+    for args in ((z, scale, out, None, None), (z, scale, out)):
+        out.fill(7)
+        _fused.scale_to_int8(*args)
+        assert out.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    out.fill(7)
+    activated.fill(7)
+    for args in ((z, scale, out, table, None), (z, scale, out, None, activated), (z, scale, out, table)):
+        with pytest.raises(ValueError, match="together"):
+            _fused.scale_to_int8(*args)
+    assert (out == 7).all() and (activated == 7).all()
+
+
+# -- a wrong array ----------------------------------------------------------------------------
+
+def _strided(array):
+    """``array``'s values in a view that is not C-contiguous, of the same shape (and so the
+    same number of dimensions): every other item of a wider array."""
+    wide = np.zeros(array.shape[:-1] + (2 * array.shape[-1],), dtype=array.dtype)
+    view = wide[..., ::2]
+    view[...] = array
+    return view
+
+
+def _broken(array, how, dtype=None):
+    """``array`` made wrong: another dtype, a strided view, another number of dimensions,
+    read-only, None, or a list of its values."""
     if how == "dtype":
         return array.astype(dtype)
     if how == "strided":
-        wide = np.zeros((2,) + array.shape, dtype=array.dtype)
-        return wide[::2].reshape(-1)[:array.size] if array.ndim == 1 else np.repeat(array, 2, axis=-1)[..., ::2]
-    frozen = array.copy()
-    frozen.setflags(write=False)
-    return frozen
+        return _strided(array)
+    if how == "fewer-dims":
+        return array.reshape(-1) if array.ndim > 1 else array[0, ...]  # (a 0-d array)
+    if how == "more-dims":
+        return array[..., np.newaxis]
+    if how == "read-only":
+        frozen = array.copy()
+        frozen.setflags(write=False)
+        return frozen
+    if how == "none":
+        return None
+    assert how == "list"
+    return array.tolist()
+
+
+def _hows(arg):
+    return ["strided", "fewer-dims", "more-dims", "list"] + (["read-only"] if arg.written else []) + (
+        [] if arg.optional else ["none"])
+
+
+WRONG_DTYPES = [pytest.param(name, position, dtype, id=f"{name}-{position}-{np.dtype(dtype).name}")
+                for name, call in CALLS.items() for position in call.arrays for dtype in OTHER_DTYPES
+                if not _accepts(call, position, dtype)]
+WRONG_ARRAYS = [pytest.param(name, position, how, id=f"{name}-{position}-{how}")
+                for name, call in CALLS.items() for position, arg in call.arrays.items() for how in _hows(arg)]
+# what Cython says of each
+MESSAGES = {"strided": "contiguous", "fewer-dims": "dimensions", "more-dims": "dimensions",
+            "read-only": "read-only"}
+# the arguments of either of two dtypes (scale_to_int8's z: int32 or float64; an update's
+# mirror: int32 split units or int16 pairs), which the kernel may tell apart before Cython
+# checks the buffer (a fused type: TypeError "No matching signature found")
+EITHER = {("scale_to_int8", "z"), ("units_sgd_update", "mirror")}
+
+
+@pytest.mark.parametrize("name, position, dtype", WRONG_DTYPES)
+def test_every_array_argument_refuses_every_other_dtype(name, position, dtype):
+    # by its buffer format, whatever its size: bool for uint8, uint8 for int8, int32 for float32
+    call = CALLS[name]
+    args = _prepared(call)
+    args[position] = _broken(args[position], "dtype", dtype)
+    snapshot = _snapshot(args, call)
+    if (call.function, call.arrays[position].name) in EITHER:
+        with pytest.raises((TypeError, ValueError)):
+            getattr(_fused, call.function)(*args)
+    else:
+        with pytest.raises(ValueError, match="dtype mismatch"):
+            getattr(_fused, call.function)(*args)
+    _assert_unwritten(args, snapshot)
+
+
+@pytest.mark.parametrize("name, position, how", WRONG_ARRAYS)
+def test_every_array_argument_refuses_a_wrong_array(name, position, how):
+    # strided, of another number of dimensions, read-only where written (ValueError), None
+    # where the array is required, or a list (TypeError, or ValueError)
+    call = CALLS[name]
+    args = _prepared(call)
+    args[position] = _broken(args[position], how)
+    snapshot = _snapshot(args, call)
+    if how == "strided":
+        assert not args[position].flags.c_contiguous and args[position].ndim == call.args[position].ndim
+    if how in MESSAGES and (call.function, call.arrays[position].name) not in EITHER:
+        with pytest.raises(ValueError, match=MESSAGES[how]):
+            getattr(_fused, call.function)(*args)
+    else:
+        with pytest.raises((TypeError, ValueError)):
+            getattr(_fused, call.function)(*args)
+    _assert_unwritten(args, snapshot)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_a_wrong_array_argument_raises(data):
     name = data.draw(st.sampled_from(sorted(CALLS)))
-    function, args, arrays = CALLS[name]
-    position = data.draw(st.sampled_from(sorted(arrays)))
-    expected, written = arrays[position]
-    how = data.draw(st.sampled_from(["dtype", "strided"] + (["read-only"] if written else [])))
-    # (float64 is scale_to_int8's other type of z; an update's int32 and int16 mirrors are
-    # both accepted by type, and refused when they do not match the outlier buffers)
-    wrong = data.draw(st.sampled_from([d for d in OTHER_DTYPES if np.dtype(d) != np.dtype(expected)
-                                       and not (name == "scale_to_int8" and position == 0 and d == np.float64)]))
-    call = _fresh(args)
-    call[position] = _broken(call[position], wrong, written, how)
-    if how == "strided" and call[position].flags.c_contiguous:
-        return  # a 1-element view is contiguous after all
+    call = CALLS[name]
+    position = data.draw(st.sampled_from(sorted(call.arrays)))
+    arg = call.arrays[position]
+    how = data.draw(st.sampled_from(["dtype"] + _hows(arg)))
+    wrong = data.draw(st.sampled_from([d for d in OTHER_DTYPES if not _accepts(call, position, d)]))
+    args = _prepared(call)
+    args[position] = _broken(args[position], how, wrong)
+    snapshot = _snapshot(args, call)
+    if how == "strided":
+        assert not args[position].flags.c_contiguous
     with pytest.raises((TypeError, ValueError)):
-        getattr(_fused, function)(*call)
+        getattr(_fused, call.function)(*args)
+    _assert_unwritten(args, snapshot)
+
+
+# -- shapes ----------------------------------------------------------------------------------
+
+def _reshaped(array, axis, change):
+    """An array of ``array``'s dtype whose ``axis`` is ``change`` longer, holding ``array``'s
+    values where they overlap (and zeros past them)."""
+    shape = list(array.shape)
+    shape[axis] += change
+    other = np.zeros(shape, dtype=array.dtype)
+    overlap = tuple(slice(0, min(a, b)) for a, b in zip(array.shape, shape))
+    other[overlap] = array[overlap]
+    return other
+
+
+SHAPE_CHANGES = [pytest.param(name, position, axis, change, id=f"{name}-{position}-axis{axis}{change:+d}")
+                 for name in TIED for position in CALLS[name].arrays
+                 for axis in range(CALLS[name].args[position].ndim) for change in (-1, 1)
+                 if CALLS[name].args[position].shape[axis] + change >= 1]
+
+
+@pytest.mark.parametrize("name, position, axis, change", SHAPE_CHANGES)
+def test_shapes_that_disagree_raise_value_error_and_write_nothing(name, position, axis, change):
+    # the sizes are read from the arrays: one array a row or a column short or long does not
+    # agree with the others, and the error names an argument ("z: expected shape (3, 2), got
+    # (3, 3)"); the pair products may also refuse an odd width or a count past the list
+    call = CALLS[name]
+    args = _prepared(call)
+    args[position] = _reshaped(args[position], axis, change)
+    snapshot = _snapshot(args, call)
+    pattern = "^(" + "|".join(call.names) + r")\b"
+    if call.function == "pairs_product":
+        pattern += "|even|count must be in"
+    with pytest.raises(ValueError, match=pattern):
+        getattr(_fused, call.function)(*args)
+    _assert_unwritten(args, snapshot)
+
+
+def test_a_shape_error_names_the_argument_and_both_shapes():
+    # the form of the message, on the arrays the other's shape is read from
+    for isa in PAIR_ISAS:
+        call = _pair_calls(isa)["units_product"]
+        args = _prepared(call)
+        args[4] = np.full((3, 3), 7, np.int32)
+        with pytest.raises(ValueError, match=re.escape("z: expected shape (3, 2), got (3, 3)")):
+            _fused.units_product(*args)
+        assert (args[4] == 7).all()
+    with pytest.raises(ValueError, match=re.escape("table: expected shape (256,), got (255,)")):
+        _fused.lookup_uint8(np.zeros(255, np.int8), np.zeros(4, np.uint8), np.zeros(4, np.int8))
 
 
 @settings(max_examples=200, deadline=None)
-@given(size=st.integers(0, 40), cols=st.integers(-3, 12))
-def test_sizes_that_do_not_fit_raise(size, cols):
-    x = np.ones(size, np.int8)
-    if cols >= 1 and size % cols == 0:
-        assert _fused.row_l1(x, cols) == (cols if size else 0)  # no rows: 0
-    else:
-        with pytest.raises(ValueError, match="rows"):
-            _fused.row_l1(x, cols)
+@given(rows=st.integers(0, 40), cols=st.integers(0, 12), value=st.integers(-128, 127))
+def test_row_l1_reads_rows_from_the_shape(rows, cols, value):
+    x = np.full((rows, cols), value, np.int8)
+    if cols == 0 and rows > 0:
+        # rows of nothing: no norm past 0, or refused as empty
+        try:
+            assert _fused.row_l1(x) == 0
+        except ValueError as error:
+            assert "empty" in str(error)
+        return
+    assert _fused.row_l1(x) == (abs(value) * cols if rows else 0)  # no rows: 0
+    # the same values as a flat buffer or a stack of matrices: refused, not reinterpreted
+    for other in (x.reshape(-1), x.reshape(1, rows, cols)):
+        with pytest.raises(ValueError, match="dimensions"):
+            _fused.row_l1(other)
 
 
-@pytest.mark.parametrize("geometry", [(0, 5, 4, 3, 3, 1), (2, 5, 4, 0, 3, 1), (2, 5, 4, 3, 0, 0), (2, 5, 4, 3, 3, 3),
-                                      (2, 5, 4, 3, 3, -1), (2, 5, 4, 3, 7, 1), (2, 5, 4, 3, 65, 40),
-                                      (2**40, 2**40, 2**40, 3, 3, 1), (3, 5, 4, 3, 3, 1), (2, 5, 4, 3, 3, 0)])
-def test_patches_that_do_not_fit_raise_value_error_and_write_nothing(geometry):
+def _patches(shape, k, pad):
+    """The shape of im2col's out for maps of ``shape`` (n, h, w, c), clipped at 0."""
+    n, h, w, c = shape
+    ho, wo = max(0, h + 2 * pad - k + 1), max(0, w + 2 * pad - k + 1)
+    return n * ho * wo, max(0, k) ** 2 * c
+
+
+PATCH_CASES = [
     # empty maps, no window, padding of a whole window or negative, windows past the padded
-    # map, sizes that overflow, and geometries the buffers do not hold
-    x, out = np.ones(120, np.int8), np.full(1080, 7, np.int8)
+    # map or of more than 64 x 64, each with an out of the shape that geometry would give
+    ((0, 5, 4, 3), 3, 1, None), ((2, 5, 4, 0), 3, 1, None), ((2, 0, 4, 3), 1, 0, None), ((2, 5, 4, 3), 0, 0, None),
+    ((2, 5, 4, 3), 3, 3, None), ((2, 5, 4, 3), 3, -1, None), ((2, 5, 4, 3), 7, 1, None),
+    ((2, 5, 4, 3), 65, 40, None),
+    # shapes that disagree: out for 2 maps, out of padding 1 without padding, a row or a
+    # column too many or too few, and arrays of the wrong number of dimensions
+    ((3, 5, 4, 3), 3, 1, (40, 27)), ((2, 5, 4, 4), 3, 1, (40, 27)), ((2, 5, 4, 3), 3, 0, (40, 27)),
+    ((2, 5, 4, 3), 3, 1, (41, 27)), ((2, 5, 4, 3), 3, 1, (39, 27)), ((2, 5, 4, 3), 3, 1, (40, 28)),
+    ((2, 5, 4, 3), 3, 1, (40, 26)), ((2, 5, 4, 3), 3, 1, (1080,)), ((2, 5, 4, 3), 3, 1, (40, 27, 1)),
+    ((10, 4, 3), 3, 1, (40, 27)), ((120,), 3, 1, (40, 27)),
+]
+
+
+@pytest.mark.parametrize("x_shape, k, pad, out_shape", PATCH_CASES)
+def test_patches_that_do_not_fit_raise_value_error_and_write_nothing(x_shape, k, pad, out_shape):
+    x = np.ones(x_shape, np.int8)
+    out = np.full(out_shape or _patches(x_shape, k, pad), 7, np.int8)
     with pytest.raises(ValueError):
-        _fused.im2col(x, *geometry, out)
+        _fused.im2col(x, k, pad, out)
     assert (out == 7).all()
+    if out_shape is not None and len(x_shape) == 4 and len(out_shape) == 2 and 0 <= pad < k:
+        # the same maps and window with the out their geometry gives: it runs
+        out = np.full(_patches(x_shape, k, pad), 7, np.int8)
+        _fused.im2col(x, k, pad, out)
+        assert out.size and (out == 1).any()
 
 
-@pytest.mark.parametrize("geometry", [(0, 5, 4, 3, 2, 2), (2, 5, 4, 3, 6, 2), (2, 5, 4, 3, 2, 5), (2, 5, 4, 3, 0, 2),
-                                      (2, 5, 4, 0, 2, 2), (2, 5, 4, 3, -1, 2), (1, 20, 20, 1, 17, 16),
-                                      (2**40, 2**40, 2**40, 3, 2, 2), (3, 5, 4, 3, 2, 2), (2, 5, 4, 3, 1, 1)])
-def test_a_pooling_that_does_not_fit_raises_value_error_and_writes_nothing(geometry):
-    # empty maps, windows past a side or of more than 256 positions, sizes that overflow, and
-    # geometries the buffers do not hold (3 maps; 1 x 1 windows: 120 pooled values)
-    x, best, argmax = np.ones(120, np.int8), np.full(24, 7, np.int8), np.full(24, 7, np.uint8)
-    delta, out = np.ones(24, np.int32), np.full(120, 7, np.int32)
+def _pooled(shape, kh, kw):
+    """The shape of max_pool's best and argmax for maps of ``shape`` (n, h, w, c)."""
+    n, h, w, c = shape
+    return n, h // kh if kh > 0 else 1, w // kw if kw > 0 else 1, c
+
+
+POOLING_CASES = [
+    # empty maps, windows past a side or of more than 256 positions, no window, with pooled
+    # arrays of the shape that geometry would give
+    ((0, 5, 4, 3), 2, 2, None, None), ((2, 5, 4, 3), 6, 2, None, None), ((2, 5, 4, 3), 2, 5, None, None),
+    ((2, 5, 4, 3), 0, 2, None, None), ((2, 5, 4, 3), 2, 0, None, None), ((2, 5, 4, 0), 2, 2, None, None),
+    ((2, 5, 4, 3), -1, 2, None, None), ((1, 20, 20, 1), 17, 16, None, None),
+    # shapes that disagree: maps of 3 (pooled 2), of 4 channels, 1 x 1 windows (120 pooled
+    # values), a map of 6 rows (3 pooled), an argmax unlike best, and wrong dimensions
+    ((3, 5, 4, 3), 2, 2, (2, 2, 2, 3), None), ((2, 5, 4, 4), 2, 2, (2, 2, 2, 3), None),
+    ((2, 5, 4, 3), 1, 1, (2, 2, 2, 3), None), ((2, 6, 4, 3), 2, 2, (2, 2, 2, 3), None),
+    ((2, 5, 4, 3), 2, 2, (2, 2, 2, 3), (2, 2, 2, 2)), ((2, 5, 4, 3), 2, 2, (2, 2, 2, 3), (2, 2, 3, 3)),
+    ((2, 5, 4, 3), 2, 2, (2, 2, 2, 3), (24,)), ((2, 5, 4, 3), 2, 2, (2, 2, 6), None),
+    ((10, 4, 3), 2, 2, (2, 2, 2, 3), None), ((120,), 2, 2, (2, 2, 2, 3), None),
+]
+
+
+@pytest.mark.parametrize("x_shape, kh, kw, pooled_shape, argmax_shape", POOLING_CASES)
+def test_a_pooling_that_does_not_fit_raises_value_error_and_writes_nothing(x_shape, kh, kw, pooled_shape,
+                                                                           argmax_shape):
+    pooled_shape = pooled_shape or _pooled(x_shape, kh, kw)
+    argmax_shape = argmax_shape or pooled_shape
+    x, best, argmax = np.ones(x_shape, np.int8), np.full(pooled_shape, 7, np.int8), np.full(argmax_shape, 7, np.uint8)
+    # max_unpool: out has the maps' shape, delta and argmax the pooled one
+    delta, positions, out = np.ones(pooled_shape, np.int32), np.zeros(argmax_shape, np.uint8), np.full(x_shape, 7,
+                                                                                                       np.int32)
     with pytest.raises(ValueError):
-        _fused.max_pool(x, *geometry, best, argmax)
+        _fused.max_pool(x, kh, kw, best, argmax)
     with pytest.raises(ValueError):
-        _fused.max_unpool(delta, argmax, *geometry, out)
+        _fused.max_unpool(delta, positions, kh, kw, out)
     assert (best == 7).all() and (argmax == 7).all() and (out == 7).all()
+
+
+def test_pooling_reads_its_geometry_from_the_shapes():
+    # floor mode: maps of 5 x 4 and of 4 x 5 rows pool by 2 x 2 to 2 x 2; argmax is the window
+    # position of the first maximum, and max_unpool puts each delta back there
+    rng = np.random.default_rng(3)
+    for shape in ((2, 5, 4, 3), (1, 4, 5, 2)):
+        x = rng.integers(-128, 128, shape).astype(np.int8)
+        n, h, w, c = shape
+        best, argmax = np.empty((n, 2, 2, c), np.int8), np.empty((n, 2, 2, c), np.uint8)
+        _fused.max_pool(x, 2, 2, best, argmax)
+        windows = x[:, :4, :4].reshape(n, 2, 2, 2, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, 2, 2, c, 4)
+        np.testing.assert_array_equal(best, windows.max(axis=-1))
+        np.testing.assert_array_equal(argmax, windows.argmax(axis=-1))
+        delta = rng.integers(-1000, 1000, best.shape).astype(np.int32)
+        out = np.full(shape, 7, np.int32)
+        _fused.max_unpool(delta, argmax, 2, 2, out)
+        expected = np.zeros((n, 2, 2, c, 4), np.int64)
+        np.put_along_axis(expected, argmax[..., None].astype(np.int64), delta[..., None], axis=-1)
+        covered = expected.reshape(n, 2, 2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(n, 4, 4, c)
+        np.testing.assert_array_equal(out[:, :4, :4], covered)
+        assert (out[:, 4:] == 7).all() and (out[:, :, 4:] == 7).all()  # no window covers them
 
 
 @pytest.mark.parametrize("isa", PAIR_ISAS)
 @pytest.mark.parametrize("name", PAIR_FUNCTIONS)
 @pytest.mark.parametrize("dtype", [np.int32, np.float64, np.int16, np.uint8, np.int64, np.float32, np.bool_])
-def test_an_x_of_another_type_raises_type_error_and_writes_nothing(isa, name, dtype):
+def test_an_x_of_another_type_raises_value_error_and_writes_nothing(isa, name, dtype):
     # x is int8 in every pair function: another type is refused by its buffer format, even
-    # one of exactly as many bytes (3 int32 span the 12 bytes of the int8 x (3, 4))
-    function, args, arrays = _pair_calls(isa)[name]
+    # one of exactly as many bytes (3 x 1 int32 span the 12 bytes of the int8 x (3, 4))
+    call = _pair_calls(isa)[name]
     position = X_POSITION[name]
-    assert arrays[position] == (np.int8, False)
-    for wrong in (args[position].astype(dtype), np.ones(args[position].nbytes // np.dtype(dtype).itemsize, dtype)):
-        call = _fresh(args)
-        outputs = [call[at] for at, (_, written) in arrays.items() if written]
-        for output in outputs:
-            output.fill(7)
-        call[position] = wrong
-        with pytest.raises(TypeError, match="int8"):
-            getattr(_fused, function)(*call)
-        assert all((output == 7).all() for output in outputs)
+    assert call.arrays[position] == Arg("x", np.int8, False)
+    m, k = call.args[position].shape
+    for wrong in (call.args[position].astype(dtype), np.ones((m, max(1, k // np.dtype(dtype).itemsize)), dtype)):
+        args = _prepared(call)
+        snapshot = _snapshot(args, call)
+        args[position] = wrong
+        with pytest.raises(ValueError, match=r"dtype mismatch, expected '(const )?(npy_)?int8(_t)?'"):
+            getattr(_fused, call.function)(*args)
+        _assert_unwritten(args, snapshot)
 
 
 @pytest.mark.parametrize("isa", PAIR_ISAS)
 @pytest.mark.parametrize("name", PAIR_FUNCTIONS)
-@pytest.mark.parametrize("shape", [(3, 3), (3, 5), (2, 4), (4, 4), (11,), (13,), (0,), (6, 4)])
-def test_an_x_of_another_size_raises_value_error_and_writes_nothing(isa, name, shape):
-    # x must hold exactly m * k int8 values (its shape itself is not read: (2, 6) would do)
-    function, args, arrays = _pair_calls(isa)[name]
+@pytest.mark.parametrize("shape", [(3, 3), (3, 5), (2, 4), (4, 4), (6, 4), (2, 6), (1, 12), (12, 1), (0, 4),
+                                   (3, 0), (12,), (11,), (0,), (3, 4, 1), (1, 3, 4)])
+def test_an_x_of_another_shape_raises_value_error_and_writes_nothing(isa, name, shape):
+    # x must be a matrix of exactly m rows of k int8 values: the same 12 values in another
+    # shape ((2, 6), (12,)) no longer run as they did when only their count was checked
+    call = _pair_calls(isa)[name]
     position = X_POSITION[name]
-    call = _fresh(args)
-    outputs = [call[at] for at, (_, written) in arrays.items() if written]
-    for output in outputs:
-        output.fill(7)
-    call[position] = np.ones(shape, np.int8)
-    with pytest.raises(ValueError, match="x: expected 12 items of 1 bytes"):
-        getattr(_fused, function)(*call)
-    assert all((output == 7).all() for output in outputs)
-    call[position] = np.ones((2, 6), np.int8)  # the same 12 values: it runs
-    getattr(_fused, function)(*call)
+    args = _prepared(call)
+    snapshot = _snapshot(args, call)
+    args[position] = np.ones(shape, np.int8)
+    if len(shape) != 2:
+        pattern = "dimensions"
+    else:
+        pattern = "^(" + "|".join(call.names) + r"): expected shape \(\d+, \d+\), got \(\d+, \d+\)|empty"
+        if call.function == "pairs_product":
+            pattern += "|even"
+    with pytest.raises(ValueError, match=pattern):
+        getattr(_fused, call.function)(*args)
+    _assert_unwritten(args, snapshot)
+    args[position] = np.ones((3, 4), np.int8)  # the shape it takes: it runs
+    getattr(_fused, call.function)(*args)
 
 
 def _isa_param(isa):
@@ -223,28 +540,26 @@ def _isa_param(isa):
 @pytest.mark.parametrize("isa", [_isa_param(isa) for isa in ISAS])
 @pytest.mark.parametrize("index", [[10**9, 1], [-5, 1], [3, 3], [5, 1], [1, 8]])
 def test_outlier_indices_outside_the_weights_or_unsorted_raise(isa, index):
-    function, args, arrays = _pair_calls(isa)["pairs_product"]
-    call = _fresh(args)
-    assert arrays[3] == (np.int32, False) and call[3].size == call[5] == 2  # the outlier indices
-    call[3] = np.array(index, np.int32)
+    call = _pair_calls(isa)["pairs_product"]
+    args = _prepared(call)
+    snapshot = _snapshot(args, call)
+    assert call.arrays[3].name == "index" and args[3].size == args[5] == 2  # the outlier indices, and their count
+    args[3] = np.array(index, np.int32)
     with pytest.raises(ValueError, match="outlier index"):
-        getattr(_fused, function)(*call)
+        _fused.pairs_product(*args)
+    _assert_unwritten(args, snapshot)
 
 
 @pytest.mark.parametrize("isa", [_isa_param(isa) for isa in ISAS])
-def test_huge_shapes_are_refused_before_any_arithmetic_overflows(isa):
-    z = np.empty((3, 2), np.int32)
-    with pytest.raises(ValueError, match="too large|expected"):
-        _fused.units_product(isa, np.ones((3, 4), np.int8), np.ones((2, 4), np.int32), 2**62, 2**62, 4, 0, z)
-    # w's shape fits: x's (2**62 rows of 4 int8) is refused before m * k is taken
-    with pytest.raises(ValueError, match=r"x: shape \(\d+, 4\) is too large"):
-        _fused.units_product(isa, np.ones((3, 4), np.int8), np.ones((2, 4), np.int32), 2**62, 2, 4, 0, z)
-    with pytest.raises(ValueError, match=r"x: shape \(\d+, 4\) is too large"):
-        _fused.pairs_product(isa, np.ones((3, 4), np.int8), np.ones((2, 4), np.int16), np.zeros(1, np.int32),
-                             np.zeros(1, np.int32), 0, 2**62, 2, 4, 0, z)
-    with pytest.raises(ValueError, match="too large|expected"):
-        _fused.units_sgd_update(isa, np.ones((3, 2), np.int32), np.ones((3, 4), np.int8), np.zeros((2, 4), np.int32),
-                                np.empty((2, 4), np.int32), 2**62, 2**62, 4, 5, 0)
+@pytest.mark.parametrize("count", [-1, 3, 2**40])
+def test_an_outlier_count_past_the_list_raises(isa, count):
+    call = _pair_calls(isa)["pairs_product"]
+    args = _prepared(call)
+    snapshot = _snapshot(args, call)
+    args[5] = count
+    with pytest.raises((ValueError, OverflowError), match=r"count must be in \[0, 2\]|too large|convert"):
+        _fused.pairs_product(*args)
+    _assert_unwritten(args, snapshot)
 
 
 # -- the instruction set ---------------------------------------------------------------------
@@ -252,10 +567,10 @@ def test_huge_shapes_are_refused_before_any_arithmetic_overflows(isa):
 def _with_isa(name, isa):
     """A valid call of ``name`` but for its ISA (any CPU: the name is checked first), and the
     arrays it would write."""
-    function, args, arrays = _pair_calls("avx2")[name]
-    call = _fresh(args)
-    call[0] = isa
-    return function, call, [call[position] for position, (_, written) in arrays.items() if written]
+    call = _pair_calls("avx2")[name]
+    args = _fresh(call.args)
+    args[0] = isa
+    return call.function, args, [args[position] for position, arg in call.arrays.items() if arg.written]
 
 
 @pytest.mark.parametrize("name", PAIR_FUNCTIONS)
@@ -272,7 +587,7 @@ def test_an_unknown_isa_raises_and_writes_nothing(name, isa):
 @settings(max_examples=200, deadline=None)
 @given(name=st.sampled_from(PAIR_FUNCTIONS), isa=st.text(max_size=12).filter(lambda text: text not in ISAS))
 def test_any_other_isa_string_raises_value_error(name, isa):
-    # (an embedded NUL or a lone surrogate raises ValueError too, before the name is read)
+    # (an embedded NUL or a lone surrogate too)
     function, call, _ = _with_isa(name, isa)
     with pytest.raises(ValueError):
         getattr(_fused, function)(*call)
@@ -297,7 +612,7 @@ def test_an_isa_this_cpu_lacks_raises_runtime_error(name, isa):
 
 def test_scale_takes_z_by_its_type_not_its_length():
     # 6 float64 values span the bytes of 12 int32 ones: read as int32, they would be garbage
-    with pytest.raises(ValueError, match="z: expected 12 items"):
+    with pytest.raises(ValueError, match=re.escape("z: expected shape (12,), got (6,)")):
         _fused.scale_to_int8(np.arange(6, dtype=np.float64), 3, np.empty(12, np.int8))
     out = np.empty(12, np.int8)
     _fused.scale_to_int8(np.arange(12, dtype=np.float64) * 3, 3, out)

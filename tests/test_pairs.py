@@ -87,9 +87,8 @@ def split_units(a):
 
 
 def units_product(isa, x, w, chunk=0):
-    (m, k), n = x.shape, w.shape[0]
-    z, tail = guarded((m, n), np.int32)
-    _fused.units_product(isa, x, split_units(w), m, n, k, chunk, z)
+    z, tail = guarded((x.shape[0], w.shape[0]), np.int32)
+    _fused.units_product(isa, x, split_units(w), chunk, z)
     assert_untouched(tail)
     return z
 
@@ -97,7 +96,7 @@ def units_product(isa, x, w, chunk=0):
 def pair_form(a, capacity=OUTLIER_CAPACITY):
     pairs = np.empty(a.shape, dtype=np.int16)
     index, residual = np.empty(capacity, np.int32), np.empty(capacity, np.int32)
-    count = _fused.pair_form(a, a.shape[1], pairs, index, residual)
+    count = _fused.pair_form(a, pairs, index, residual)
     return pairs, index, residual, count
 
 
@@ -111,10 +110,9 @@ def expected_pair_form(a):
 def pairs_product(isa, x, w, chunk=0):
     """The pair product, with a list that holds every outlier of ``w`` (the kernel takes any
     number; the layers cap it at OUTLIER_CAPACITY)."""
-    (m, k), n = x.shape, w.shape[0]
     pairs, index, residual, count = pair_form(w, capacity=w.size)
-    z, tail = guarded((m, n), np.int32)
-    _fused.pairs_product(isa, x, pairs, index, residual, count, m, n, k, chunk, z)
+    z, tail = guarded((x.shape[0], w.shape[0]), np.int32)
+    _fused.pairs_product(isa, x, pairs, index, residual, count, chunk, z)
     assert_untouched(tail)
     return z
 
@@ -130,8 +128,8 @@ ROWS = [(1, 1), (2, 4), (3, 5), (5, 7), (9, 3), (13, 6)]
 
 
 def test_units_recombine_to_the_integers():
-    a = np.array([0, 1, -1, 255, 256, -256, -257, 2**15, -(2**15), UNITS_LIMIT - 1, -UNITS_LIMIT], dtype=np.int32)
-    units = split_units(a)
+    a = np.array([[0, 1, -1, 255, 256, -256, -257, 2**15, -(2**15), UNITS_LIMIT - 1, -UNITS_LIMIT]], dtype=np.int32)
+    units = split_units(a)  # (a matrix, like the weights)
     low, high = (units & 0xFFFF).astype(np.int16), (units >> 16).astype(np.int16)
     assert low.min() >= 0 and low.max() <= 255
     np.testing.assert_array_equal(high.astype(np.int64) * 256 + low, a)
@@ -144,7 +142,7 @@ def expected_row_l1(x):
 def test_row_l1_is_the_largest_row_l1_norm():
     # the kernels make x's forms themselves; the forward's proof needs max_i sum_k |x[i, k]|
     x = np.array([[-128, -127, -1, 0, 1, 127]], dtype=np.int8)
-    assert _fused.row_l1(x, x.shape[1]) == 128 + 127 + 1 + 0 + 1 + 127
+    assert _fused.row_l1(x) == 128 + 127 + 1 + 0 + 1 + 127
     # rows all -128 / all 127 (|-128| must not wrap), the largest row first, last or inside
     for cols in (1, 7, 16, 33, 784):
         rng = np.random.default_rng(cols)
@@ -152,34 +150,39 @@ def test_row_l1_is_the_largest_row_l1_norm():
             for at in (0, 3, 6):
                 x = rng.integers(-127, 128, (7, cols)).astype(np.int8) // 2
                 x[at] = extreme
-                assert _fused.row_l1(x, cols) == expected_row_l1(x) == abs(extreme) * cols
+                assert _fused.row_l1(x) == expected_row_l1(x) == abs(extreme) * cols
         x = rng.integers(-128, 128, (13, cols)).astype(np.int8)
-        assert _fused.row_l1(x, cols) == expected_row_l1(x)
-        assert _fused.row_l1(np.zeros((3, cols), np.int8), cols) == 0
-    # the same bytes seen as other rows: the norm follows cols
+        assert _fused.row_l1(x) == expected_row_l1(x)
+        assert _fused.row_l1(np.zeros((3, cols), np.int8)) == 0
+    # the same bytes seen as rows of other widths: the norm follows the shape
     x = np.full((4, 6), -128, dtype=np.int8)
     x[1::2] = 1
     for cols in (1, 2, 3, 6, 8, 12, 24):
-        assert _fused.row_l1(x, cols) == expected_row_l1(x.reshape(-1, cols))
+        rows = x.reshape(-1, cols)
+        assert _fused.row_l1(rows) == expected_row_l1(rows)
     # a row L1 norm past int32: int64 throughout
     x = np.full((2, 2**24 + 1), -128, dtype=np.int8)
-    assert _fused.row_l1(x, x.shape[1]) == 128 * (2**24 + 1) > INT32_MAX
+    assert _fused.row_l1(x) == 128 * (2**24 + 1) > INT32_MAX
     # no rows at all: no norm past 0 (PairKernels never asks: it takes no empty input)
-    assert _fused.row_l1(np.ones(0, np.int8), 3) == 0
+    assert _fused.row_l1(np.ones((0, 3), np.int8)) == 0
 
 
-@pytest.mark.parametrize("size, cols", [(6, 0), (0, 0), (6, -1), (6, -6), (6, 4), (5, 6), (1, 2)])
-def test_row_l1_refuses_rows_that_do_not_fit(size, cols):
-    with pytest.raises(ValueError, match="rows"):
-        _fused.row_l1(np.ones(size, np.int8), cols)
+@pytest.mark.parametrize("shape", [(6,), (0,), (24,), (2, 3, 1), (1, 2, 3), (4, 6, 1, 1)])
+def test_row_l1_refuses_arrays_that_are_not_matrices(shape):
+    # the rows are x's own: a flat buffer or a stack of matrices is refused, not reinterpreted
+    with pytest.raises(ValueError, match="dimensions"):
+        _fused.row_l1(np.ones(shape, np.int8))
 
 
-def test_row_l1_takes_int8_only():
+def test_row_l1_takes_c_contiguous_int8_only():
     for dtype in (np.uint8, np.int16, np.int32, np.float64, np.bool_):
-        with pytest.raises(TypeError):
-            _fused.row_l1(np.ones((2, 3), dtype), 3)
-    with pytest.raises(TypeError):
-        _fused.row_l1(np.ones((2, 6), np.int8)[:, ::2], 3)  # strided
+        with pytest.raises(ValueError, match="dtype mismatch"):
+            _fused.row_l1(np.ones((2, 3), dtype))
+    with pytest.raises(ValueError, match="contiguous"):
+        _fused.row_l1(np.ones((2, 6), np.int8)[:, ::2])  # strided
+    for not_an_array in (None, [[1, 2, 3]], 3):
+        with pytest.raises((TypeError, ValueError)):
+            _fused.row_l1(not_an_array)
 
 
 # -- the products ----------------------------------------------------------------------------
@@ -377,11 +380,11 @@ def test_pairs_product_needs_an_even_width_and_a_complete_list(isa):
     x = np.ones((2, 3), dtype=np.int8)
     with pytest.raises(ValueError, match="even"):
         _fused.pairs_product(isa, x, np.ones((2, 3), np.int16), np.zeros(4, np.int32), np.zeros(4, np.int32), 0,
-                             2, 2, 3, 0, np.empty((2, 2), np.int32))
+                             0, np.empty((2, 2), np.int32))
     x = np.ones((2, 4), dtype=np.int8)
     with pytest.raises(ValueError, match="count"):
         _fused.pairs_product(isa, x, np.ones((2, 4), np.int16), np.zeros(4, np.int32), np.zeros(4, np.int32), 5,
-                             2, 2, 4, 0, np.empty((2, 2), np.int32))
+                             0, np.empty((2, 2), np.int32))
 
 
 @pytest.mark.skipif(not {"avx2", "vnni"} <= set(kernels.AVAILABLE), reason="needs both AVX2 and AVX-512 VNNI")
@@ -402,18 +405,16 @@ def test_both_isas_give_the_same_integers_even_past_the_proofs():
 def run_update(isa, delta, x, weight, divisor, decay_inv, mirror, capacity=None):
     """The update kernel on a copy of ``weight``: (new weight, max|w|, its mirror, outliers:
     their count for split units, else (count, index, residual) as recorded)."""
-    (batch, n), k = delta.shape, x.shape[1]
     updated, weight_tail = guarded(weight.shape, np.int32, weight)
     if mirror == "split":
         copy, tail = guarded(weight.shape, np.int32)
-        bound, count = _fused.units_sgd_update(isa, delta, x, updated, copy, batch, n, k, divisor, decay_inv)
+        bound, count = _fused.units_sgd_update(isa, delta, x, updated, copy, divisor, decay_inv)
         assert_untouched(weight_tail, tail)
         return updated, bound, copy, count
     capacity = weight.size if capacity is None else capacity
     copy, tail = guarded(weight.shape, np.int16)
     (index, index_tail), (residual, residual_tail) = guarded(capacity, np.int32), guarded(capacity, np.int32)
-    bound, count = _fused.units_sgd_update(isa, delta, x, updated, copy, batch, n, k, divisor, decay_inv,
-                                           index, residual)
+    bound, count = _fused.units_sgd_update(isa, delta, x, updated, copy, divisor, decay_inv, index, residual)
     assert_untouched(weight_tail, tail, index_tail, residual_tail)
     recorded = min(count, capacity)
     return updated, bound, copy, (count, index[:recorded], residual[:recorded])
@@ -609,7 +610,7 @@ def test_chunk_reads_the_row_l1_norms_only_past_the_factor_bound(spy, width):
     # at the edge of the row L1 norm's proof
     x[1, 0] = 1
     l1 = 128 * (width - 1) + 1
-    assert _fused.row_l1(x, width) == l1
+    assert _fused.row_l1(x) == l1
     edge = INT32_MAX // l1
     assert edge > fits
     assert kernels._chunk(x, edge, 1, width) == width
@@ -883,6 +884,27 @@ def test_update_sweeps_row_blocks_over_groups_of_tiles(isa, threads, mirror):
 
     for updated, bound, copy, outliers in (threads(1, update), threads(2, update)):
         np.testing.assert_array_equal(updated, expected)
+        assert bound == expected_bound
+        assert_mirror(copy, outliers, expected, mirror)
+
+
+@pytest.mark.parametrize("mirror", ["split", "pairs"])
+def test_update_sweeps_agree_at_the_row_block(isa, mirror):
+    # a batch of GRADIENT_ROW_BLOCK (256) rows keeps each tile's G in registers and applies it
+    # at once; one more row (of zero delta: the same G) takes the grouped sweep through memory.
+    # Both give the integer SGD's weights; n and k past whole tiles of 4 rows and 64 columns.
+    rng = np.random.default_rng(15)
+    n, k = 71, 150
+    x = rng.integers(-128, 128, (257, k)).astype(np.int8)
+    delta = rng.integers(-(2**12), 2**12, (257, n)).astype(np.int32)
+    delta[-1] = 0
+    delta[0, n - 1] = 2**20
+    weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
+    weight.flat[rng.choice(weight.size, 100, replace=False)] = -(2**18)
+    expected, expected_bound = expected_update(delta, x, weight, 512, 3000)
+    for rows in (256, 257):
+        updated, bound, copy, outliers = run_update(isa, delta[:rows], x[:rows], weight, 512, 3000, mirror)
+        np.testing.assert_array_equal(updated, expected, err_msg=f"batch={rows}")
         assert bound == expected_bound
         assert_mirror(copy, outliers, expected, mirror)
 
