@@ -107,7 +107,11 @@ def test_an_implementation_this_machine_cannot_run_is_refused():
 
 
 def _blas_threads():
-    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return _threads("blas")
+
+
+def _threads(user_api):
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == user_api]
 
 
 @pytest.mark.parametrize("isa", PAIR_ISAS)
@@ -128,14 +132,34 @@ def test_pair_kernel_epochs_keep_blas_on_one_thread(digits, isa):
                     on_batch=lambda total: seen.append(_blas_threads()))
         assert seen and all(threads == [1] * len(threads) for threads in seen)
         assert _blas_threads() == [2] * len(_blas_threads())
-    with sknitro.config_context(kernels="c"):  # BLAS is the "c" kernels' engine: left alone
+    with sknitro.config_context(kernels="numpy"):  # the reference leaves both pools alone
         assert isinstance(kernels.select().thread_pools(), contextlib.nullcontext)
+
+
+def test_c_kernel_epochs_keep_openmp_on_one_thread(digits):
+    """The "c" kernels' products run on BLAS's threads and their passes on OpenMP's: during
+    their epoch OpenMP runs on one thread, BLAS keeps the user's, and OpenMP's setting comes
+    back after it."""
+    from sknitro.nn.optim import IntegerSGD
+    from sknitro.nn.training import train_epoch
+
+    X, y = digits
+    clf = NitroMLPClassifier(hidden_layer_sizes=(64,), max_iter=1, random_state=0).fit(X[:200], y[:200])
+    encoded = clf.encoder_.transform(X[:256])
+    if not _threads("openmp"):
+        pytest.skip("no OpenMP library that threadpoolctl controls")
+    with threadpool_limits(limits=2), sknitro.config_context(kernels="c"):
+        seen = []
+        train_epoch(clf.network_, encoded, y[:256], 32, IntegerSGD(256), 64, np.random.default_rng(0),
+                    on_batch=lambda total: seen.append((_threads("openmp"), _blas_threads())))
+        assert seen and all(openmp == [1] * len(openmp) and blas == [2] * len(blas) for openmp, blas in seen)
+        assert _threads("openmp") == [2] * len(_threads("openmp"))
 
 
 def test_blas_limit_is_shared_by_concurrent_epochs():
     if not _blas_threads():
         pytest.skip("no BLAS library that threadpoolctl controls")
-    limit = kernels._SingleThreadedBlas()  # one per process, shared by every epoch
+    limit = kernels._SingleThreadedPool("blas")  # one per process, shared by every epoch
     with threadpool_limits(limits=2, user_api="blas"):
         limit.__enter__()  # a fit's epoch
         limit.__enter__()  # another fit's, in another thread, while the first runs

@@ -262,6 +262,12 @@ class CompiledKernels(NumpyKernels):
 
     name = "c"
 
+    def thread_pools(self) -> contextlib.AbstractContextManager:
+        # The products run on BLAS's threads; the passes around them stay on one: the two
+        # pools' idle threads spinning on the same cores made a 2-thread compact-CNN epoch
+        # slower than 1 thread (benchmarks/bench_kernels.py).
+        return _SINGLE_THREADED_OPENMP
+
     def _float64_transposed(self, layer: Any) -> Any:
         mirror = _copies(layer).float64
         return None if mirror is None else mirror.T
@@ -455,14 +461,16 @@ class PairKernels(CompiledKernels):
         return True
 
 
-class _SingleThreadedBlas:
-    """BLAS limited to one thread while any epoch that asked for it runs: the first to enter
-    sets the limit, the last to leave restores the user's (fits in several threads at once
-    share one limit instead of restoring each other's). The libraries are found once, at the
-    first epoch (NumPy's BLAS, which the kernels call, is loaded by then): finding them takes
+class _SingleThreadedPool:
+    """One thread pool (threadpoolctl's ``user_api``: "blas" or "openmp") limited to one
+    thread while any epoch that asked for it runs: the first to enter sets the limit, the
+    last to leave restores the user's (fits in several threads at once share one limit
+    instead of restoring each other's). The libraries are found once, at the first epoch
+    (NumPy's BLAS and the kernels' OpenMP are loaded by then): finding them takes
     milliseconds, as long as a small table's whole epoch."""
 
-    def __init__(self) -> None:
+    def __init__(self, user_api: str) -> None:
+        self._user_api = user_api
         self._lock = threading.Lock()
         self._users = 0
         self._controller: Any = None
@@ -475,7 +483,7 @@ class _SingleThreadedBlas:
                     from threadpoolctl import ThreadpoolController
 
                     self._controller = ThreadpoolController()
-                self._limits = self._controller.limit(limits=1, user_api="blas")
+                self._limits = self._controller.limit(limits=1, user_api=self._user_api)
             self._users += 1
 
     def __exit__(self, *exc: Any) -> None:
@@ -486,7 +494,8 @@ class _SingleThreadedBlas:
                 self._limits = None
 
 
-_SINGLE_THREADED_BLAS = _SingleThreadedBlas()
+_SINGLE_THREADED_BLAS = _SingleThreadedPool("blas")
+_SINGLE_THREADED_OPENMP = _SingleThreadedPool("openmp")
 
 
 def _pair_input(x: Any) -> bool:
