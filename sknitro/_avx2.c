@@ -213,9 +213,9 @@ AVX2_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stri
         __m256i a0 = LOAD(0), a1 = LOAD(1), b0 = LOAD(2), b1 = LOAD(3), c0 = LOAD(4), c1 = LOAD(5), d0 = LOAD(6),
                 d1 = LOAD(7);
 #undef LOAD
-        if (apply) /* the next 4 rows of w, while these are summed */
-            for (ptrdiff_t i = j0 + 4; i < j0 + 8 && i < n; i++)
-                prefetch_row(apply, i * apply->k + apply->k0);
+        if (apply) /* these 4 rows of w in the next tile, while this one is summed */
+            for (ptrdiff_t i = j0; i < j0 + 4 && i < n; i++)
+                prefetch_row(apply, (apply->first_row + i) * apply->k + apply->k0 + UPDATE_COLUMNS);
         const int32_t *x = x_tile;
         for (ptrdiff_t row = first; row < last; row++, x += UPDATE_COLUMNS) {
             __m256i X0 = _mm256_loadu_si256((const __m256i *)x), X1 = _mm256_loadu_si256((const __m256i *)(x + 8));
@@ -231,7 +231,7 @@ AVX2_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stri
         if (apply) {
             ptrdiff_t left = apply->k - apply->k0;
 #define APPLY2(r, i) if (j0 + i < n) { \
-            ptrdiff_t at = (j0 + i) * apply->k + apply->k0; \
+            ptrdiff_t at = (apply->first_row + j0 + i) * apply->k + apply->k0; \
             largest = _mm256_max_epu32(largest, update_lanes(apply->w, apply->w_units, apply->w_pairs, \
                 apply->outliers, at, left, r##0, apply->lr, apply->decays, apply->decay)); \
             if (left > 8) \

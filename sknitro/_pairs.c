@@ -135,32 +135,39 @@ typedef struct {
     tile_update_t target; /* w, its copies, the divisors (k0 and largest unused) */
 } update_sweep_t;
 
-/* A batch of at most GRADIENT_ROW_BLOCK rows (a dense layer's): one sweep per tile, each
- * tile's G in registers. The largest |w|, or -1 when out of memory. */
+/* A batch of at most GRADIENT_ROW_BLOCK rows (a dense layer's): x's units packed once, tile
+ * by tile, then panels of w's rows, each updated tile after tile with its G in registers.
+ * The largest |w|, or -1 when out of memory. */
 static int64_t sweep_whole_batch(const update_sweep_t *s)
 {
+    ptrdiff_t tile_size = s->batch * s->columns; /* x_units[tile][row][column] */
+    int32_t *x_units = malloc((size_t)(s->tiles * tile_size) * sizeof(int32_t));
+    if (!x_units)
+        return -1;
+#pragma omp parallel for schedule(static) if (s->parallel)
+    for (ptrdiff_t tile = 0; tile < s->tiles; tile++) {
+        ptrdiff_t k0 = tile * s->columns, width = s->k - k0 < s->columns ? s->k - k0 : s->columns;
+        for (ptrdiff_t row = 0; row < s->batch; row++)
+            s->pack(s->x + row * s->k + k0, x_units + tile * tile_size + row * s->columns, width, s->columns);
+    }
+    ptrdiff_t panels = (s->n + UPDATE_PANEL_ROWS - 1) / UPDATE_PANEL_ROWS;
     int64_t largest = 0;
-    int failed = 0;
-#pragma omp parallel if (s->parallel) reduction(max : largest) reduction(| : failed)
-    {
-        int32_t *x_tile = malloc((size_t)(s->batch * s->columns) * sizeof(int32_t));
-        failed |= x_tile == NULL;
-#pragma omp for schedule(static)
+#pragma omp parallel for schedule(static) if (s->parallel) reduction(max : largest)
+    for (ptrdiff_t panel = 0; panel < panels; panel++) {
+        ptrdiff_t first_row = panel * UPDATE_PANEL_ROWS;
+        ptrdiff_t rows = s->n - first_row < UPDATE_PANEL_ROWS ? s->n - first_row : UPDATE_PANEL_ROWS;
         for (ptrdiff_t tile = 0; tile < s->tiles; tile++) {
-            ptrdiff_t k0 = tile * s->columns, width = s->k - k0 < s->columns ? s->k - k0 : s->columns;
-            if (!x_tile)
-                continue;
-            for (ptrdiff_t row = 0; row < s->batch; row++)
-                s->pack(s->x + row * s->k + k0, x_tile + row * s->columns, width, s->columns);
             tile_update_t apply = s->target;
-            apply.k0 = k0;
+            apply.k0 = tile * s->columns;
+            apply.first_row = first_row;
             apply.largest = 0;
-            s->gradient(s->delta_units, s->stride, x_tile, NULL, s->n, 0, s->batch, &apply);
+            s->gradient(s->delta_units + first_row, s->stride, x_units + tile * tile_size, NULL, rows, 0, s->batch,
+                        &apply);
             largest = apply.largest > largest ? apply.largest : largest;
         }
-        free(x_tile);
     }
-    return failed ? -1 : largest;
+    free(x_units);
+    return largest;
 }
 
 /* A larger batch (a conv layer's: every position of every image): the tiles go in groups,
@@ -241,7 +248,7 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
         outliers->count = 0;
     update_sweep_t sweep = {gradient, update, pack, columns, (k + columns - 1) / columns, delta_units, stride, x,
                             n, batch, k, (int64_t)n * batch * k >= PARALLEL_WORK,
-                            {w, w_units, w_pairs, outliers, k, 0, lr, decays, decay, 0}};
+                            {w, w_units, w_pairs, outliers, k, 0, 0, lr, decays, decay, 0}};
     int64_t largest = batch <= GRADIENT_ROW_BLOCK ? sweep_whole_batch(&sweep) : sweep_tile_groups(&sweep);
     free(delta_units);
     if (largest >= 0 && !w_units)

@@ -94,14 +94,15 @@ typedef void (*product_tile_t)(const int8_t *x, const int32_t *w_units, int32_t 
                                const outliers_t *outliers, const ptrdiff_t *row_start);
 
 /* What a gradient tile applies at once when its rows are the whole batch: sgd_rule on
- * columns [k0, k0 + columns) of w (n, k), the new values' split units or pair form and
- * outliers (as update_tile_t); the tile leaves the largest |w| it wrote in `largest`. */
+ * columns [k0, k0 + columns) of rows first_row.. of w (n, k), the new values' split units or
+ * pair form and outliers (as update_tile_t); the tile leaves the largest |w| it wrote in
+ * `largest`. */
 typedef struct {
     int32_t *w;
     int32_t *w_units;
     int16_t *w_pairs;
     outliers_t *outliers;
-    ptrdiff_t k, k0;
+    ptrdiff_t k, k0, first_row;
     divisor_t lr;
     int decays;
     divisor_t decay;
@@ -113,8 +114,10 @@ typedef struct {
  * per batch row; x_tile holds the rows [first, last) of x as input units, `columns` per row
  * (packed by the driver: contiguous, zero past the last column); g is n + 3 rows of `columns`
  * int32 (rows past n are scratch); int32 lanes wrap. With `apply` (g NULL) the rows are the
- * whole batch: each 4 rows of G are summed from zero in registers and go straight into the
- * update, which prefetches the next rows of w meanwhile, so G never goes to memory. */
+ * whole batch and the n rows of G those of w from apply->first_row (delta_units starting at
+ * that row): each 4 rows of G are summed from zero in registers and go straight into the
+ * update, which prefetches the same rows of w in the next tile meanwhile, so G never goes to
+ * memory. */
 typedef void (*gradient_tile_t)(const int32_t *delta_units, ptrdiff_t stride, const int32_t *x_tile, int32_t *g,
                                 ptrdiff_t n, ptrdiff_t first, ptrdiff_t last, tile_update_t *apply);
 
@@ -207,5 +210,9 @@ extern const pair_kernels_t avx2_kernels, vnni_kernels;
 /* Bytes of G one thread accumulates at a time (the tiles of a sweep over the batch): they
  * stay in L2, and delta is read once per sweep instead of once per tile. */
 #define GRADIENT_G_BYTES ((ptrdiff_t)512 * 1024)
+/* Rows of w per panel of a whole-batch update: a panel's rows are updated tile after tile
+ * along them, so each page of w is finished before the next (a sweep down all n rows per
+ * tile touched a page per row, and missed the TLB at every one). */
+#define UPDATE_PANEL_ROWS 16
 
 #endif

@@ -237,7 +237,7 @@ VNNI_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stri
 #define STORE4(r, p) _mm512_storeu_si512(p, r##0); _mm512_storeu_si512(p + 16, r##1); \
                      _mm512_storeu_si512(p + 32, r##2); _mm512_storeu_si512(p + 48, r##3)
 #define APPLY4(r, i) if (j0 + i < n) { \
-            ptrdiff_t at = (j0 + i) * apply->k + apply->k0; \
+            ptrdiff_t at = (apply->first_row + j0 + i) * apply->k + apply->k0; \
             largest = _mm512_max_epu32(largest, update_lanes(apply->w, apply->w_units, apply->w_pairs, \
                 apply->outliers, at, mask[0], r##0, apply->lr, apply->decays, apply->decay)); \
             largest = _mm512_max_epu32(largest, update_lanes(apply->w, apply->w_units, apply->w_pairs, \
@@ -246,9 +246,9 @@ VNNI_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stri
                 apply->outliers, at + 32, mask[2], r##2, apply->lr, apply->decays, apply->decay)); \
             largest = _mm512_max_epu32(largest, update_lanes(apply->w, apply->w_units, apply->w_pairs, \
                 apply->outliers, at + 48, mask[3], r##3, apply->lr, apply->decays, apply->decay)); }
-        if (apply) /* the next 4 rows of w, while these are summed */
-            for (ptrdiff_t i = j0 + 4; i < j0 + 8 && i < n; i++)
-                prefetch_row(apply, i * apply->k + apply->k0, UPDATE_COLUMNS);
+        if (apply) /* these 4 rows of w in the next tile, while this one is summed */
+            for (ptrdiff_t i = j0; i < j0 + 4 && i < n; i++)
+                prefetch_row(apply, (apply->first_row + i) * apply->k + apply->k0 + UPDATE_COLUMNS, UPDATE_COLUMNS);
         LOAD4(a, g0);
         LOAD4(b, g1);
         LOAD4(c, g2);
