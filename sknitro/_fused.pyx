@@ -47,9 +47,9 @@ cdef extern from "_passes.h" nogil:
     int64_t pass_activation_backward(const int32_t *g, const int8_t *pre, const int32_t *table, int64_t divisor,
                                      int32_t *out, ptrdiff_t rows, ptrdiff_t cols)
     void pass_max_pool(const int8_t *x, int8_t *best, uint8_t *argmax, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
-                       ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw)
+                       ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw)
     void pass_max_unpool(const int32_t *delta, const uint8_t *argmax, int32_t *out, ptrdiff_t n, ptrdiff_t h,
-                         ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw)
+                         ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw)
     void pass_im2col(const int8_t *x, int8_t *out, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k,
                      ptrdiff_t pad)
 
@@ -272,48 +272,48 @@ def lookup_uint8(const int8_t[::1] table not None, x not None, int8_t[::1] out n
 
 # -- pooling and patches -----------------------------------------------------------------
 
-cdef int check_pooling(tuple maps, ptrdiff_t kh, ptrdiff_t kw) except -1:
-    """Maps (n, h, w, c) and windows (kh, kw) that fit them, at most 256 positions (uint8
-    arg-max)."""
+cdef tuple pooled_shape(tuple maps, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw):
+    """The pooled shape of maps (n, h, w, c) by windows (kh, kw) with (ph, pw) padding, which
+    must fit them, at most 256 positions (uint8 arg-max)."""
     n, h, w, c = maps
-    if min(maps) < 1 or not (1 <= kh <= h and 1 <= kw <= w) or kh * kw > 256:
-        raise ValueError(f"maps {maps} and window ({kh}, {kw}) do not make a pooling")
-    return 0
+    if min(maps) < 1 or not (0 <= ph < kh and 0 <= pw < kw) or kh > h + 2 * ph or kw > w + 2 * pw \
+            or kh * kw > 256:
+        raise ValueError(f"maps {maps}, window ({kh}, {kw}) and padding ({ph}, {pw}) do not make a pooling")
+    return (n, (h + 2 * ph) // kh, (w + 2 * pw) // kw, c)
 
 
 def max_pool(const int8_t[:, :, :, ::1] x not None, ptrdiff_t kh, ptrdiff_t kw, int8_t[:, :, :, ::1] best not None,
-             argmax not None):
-    """max_pool(x, kh, kw, best, argmax)
+             argmax not None, ptrdiff_t ph=0, ptrdiff_t pw=0):
+    """max_pool(x, kh, kw, best, argmax, ph=0, pw=0)
 
-    Max pooling of int8 maps x (n, h, w, c) with windows (kh, kw), stride = window, no
-    padding, floor mode: int8 best and uint8 argmax (the window position di * kw + dj of the
-    first maximum), both (n, h // kh, w // kw, c)."""
+    Max pooling of int8 maps x (n, h, w, c) with windows (kh, kw), stride = window, ph (pw)
+    rows (columns) of padding on both sides (-128: it never beats a later position), floor
+    mode: int8 best and uint8 argmax (the window position di * kw + dj of the first maximum),
+    both (n, (h + 2 ph) // kh, (w + 2 pw) // kw, c)."""
     cdef uint8_t[:, :, :, ::1] positions = uint8_buffer(argmax, "argmax")
     cdef ptrdiff_t n = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3]
-    check_pooling((n, h, w, c), kh, kw)
-    pooled = (n, h // kh, w // kw, c)
+    pooled = pooled_shape((n, h, w, c), kh, kw, ph, pw)
     check_shape("best", (best.shape[0], best.shape[1], best.shape[2], best.shape[3]), pooled)
     check_shape("argmax", (positions.shape[0], positions.shape[1], positions.shape[2], positions.shape[3]), pooled)
     with nogil:
-        pass_max_pool(&x[0, 0, 0, 0], &best[0, 0, 0, 0], &positions[0, 0, 0, 0], n, h, w, c, kh, kw)
+        pass_max_pool(&x[0, 0, 0, 0], &best[0, 0, 0, 0], &positions[0, 0, 0, 0], n, h, w, c, kh, kw, ph, pw)
 
 
 def max_unpool(const int32_t[:, :, :, ::1] delta not None, argmax not None,
-               ptrdiff_t kh, ptrdiff_t kw, int32_t[:, :, :, ::1] out not None):
-    """max_unpool(delta, argmax, kh, kw, out)
+               ptrdiff_t kh, ptrdiff_t kw, int32_t[:, :, :, ::1] out not None, ptrdiff_t ph=0, ptrdiff_t pw=0):
+    """max_unpool(delta, argmax, kh, kw, out, ph=0, pw=0)
 
     The gradient through max_pool: int32 out (n, h, w, c) gets each window's int32 delta
-    (n, h // kh, w // kw, c) at the window's uint8 argmax (same shape) and 0 at its other
-    positions; values no window covers (the rows and columns past the last whole window) are
-    left as they are."""
+    (max_pool's pooled shape) at the window's uint8 argmax (same shape) and 0 at its other
+    positions; values no window covers (the padding is dropped, the rows and columns past
+    the last whole window) are left as they are."""
     cdef const uint8_t[:, :, :, ::1] positions = uint8_buffer(argmax, "argmax")
     cdef ptrdiff_t n = out.shape[0], h = out.shape[1], w = out.shape[2], c = out.shape[3]
-    check_pooling((n, h, w, c), kh, kw)
-    pooled = (n, h // kh, w // kw, c)
+    pooled = pooled_shape((n, h, w, c), kh, kw, ph, pw)
     check_shape("delta", (delta.shape[0], delta.shape[1], delta.shape[2], delta.shape[3]), pooled)
     check_shape("argmax", (positions.shape[0], positions.shape[1], positions.shape[2], positions.shape[3]), pooled)
     with nogil:
-        pass_max_unpool(&delta[0, 0, 0, 0], &positions[0, 0, 0, 0], &out[0, 0, 0, 0], n, h, w, c, kh, kw)
+        pass_max_unpool(&delta[0, 0, 0, 0], &positions[0, 0, 0, 0], &out[0, 0, 0, 0], n, h, w, c, kh, kw, ph, pw)
 
 
 def im2col(const int8_t[:, :, :, ::1] x not None, ptrdiff_t k, ptrdiff_t pad, int8_t[:, ::1] out not None):

@@ -90,21 +90,22 @@ int64_t pass_activation_backward(const int32_t *g, const int8_t *pre, const int3
 }
 
 void pass_max_pool(const int8_t *x, int8_t *best, uint8_t *argmax, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
-                   ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw)
+                   ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw)
 {
-    chunks_t rows = row_chunks(n * (h / kh), kh * w * c); /* output rows, by the input they read */
+    chunks_t rows = row_chunks(n * ((h + 2 * ph) / kh), kh * w * c); /* output rows, by the input they read */
 #pragma omp parallel for schedule(static) if (rows.chunks > 1)
     for (ptrdiff_t chunk = 0; chunk < rows.chunks; chunk++)
-        max_pool_rows(x, best, argmax, chunk_first(&rows, chunk), chunk_end(&rows, chunk), h, w, c, kh, kw);
+        max_pool_rows(x, best, argmax, chunk_first(&rows, chunk), chunk_end(&rows, chunk), h, w, c, kh, kw, ph, pw);
 }
 
 void pass_max_unpool(const int32_t *delta, const uint8_t *argmax, int32_t *out, ptrdiff_t n, ptrdiff_t h,
-                     ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw)
+                     ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw)
 {
-    chunks_t rows = row_chunks(n * (h / kh), kh * w * c);
+    chunks_t rows = row_chunks(n * ((h + 2 * ph) / kh), kh * w * c);
 #pragma omp parallel for schedule(static) if (rows.chunks > 1)
     for (ptrdiff_t chunk = 0; chunk < rows.chunks; chunk++)
-        max_unpool_rows(delta, argmax, out, chunk_first(&rows, chunk), chunk_end(&rows, chunk), h, w, c, kh, kw);
+        max_unpool_rows(delta, argmax, out, chunk_first(&rows, chunk), chunk_end(&rows, chunk), h, w, c, kh, kw, ph,
+                        pw);
 }
 
 void pass_im2col(const int8_t *x, int8_t *out, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k,

@@ -192,47 +192,55 @@ static inline void pool_position(const int8_t *restrict v, int8_t *restrict b, u
 }
 
 /* Max pooling (conv.MaxPool2d) of int8 maps laid out (n, h, w, c), windows kh x kw with
- * stride = window, no padding, floor mode: output rows [first, last) of the n * (h / kh)
- * rows, `best` (n, h / kh, w / kw, c) and `argmax`, the window position di * kw + dj of the
- * first maximum. */
+ * stride = window, ph (pw) rows (columns) of padding on both sides, floor mode: output rows
+ * [first, last) of the n * ho rows (ho = (h + 2 ph) / kh, wo likewise), `best` (n, ho, wo, c)
+ * and `argmax`, the window position di * kw + dj of the first maximum. Padding holds -128,
+ * which a later position never beats: only at position 0 does it count (as the reference's). */
 MULTIVERSION
 void max_pool_rows(const int8_t *restrict x, int8_t *restrict best, uint8_t *restrict argmax, ptrdiff_t first,
-                   ptrdiff_t last, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw)
+                   ptrdiff_t last, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph,
+                   ptrdiff_t pw)
 {
-    ptrdiff_t ho = h / kh, wo = w / kw;
+    ptrdiff_t ho = (h + 2 * ph) / kh, wo = (w + 2 * pw) / kw;
     for (ptrdiff_t row = first; row < last; row++) {
-        const int8_t *band = x + (row / ho * h + row % ho * kh) * w * c; /* the window's first row */
+        ptrdiff_t image = row / ho, top = row % ho * kh - ph; /* the window's first row (maybe padding) */
         for (ptrdiff_t j = 0; j < wo; j++) {
+            ptrdiff_t left = j * kw - pw;
             int8_t *b = best + (row * wo + j) * c;
             uint8_t *a = argmax + (row * wo + j) * c;
-            const int8_t *window = band + j * kw * c;
+            const int8_t *map = x + image * h * w * c;
             for (ptrdiff_t ch = 0; ch < c; ch++) {
-                b[ch] = window[ch];
+                b[ch] = top >= 0 && left >= 0 ? map[(top * w + left) * c + ch] : INT8_MIN;
                 a[ch] = 0;
             }
             for (ptrdiff_t di = 0; di < kh; di++)
                 for (ptrdiff_t dj = di == 0; dj < kw; dj++)
-                    pool_position(window + (di * w + dj) * c, b, a, c, (uint8_t)(di * kw + dj));
+                    if (top + di >= 0 && top + di < h && left + dj >= 0 && left + dj < w)
+                        pool_position(map + ((top + di) * w + left + dj) * c, b, a, c, (uint8_t)(di * kw + dj));
         }
     }
 }
 
 /* The gradient through max_pool_rows for its rows [first, last): each window's delta at its
- * arg-max, 0 at the window's other positions (`out` (n, h, w, c); what no window covers is
- * left as it is). */
+ * arg-max, 0 at the window's other positions (`out` (n, h, w, c); padding and what no window
+ * covers are left as they are). */
 MULTIVERSION
 void max_unpool_rows(const int32_t *restrict delta, const uint8_t *restrict argmax, int32_t *restrict out,
                      ptrdiff_t first, ptrdiff_t last, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh,
-                     ptrdiff_t kw)
+                     ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw)
 {
-    ptrdiff_t ho = h / kh, wo = w / kw;
+    ptrdiff_t ho = (h + 2 * ph) / kh, wo = (w + 2 * pw) / kw;
     for (ptrdiff_t row = first; row < last; row++) {
-        ptrdiff_t image = row / ho, i = row % ho;
+        ptrdiff_t image = row / ho, top = row % ho * kh - ph;
         for (ptrdiff_t j = 0; j < wo; j++) {
+            ptrdiff_t left = j * kw - pw;
             const int32_t *d = delta + (row * wo + j) * c;
             const uint8_t *a = argmax + (row * wo + j) * c;
             for (ptrdiff_t k = 0; k < kh * kw; k++) {
-                int32_t *o = out + ((image * h + i * kh + k / kw) * w + j * kw + k % kw) * c;
+                ptrdiff_t i = top + k / kw, jj = left + k % kw;
+                if (i < 0 || i >= h || jj < 0 || jj >= w)
+                    continue;
+                int32_t *o = out + ((image * h + i) * w + jj) * c;
                 for (ptrdiff_t ch = 0; ch < c; ch++)
                     o[ch] = a[ch] == k ? d[ch] : 0;
             }

@@ -42,12 +42,14 @@ int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *r
 void lookup_loop(const int8_t *restrict table, const uint8_t *restrict x, int8_t *restrict out, ptrdiff_t n);
 void lookup_int8(const int8_t *restrict table, const int8_t *restrict x, int8_t *restrict out, ptrdiff_t n);
 
-/* Max pooling of (n, h, w, c) int8 maps, output rows [first, last), and its gradient. */
+/* Max pooling of (n, h, w, c) int8 maps, (ph, pw) padding, output rows [first, last), and its
+ * gradient. */
 void max_pool_rows(const int8_t *restrict x, int8_t *restrict best, uint8_t *restrict argmax, ptrdiff_t first,
-                   ptrdiff_t last, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw);
+                   ptrdiff_t last, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph,
+                   ptrdiff_t pw);
 void max_unpool_rows(const int32_t *restrict delta, const uint8_t *restrict argmax, int32_t *restrict out,
                      ptrdiff_t first, ptrdiff_t last, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh,
-                     ptrdiff_t kw);
+                     ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw);
 
 /* The im2col patches of (n, h, w, c) int8 maps, k x k windows, `pad` zeros: rows [first, last). */
 void im2col_rows(const int8_t *restrict x, int8_t *restrict out, ptrdiff_t first, ptrdiff_t last, ptrdiff_t h,

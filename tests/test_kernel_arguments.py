@@ -467,6 +467,19 @@ def test_a_pooling_that_does_not_fit_raises_value_error_and_writes_nothing(x_sha
     assert (best == 7).all() and (argmax == 7).all() and (out == 7).all()
 
 
+@pytest.mark.parametrize("kh, kw, ph, pw", [(2, 2, 2, 0), (2, 2, 0, 2), (2, 2, -1, 0), (2, 2, 0, -1), (3, 3, 3, 1),
+                                            (2, 9, 0, 2), (10, 2, 2, 0)])
+def test_padding_that_does_not_fit_raises_value_error_and_writes_nothing(kh, kw, ph, pw):
+    # padding of a whole window or negative, and windows past the padded maps (5 x 4)
+    x, out = np.ones((2, 5, 4, 3), np.int8), np.full((2, 5, 4, 3), 7, np.int32)
+    best, argmax = np.full((2, 1, 1, 3), 7, np.int8), np.full((2, 1, 1, 3), 7, np.uint8)
+    with pytest.raises(ValueError, match="padding"):
+        _fused.max_pool(x, kh, kw, best, argmax, ph, pw)
+    with pytest.raises(ValueError, match="padding"):
+        _fused.max_unpool(np.ones((2, 1, 1, 3), np.int32), argmax, kh, kw, out, ph, pw)
+    assert (best == 7).all() and (argmax == 7).all() and (out == 7).all()
+
+
 def test_pooling_reads_its_geometry_from_the_shapes():
     # floor mode: maps of 5 x 4 and of 4 x 5 rows pool by 2 x 2 to 2 x 2; argmax is the window
     # position of the first maximum, and max_unpool puts each delta back there

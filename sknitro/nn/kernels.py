@@ -350,24 +350,24 @@ class CompiledKernels(NumpyKernels):
         return out
 
     def max_pool(self, pool: Any, x: Any) -> tuple[Any, Any]:
-        (kh, kw), (n, c, h, w) = pool.window, x.shape
-        if not _channels_last_int8(x) or pool.padding != (0, 0) or kh * kw > 256 or kh > h or kw > w \
-                or x.size == 0:
+        (kh, kw), (ph, pw), (n, c, h, w) = pool.window, pool.padding, x.shape
+        if not _channels_last_int8(x) or kh * kw > 256 or kh > h + 2 * ph or kw > w + 2 * pw or x.size == 0:
             return super().max_pool(pool, x)
-        best = np.empty((n, h // kh, w // kw, c), dtype=np.int8)
+        best = np.empty((n, (h + 2 * ph) // kh, (w + 2 * pw) // kw, c), dtype=np.int8)
         argmax = np.empty(best.shape, dtype=np.uint8)
-        _compiled.max_pool(x.transpose(0, 2, 3, 1), kh, kw, best, argmax)
+        _compiled.max_pool(x.transpose(0, 2, 3, 1), kh, kw, best, argmax, ph, pw)
         return best.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
 
     def max_pool_backward(self, pool: Any, delta: Any, argmax: Any, input_shape: tuple[int, ...]) -> Any:
-        (kh, kw), (n, c, h, w) = pool.window, input_shape
+        (kh, kw), (ph, pw), (n, c, h, w) = pool.window, pool.padding, input_shape
         rows_last = argmax.transpose(0, 2, 3, 1)
         if not isinstance(delta, np.ndarray) or delta.dtype != np.int32 or argmax.dtype != np.uint8 \
-                or not rows_last.flags.c_contiguous or pool.padding != (0, 0) or kh * kw > 256 \
-                or argmax.shape != (n, c, h // kh, w // kw) or delta.shape != argmax.shape or delta.size == 0:
+                or not rows_last.flags.c_contiguous or kh * kw > 256 \
+                or argmax.shape != (n, c, (h + 2 * ph) // kh, (w + 2 * pw) // kw) or delta.shape != argmax.shape \
+                or delta.size == 0:
             return super().max_pool_backward(pool, delta, argmax, input_shape)
         out = np.zeros((n, h, w, c), dtype=np.int32)
-        _compiled.max_unpool(np.ascontiguousarray(delta.transpose(0, 2, 3, 1)), rows_last, kh, kw, out)
+        _compiled.max_unpool(np.ascontiguousarray(delta.transpose(0, 2, 3, 1)), rows_last, kh, kw, out, ph, pw)
         return out.transpose(0, 3, 1, 2)
 
 

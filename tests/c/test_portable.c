@@ -237,39 +237,50 @@ static void test_pools(void)
     static int8_t x[IMAGES * H * W * C], best[IMAGES * H * W * C];
     static uint8_t argmax[IMAGES * H * W * C];
     static int32_t delta[IMAGES * H * W * C], out[IMAGES * H * W * C];
-    const int windows[][2] = {{2, 2}, {3, 2}, {1, 4}, {7, 9}};
-    for (int round = 0; round < 16; round++) {
-        int kh = windows[round % 4][0], kw = windows[round % 4][1], ho = H / kh, wo = W / kw;
+    /* kh, kw, ph, pw: windows past the last rows and columns, padding (a head's pool), a
+     * window of the whole map, and maps narrower than a window but for their padding */
+    const int windows[][4] = {{2, 2, 0, 0}, {3, 2, 0, 0}, {1, 4, 0, 0}, {7, 9, 0, 0}, {4, 2, 2, 0}, {3, 3, 1, 2},
+                              {9, 4, 1, 0}};
+    for (int round = 0; round < 21; round++) {
+        const int *g = windows[round % 7];
+        int kh = g[0], kw = g[1], ph = g[2], pw = g[3], ho = (H + 2 * ph) / kh, wo = (W + 2 * pw) / kw;
+        int covered[H][W] = {{0}};
         for (int i = 0; i < IMAGES * H * W * C; i++) {
             x[i] = (int8_t)(uniform(0, 4) * 60 - 128); /* few levels: ties, -128 and 112 */
             delta[i] = (int32_t)uniform(-2000000000, 2000000000);
-            out[i] = 7; /* past the last whole window: left as it is */
+            out[i] = 7; /* padding and past the last whole window: left as it is */
         }
-        max_pool_rows(x, best, argmax, 0, IMAGES * ho, H, W, C, kh, kw);
-        max_unpool_rows(delta, argmax, out, 0, IMAGES * ho, H, W, C, kh, kw);
+        max_pool_rows(x, best, argmax, 0, IMAGES * ho, H, W, C, kh, kw, ph, pw);
+        max_unpool_rows(delta, argmax, out, 0, IMAGES * ho, H, W, C, kh, kw, ph, pw);
         for (int n = 0; n < IMAGES; n++)
             for (int i = 0; i < ho; i++)
                 for (int j = 0; j < wo; j++)
                     for (int c = 0; c < C; c++) {
-                        int top = -129, at = -1;
+                        int top = -129, at = -1; /* padding: -128, first maximum wins */
                         for (int di = 0; di < kh; di++)
                             for (int dj = 0; dj < kw; dj++) {
-                                int v = x[((n * H + i * kh + di) * W + j * kw + dj) * C + c];
+                                int r = i * kh + di - ph, q = j * kw + dj - pw;
+                                int inside = r >= 0 && r < H && q >= 0 && q < W;
+                                int v = inside ? x[((n * H + r) * W + q) * C + c] : -128;
                                 if (v > top)
                                     top = v, at = di * kw + dj;
                             }
                         int o = ((n * ho + i) * wo + j) * C + c;
                         CHECK(best[o] == top && argmax[o] == at, "max_pool_rows at %d (window %dx%d)", o, kh, kw);
                         for (int di = 0; di < kh; di++)
-                            for (int dj = 0; dj < kw; dj++)
-                                CHECK(out[((n * H + i * kh + di) * W + j * kw + dj) * C + c]
-                                          == (di * kw + dj == at ? delta[o] : 0),
+                            for (int dj = 0; dj < kw; dj++) {
+                                int r = i * kh + di - ph, q = j * kw + dj - pw;
+                                if (r < 0 || r >= H || q < 0 || q >= W)
+                                    continue;
+                                covered[r][q] = 1;
+                                CHECK(out[((n * H + r) * W + q) * C + c] == (di * kw + dj == at ? delta[o] : 0),
                                       "max_unpool_rows at %d", o);
+                            }
                     }
         for (int n = 0; n < IMAGES; n++)
             for (int i = 0; i < H; i++)
                 for (int j = 0; j < W; j++)
-                    if (i >= ho * kh || j >= wo * kw)
+                    if (!covered[i][j])
                         CHECK(out[((n * H + i) * W + j) * C] == 7, "max_unpool_rows wrote past the windows");
     }
 }
