@@ -193,6 +193,16 @@ AVX2_TARGET static inline __m256i update_lanes(int32_t *w, int32_t *w_units, int
     return _mm256_and_si256(_mm256_abs_epi32(updated), mask);
 }
 
+/* The largest of 8 unsigned lanes (update_lanes's |w|). */
+AVX2_TARGET static inline int64_t largest_lane(__m256i v)
+{
+    uint32_t lanes[8], top = 0;
+    _mm256_storeu_si256((__m256i *)lanes, v);
+    for (int lane = 0; lane < 8; lane++)
+        top = lanes[lane] > top ? lanes[lane] : top;
+    return (int64_t)top;
+}
+
 /* Prefetches a row of the tile's 16 columns of w (and, where written, of its split units or
  * pair form) from flat index `at`. */
 AVX2_TARGET static inline void prefetch_row(const tile_update_t *t, ptrdiff_t at)
@@ -249,13 +259,8 @@ AVX2_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stri
             _mm256_storeu_si256(rows + 6, d0), _mm256_storeu_si256(rows + 7, d1);
         }
     }
-    if (apply) {
-        uint32_t lanes[8], top = 0;
-        _mm256_storeu_si256((__m256i *)lanes, largest);
-        for (int lane = 0; lane < 8; lane++)
-            top = lanes[lane] > top ? lanes[lane] : top;
-        apply->largest = (int64_t)top;
-    }
+    if (apply)
+        apply->largest = largest_lane(largest);
 }
 
 AVX2_TARGET static int64_t update_tile(const int32_t *g, int32_t *w, int32_t *w_units, int16_t *w_pairs,
@@ -269,11 +274,7 @@ AVX2_TARGET static int64_t update_tile(const int32_t *g, int32_t *w, int32_t *w_
             largest = _mm256_max_epu32(largest, update_lanes(w, w_units, w_pairs, outliers, j * k + k0 + 8 * c,
                                                              k - k0 - 8 * c, grad, lr, decays, decay));
         }
-    uint32_t lanes[8], top = 0;
-    _mm256_storeu_si256((__m256i *)lanes, largest);
-    for (int lane = 0; lane < 8; lane++)
-        top = lanes[lane] > top ? lanes[lane] : top;
-    return (int64_t)top;
+    return largest_lane(largest);
 }
 
 /* input_unit of each value, 8 lanes at a time (load_x), zero past `width`. */
