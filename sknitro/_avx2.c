@@ -287,7 +287,8 @@ AVX2_TARGET static void pack_units(const int8_t *values, int32_t *packed, ptrdif
 
 /* The narrow kernels (_pairs.h): outputs in the lanes, one broadcast input unit per step. */
 AVX2_TARGET static void narrow_product(const int32_t *x_units, ptrdiff_t kpad, const int32_t *wt, ptrdiff_t npad,
-                                       int32_t *z, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t k)
+                                       int32_t *z, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t k, const divisor_t *scale,
+                                       int8_t *scaled)
 {
     for (ptrdiff_t j = 0; j < n; j += 8) {
         __m256i acc[NARROW_ROWS];
@@ -299,8 +300,19 @@ AVX2_TARGET static void narrow_product(const int32_t *x_units, ptrdiff_t kpad, c
                 MADD(acc[r], _mm256_set1_epi32(x_units[r * kpad + c]), W);
         }
         __m256i mask = lanes_mask(n - j);
-        for (ptrdiff_t r = 0; r < rows; r++)
-            _mm256_maskstore_epi32(z + r * n + j, mask, acc[r]);
+        for (ptrdiff_t r = 0; r < rows; r++) {
+            if (!scale) {
+                _mm256_maskstore_epi32(z + r * n + j, mask, acc[r]);
+                continue;
+            }
+            /* nitro_scale32: tdiv, then the int8 clip to +-127 (the packs saturate no further) */
+            __m256i q = _mm256_min_epi32(_mm256_max_epi32(tdiv_lanes(acc[r], *scale), _mm256_set1_epi32(-127)),
+                                         _mm256_set1_epi32(127));
+            __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+            int8_t bytes[16];
+            _mm_storeu_si128((__m128i *)bytes, _mm_packs_epi16(words, words));
+            memcpy(scaled + r * n + j, bytes, (size_t)(n - j < 8 ? n - j : 8));
+        }
     }
 }
 
@@ -334,7 +346,8 @@ AVX2_TARGET static int avx2_product(const int8_t *x, const int32_t *w_units, int
                                     ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers)
 {
     if (!pairs && units < NARROW_UNITS && chunk >= units)
-        return pairs_run_narrow_product(narrow_product, pack_units, 8, x, w_units, z, m, n, units);
+        return pairs_run_narrow_product(narrow_product, pack_units, 8, x, w_units, z, m, n, units, NULL, NULL,
+                                        NULL, NULL);
     return pairs_run_product(product_tile, 2, x, w_units, z, m, n, units, chunk, pairs, outliers);
 }
 
@@ -349,7 +362,15 @@ AVX2_TARGET static int64_t avx2_sgd_update(const int32_t *delta, const int8_t *x
                             n, batch, k, lr, decays, decay);
 }
 
-const pair_kernels_t avx2_kernels = {"avx2", avx2_supported, avx2_product, avx2_sgd_update};
+AVX2_TARGET static int avx2_narrow_scaled(const int8_t *x, const int32_t *w_units, ptrdiff_t m, ptrdiff_t n,
+                                          ptrdiff_t k, divisor_t scale, int8_t *scaled, const int8_t *table,
+                                          int8_t *activated)
+{
+    return pairs_run_narrow_product(narrow_product, pack_units, 8, x, w_units, NULL, m, n, k, &scale, scaled,
+                                    table, activated);
+}
+
+const pair_kernels_t avx2_kernels = {"avx2", avx2_supported, avx2_product, avx2_sgd_update, avx2_narrow_scaled};
 
 #else /* no AVX2 build: the kernels say the CPU cannot run them, and are never called */
 
@@ -358,6 +379,6 @@ static int avx2_unsupported(void)
     return 0;
 }
 
-const pair_kernels_t avx2_kernels = {"avx2", avx2_unsupported, NULL, NULL};
+const pair_kernels_t avx2_kernels = {"avx2", avx2_unsupported, NULL, NULL, NULL};
 
 #endif

@@ -67,6 +67,8 @@ cdef extern from "_pairs.h" nogil:
         int64_t (*sgd_update)(const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
                               int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
                               divisor_t lr, int decays, divisor_t decay) noexcept nogil
+        int (*narrow_scaled)(const int8_t *x, const int32_t *w_units, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                             divisor_t scale, int8_t *scaled, const int8_t *table, int8_t *activated) noexcept nogil
     const pair_kernels_t avx2_kernels
     const pair_kernels_t vnni_kernels
     int64_t pairs_row_l1(const int8_t *x, ptrdiff_t rows, ptrdiff_t cols)
@@ -419,6 +421,45 @@ def units_product(str isa not None, const int8_t[:, ::1] x not None, const int32
     cdef int status
     with nogil:
         status = kernels.product(&x[0, 0], &w_units[0, 0], &z[0, 0], m, n, k, chunk if chunk >= 1 else k, 0, NULL)
+    if status < 0:
+        raise MemoryError()
+
+
+# the narrow layers' kernels (_pairs.h: NARROW_UNITS)
+NARROW_UNITS = 64
+
+
+def narrow_scaled_product(str isa not None, const int8_t[:, ::1] x not None, const int32_t[:, ::1] w_units not None,
+                          long long scale, int8_t[:, ::1] scaled not None, const int8_t[::1] table=None,
+                          int8_t[:, ::1] activated=None):
+    """narrow_scaled_product(isa, x, w_units, scale, scaled, table=None, activated=None)
+
+    The scaled forward of a narrow layer, with no z in memory: scaled = clip(tdiv(x w^T,
+    scale), -127, 127) (m, n) from int8 x (m, k), k < 64, and the split units of w (n, k);
+    128 * scale must be below 2**31. With an int8 table of 256 entries, also activated =
+    table[scaled] by bit pattern (m, n). The caller proves that every row's sum fits int32."""
+    cdef const pair_kernels_t *kernels = pair_kernels(isa)
+    cdef ptrdiff_t m = x.shape[0], k = x.shape[1], n = w_units.shape[0]
+    check_not_empty("x", (m, k))
+    check_not_empty("w_units", (n, k))
+    if k >= NARROW_UNITS:
+        raise ValueError(f"x: {k} inputs; the narrow kernels take fewer than {NARROW_UNITS}")
+    check_shape("w_units", (w_units.shape[0], w_units.shape[1]), (n, k))
+    check_shape("scaled", (scaled.shape[0], scaled.shape[1]), (m, n))
+    check_scale(scale)
+    if (table is None) != (activated is None):
+        raise ValueError("table and activated go together")
+    cdef const int8_t *table_data = NULL
+    cdef int8_t *activated_data = NULL
+    if table is not None:
+        check_shape("table", (table.shape[0],), (256,))
+        check_shape("activated", (activated.shape[0], activated.shape[1]), (m, n))
+        table_data, activated_data = &table[0], &activated[0, 0]
+    cdef divisor_t d = make_divisor(scale)
+    cdef int status
+    with nogil:
+        status = kernels.narrow_scaled(&x[0, 0], &w_units[0, 0], m, n, k, d, &scaled[0, 0], table_data,
+                                       activated_data)
     if status < 0:
         raise MemoryError()
 

@@ -3,6 +3,7 @@
  * and pair forms of the operands, and the outlier lists of a weight's pair form.
  */
 #include "_pairs.h"
+#include "_portable.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -268,7 +269,8 @@ static int32_t *transposed_units(const int32_t *w_units, ptrdiff_t n, ptrdiff_t 
 }
 
 int pairs_run_narrow_product(narrow_product_t product, pack_units_t pack, ptrdiff_t lanes, const int8_t *x,
-                             const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k)
+                             const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                             const divisor_t *scale, int8_t *scaled, const int8_t *table, int8_t *activated)
 {
     ptrdiff_t npad = round_up(n, lanes), kpad = round_up(k, NARROW_K_BLOCK);
     int32_t *wt = transposed_units(w_units, n, k, npad);
@@ -287,7 +289,13 @@ int pairs_run_narrow_product(narrow_product_t product, pack_units_t pack, ptrdif
             ptrdiff_t i0 = block * NARROW_ROWS, rows = m - i0 < NARROW_ROWS ? m - i0 : NARROW_ROWS;
             for (ptrdiff_t r = 0; r < rows; r++)
                 pack(x + (i0 + r) * k, x_units + r * kpad, k, kpad);
-            product(x_units, kpad, wt, npad, z + i0 * n, rows, n, k);
+            if (!scale) {
+                product(x_units, kpad, wt, npad, z + i0 * n, rows, n, k, NULL, NULL);
+                continue;
+            }
+            product(x_units, kpad, wt, npad, NULL, rows, n, k, scale, scaled + i0 * n);
+            if (table)
+                lookup_int8(table, scaled + i0 * n, activated + i0 * n, rows * n);
         }
         free(x_units);
     }

@@ -152,18 +152,24 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
 #define NARROW_K_BLOCK 16 /* inputs per sweep of a gradient kernel */
 
 /* z[r, j] = sum_k x[r, k] w[j, k] for rows r < rows (<= NARROW_ROWS) of x_units, in int32
- * lanes (the caller proves that whole rows fit int32); z's rows are n apart. */
+ * lanes (the caller proves that whole rows fit int32); z's rows are n apart. With a `scale`
+ * (else NULL) the tile writes nitro_scale32(z, scale) to the int8 `scaled` instead (z unused):
+ * a first conv layer's z is the largest array of its step, and it is never needed whole. */
 typedef void (*narrow_product_t)(const int32_t *x_units, ptrdiff_t kpad, const int32_t *wt, ptrdiff_t npad,
-                                 int32_t *z, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t k);
+                                 int32_t *z, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t k, const divisor_t *scale,
+                                 int8_t *scaled);
 
 /* gt[k][j] += sum_r x[r, k] delta[r, j] over `rows` rows of delta (int32, n per row, split in
  * registers) and x_units; gt is kpad x npad, lanes wrap. */
 typedef void (*narrow_gradient_t)(const int32_t *delta, ptrdiff_t n, const int32_t *x_units, ptrdiff_t kpad,
                                   ptrdiff_t rows, uint32_t *gt, ptrdiff_t npad);
 
-/* `product` of pair_kernels_t for split units and k < NARROW_UNITS, whole rows in int32. */
+/* `product` of pair_kernels_t for split units and k < NARROW_UNITS, whole rows in int32; with
+ * a `scale` (else NULL), `narrow_scaled` instead: z scaled to `scaled` and, with a table (else
+ * NULL), activated[i] = table[scaled[i]] (z unused). */
 int pairs_run_narrow_product(narrow_product_t product, pack_units_t pack, ptrdiff_t lanes, const int8_t *x,
-                             const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k);
+                             const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                             const divisor_t *scale, int8_t *scaled, const int8_t *table, int8_t *activated);
 
 /* `sgd_update` of pair_kernels_t for k < NARROW_UNITS: G from the narrow gradient kernel,
  * then sgd_rule weight by weight (n * k of them: a few hundred). */
@@ -196,6 +202,13 @@ typedef struct {
     int64_t (*sgd_update)(const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
                           int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
                           divisor_t lr, int decays, divisor_t decay);
+
+    /* The scaled forward of a narrow layer (k < NARROW_UNITS): scaled = nitro_scale32(x w^T,
+     * scale) (m, n) from int8 x (m, k) and w's split units, and, with a table (else NULL),
+     * activated = table[scaled] by bit pattern; the caller proves that whole rows of x w^T fit
+     * int32. No z is written. -1 when out of memory. */
+    int (*narrow_scaled)(const int8_t *x, const int32_t *w_units, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                         divisor_t scale, int8_t *scaled, const int8_t *table, int8_t *activated);
 } pair_kernels_t;
 
 extern const pair_kernels_t avx2_kernels, vnni_kernels;

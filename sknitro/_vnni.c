@@ -305,7 +305,8 @@ VNNI_TARGET static void pack_units(const int8_t *values, int32_t *packed, ptrdif
 
 /* The narrow kernels (_pairs.h): outputs in the lanes, one broadcast input unit per step. */
 VNNI_TARGET static void narrow_product(const int32_t *x_units, ptrdiff_t kpad, const int32_t *wt, ptrdiff_t npad,
-                                       int32_t *z, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t k)
+                                       int32_t *z, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t k, const divisor_t *scale,
+                                       int8_t *scaled)
 {
     for (ptrdiff_t j = 0; j < n; j += 16) {
         __m512i acc[NARROW_ROWS];
@@ -317,8 +318,16 @@ VNNI_TARGET static void narrow_product(const int32_t *x_units, ptrdiff_t kpad, c
                 DP(acc[r], _mm512_set1_epi32(x_units[r * kpad + c]), W);
         }
         __mmask16 mask = (__mmask16)(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1);
-        for (ptrdiff_t r = 0; r < rows; r++)
-            _mm512_mask_storeu_epi32(z + r * n + j, mask, acc[r]);
+        for (ptrdiff_t r = 0; r < rows; r++) {
+            if (!scale) {
+                _mm512_mask_storeu_epi32(z + r * n + j, mask, acc[r]);
+                continue;
+            }
+            /* nitro_scale32: tdiv, then the int8 clip to +-127 */
+            __m512i q = _mm512_min_epi32(_mm512_max_epi32(tdiv_lanes(acc[r], *scale), _mm512_set1_epi32(-127)),
+                                         _mm512_set1_epi32(127));
+            _mm_mask_storeu_epi8(scaled + r * n + j, mask, _mm512_cvtepi32_epi8(q));
+        }
     }
 }
 
@@ -351,7 +360,8 @@ VNNI_TARGET static int vnni_product(const int8_t *x, const int32_t *w_units, int
                                     ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers)
 {
     if (!pairs && units < NARROW_UNITS && chunk >= units)
-        return pairs_run_narrow_product(narrow_product, pack_units, 16, x, w_units, z, m, n, units);
+        return pairs_run_narrow_product(narrow_product, pack_units, 16, x, w_units, z, m, n, units, NULL, NULL,
+                                        NULL, NULL);
     return pairs_run_product(product_tile, 4, x, w_units, z, m, n, units, chunk, pairs, outliers);
 }
 
@@ -366,7 +376,15 @@ VNNI_TARGET static int64_t vnni_sgd_update(const int32_t *delta, const int8_t *x
                             n, batch, k, lr, decays, decay);
 }
 
-const pair_kernels_t vnni_kernels = {"vnni", vnni_supported, vnni_product, vnni_sgd_update};
+VNNI_TARGET static int vnni_narrow_scaled(const int8_t *x, const int32_t *w_units, ptrdiff_t m, ptrdiff_t n,
+                                          ptrdiff_t k, divisor_t scale, int8_t *scaled, const int8_t *table,
+                                          int8_t *activated)
+{
+    return pairs_run_narrow_product(narrow_product, pack_units, 16, x, w_units, NULL, m, n, k, &scale, scaled,
+                                    table, activated);
+}
+
+const pair_kernels_t vnni_kernels = {"vnni", vnni_supported, vnni_product, vnni_sgd_update, vnni_narrow_scaled};
 
 #else /* no VNNI build: the kernels say the CPU cannot run them, and are never called */
 
@@ -375,6 +393,6 @@ static int vnni_unsupported(void)
     return 0;
 }
 
-const pair_kernels_t vnni_kernels = {"vnni", vnni_unsupported, NULL, NULL};
+const pair_kernels_t vnni_kernels = {"vnni", vnni_unsupported, NULL, NULL, NULL};
 
 #endif

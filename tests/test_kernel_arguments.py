@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(kernels._compiled is None, reason="sknitro._fuse
 _fused = kernels._compiled
 ISAS = ("avx2", "vnni")
 PAIR_ISAS = [isa for isa in ISAS if isa in kernels.AVAILABLE]
-PAIR_FUNCTIONS = ("units_product", "pairs_product", "units_sgd_update", "units_sgd_update_pairs")
+PAIR_FUNCTIONS = ("units_product", "pairs_product", "units_sgd_update", "units_sgd_update_pairs",
+                  "narrow_scaled_product")
 
 
 class Arg(NamedTuple):
@@ -53,6 +54,13 @@ def _pair_calls(isa):
                               {1: Arg("x", np.int8, False), 2: Arg("w_units", np.int32, False),
                                4: Arg("z", np.int32, True)},
                               ("isa", "x", "w_units", "chunk", "z")),
+        "narrow_scaled_product": Call("narrow_scaled_product",
+                                      [isa, x, np.ones((n, k), np.int32), 60, np.empty((m, n), np.int8),
+                                       np.arange(-128, 128).astype(np.int8), np.empty((m, n), np.int8)],
+                                      {1: Arg("x", np.int8, False), 2: Arg("w_units", np.int32, False),
+                                       4: Arg("scaled", np.int8, True), 5: Arg("table", np.int8, False),
+                                       6: Arg("activated", np.int8, True)},
+                                      ("isa", "x", "w_units", "scale", "scaled", "table", "activated")),
         "pairs_product": Call("pairs_product", [isa, x, np.ones((n, k), np.int16), np.array([1, 5], np.int32),
                                                 np.array([3, -2], np.int32), 2, 0, np.empty((m, n), np.int32)],
                               {1: Arg("x", np.int8, False), 2: Arg("w_pairs", np.int16, False),
@@ -77,7 +85,8 @@ def _pair_calls(isa):
 
 
 # where each pair function takes x
-X_POSITION = {"units_product": 1, "pairs_product": 1, "units_sgd_update": 2, "units_sgd_update_pairs": 2}
+X_POSITION = {"units_product": 1, "pairs_product": 1, "units_sgd_update": 2, "units_sgd_update_pairs": 2,
+              "narrow_scaled_product": 1}
 
 
 def _valid_calls():

@@ -648,7 +648,8 @@ def test_inputs_narrower_than_64_columns_run_on_split_units(isa, spy, inputs):
         else:
             np.testing.assert_array_equal(copies.pairs.pairs, expected_pair_form(reference.weight)[0])
             assert copies.units is None and copies.float64 is None
-    product = "units_product" if inputs < 64 or inputs % 2 else "pairs_product"
+    # (below 64 columns, with whole rows in int32, the narrow kernel scales in its lanes: no z)
+    product = "narrow_scaled_product" if inputs < 64 else "units_product" if inputs % 2 else "pairs_product"
     assert spy.calls[f"{product}/{isa}"] == 3 and spy.calls[f"units_sgd_update/{isa}"] == 3
     assert "sgd_update" not in spy.calls
 
@@ -934,3 +935,35 @@ def test_thread_count_keeps_the_outlier_count_past_the_capacity(isa, threads):
         at = np.searchsorted(index, got_index)
         np.testing.assert_array_equal(index[at], got_index)
         np.testing.assert_array_equal(residual[at], got_residual)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("k, n", [(1, 1), (9, 32), (27, 7), (9, 17), (63, 40), (2, 130)])
+def test_narrow_scaled_product_is_the_product_scaled(isa, threads, k, n):
+    # the narrow kernel's lanes go through NITRO scaling (tdiv toward zero, the +-127 clip) and
+    # the activation table without z in memory: the same int8 as units_product + scale_to_int8;
+    # rows past whole blocks of 8, outputs past whole vectors (8 on AVX2, 16 on VNNI), scales
+    # that leave remainders either way and that saturate; 2 threads split 6000 rows
+    rng = np.random.default_rng(k * 100 + n)
+    x = rng.integers(-128, 128, (6003, k)).astype(np.int8)
+    x[0] = -128
+    w = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
+    units = split_units(w)
+    z = np.empty((x.shape[0], n), np.int32)
+    _fused.units_product(isa, x, units, 0, z)
+    np.testing.assert_array_equal(z, exact(x, w))
+    table = rng.integers(-128, 128, 256).astype(np.int8)
+    for scale in (1, 3, 2**8 * k, 2**20):
+        scaled, activated = np.empty((x.shape[0], n), np.int8), np.empty((x.shape[0], n), np.int8)
+        with threadpool_limits(threads):
+            _fused.narrow_scaled_product(isa, x, units, scale, scaled, table, activated)
+        expected = nitro_scale(z, scale)
+        np.testing.assert_array_equal(scaled, expected)
+        np.testing.assert_array_equal(activated, table[expected.view(np.uint8)])
+        alone = np.empty_like(scaled)
+        _fused.narrow_scaled_product(isa, x, units, scale, alone)
+        np.testing.assert_array_equal(alone, expected)
+    assert (nitro_scale(z, 1) == 127).any() and (nitro_scale(z, 1) == -127).any()
+    wide = np.ones((3, 64), np.int8)  # 64 inputs and more: the tiles along k, not these kernels
+    with pytest.raises(ValueError, match="fewer than 64"):
+        _fused.narrow_scaled_product(isa, wide, np.ones((n, 64), np.int32), 60, np.empty((3, n), np.int8))

@@ -381,6 +381,18 @@ def _divisors_fit(divisor: int, decay_inv: int) -> bool:
     return 1 <= divisor < KERNEL_DIVISOR_LIMIT and 0 <= decay_inv < KERNEL_DIVISOR_LIMIT
 
 
+def _narrow_scaled(isa: str, x: np.ndarray, units: np.ndarray, scale: int, table: Any) -> Any:
+    """NITRO scaling (and the activation ``table``) of ``x`` times a narrow layer's weights
+    (their split ``units``), from the product's lanes."""
+    scaled = np.empty((x.shape[0], units.shape[0]), dtype=np.int8)
+    if table is None:
+        _compiled.narrow_scaled_product(isa, x, units, scale, scaled)
+        return scaled
+    activated = np.empty_like(scaled)
+    _compiled.narrow_scaled_product(isa, x, units, scale, scaled, table, activated)
+    return scaled, activated
+
+
 def _scaled(product: np.ndarray, scale: int, table: Any) -> Any:
     """NITRO scaling (and the activation ``table``) of an exact product, int32 or float64."""
     scaled = np.empty(product.shape, dtype=np.int8)
@@ -434,6 +446,8 @@ class PairKernels(CompiledKernels):
         chunk = 0 if layer.weight_bound >= UNITS_LIMIT else _chunk(x, layer.weight_bound, 1, width)
         if chunk == 0:
             return super().scaled_forward(layer, x, scale, table)
+        if width < PAIR_MIN_WIDTH and chunk >= width:  # a narrow layer, whole rows in int32: no z at all
+            return _narrow_scaled(self.name, x, _split_units(layer), scale, table)
         _compiled.units_product(self.name, x, _split_units(layer), chunk, product)
         return _scaled(product, scale, table)
 
