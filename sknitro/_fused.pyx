@@ -117,16 +117,33 @@ cdef object uint8_buffer(object obj, str name):
     return obj
 
 
-cdef outliers_t outlier_list(int32_t[::1] index, int32_t[::1] residual) except *:
-    """An empty outlier list over two int32 buffers of the same capacity."""
+cdef outliers_t outlier_list(const int32_t[::1] index, const int32_t[::1] residual) except *:
+    """An empty outlier list over two int32 buffers of the same capacity (const here: the
+    entry points that write the list take them writable)."""
     if index.shape[0] != residual.shape[0]:
         raise ValueError("index and residual: int32 buffers of one size expected")
     cdef outliers_t outliers
-    outliers.index = &index[0] if index.shape[0] else NULL
-    outliers.residual = &residual[0] if residual.shape[0] else NULL
+    outliers.index = <int32_t *>&index[0] if index.shape[0] else NULL
+    outliers.residual = <int32_t *>&residual[0] if residual.shape[0] else NULL
     outliers.capacity = index.shape[0]
     outliers.count = 0
     return outliers
+
+
+cdef int check_outlier_indices_fit(str name, ptrdiff_t n, ptrdiff_t k) except -1:
+    """The flat indices of an (n, k) matrix fit the outlier list's int32."""
+    if n * k > INT32_MAX:
+        raise ValueError(f"{name}: shape {(n, k)} is too large for int32 outlier indices")
+    return 0
+
+
+cdef int check_activation_table(object table, object activated) except -1:
+    """An activation table (int8, 256 entries) goes with an array for its output."""
+    if (table is None) != (activated is None):
+        raise ValueError("table and activated go together")
+    if table is not None:
+        check_shape("table", (len(table),), (256,))
+    return 0
 
 
 # -- elementwise passes ------------------------------------------------------------------
@@ -150,15 +167,13 @@ def scale_to_int8(z not None, long long scale, int8_t[::1] out not None, const i
             is_wide = True
         except (ValueError, TypeError) as error:
             raise ValueError("z: expected a C-contiguous 1-D int32 or float64 array") from error
-    if (table is None) != (activated is None):
-        raise ValueError("table and activated go together")
+    check_activation_table(table, activated)
     check_scale(scale)
     cdef ptrdiff_t n = out.shape[0]
     check_shape("z", (wide.shape[0] if is_wide else narrow.shape[0],), (n,))
     cdef const int8_t *table_data = NULL
     cdef int8_t *activated_data = NULL
     if table is not None:
-        check_shape("table", (table.shape[0],), (256,))
         check_shape("activated", (activated.shape[0],), (n,))
         table_data, activated_data = &table[0], (&activated[0] if n else NULL)
     if n == 0:
@@ -397,8 +412,7 @@ def pair_form(const int32_t[:, ::1] a not None, int16_t[:, ::1] pairs not None, 
     cdef ptrdiff_t n = a.shape[0], k = a.shape[1]
     check_not_empty("a", (n, k))
     check_shape("pairs", (pairs.shape[0], pairs.shape[1]), (n, k))
-    if n * k > INT32_MAX:
-        raise ValueError(f"a: shape {(n, k)} is too large for int32 outlier indices")
+    check_outlier_indices_fit("a", n, k)
     cdef outliers_t outliers = outlier_list(index, residual)
     with nogil:
         pairs_pair_form(&a[0, 0], &pairs[0, 0], n, k, &outliers)
@@ -447,12 +461,10 @@ def narrow_scaled_product(str isa not None, const int8_t[:, ::1] x not None, con
     check_shape("w_units", (w_units.shape[0], w_units.shape[1]), (n, k))
     check_shape("scaled", (scaled.shape[0], scaled.shape[1]), (m, n))
     check_scale(scale)
-    if (table is None) != (activated is None):
-        raise ValueError("table and activated go together")
+    check_activation_table(table, activated)
     cdef const int8_t *table_data = NULL
     cdef int8_t *activated_data = NULL
     if table is not None:
-        check_shape("table", (table.shape[0],), (256,))
         check_shape("activated", (activated.shape[0], activated.shape[1]), (m, n))
         table_data, activated_data = &table[0], &activated[0, 0]
     cdef divisor_t d = make_divisor(scale)
@@ -482,20 +494,16 @@ def pairs_product(str isa not None, const int8_t[:, ::1] x not None, const int16
         raise ValueError(f"x: k must be even, got {k}")
     check_shape("w_pairs", (w_pairs.shape[0], w_pairs.shape[1]), (n, k))
     check_shape("z", (z.shape[0], z.shape[1]), (m, n))
-    if index.shape[0] != residual.shape[0]:
-        raise ValueError("index and residual: int32 buffers of one size expected")
-    if not 0 <= count <= index.shape[0]:
-        raise ValueError(f"count must be in [0, {index.shape[0]}], got {count}")
+    # (the product only reads the list)
+    cdef outliers_t outliers = outlier_list(index, residual)
+    if not 0 <= count <= outliers.capacity:
+        raise ValueError(f"count must be in [0, {outliers.capacity}], got {count}")
     # the kernel groups the outliers by row through these indices
     cdef ptrdiff_t i
     for i in range(count):
         if not 0 <= index[i] < n * k or (i > 0 and index[i] <= index[i - 1]):
             raise ValueError(f"outlier index {index[i]} at {i} is outside [0, {n * k}) or not ascending")
-    # (the product only reads the list)
-    cdef outliers_t outliers
-    outliers.index = <int32_t *>&index[0] if count else NULL
-    outliers.residual = <int32_t *>&residual[0] if count else NULL
-    outliers.capacity = outliers.count = count
+    outliers.count = count
     cdef int status
     with nogil:
         status = kernels.product(&x[0, 0], <const int32_t *>&w_pairs[0, 0], &z[0, 0], m, n, k // 2,
@@ -541,8 +549,7 @@ def units_sgd_update(str isa not None, const int32_t[:, ::1] delta not None, con
     outliers.index = outliers.residual = NULL
     outliers.capacity = outliers.count = 0
     if pairs:
-        if n * k > INT32_MAX:
-            raise ValueError(f"w: shape {(n, k)} is too large for int32 outlier indices")
+        check_outlier_indices_fit("w", n, k)
         outliers = outlier_list(index, residual)
     cdef divisor_t lr = make_divisor(divisor), decay = make_divisor(decay_inv if decay_inv > 0 else 1)
     cdef int32_t *units_data = NULL if pairs else &units[0, 0]

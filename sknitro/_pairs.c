@@ -136,6 +136,14 @@ typedef struct {
     tile_update_t target; /* w, its copies, the divisors (k0 and largest unused) */
 } update_sweep_t;
 
+/* Rows [first, last) of x's columns of `tile`, as input units, `columns` per row from `packed`. */
+static void pack_rows(const update_sweep_t *s, ptrdiff_t tile, ptrdiff_t first, ptrdiff_t last, int32_t *packed)
+{
+    ptrdiff_t k0 = tile * s->columns, width = s->k - k0 < s->columns ? s->k - k0 : s->columns;
+    for (ptrdiff_t row = first; row < last; row++)
+        s->pack(s->x + row * s->k + k0, packed + (row - first) * s->columns, width, s->columns);
+}
+
 /* A batch of at most GRADIENT_ROW_BLOCK rows (a dense layer's): x's units packed once, tile
  * by tile, then panels of w's rows, each updated tile after tile with its G in registers.
  * The largest |w|, or -1 when out of memory. */
@@ -146,11 +154,8 @@ static int64_t sweep_whole_batch(const update_sweep_t *s)
     if (!x_units)
         return -1;
 #pragma omp parallel for schedule(static) if (s->parallel)
-    for (ptrdiff_t tile = 0; tile < s->tiles; tile++) {
-        ptrdiff_t k0 = tile * s->columns, width = s->k - k0 < s->columns ? s->k - k0 : s->columns;
-        for (ptrdiff_t row = 0; row < s->batch; row++)
-            s->pack(s->x + row * s->k + k0, x_units + tile * tile_size + row * s->columns, width, s->columns);
-    }
+    for (ptrdiff_t tile = 0; tile < s->tiles; tile++)
+        pack_rows(s, tile, 0, s->batch, x_units + tile * tile_size);
     ptrdiff_t panels = (s->n + UPDATE_PANEL_ROWS - 1) / UPDATE_PANEL_ROWS;
     int64_t largest = 0;
 #pragma omp parallel for schedule(static) if (s->parallel) reduction(max : largest)
@@ -208,9 +213,7 @@ static int64_t sweep_tile_groups(const update_sweep_t *s)
             for (ptrdiff_t first = 0; first < s->batch; first += GRADIENT_ROW_BLOCK) {
                 ptrdiff_t last = first + GRADIENT_ROW_BLOCK < s->batch ? first + GRADIENT_ROW_BLOCK : s->batch;
                 for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
-                    ptrdiff_t k0 = tile * s->columns, width = s->k - k0 < s->columns ? s->k - k0 : s->columns;
-                    for (ptrdiff_t row = first; row < last; row++)
-                        s->pack(s->x + row * s->k + k0, x_tile + (row - first) * s->columns, width, s->columns);
+                    pack_rows(s, tile, first, last, x_tile);
                     s->gradient(s->delta_units, s->stride, x_tile, g + (tile - first_tile) * tile_g, s->n, first,
                                 last, NULL);
                 }

@@ -203,12 +203,12 @@ void max_pool_rows(const int8_t *restrict x, int8_t *restrict best, uint8_t *res
 {
     ptrdiff_t ho = (h + 2 * ph) / kh, wo = (w + 2 * pw) / kw;
     for (ptrdiff_t row = first; row < last; row++) {
-        ptrdiff_t image = row / ho, top = row % ho * kh - ph; /* the window's first row (maybe padding) */
+        ptrdiff_t top = row % ho * kh - ph; /* the window's first row (maybe padding) */
+        const int8_t *map = x + row / ho * h * w * c;
         for (ptrdiff_t j = 0; j < wo; j++) {
             ptrdiff_t left = j * kw - pw;
             int8_t *b = best + (row * wo + j) * c;
             uint8_t *a = argmax + (row * wo + j) * c;
-            const int8_t *map = x + image * h * w * c;
             for (ptrdiff_t ch = 0; ch < c; ch++) {
                 b[ch] = top >= 0 && left >= 0 ? map[(top * w + left) * c + ch] : INT8_MIN;
                 a[ch] = 0;

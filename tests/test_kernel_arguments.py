@@ -181,6 +181,11 @@ def _assert_unwritten(args, snapshot):
             f"argument {position} was written by a call that raised"
 
 
+def _argument_names(call):
+    """A pattern for a message that starts with one of ``call``'s argument names."""
+    return "^(" + "|".join(call.names) + ")"
+
+
 def _accepts(call, position, dtype):
     """Whether ``dtype`` is one the argument takes (float64 is scale_to_int8's other type of z;
     an update's int32 and int16 mirrors are both accepted by type, and refused below when they
@@ -363,7 +368,7 @@ def test_shapes_that_disagree_raise_value_error_and_write_nothing(name, position
     args = _prepared(call)
     args[position] = _reshaped(args[position], axis, change)
     snapshot = _snapshot(args, call)
-    pattern = "^(" + "|".join(call.names) + r")\b"
+    pattern = _argument_names(call) + r"\b"
     if call.function == "pairs_product":
         pattern += "|even|count must be in"
     with pytest.raises(ValueError, match=pattern):
@@ -545,7 +550,7 @@ def test_an_x_of_another_shape_raises_value_error_and_writes_nothing(isa, name, 
     if len(shape) != 2:
         pattern = "dimensions"
     else:
-        pattern = "^(" + "|".join(call.names) + r"): expected shape \(\d+, \d+\), got \(\d+, \d+\)|empty"
+        pattern = _argument_names(call) + r": expected shape \(\d+, \d+\), got \(\d+, \d+\)|empty"
         if call.function == "pairs_product":
             pattern += "|even"
     with pytest.raises(ValueError, match=pattern):
