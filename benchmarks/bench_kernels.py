@@ -103,11 +103,17 @@ def time_peer(epochs: int) -> float:
 
 def baseline_cnn(path: Path, job: str, samples: int, threads: int) -> dict:
     """``time_cnn`` with the sknitro of ``path``, in a child process."""
-    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_kernels; "
-            f"print(json.dumps(bench_kernels.time_cnn({job!r}, {samples}, {threads}, None)))")
+    # The child starts in ``path``: with ``python -c``, the working directory comes first on
+    # sys.path, and started from this checkout it would time this sknitro, not the baseline.
+    code = (f"import json, sys; sys.path.insert(1, {str(Path(__file__).parent)!r}); import bench_kernels, sknitro; "
+            f"print(json.dumps({{'module': sknitro.__file__, "
+            f"**bench_kernels.time_cnn({job!r}, {samples}, {threads}, None)}}))")
     env = {**os.environ, "PYTHONPATH": str(path)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=path, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if not Path(result["module"]).resolve().is_relative_to(path.resolve()):
+        raise RuntimeError(f"the baseline child imported {result['module']}, not the sknitro of {path}")
+    return result
 
 
 def main() -> None:
