@@ -128,20 +128,46 @@ typedef struct {
     update_tile_t update;
     pack_units_t pack;
     ptrdiff_t columns, tiles;
-    const int32_t *delta_units; /* delta's split units, `stride` per batch row */
+    const int32_t *delta_units; /* delta's units (`paired`: row pairs, else split units), `stride` per row */
     ptrdiff_t stride;
     const int8_t *x;
     ptrdiff_t n, batch, k;
+    int paired;     /* delta and x go as row pairs (rows 2r, 2r + 1) */
+    ptrdiff_t rows; /* rows of units: (batch + 1) / 2 when paired, else batch */
     int parallel;
     tile_update_t target; /* w, its copies, the divisors (k0 and largest unused) */
 } update_sweep_t;
 
-/* Rows [first, last) of x's columns of `tile`, as input units, `columns` per row from `packed`. */
+/* Row pairs of the first `width` values of two rows of x (`second` NULL: the row past an odd
+ * batch, zero), zero up to `columns`. */
+static void pack_row_pair(const int8_t *first, const int8_t *second, int32_t *packed, ptrdiff_t width,
+                          ptrdiff_t columns)
+{
+    ptrdiff_t c = 0;
+    if (second)
+        for (; c < width; c++)
+            packed[c] = row_pair(first[c], second[c]);
+    else
+        for (; c < width; c++)
+            packed[c] = row_pair(first[c], 0);
+    for (; c < columns; c++)
+        packed[c] = 0;
+}
+
+/* Rows of units [first, last) of x's columns of `tile`, `columns` per row from `packed`: input
+ * units of x's rows, or row pairs of its rows 2r and 2r + 1. */
 static void pack_rows(const update_sweep_t *s, ptrdiff_t tile, ptrdiff_t first, ptrdiff_t last, int32_t *packed)
 {
     ptrdiff_t k0 = tile * s->columns, width = s->k - k0 < s->columns ? s->k - k0 : s->columns;
-    for (ptrdiff_t row = first; row < last; row++)
-        s->pack(s->x + row * s->k + k0, packed + (row - first) * s->columns, width, s->columns);
+    for (ptrdiff_t row = first; row < last; row++) {
+        int32_t *out = packed + (row - first) * s->columns;
+        if (s->paired) {
+            const int8_t *top = s->x + 2 * row * s->k + k0;
+            pack_row_pair(top, 2 * row + 1 < s->batch ? top + s->k : NULL, out, width, s->columns);
+        } else {
+            s->pack(s->x + row * s->k + k0, out, width, s->columns);
+        }
+    }
 }
 
 /* A batch of at most GRADIENT_ROW_BLOCK rows (a dense layer's): x's units packed once, tile
@@ -149,13 +175,13 @@ static void pack_rows(const update_sweep_t *s, ptrdiff_t tile, ptrdiff_t first, 
  * The largest |w|, or -1 when out of memory. */
 static int64_t sweep_whole_batch(const update_sweep_t *s)
 {
-    ptrdiff_t tile_size = s->batch * s->columns; /* x_units[tile][row][column] */
+    ptrdiff_t tile_size = s->rows * s->columns; /* x_units[tile][row][column] */
     int32_t *x_units = malloc((size_t)(s->tiles * tile_size) * sizeof(int32_t));
     if (!x_units)
         return -1;
 #pragma omp parallel for schedule(static) if (s->parallel)
     for (ptrdiff_t tile = 0; tile < s->tiles; tile++)
-        pack_rows(s, tile, 0, s->batch, x_units + tile * tile_size);
+        pack_rows(s, tile, 0, s->rows, x_units + tile * tile_size);
     ptrdiff_t panels = (s->n + UPDATE_PANEL_ROWS - 1) / UPDATE_PANEL_ROWS;
     int64_t largest = 0;
 #pragma omp parallel for schedule(static) if (s->parallel) reduction(max : largest)
@@ -167,7 +193,7 @@ static int64_t sweep_whole_batch(const update_sweep_t *s)
             apply.k0 = tile * s->columns;
             apply.first_row = first_row;
             apply.largest = 0;
-            s->gradient(s->delta_units + first_row, s->stride, x_units + tile * tile_size, NULL, rows, 0, s->batch,
+            s->gradient(s->delta_units + first_row, s->stride, x_units + tile * tile_size, NULL, rows, 0, s->rows,
                         &apply);
             largest = apply.largest > largest ? apply.largest : largest;
         }
@@ -210,8 +236,8 @@ static int64_t sweep_tile_groups(const update_sweep_t *s)
             if (!g || !x_tile || first_tile >= last_tile)
                 continue;
             memset(g, 0, (size_t)((last_tile - first_tile) * tile_g) * sizeof(int32_t));
-            for (ptrdiff_t first = 0; first < s->batch; first += GRADIENT_ROW_BLOCK) {
-                ptrdiff_t last = first + GRADIENT_ROW_BLOCK < s->batch ? first + GRADIENT_ROW_BLOCK : s->batch;
+            for (ptrdiff_t first = 0; first < s->rows; first += GRADIENT_ROW_BLOCK) {
+                ptrdiff_t last = first + GRADIENT_ROW_BLOCK < s->rows ? first + GRADIENT_ROW_BLOCK : s->rows;
                 for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
                     pack_rows(s, tile, first, last, x_tile);
                     s->gradient(s->delta_units, s->stride, x_tile, g + (tile - first_tile) * tile_g, s->n, first,
@@ -236,22 +262,32 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
                              outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr,
                              int decays, divisor_t decay)
 {
-    /* delta as split units, row by row like delta, each row padded with zeros to a whole
-     * number of the tiles' 4 outputs */
-    ptrdiff_t stride = round_up(n, 4);
-    int32_t *delta_units = malloc((size_t)(stride * batch) * sizeof(int32_t) + 1);
+    /* delta as units, row by row, each row padded with zeros to a whole number of the tiles'
+     * 4 outputs: row pairs when every delta fits int16 (half the products), else split units */
+    int paired = 1;
+    for (ptrdiff_t i = 0; i < batch * n; i++)
+        paired &= delta[i] >= INT16_MIN && delta[i] <= INT16_MAX;
+    ptrdiff_t stride = round_up(n, 4), rows = paired ? (batch + 1) / 2 : batch;
+    int32_t *delta_units = malloc((size_t)(stride * rows) * sizeof(int32_t) + 1);
     if (!delta_units)
         return -1;
-    for (ptrdiff_t b = 0; b < batch; b++) {
-        for (ptrdiff_t j = 0; j < n; j++)
-            delta_units[b * stride + j] = split_unit(delta[b * n + j]);
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        int32_t *out = delta_units + r * stride;
+        if (paired) {
+            const int32_t *top = delta + 2 * r * n, *second = 2 * r + 1 < batch ? top + n : NULL;
+            for (ptrdiff_t j = 0; j < n; j++)
+                out[j] = row_pair((int16_t)top[j], second ? (int16_t)second[j] : 0);
+        } else {
+            for (ptrdiff_t j = 0; j < n; j++)
+                out[j] = split_unit(delta[r * n + j]);
+        }
         for (ptrdiff_t j = n; j < stride; j++)
-            delta_units[b * stride + j] = 0;
+            out[j] = 0;
     }
     if (!w_units)
         outliers->count = 0;
     update_sweep_t sweep = {gradient, update, pack, columns, (k + columns - 1) / columns, delta_units, stride, x,
-                            n, batch, k, (int64_t)n * batch * k >= PARALLEL_WORK,
+                            n, batch, k, paired, rows, (int64_t)n * batch * k >= PARALLEL_WORK,
                             {w, w_units, w_pairs, outliers, k, 0, 0, lr, decays, decay, 0}};
     int64_t largest = batch <= GRADIENT_ROW_BLOCK ? sweep_whole_batch(&sweep) : sweep_tile_groups(&sweep);
     free(delta_units);

@@ -17,9 +17,12 @@
  * recombines (see _rules.h):
  *   input units   (x, 256 x)            for int8 x
  *   split units   (a & 255, a >> 8)     for |a| < 2**23
- * and (x, 256 x) . (a & 255, a >> 8) = x * a exactly, one product per lane. (The forward
- * falls back to split units of W when the pair form has too many outliers, or x an odd
- * width.) A sum is exact whenever its true value fits int32; the caller proves that.
+ * and (x, 256 x) . (a & 255, a >> 8) = x * a exactly, one product per lane. When every
+ * delta of an update fits int16 (most steps; the kernel looks), delta and x go as "row pairs"
+ * instead, (delta[2r], delta[2r + 1]) . (x[2r], x[2r + 1]): two batch rows per lane, half the
+ * instructions. (The forward falls back to split units of W when the pair form has too many
+ * outliers, or x an odd width.) A sum is exact whenever its true value fits int32; the
+ * caller proves that.
  *
  * The kernels use the OpenMP threads the user allows (OMP_NUM_THREADS, threadpoolctl); each
  * output integer is computed by one thread in one fixed order, or (a narrow layer's G) as a
@@ -109,9 +112,10 @@ typedef struct {
     int64_t largest;
 } tile_update_t;
 
-/* Adds delta^T x over batch rows [first, last) to the G of a tile of `columns` columns of w:
- * delta_units holds delta's split units row by row, `stride` (n rounded up to 4, zero past n)
- * per batch row; x_tile holds the rows [first, last) of x as input units, `columns` per row
+/* Adds delta^T x over rows of units [first, last) to the G of a tile of `columns` columns of
+ * w: delta_units holds delta's units row by row (split units of each batch row, or row pairs
+ * of batch rows 2r and 2r + 1), `stride` (n rounded up to 4, zero past n) per row; x_tile
+ * holds those rows of x as the matching units (input units, or row pairs), `columns` per row
  * (packed by the driver: contiguous, zero past the last column); g is n + 3 rows of `columns`
  * int32 (rows past n are scratch); int32 lanes wrap. With `apply` (g NULL) the rows are the
  * whole batch and the n rows of G those of w from apply->first_row (delta_units starting at
@@ -217,7 +221,7 @@ extern const pair_kernels_t avx2_kernels, vnni_kernels;
 #define PARALLEL_WORK ((int64_t)1 << 20)
 /* Rows of x per sweep of the product over w: they stay in L1. */
 #define PRODUCT_ROW_BLOCK 8
-/* Batch rows per sweep of the gradient over the outputs: their units stay in L1 (a conv
+/* Rows of units per sweep of the gradient over the outputs: they stay in L1 (a conv
  * layer's batch is every position of every image: tens of thousands of rows). */
 #define GRADIENT_ROW_BLOCK 256
 /* Bytes of G one thread accumulates at a time (the tiles of a sweep over the batch): they

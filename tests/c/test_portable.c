@@ -103,6 +103,17 @@ static void test_rules(void)
                         + (int64_t)(int16_t)((uint32_t)xu >> 16) * (int16_t)((uint32_t)au >> 16);
             CHECK(dot == (int64_t)x * a, "unit product %d * %d = %lld", x, a, (long long)dot);
         }
+    /* two row pairs' pairwise product: a c + b d, int16's extremes included */
+    for (int i = 0; i < 100000; i++) {
+        int16_t v[4];
+        for (int j = 0; j < 4; j++)
+            v[j] = (int16_t)(i < 16 ? ((i >> j & 1) ? 32767 : -32768) : uniform(-32768, 32767));
+        int32_t left = row_pair(v[0], v[1]), right = row_pair(v[2], v[3]);
+        int64_t dot = (int64_t)(int16_t)(left & 0xFFFF) * (int16_t)(right & 0xFFFF)
+                    + (int64_t)(int16_t)((uint32_t)left >> 16) * (int16_t)((uint32_t)right >> 16);
+        CHECK(dot == (int64_t)v[0] * v[2] + (int64_t)v[1] * v[3], "row pair product %d %d %d %d", v[0], v[1],
+              v[2], v[3]);
+    }
 }
 
 static void test_loops(void)
@@ -379,10 +390,11 @@ static void test_pair_kernels(const pair_kernels_t *kernels)
                           form, i, j, z[i * N + j], (long long)sum);
                 }
         }
-        /* the update: G = delta^T x, and the new pair form with its outliers */
+        /* the update: G = delta^T x, and the new pair form with its outliers; delta as split
+         * units, or (every third round: every delta fits int16) as row pairs of an odd batch */
         int64_t lr = uniform(1, 3000), decay = round % 2 ? uniform(1, 3000) : 0;
         for (int i = 0; i < M * N; i++)
-            delta[i] = (int32_t)uniform(-(1 << 19), 1 << 19);
+            delta[i] = (int32_t)(round % 3 ? uniform(-(1 << 19), 1 << 19) : uniform(-32768, 32767));
         int64_t largest = kernels->sgd_update(delta, x, w, NULL, w_pairs, &outliers, N, M, K,
                                               make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1));
         int64_t expected = 0;
