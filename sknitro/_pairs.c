@@ -122,18 +122,34 @@ static ptrdiff_t round_up(ptrdiff_t v, ptrdiff_t step)
     return (v + step - 1) / step * step;
 }
 
+/* Whether every one of n values fits int16. */
+static int fits_int16(const int32_t *values, ptrdiff_t n)
+{
+    int fits = 1;
+    for (ptrdiff_t j = 0; j < n; j++)
+        fits &= values[j] >= INT16_MIN && values[j] <= INT16_MAX;
+    return fits;
+}
+
+/* One row of units of an update: the row pair of batch rows `row` and `partner` (-1: a zero
+ * row), or the split units of `row`. */
+typedef struct {
+    ptrdiff_t row, partner;
+    int paired;
+} unit_row_t;
+
 /* One sgd_update's operands, for the two ways of sweeping the batch below. */
 typedef struct {
     gradient_tile_t gradient;
     update_tile_t update;
     pack_units_t pack;
     ptrdiff_t columns, tiles;
-    const int32_t *delta_units; /* delta's units (`paired`: row pairs, else split units), `stride` per row */
+    const unit_row_t *unit_rows; /* what each row of units holds */
+    ptrdiff_t rows;              /* how many */
+    const int32_t *delta_units;  /* delta's units, `stride` per row of units */
     ptrdiff_t stride;
     const int8_t *x;
     ptrdiff_t n, batch, k;
-    int paired;     /* delta and x go as row pairs (rows 2r, 2r + 1) */
-    ptrdiff_t rows; /* rows of units: (batch + 1) / 2 when paired, else batch */
     int parallel;
     tile_update_t target; /* w, its copies, the divisors (k0 and largest unused) */
 } update_sweep_t;
@@ -159,14 +175,14 @@ static void pack_row_pair(const int8_t *first, const int8_t *second, int32_t *pa
 static void pack_rows(const update_sweep_t *s, ptrdiff_t tile, ptrdiff_t first, ptrdiff_t last, int32_t *packed)
 {
     ptrdiff_t k0 = tile * s->columns, width = s->k - k0 < s->columns ? s->k - k0 : s->columns;
-    for (ptrdiff_t row = first; row < last; row++) {
-        int32_t *out = packed + (row - first) * s->columns;
-        if (s->paired) {
-            const int8_t *top = s->x + 2 * row * s->k + k0;
-            pack_row_pair(top, 2 * row + 1 < s->batch ? top + s->k : NULL, out, width, s->columns);
-        } else {
-            s->pack(s->x + row * s->k + k0, out, width, s->columns);
-        }
+    for (ptrdiff_t r = first; r < last; r++) {
+        const unit_row_t *u = &s->unit_rows[r];
+        int32_t *out = packed + (r - first) * s->columns;
+        if (u->paired)
+            pack_row_pair(s->x + u->row * s->k + k0, u->partner < 0 ? NULL : s->x + u->partner * s->k + k0, out,
+                          width, s->columns);
+        else
+            s->pack(s->x + u->row * s->k + k0, out, width, s->columns);
     }
 }
 
@@ -262,35 +278,50 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
                              outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr,
                              int decays, divisor_t decay)
 {
-    /* delta as units, row by row, each row padded with zeros to a whole number of the tiles'
-     * 4 outputs: row pairs when every delta fits int16 (half the products), else split units */
-    int paired = 1;
-    for (ptrdiff_t i = 0; i < batch * n; i++)
-        paired &= delta[i] >= INT16_MIN && delta[i] <= INT16_MAX;
-    ptrdiff_t stride = round_up(n, 4), rows = paired ? (batch + 1) / 2 : batch;
-    int32_t *delta_units = malloc((size_t)(stride * rows) * sizeof(int32_t) + 1);
-    if (!delta_units)
+    /* The rows of units: row pairs of the batch rows whose every delta fits int16 (one
+     * product per delta * x), in order, the last alone when they are odd in number; then the
+     * split units of the others (two products). Each row of delta_units is padded with zeros
+     * to a whole number of the tiles' 4 outputs. */
+    ptrdiff_t stride = round_up(n, 4), rows = 0, pending = -1;
+    unit_row_t *unit_rows = malloc((size_t)batch * sizeof(unit_row_t) + 1);
+    int32_t *delta_units = malloc((size_t)(stride * batch) * sizeof(int32_t) + 1);
+    if (!unit_rows || !delta_units) {
+        free(unit_rows);
+        free(delta_units);
         return -1;
-    for (ptrdiff_t r = 0; r < rows; r++) {
-        int32_t *out = delta_units + r * stride;
-        if (paired) {
-            const int32_t *top = delta + 2 * r * n, *second = 2 * r + 1 < batch ? top + n : NULL;
-            for (ptrdiff_t j = 0; j < n; j++)
-                out[j] = row_pair((int16_t)top[j], second ? (int16_t)second[j] : 0);
+    }
+    for (ptrdiff_t b = 0; b < batch; b++) {
+        if (!fits_int16(delta + b * n, n))
+            continue;
+        if (pending < 0) {
+            pending = b;
         } else {
-            for (ptrdiff_t j = 0; j < n; j++)
-                out[j] = split_unit(delta[r * n + j]);
+            unit_rows[rows++] = (unit_row_t){pending, b, 1};
+            pending = -1;
         }
+    }
+    if (pending >= 0)
+        unit_rows[rows++] = (unit_row_t){pending, -1, 1};
+    for (ptrdiff_t b = 0; b < batch; b++)
+        if (!fits_int16(delta + b * n, n))
+            unit_rows[rows++] = (unit_row_t){b, -1, 0};
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const unit_row_t *u = &unit_rows[r];
+        const int32_t *top = delta + u->row * n, *second = u->partner < 0 ? NULL : delta + u->partner * n;
+        int32_t *out = delta_units + r * stride;
+        for (ptrdiff_t j = 0; j < n; j++)
+            out[j] = u->paired ? row_pair((int16_t)top[j], second ? (int16_t)second[j] : 0) : split_unit(top[j]);
         for (ptrdiff_t j = n; j < stride; j++)
             out[j] = 0;
     }
     if (!w_units)
         outliers->count = 0;
-    update_sweep_t sweep = {gradient, update, pack, columns, (k + columns - 1) / columns, delta_units, stride, x,
-                            n, batch, k, paired, rows, (int64_t)n * batch * k >= PARALLEL_WORK,
+    update_sweep_t sweep = {gradient, update, pack, columns, (k + columns - 1) / columns, unit_rows, rows,
+                            delta_units, stride, x, n, batch, k, (int64_t)n * batch * k >= PARALLEL_WORK,
                             {w, w_units, w_pairs, outliers, k, 0, 0, lr, decays, decay, 0}};
     int64_t largest = batch <= GRADIENT_ROW_BLOCK ? sweep_whole_batch(&sweep) : sweep_tile_groups(&sweep);
     free(delta_units);
+    free(unit_rows);
     if (largest >= 0 && !w_units)
         pairs_sort_outliers(outliers);
     return largest;

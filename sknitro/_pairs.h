@@ -17,9 +17,9 @@
  * recombines (see _rules.h):
  *   input units   (x, 256 x)            for int8 x
  *   split units   (a & 255, a >> 8)     for |a| < 2**23
- * and (x, 256 x) . (a & 255, a >> 8) = x * a exactly, one product per lane. When every
- * delta of an update fits int16 (most steps; the kernel looks), delta and x go as "row pairs"
- * instead, (delta[2r], delta[2r + 1]) . (x[2r], x[2r + 1]): two batch rows per lane, half the
+ * and (x, 256 x) . (a & 255, a >> 8) = x * a exactly, one product per lane. The batch rows
+ * whose every delta fits int16 (most of them; the kernel looks) go two by two as "row pairs"
+ * instead, (delta[b], delta[b']) . (x[b], x[b']): two batch rows per lane, half the
  * instructions. (The forward falls back to split units of W when the pair form has too many
  * outliers, or x an odd width.) A sum is exact whenever its true value fits int32; the
  * caller proves that.
@@ -113,8 +113,8 @@ typedef struct {
 } tile_update_t;
 
 /* Adds delta^T x over rows of units [first, last) to the G of a tile of `columns` columns of
- * w: delta_units holds delta's units row by row (split units of each batch row, or row pairs
- * of batch rows 2r and 2r + 1), `stride` (n rounded up to 4, zero past n) per row; x_tile
+ * w: delta_units holds delta's units row by row (split units of one batch row, or the row
+ * pairs of two), `stride` (n rounded up to 4, zero past n) per row; x_tile
  * holds those rows of x as the matching units (input units, or row pairs), `columns` per row
  * (packed by the driver: contiguous, zero past the last column); g is n + 3 rows of `columns`
  * int32 (rows past n are scratch); int32 lanes wrap. With `apply` (g NULL) the rows are the

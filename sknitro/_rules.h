@@ -94,9 +94,9 @@ static inline int32_t split_unit(int32_t a)
 }
 
 /* The row pair (a, b) of two int16, as one int32 (low half first): its pairwise product with
- * another row pair (c, d) is a c + b d. When every delta fits int16, the weight gradient
- * pairs delta and x along the batch (rows 2r and 2r + 1) this way: one product per
- * delta * x, where split and input units take two. */
+ * another row pair (c, d) is a c + b d. The weight gradient pairs two batch rows of delta and
+ * x this way where every delta of both fits int16: one product per delta * x, where split and
+ * input units take two. */
 static inline int32_t row_pair(int16_t a, int16_t b)
 {
     return (int32_t)((uint32_t)(uint16_t)a | ((uint32_t)(uint16_t)b << 16));

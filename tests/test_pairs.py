@@ -456,28 +456,33 @@ UPDATE_ROWS = [(1, 1), (3, 5), (8, 6), (13, 3)]  # (batch, n): n past whole tile
 STEPS = [(1536, 0), (1536, 1), (1536, 7), (1536, 3000), (1, 0), (3, 2**31 - 1), (2**31 - 1, 5)]  # (divisor, decay_inv)
 
 
-# G's products pair delta's split units with x's input units, or, when every delta fits
-# int16, rows 2r and 2r + 1 of delta and x (_rules.h's row_pair): each form's extremes
-DELTA_EXTREMES = {"split units": (-(2**17), 2**17 - 1), "row pairs": (-(2**15), 2**15 - 1),
-                  "split units, one below int16": (-(2**15) - 1, 2**15 - 1),
-                  "split units, one above int16": (-(2**15), 2**15)}
+# G's products pair a batch row's split units of delta with x's input units, or, where every
+# delta of two rows fits int16, rows of delta and x two by two (_rules.h's row_pair). Each
+# form: the range of delta, and the two extremes it takes at random places (where those
+# leave int16, their rows, and only theirs, take split units).
+DELTA_FORMS = {"split units": ((-(2**17), 2**17 - 1), (-(2**17), 2**17 - 1)),
+               "row pairs": ((-(2**15), 2**15 - 1), (-(2**15), 2**15 - 1)),
+               "row pairs and split units": ((-(2**15), 2**15 - 1), (-(2**17), 2**17 - 1)),
+               "one below int16": ((-(2**15), 2**15 - 1), (-(2**15) - 1, 2**15 - 1)),
+               "one above int16": ((-(2**15), 2**15 - 1), (-(2**15), 2**15))}
+SWEEP_FORMS = ["row pairs", "row pairs and split units"]  # the sweeps' tests set the extremes
 
 
 def random_delta(rng, shape, form):
-    """Random int32 delta whose values take ``form``'s units, both extremes included."""
-    low, high = DELTA_EXTREMES[form]
+    """Random int32 delta in ``form``'s range, with its two extremes."""
+    (low, high), extremes = DELTA_FORMS[form]
     delta = rng.integers(low, high + 1, shape).astype(np.int32)
-    delta.flat[rng.choice(delta.size, min(2, delta.size), replace=False)] = (low, high)[:min(2, delta.size)]
+    delta.flat[rng.choice(delta.size, min(2, delta.size), replace=False)] = extremes[:min(2, delta.size)]
     return delta
 
 
-@pytest.mark.parametrize("form", DELTA_EXTREMES)
+@pytest.mark.parametrize("form", DELTA_FORMS)
 @pytest.mark.parametrize("mirror", ["split", "pairs"])
 @pytest.mark.parametrize("k", UPDATE_WIDTHS)
 @pytest.mark.parametrize("divisor, decay_inv", STEPS)
 def test_update_matches_integer_sgd(isa, k, divisor, decay_inv, mirror, form):
     rng = np.random.default_rng(k * 31 + divisor % 97 + decay_inv % 89)
-    for batch, n in UPDATE_ROWS:  # odd batches: the last row pair's second row is zero
+    for batch, n in UPDATE_ROWS:  # odd numbers of row pairs' rows: the last pair's second row is zero
         x = rng.integers(-128, 128, (batch, k)).astype(np.int8)
         x.flat[0] = -128
         delta = random_delta(rng, (batch, n), form)
@@ -882,19 +887,19 @@ def test_thread_count_does_not_change_the_update(isa, threads, mirror):
         assert one[3][0] > 400 and (np.diff(two[3][1]) > 0).all()
 
 
-@pytest.mark.parametrize("form", DELTA_EXTREMES)
+@pytest.mark.parametrize("form", SWEEP_FORMS)
 @pytest.mark.parametrize("mirror", ["split", "pairs"])
 def test_update_sweeps_row_blocks_over_groups_of_tiles(isa, threads, mirror, form):
-    # batch past GRADIENT_ROW_BLOCK (256) rows of units: three sweeps of split units or two of
-    # row pairs, the last partial; G of 301 + 3 rows per tile past GRADIENT_G_BYTES (512 KiB)
-    # over all tiles: the tiles go in groups (AVX2: 29 of 16 columns, VNNI: 8 of 64), the
-    # last partial; n not a multiple of 4: the padded delta rows; an odd batch: the last row
-    # pair's second row is zero. The form's extremes in the first and in the last row.
+    # more than GRADIENT_ROW_BLOCK (256) rows of units (261 row pairs, the last one's second
+    # row zero; or 260 and the two rows of the extremes as split units): two sweeps, the last
+    # partial; G of 301 + 3 rows per tile past GRADIENT_G_BYTES (512 KiB) over all tiles: the
+    # tiles go in groups (AVX2: 29 of 16 columns, VNNI: 8 of 64), the last partial; n not a
+    # multiple of 4: the padded delta rows. The form's extremes in the first and last rows.
     rng = np.random.default_rng(14)
     batch, n, k = 521, 301, 453
     x = rng.integers(-128, 128, (batch, k)).astype(np.int8)
     delta = rng.integers(-(2**12), 2**12, (batch, n)).astype(np.int32)
-    delta[0, 7], delta[-1, n - 1] = DELTA_EXTREMES[form]
+    delta[0, 7], delta[-1, n - 1] = DELTA_FORMS[form][1]
     weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
     weight.flat[rng.choice(weight.size, 300, replace=False)] = 2**18
     expected, expected_bound = expected_update(delta, x, weight, 512, 3000)
@@ -908,7 +913,7 @@ def test_update_sweeps_row_blocks_over_groups_of_tiles(isa, threads, mirror, for
         assert_mirror(copy, outliers, expected, mirror)
 
 
-@pytest.mark.parametrize("form", DELTA_EXTREMES)
+@pytest.mark.parametrize("form", SWEEP_FORMS)
 @pytest.mark.parametrize("mirror", ["split", "pairs"])
 def test_update_sweeps_agree_at_the_row_block(isa, mirror, form):
     # a batch of GRADIENT_ROW_BLOCK (256) rows keeps each tile's G in registers and applies it
@@ -919,7 +924,7 @@ def test_update_sweeps_agree_at_the_row_block(isa, mirror, form):
     x = rng.integers(-128, 128, (257, k)).astype(np.int8)
     delta = rng.integers(-(2**12), 2**12, (257, n)).astype(np.int32)
     delta[-1] = 0
-    delta[0, n - 1], delta[1, 0] = DELTA_EXTREMES[form]
+    delta[0, n - 1], delta[1, 0] = DELTA_FORMS[form][1]
     weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
     weight.flat[rng.choice(weight.size, 100, replace=False)] = -(2**18)
     expected, expected_bound = expected_update(delta, x, weight, 512, 3000)
