@@ -161,8 +161,12 @@ AVX2_TARGET static inline __m256i update_lanes(int32_t *w, int32_t *w_units, int
     __m256i mask = lanes_mask(count);
     __m256i old = _mm256_maskload_epi32((const int *)(w + at), mask);
     __m256i step = tdiv_lanes(g, lr);
-    if (decays)
-        step = _mm256_add_epi32(step, tdiv_lanes(old, decay));
+    if (decays) { /* the decay term is 0 where |w| < decay: most vectors skip its division */
+        __m256i magnitude = _mm256_abs_epi32(old), threshold = _mm256_set1_epi32((int32_t)decay.d);
+        __m256i reached = _mm256_cmpeq_epi32(_mm256_max_epu32(magnitude, threshold), magnitude);
+        if (!_mm256_testz_si256(reached, reached))
+            step = _mm256_add_epi32(step, tdiv_lanes(old, decay));
+    }
     __m256i updated = _mm256_sub_epi32(old, step);
     _mm256_maskstore_epi32((int *)(w + at), mask, updated);
     if (w_units) {

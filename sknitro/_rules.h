@@ -22,6 +22,7 @@
 typedef struct {
     uint32_t multiplier; /* < 2**32 for every d < 2**31 */
     int shift;
+    uint32_t d; /* the divisor itself: tdiv(n, d) = 0 wherever |n| < d */
 } divisor_t;
 
 /* The magic multiplier of d, 1 <= d < 2**31: m = ceil(2**(31 + l) / d) by long division in
@@ -35,6 +36,7 @@ static inline divisor_t make_divisor(int64_t d)
     divisor_t out;
     out.multiplier = (uint32_t)((numerator + (uint64_t)d - 1) / (uint64_t)d);
     out.shift = 31 + l;
+    out.d = (uint32_t)d;
     return out;
 }
 

@@ -175,7 +175,8 @@ VNNI_TARGET static inline __m512i update_lanes(int32_t *w, int32_t *w_units, int
 {
     __m512i old = _mm512_maskz_loadu_epi32(mask, w + at);
     __m512i step = tdiv_lanes(g, lr);
-    if (decays)
+    /* the decay term is 0 where |w| < decay: most vectors skip its division */
+    if (decays && _mm512_cmpge_epu32_mask(_mm512_abs_epi32(old), _mm512_set1_epi32((int32_t)decay.d)))
         step = _mm512_add_epi32(step, tdiv_lanes(old, decay));
     __m512i updated = _mm512_sub_epi32(old, step);
     _mm512_mask_storeu_epi32(w + at, mask, updated);

@@ -528,6 +528,27 @@ def test_update_divides_toward_zero_at_every_remainder(isa, mirror):
     np.testing.assert_array_equal(updated, np.repeat(expected[:, None], 17, axis=1))
 
 
+@pytest.mark.parametrize("mirror", ["split", "pairs"])
+@pytest.mark.parametrize("k", UPDATE_WIDTHS)
+def test_update_decays_from_the_decay_divisor_up(isa, k, mirror):
+    # the kernels skip the decay's division for a vector whose every |w| is below decay_inv
+    # (the term is 0 there): alone among small weights, |w| = decay_inv still decays by one,
+    # decay_inv - 1 not at all, -2**30 by its own tdiv
+    decay_inv = 3000
+    delta = np.zeros((2, 3), np.int32)
+    x = np.ones((2, k), np.int8)
+    weight = np.full((3, k), 5, np.int32)
+    weight[0, k - 1], weight[1, k // 2], weight[2, 0] = decay_inv, -decay_inv, decay_inv - 1
+    if k > 2:
+        weight[2, 1] = -(2**30)
+    expected, expected_bound = expected_update(delta, x, weight, 7, decay_inv)
+    assert expected[0, k - 1] == decay_inv - 1 and expected[1, k // 2] == 1 - decay_inv
+    updated, bound, copy, outliers = run_update(isa, delta, x, weight, 7, decay_inv, mirror)
+    np.testing.assert_array_equal(updated, expected)
+    assert bound == expected_bound
+    assert_mirror(copy, outliers, expected, mirror)
+
+
 def test_update_counts_outliers_past_the_lists_capacity(isa):
     # the list holds `capacity` of them (found in tile order, then sorted), the count is whole
     rng = np.random.default_rng(9)
