@@ -1,7 +1,7 @@
 """Benchmark: training speed of each kernel implementation this CPU runs, in one run.
 
     python benchmarks/bench_kernels.py [--mlp-epochs 5] [--cnn-samples 6000] [--vgg-samples 512]
-                                       [--baseline PATH]
+                                       [--baseline PATH [--baseline-without-vnni]]
 
 Every row is one implementation (``config_context(kernels=...)``: numpy, c, avx2, vnni,
 whichever the CPU runs), one thread unless stated:
@@ -15,7 +15,8 @@ whichever the CPU runs), one thread unless stated:
 
 ``--baseline PATH`` times the two CNN jobs again with another sknitro checkout (built, on
 the same CPU: say the last release) in a child process, for a before/after ratio; both
-must train to the same weights, which the table shows by a hash. Results go to
+must train to the same weights, which the table shows by a hash. ``--baseline-without-vnni``
+times it once more with its VNNI products off, as it would run on a CPU without them. Results go to
 benchmarks/results/kernels.{json,md}.
 """
 
@@ -101,12 +102,16 @@ def time_peer(epochs: int) -> float:
     return statistics.median(seconds[1:] or seconds)
 
 
-def baseline_cnn(path: Path, job: str, samples: int, threads: int) -> dict:
-    """``time_cnn`` with the sknitro of ``path``, in a child process."""
+def baseline_cnn(path: Path, job: str, samples: int, threads: int, without_vnni: bool = False) -> dict:
+    """``time_cnn`` with the sknitro of ``path``, in a child process; ``without_vnni``: with
+    that sknitro's VNNI products off, as it runs on a CPU without AVX-512 VNNI (a sknitro
+    whose VNNI kernels are switched by ``sknitro.nn.fused.VNNI``, like commit a817753)."""
     # The child starts in ``path``: with ``python -c``, the working directory comes first on
     # sys.path, and started from this checkout it would time this sknitro, not the baseline.
+    switch = "import sknitro.nn.fused as fused; assert hasattr(fused, 'VNNI'); fused.VNNI = False; " \
+        if without_vnni else ""
     code = (f"import json, sys; sys.path.insert(1, {str(Path(__file__).parent)!r}); import bench_kernels, sknitro; "
-            f"print(json.dumps({{'module': sknitro.__file__, "
+            f"{switch}print(json.dumps({{'module': sknitro.__file__, "
             f"**bench_kernels.time_cnn({job!r}, {samples}, {threads}, None)}}))")
     env = {**os.environ, "PYTHONPATH": str(path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=path, capture_output=True, text=True, check=True)
@@ -122,6 +127,8 @@ def main() -> None:
     parser.add_argument("--cnn-samples", type=int, default=6000)
     parser.add_argument("--vgg-samples", type=int, default=512)
     parser.add_argument("--baseline", type=Path, help="another sknitro checkout (built), timed on the CNN jobs")
+    parser.add_argument("--baseline-without-vnni", action="store_true",
+                        help="also time the baseline with its VNNI products off (as on an AVX2 CPU)")
     parser.add_argument("--skip-mlp", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
@@ -131,7 +138,8 @@ def main() -> None:
     from sknitro.nn.kernels import AVAILABLE
 
     machine = machine_info()
-    result: dict = {"machine": machine, "kernels": list(AVAILABLE), "mlp": {}, "cnn": {}, "baseline": {}}
+    result: dict = {"machine": machine, "kernels": list(AVAILABLE), "mlp": {}, "cnn": {}, "baseline": {},
+                    "baseline_without_vnni": {}}
     if not args.skip_mlp:
         result["mlp_peer_epoch_seconds"] = time_peer(args.mlp_epochs)
         print(f"MLPClassifier: {result['mlp_peer_epoch_seconds']:.2f} s per epoch", flush=True)
@@ -146,6 +154,10 @@ def main() -> None:
         if args.baseline and threads == 1:
             result["baseline"][key] = baseline_cnn(args.baseline, job, samples, threads)
             print(f"{key} baseline: {result['baseline'][key]}", flush=True)
+            if args.baseline_without_vnni:
+                result["baseline_without_vnni"][key] = baseline_cnn(args.baseline, job, samples, threads, True)
+                print(f"{key} baseline without VNNI: {result['baseline_without_vnni'][key]}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "kernels.json", result)
 
     lines = ["# Training speed of each kernel implementation", "", machine_line(machine), "",
@@ -163,15 +175,19 @@ def main() -> None:
         job, threads = key.split("/")
         samples = args.cnn_samples if job == "compact" else args.vgg_samples
         one = result["cnn"].get(f"{job}/1", {})
-        base = result["baseline"].get(key)
+        bases = {"baseline": result["baseline"].get(key),
+                 "baseline without its VNNI products": result["baseline_without_vnni"].get(key)}
+        bases = {label: base for label, base in bases.items() if base}
         lines += [f"{job} CNN, {threads} thread(s): one epoch on {samples} images, scaled to 60,000", "",
-                  "| kernels | s / 60k epoch | vs 1 thread | vs baseline | weights |", "|---|---|---|---|---|"]
+                  "| kernels | s / 60k epoch | vs 1 thread | " + "".join(f"vs {label} | " for label in bases)
+                  + "weights |", "|---|---|---|" + "---|" * len(bases) + "---|"]
         for name, row in rows.items():
             vs_one = f"{row['seconds'] / one[name]['seconds']:.2f}×" if threads != "1" and name in one else ""
-            vs_base = f"{row['seconds'] / base['seconds']:.2f}×" if base else ""
-            lines.append(f"| {name} | {row['epoch_seconds']:.1f} | {vs_one} | {vs_base} | `{row['weights']}` |")
-        if base:
-            lines.append(f"| baseline ({args.baseline}) | {base['epoch_seconds']:.1f} | | 1 | `{base['weights']}` |")
+            vs_bases = "".join(f"{row['seconds'] / base['seconds']:.2f}× | " for base in bases.values())
+            lines.append(f"| {name} | {row['epoch_seconds']:.1f} | {vs_one} | {vs_bases}`{row['weights']}` |")
+        for label, base in bases.items():
+            lines.append(f"| {label} ({args.baseline}) | {base['epoch_seconds']:.1f} | | "
+                         + "| " * len(bases) + f"`{base['weights']}` |")
         lines.append("")
     write_text(args.out / "kernels.md", "\n".join(lines))
     print("\n".join(lines))
