@@ -16,8 +16,8 @@ whichever the CPU runs), one thread unless stated:
 ``--baseline PATH`` times the two CNN jobs again with another sknitro checkout (built, on
 the same CPU: say the last release) in a child process, for a before/after ratio; both
 must train to the same weights, which the table shows by a hash. ``--baseline-without-vnni``
-times it once more with its VNNI products off, as it would run on a CPU without them. Results go to
-benchmarks/results/kernels.{json,md}.
+times it once more with its VNNI products off, as it would run on a CPU without them.
+Results go to benchmarks/results/kernels.{json,md}.
 """
 
 from __future__ import annotations

@@ -154,8 +154,8 @@ typedef struct {
     tile_update_t target; /* w, its copies, the divisors (k0 and largest unused) */
 } update_sweep_t;
 
-/* Row pairs of the first `width` values of two rows of x (`second` NULL: the row past an odd
- * batch, zero), zero up to `columns`. */
+/* Row pairs of the first `width` values of two rows of x (`second` NULL: a zero row, the
+ * partner of the last of an odd number of rows), zero up to `columns`. */
 static void pack_row_pair(const int8_t *first, const int8_t *second, int32_t *packed, ptrdiff_t width,
                           ptrdiff_t columns)
 {
@@ -170,8 +170,8 @@ static void pack_row_pair(const int8_t *first, const int8_t *second, int32_t *pa
         packed[c] = 0;
 }
 
-/* Rows of units [first, last) of x's columns of `tile`, `columns` per row from `packed`: input
- * units of x's rows, or row pairs of its rows 2r and 2r + 1. */
+/* Rows of units [first, last) of x's columns of `tile`, `columns` per row from `packed`: the
+ * input units of one row of x, or the row pairs of two (as unit_rows says). */
 static void pack_rows(const update_sweep_t *s, ptrdiff_t tile, ptrdiff_t first, ptrdiff_t last, int32_t *packed)
 {
     ptrdiff_t k0 = tile * s->columns, width = s->k - k0 < s->columns ? s->k - k0 : s->columns;
