@@ -33,8 +33,9 @@ cdef extern from "_rules.h" nogil:
 cdef extern from "_portable.h" nogil:
     int64_t update_loop(int32_t *w, const double *g, double *mirror, ptrdiff_t n, divisor_t lr, int decays,
                         divisor_t decay)
+    ptrdiff_t head_scratch_size(ptrdiff_t classes, ptrdiff_t features)
     int64_t head_loop(const int8_t *x, int32_t *w, const int8_t *target, int8_t *yhat, int32_t *input_grad,
-                      int32_t *row, int16_t *error, ptrdiff_t batch, ptrdiff_t classes, ptrdiff_t features,
+                      int32_t *scratch, int16_t *error, ptrdiff_t batch, ptrdiff_t classes, ptrdiff_t features,
                       divisor_t scale, int32_t limit, divisor_t lr, int decays, divisor_t decay,
                       int64_t *squared_error)
     void lookup_loop(const int8_t *table, const uint8_t *x, int8_t *out, ptrdiff_t n)
@@ -253,21 +254,21 @@ def head_step(const int8_t[:, ::1] x not None, int32_t[:, ::1] w not None, const
         check_shape("input_grad", (input_grad.shape[0], input_grad.shape[1]), (batch, features))
     check_divisor("divisor", divisor)
     check_decay(decay_inv)
-    cdef int32_t *row = <int32_t *>malloc(features * sizeof(int32_t))
+    cdef int32_t *scratch = <int32_t *>malloc(head_scratch_size(classes, features) * sizeof(int32_t))
     cdef int16_t *error = <int16_t *>malloc(batch * classes * sizeof(int16_t))
     cdef divisor_t d_scale = make_divisor(scale), lr = make_divisor(divisor)
     cdef divisor_t decay = make_divisor(decay_inv if decay_inv > 0 else 1)
     cdef int32_t *grad_data = &input_grad[0, 0] if input_grad is not None else NULL
     cdef int64_t squares = 0, largest = 0
     try:
-        if row == NULL or error == NULL:
+        if scratch == NULL or error == NULL:
             raise MemoryError()
         with nogil:
-            largest = head_loop(&x[0, 0], &w[0, 0], &target[0, 0], &yhat[0, 0], grad_data, row, error, batch,
+            largest = head_loop(&x[0, 0], &w[0, 0], &target[0, 0], &yhat[0, 0], grad_data, scratch, error, batch,
                                 classes, features, d_scale, <int32_t>(128 * scale), lr, decay_inv > 0, decay,
                                 &squares)
     finally:
-        free(row)
+        free(scratch)
         free(error)
     return squares, largest
 

@@ -1,5 +1,6 @@
 /*
- * sknitro/_portable.c: the elementwise passes of the CPU training step, in portable C99.
+ * sknitro/_portable.c: the elementwise passes of the CPU training step, in portable C99
+ * (and the vector extension that GCC and Clang share, for the heads' sums).
  *
  * On the CPU the "c" kernels' matrix products run on float64 BLAS when a bound proves them
  * exact (algorithm.md section 9), so they arrive here as float64 arrays holding integers.
@@ -88,32 +89,61 @@ int64_t update_loop(int32_t *restrict w, const double *restrict g, double *restr
     return largest;
 }
 
+/* HEAD_LANES int32 lanes, in the compiler's vector extension (GCC, Clang: vector registers
+ * of the target, several where they are narrower). */
+typedef int32_t head_lanes_t __attribute__((vector_size(HEAD_LANES * sizeof(int32_t))));
+#define HEAD_ROWS 4
+
 /* A learning head, whole: z = x W^T, yhat = clip(tdiv(z, SF)), e = yhat - target,
  * input_grad = e W (the weights before the update), G = e^T x, W -= tdiv(G, lr) + decay.
  * Heads have few outputs (the classes), so their products are small enough that plain
  * int32 loops beat a round trip through float64 BLAS; the caller proves that every sum fits
- * int32. `row` is scratch space for one row of G. */
+ * int32. `scratch`: head_scratch_size(classes, features) int32. */
 MULTIVERSION
 int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *restrict target,
-                  int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict row,
+                  int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict scratch,
                   int16_t *restrict error, ptrdiff_t batch, ptrdiff_t classes, ptrdiff_t features,
                   divisor_t scale, int32_t limit, divisor_t lr, int decays, divisor_t decay,
                   int64_t *squared_error)
 {
+    /* z with the classes in the lanes, HEAD_LANES at a time: W transposed (zero past the
+     * classes), each input broadcast along a row of it. Dot products along the short rows of
+     * a head spent most of their time on horizontal sums and remainders. */
+    ptrdiff_t padded = (classes + HEAD_LANES - 1) / HEAD_LANES * HEAD_LANES;
+    int32_t *restrict wt = scratch;
+    for (ptrdiff_t n = 0; n < features; n++)
+        for (ptrdiff_t c = 0; c < padded; c++)
+            wt[n * padded + c] = c < classes ? w[c * features + n] : 0;
     int64_t squares = 0;
-    for (ptrdiff_t b = 0; b < batch; b++) {
-        for (ptrdiff_t c = 0; c < classes; c++) {
-            int32_t z = 0;
-            for (ptrdiff_t n = 0; n < features; n++)
-                z += (int32_t)x[b * features + n] * w[c * features + n];
-            z = z > limit ? limit : (z < -limit ? -limit : z);
-            int8_t score = nitro_scale32(z, scale);
-            yhat[b * classes + c] = score;
-            int16_t e = (int16_t)(score - target[b * classes + c]);
-            error[b * classes + c] = e;
-            squares += (int64_t)e * e;
+    for (ptrdiff_t c0 = 0; c0 < classes; c0 += HEAD_LANES)
+        for (ptrdiff_t b0 = 0; b0 < batch; b0 += HEAD_ROWS) {
+            /* HEAD_ROWS rows of x at a time: independent sums, one load of W per input (rows
+             * past the batch repeat the last one, and are dropped) */
+            const int8_t *rows[HEAD_ROWS];
+            head_lanes_t sums[HEAD_ROWS];
+            for (int r = 0; r < HEAD_ROWS; r++) {
+                rows[r] = x + (b0 + r < batch ? b0 + r : batch - 1) * features;
+                sums[r] = (head_lanes_t){0};
+            }
+            for (ptrdiff_t n = 0; n < features; n++) {
+                head_lanes_t lanes;
+                memcpy(&lanes, wt + n * padded + c0, sizeof lanes);
+                for (int r = 0; r < HEAD_ROWS; r++)
+                    sums[r] += (int32_t)rows[r][n] * lanes;
+            }
+            for (ptrdiff_t b = b0; b < batch && b < b0 + HEAD_ROWS; b++) {
+                int32_t z[HEAD_LANES];
+                memcpy(z, &sums[b - b0], sizeof z);
+                for (ptrdiff_t c = c0; c < classes && c < c0 + HEAD_LANES; c++) {
+                    int32_t clipped = z[c - c0] > limit ? limit : (z[c - c0] < -limit ? -limit : z[c - c0]);
+                    int8_t score = nitro_scale32(clipped, scale);
+                    yhat[b * classes + c] = score;
+                    int16_t e = (int16_t)(score - target[b * classes + c]);
+                    error[b * classes + c] = e;
+                    squares += (int64_t)e * e;
+                }
+            }
         }
-    }
     if (input_grad) {
         for (ptrdiff_t b = 0; b < batch; b++) {
             int32_t *out = input_grad + b * features;
@@ -128,6 +158,7 @@ int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *r
         }
     }
     int64_t largest = 0;
+    int32_t *row = scratch; /* a row of G */
     for (ptrdiff_t c = 0; c < classes; c++) {
         for (ptrdiff_t n = 0; n < features; n++)
             row[n] = 0;

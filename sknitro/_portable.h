@@ -31,9 +31,17 @@ int64_t column_l1_max(const int32_t *restrict a, int64_t *restrict sums, ptrdiff
 int64_t update_loop(int32_t *restrict w, const double *restrict g, double *restrict mirror, ptrdiff_t n,
                     divisor_t lr, int decays, divisor_t decay);
 
+/* The int32 scratch space of head_loop: W transposed with its classes padded to whole
+ * vectors of HEAD_LANES (later one row of G). */
+#define HEAD_LANES 16
+static inline ptrdiff_t head_scratch_size(ptrdiff_t classes, ptrdiff_t features)
+{
+    return features * ((classes + HEAD_LANES - 1) / HEAD_LANES * HEAD_LANES);
+}
+
 /* A learning head, whole (see _portable.c); returns max|w| after the update. */
 int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *restrict target,
-                  int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict row,
+                  int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict scratch,
                   int16_t *restrict error, ptrdiff_t batch, ptrdiff_t classes, ptrdiff_t features,
                   divisor_t scale, int32_t limit, divisor_t lr, int decays, divisor_t decay,
                   int64_t *squared_error);

@@ -193,9 +193,9 @@ static void test_loops(void)
 /* A learning head against its naive form (see head_loop in _portable.c). */
 static void test_head(void)
 {
-    enum { B = 13, C = 5, F = 37 };
+    enum { B = 13, C = 21, F = 37 }; /* past whole vectors of classes and blocks of rows */
     static int8_t x[B * F], target[B * C], yhat[B * C];
-    static int32_t w[C * F], w0[C * F], input_grad[B * F], row[F];
+    static int32_t w[C * F], w0[C * F], input_grad[B * F], scratch[F * 2 * HEAD_LANES];
     static int16_t error[B * C];
     for (int round = 0; round < 50; round++) {
         int64_t scale = uniform(1, 1 << 16), lr = uniform(1, 5000), decay = round % 2 ? uniform(1, 5000) : 0;
@@ -206,7 +206,8 @@ static void test_head(void)
         for (int i = 0; i < C * F; i++)
             w[i] = w0[i] = (int32_t)uniform(-20000, 20000);
         int64_t squares, limit = 128 * scale;
-        int64_t largest = head_loop(x, w, target, yhat, input_grad, row, error, B, C, F, make_divisor(scale),
+        CHECK(head_scratch_size(C, F) == F * 2 * HEAD_LANES, "head scratch size");
+        int64_t largest = head_loop(x, w, target, yhat, input_grad, scratch, error, B, C, F, make_divisor(scale),
                                     (int32_t)limit, make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1),
                                     &squares);
         int64_t e[B * C], expected_squares = 0, expected_largest = 0;
