@@ -218,59 +218,87 @@ static int64_t sweep_whole_batch(const update_sweep_t *s)
     return largest;
 }
 
-/* A larger batch (a conv layer's: every position of every image): the tiles go in groups,
- * one sweep over the batch per group; a group's G fits GRADIENT_G_BYTES, and there are
- * enough groups for every thread. The largest |w|, or -1 when out of memory. */
+/* A larger batch (a conv layer's: every position of every image): the tiles go in groups
+ * whose G fits GRADIENT_G_BYTES, one sweep over the batch per group. With fewer groups than
+ * threads (a small layer: the conv layer 32 -> 64 has 5 tiles of 64 columns, all in one
+ * group), the batch is cut into `parts` as well, each summing its own G of the group; the
+ * parts' G are added up (modulo 2**32: any cut gives the same integers) before the update.
+ * The largest |w|, or -1 when out of memory. */
 static int64_t sweep_tile_groups(const update_sweep_t *s)
 {
     const tile_update_t *t = &s->target;
     ptrdiff_t tiles = s->tiles, tile_g = (s->n + 3) * s->columns;
     ptrdiff_t per_group = GRADIENT_G_BYTES / (tile_g * (ptrdiff_t)sizeof(int32_t));
-    per_group = per_group < 1 ? 1 : per_group;
+    per_group = per_group < 1 ? 1 : (per_group < tiles ? per_group : tiles);
 #ifdef _OPENMP
     ptrdiff_t threads = s->parallel ? omp_get_max_threads() : 1;
 #else
     ptrdiff_t threads = 1;
 #endif
     ptrdiff_t groups = (tiles + per_group - 1) / per_group;
-    groups = groups < threads ? (threads < tiles ? threads : tiles) : groups;
-    per_group = (tiles + groups - 1) / groups;
+    ptrdiff_t parts = groups < threads ? (threads + groups - 1) / groups : 1;
+    ptrdiff_t part_rows = (s->rows + parts - 1) / parts, group_g = per_group * tile_g;
+    /* each thread's x rows packed as units (read n / 4 times per block, they must stay in L1,
+     * which rows k apart, often near a power of two, would not) and, with one part, its G of
+     * one group at a time; with several, every part's G, kept for the sum. All allocated
+     * before any weight is written: running out of memory leaves w as it was. */
+    ptrdiff_t per_thread = GRADIENT_ROW_BLOCK * s->columns + (parts > 1 ? 0 : group_g);
+    int32_t *scratch = malloc((size_t)(threads * per_thread) * sizeof(int32_t));
+    int32_t *sums = parts > 1 ? malloc((size_t)(groups * parts * group_g) * sizeof(int32_t)) : NULL;
+    if (!scratch || (parts > 1 && !sums)) {
+        free(scratch);
+        free(sums);
+        return -1;
+    }
     int64_t largest = 0;
-    int failed = 0;
-#pragma omp parallel if (s->parallel) reduction(max : largest) reduction(| : failed)
+#pragma omp parallel if (s->parallel) reduction(max : largest)
     {
-        /* this thread's G of one group of tiles, and its x rows packed as input units: read
-         * n / 4 times per block, they must stay in L1, which rows k apart (often near a power of
-         * two) would not */
-        int32_t *g = malloc((size_t)(per_group * tile_g) * sizeof(int32_t));
-        int32_t *x_tile = malloc((size_t)(GRADIENT_ROW_BLOCK * s->columns) * sizeof(int32_t));
-        failed |= g == NULL || x_tile == NULL;
+#ifdef _OPENMP
+        int32_t *x_tile = scratch + omp_get_thread_num() * per_thread;
+#else
+        int32_t *x_tile = scratch;
+#endif
+        int32_t *own = x_tile + GRADIENT_ROW_BLOCK * s->columns;
 #pragma omp for schedule(static)
-        for (ptrdiff_t group = 0; group < groups; group++) {
+        for (ptrdiff_t item = 0; item < groups * parts; item++) {
+            ptrdiff_t group = item / parts, part = item % parts;
             ptrdiff_t first_tile = group * per_group;
             ptrdiff_t last_tile = first_tile + per_group < tiles ? first_tile + per_group : tiles;
-            if (!g || !x_tile || first_tile >= last_tile)
-                continue;
+            ptrdiff_t begin = part * part_rows, end = begin + part_rows < s->rows ? begin + part_rows : s->rows;
+            int32_t *g = parts > 1 ? sums + item * group_g : own;
             memset(g, 0, (size_t)((last_tile - first_tile) * tile_g) * sizeof(int32_t));
-            for (ptrdiff_t first = 0; first < s->rows; first += GRADIENT_ROW_BLOCK) {
-                ptrdiff_t last = first + GRADIENT_ROW_BLOCK < s->rows ? first + GRADIENT_ROW_BLOCK : s->rows;
+            for (ptrdiff_t first = begin; first < end; first += GRADIENT_ROW_BLOCK) {
+                ptrdiff_t last = first + GRADIENT_ROW_BLOCK < end ? first + GRADIENT_ROW_BLOCK : end;
                 for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
                     pack_rows(s, tile, first, last, x_tile);
                     s->gradient(s->delta_units, s->stride, x_tile, g + (tile - first_tile) * tile_g, s->n, first,
                                 last, NULL);
                 }
             }
-            for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
+            for (ptrdiff_t tile = first_tile; tile < last_tile && parts == 1; tile++) {
                 int64_t tile_largest = s->update(g + (tile - first_tile) * tile_g, t->w, t->w_units, t->w_pairs,
                                                  t->outliers, s->n, s->k, tile * s->columns, t->lr, t->decays,
                                                  t->decay);
                 largest = tile_largest > largest ? tile_largest : largest;
             }
         }
-        free(x_tile);
-        free(g);
+        if (parts > 1) {
+#pragma omp for schedule(static)
+            for (ptrdiff_t tile = 0; tile < tiles; tile++) {
+                ptrdiff_t group = tile / per_group;
+                uint32_t *g = (uint32_t *)(sums + group * parts * group_g + (tile - group * per_group) * tile_g);
+                for (ptrdiff_t part = 1; part < parts; part++)
+                    for (ptrdiff_t i = 0; i < tile_g; i++)
+                        g[i] += g[part * group_g + i];
+                int64_t tile_largest = s->update((const int32_t *)g, t->w, t->w_units, t->w_pairs, t->outliers,
+                                                 s->n, s->k, tile * s->columns, t->lr, t->decays, t->decay);
+                largest = tile_largest > largest ? tile_largest : largest;
+            }
+        }
     }
-    return failed ? -1 : largest;
+    free(scratch);
+    free(sums);
+    return largest;
 }
 
 int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pack_units_t pack, ptrdiff_t columns,

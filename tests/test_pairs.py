@@ -935,6 +935,28 @@ def test_update_sweeps_row_blocks_over_groups_of_tiles(isa, threads, mirror, for
 
 
 @pytest.mark.parametrize("form", SWEEP_FORMS)
+def test_update_cuts_the_batch_of_a_small_layer_for_the_threads(isa, threads, form):
+    # 5 tiles, all in one group of G: on 2 or 3 threads the batch goes in 2 or 3 parts (row
+    # blocks of 256 inside each, the last part shorter), whose G are added up before the
+    # update; every thread count gives the integer SGD's weights
+    rng = np.random.default_rng(16)
+    batch, n, k = 1999, 64, 288
+    x = rng.integers(-128, 128, (batch, k)).astype(np.int8)
+    delta = rng.integers(-(2**10), 2**10, (batch, n)).astype(np.int32)
+    delta[0, 3], delta[-1, n - 1] = DELTA_FORMS[form][1]
+    weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
+    weight.flat[rng.choice(weight.size, 50, replace=False)] = 2**17
+    expected, expected_bound = expected_update(delta, x, weight, 4096, 3000)
+    for count in (1, 2, 3):
+        for mirror in ("split", "pairs"):
+            updated, bound, copy, outliers = threads(count, lambda: run_update(isa, delta, x, weight, 4096, 3000,
+                                                                               mirror))
+            np.testing.assert_array_equal(updated, expected, err_msg=f"{count} threads")
+            assert bound == expected_bound
+            assert_mirror(copy, outliers, expected, mirror)
+
+
+@pytest.mark.parametrize("form", SWEEP_FORMS)
 @pytest.mark.parametrize("mirror", ["split", "pairs"])
 def test_update_sweeps_agree_at_the_row_block(isa, mirror, form):
     # a batch of GRADIENT_ROW_BLOCK (256) rows keeps each tile's G in registers and applies it
