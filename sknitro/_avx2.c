@@ -322,7 +322,7 @@ AVX2_TARGET static void narrow_product(const int32_t *x_units, ptrdiff_t kpad, c
 
 /* 8 inputs per sweep (16 would not fit AVX2's 16 registers) */
 AVX2_TARGET static void narrow_gradient(const int32_t *delta, ptrdiff_t n, const int32_t *x_units, ptrdiff_t kpad,
-                                        ptrdiff_t rows, uint32_t *gt, ptrdiff_t npad)
+                                        ptrdiff_t rows, uint32_t *gt, ptrdiff_t npad, int paired)
 {
     for (ptrdiff_t j = 0; j < n; j += 8) {
         __m256i mask = lanes_mask(n - j);
@@ -331,9 +331,10 @@ AVX2_TARGET static void narrow_gradient(const int32_t *delta, ptrdiff_t n, const
             for (int c = 0; c < 8; c++)
                 acc[c] = _mm256_setzero_si256();
             for (ptrdiff_t r = 0; r < rows; r++) {
-                __m256i d = _mm256_maskload_epi32(delta + r * n + j, mask); /* split_unit, lane by lane */
-                __m256i units = _mm256_or_si256(_mm256_and_si256(d, _mm256_set1_epi32(0xFF)),
-                                                _mm256_slli_epi32(_mm256_srai_epi32(d, 8), 16));
+                __m256i d = _mm256_maskload_epi32(delta + r * n + j, mask);
+                __m256i units = paired ? d /* split_unit, lane by lane */
+                    : _mm256_or_si256(_mm256_and_si256(d, _mm256_set1_epi32(0xFF)),
+                                      _mm256_slli_epi32(_mm256_srai_epi32(d, 8), 16));
                 const int32_t *x_row = x_units + r * kpad + c0;
                 for (int c = 0; c < 8; c++)
                     MADD(acc[c], units, _mm256_set1_epi32(x_row[c]));

@@ -416,21 +416,40 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
     {
         uint32_t *part = calloc((size_t)(kpad * npad), sizeof(uint32_t));
         int32_t *x_units = malloc((size_t)(GRADIENT_ROW_BLOCK * kpad) * sizeof(int32_t));
-        failed |= part == NULL || x_units == NULL;
+        int32_t *delta_pairs = malloc((size_t)(GRADIENT_ROW_BLOCK / 2 * n) * sizeof(int32_t));
+        failed |= part == NULL || x_units == NULL || delta_pairs == NULL;
 #pragma omp for schedule(static)
         for (ptrdiff_t block = 0; block < blocks; block++) {
-            if (!part || !x_units)
+            if (!part || !x_units || !delta_pairs)
                 continue;
             ptrdiff_t first = block * GRADIENT_ROW_BLOCK;
             ptrdiff_t rows = batch - first < GRADIENT_ROW_BLOCK ? batch - first : GRADIENT_ROW_BLOCK;
-            for (ptrdiff_t r = 0; r < rows; r++)
-                pack(x + (first + r) * k, x_units + r * kpad, k, kpad);
-            gradient(delta + first * n, n, x_units, kpad, rows, part, npad);
+            const int32_t *block_delta = delta + first * n;
+            const int8_t *block_x = x + first * k;
+            if (fits_int16(block_delta, rows * n)) {
+                /* every delta of the block fits int16: its rows two by two as row pairs, the
+                 * last alone with a zero row when they are odd in number */
+                ptrdiff_t pairs = (rows + 1) / 2;
+                for (ptrdiff_t r = 0; r < pairs; r++) {
+                    int second = 2 * r + 1 < rows;
+                    pack_row_pair(block_x + 2 * r * k, second ? block_x + (2 * r + 1) * k : NULL, x_units + r * kpad,
+                                  k, kpad);
+                    for (ptrdiff_t j = 0; j < n; j++)
+                        delta_pairs[r * n + j] = row_pair((int16_t)block_delta[2 * r * n + j],
+                                                          second ? (int16_t)block_delta[(2 * r + 1) * n + j] : 0);
+                }
+                gradient(delta_pairs, n, x_units, kpad, pairs, part, npad, 1);
+            } else {
+                for (ptrdiff_t r = 0; r < rows; r++)
+                    pack(block_x + r * k, x_units + r * kpad, k, kpad);
+                gradient(block_delta, n, x_units, kpad, rows, part, npad, 0);
+            }
         }
         if (part)
 #pragma omp critical(sknitro_narrow_gradient)
             for (ptrdiff_t i = 0; i < kpad * npad; i++)
                 gt[i] += part[i];
+        free(delta_pairs);
         free(x_units);
         free(part);
     }

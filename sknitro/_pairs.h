@@ -163,10 +163,11 @@ typedef void (*narrow_product_t)(const int32_t *x_units, ptrdiff_t kpad, const i
                                  int32_t *z, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t k, const divisor_t *scale,
                                  int8_t *scaled);
 
-/* gt[k][j] += sum_r x[r, k] delta[r, j] over `rows` rows of delta (int32, n per row, split in
- * registers) and x_units; gt is kpad x npad, lanes wrap. */
+/* gt[k][j] += sum_r x[r, k] delta[r, j] over `rows` rows of delta (n per row) and x_units; gt
+ * is kpad x npad, lanes wrap. delta is int32, split in registers, and x_units input units; or
+ * (`paired`) both are row pairs already (each row of units: two rows of the batch). */
 typedef void (*narrow_gradient_t)(const int32_t *delta, ptrdiff_t n, const int32_t *x_units, ptrdiff_t kpad,
-                                  ptrdiff_t rows, uint32_t *gt, ptrdiff_t npad);
+                                  ptrdiff_t rows, uint32_t *gt, ptrdiff_t npad, int paired);
 
 /* `product` of pair_kernels_t for split units and k < NARROW_UNITS, whole rows in int32; with
  * a `scale` (else NULL), `narrow_scaled` instead: z scaled to `scaled` and, with a table (else

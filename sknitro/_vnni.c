@@ -333,7 +333,7 @@ VNNI_TARGET static void narrow_product(const int32_t *x_units, ptrdiff_t kpad, c
 }
 
 VNNI_TARGET static void narrow_gradient(const int32_t *delta, ptrdiff_t n, const int32_t *x_units, ptrdiff_t kpad,
-                                        ptrdiff_t rows, uint32_t *gt, ptrdiff_t npad)
+                                        ptrdiff_t rows, uint32_t *gt, ptrdiff_t npad, int paired)
 {
     for (ptrdiff_t j = 0; j < n; j += 16) {
         __mmask16 mask = (__mmask16)(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1);
@@ -342,9 +342,10 @@ VNNI_TARGET static void narrow_gradient(const int32_t *delta, ptrdiff_t n, const
             for (int c = 0; c < NARROW_K_BLOCK; c++)
                 acc[c] = _mm512_setzero_si512();
             for (ptrdiff_t r = 0; r < rows; r++) {
-                __m512i d = _mm512_maskz_loadu_epi32(mask, delta + r * n + j); /* split_unit, lane by lane */
-                __m512i units = _mm512_or_si512(_mm512_and_si512(d, _mm512_set1_epi32(0xFF)),
-                                                _mm512_slli_epi32(_mm512_srai_epi32(d, 8), 16));
+                __m512i d = _mm512_maskz_loadu_epi32(mask, delta + r * n + j);
+                __m512i units = paired ? d /* split_unit, lane by lane */
+                    : _mm512_or_si512(_mm512_and_si512(d, _mm512_set1_epi32(0xFF)),
+                                      _mm512_slli_epi32(_mm512_srai_epi32(d, 8), 16));
                 const int32_t *x_row = x_units + r * kpad + c0;
                 for (int c = 0; c < NARROW_K_BLOCK; c++)
                     DP(acc[c], units, _mm512_set1_epi32(x_row[c]));

@@ -934,6 +934,27 @@ def test_update_sweeps_row_blocks_over_groups_of_tiles(isa, threads, mirror, for
         assert_mirror(copy, outliers, expected, mirror)
 
 
+def test_narrow_update_pairs_the_rows_of_blocks_whose_delta_fits_int16(isa, threads):
+    # a narrow layer (9 inputs) sums G over blocks of 256 rows: a block whose every delta
+    # fits int16 goes as row pairs (the last block: 189 rows, its last pair's second row zero),
+    # the block holding -32769 as split units; each with int16's extremes
+    rng = np.random.default_rng(17)
+    batch, n, k = 701, 32, 9
+    x = rng.integers(-128, 128, (batch, k)).astype(np.int8)
+    delta = rng.integers(-(2**15), 2**15, (batch, n)).astype(np.int32)
+    delta[0, 0], delta[255, 31], delta[-1, 5] = -(2**15), 2**15 - 1, -(2**15)
+    delta[300, 7] = -(2**15) - 1
+    weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
+    expected, expected_bound = expected_update(delta, x, weight, 2**20, 3000)
+    for count in (1, 2):
+        for mirror in ("split", "pairs"):
+            updated, bound, copy, outliers = threads(count, lambda: run_update(isa, delta, x, weight, 2**20, 3000,
+                                                                               mirror))
+            np.testing.assert_array_equal(updated, expected, err_msg=f"{count} threads")
+            assert bound == expected_bound
+            assert_mirror(copy, outliers, expected, mirror)
+
+
 @pytest.mark.parametrize("form", SWEEP_FORMS)
 def test_update_cuts_the_batch_of_a_small_layer_for_the_threads(isa, threads, form):
     # 5 tiles, all in one group of G: on 2 or 3 threads the batch goes in 2 or 3 parts (row
