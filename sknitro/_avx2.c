@@ -332,7 +332,7 @@ AVX2_TARGET static void narrow_gradient(const int32_t *delta, ptrdiff_t n, const
                 acc[c] = _mm256_setzero_si256();
             for (ptrdiff_t r = 0; r < rows; r++) {
                 __m256i d = _mm256_maskload_epi32(delta + r * n + j, mask);
-                __m256i units = paired ? d /* split_unit, lane by lane */
+                __m256i units = paired ? d /* else split_unit, lane by lane */
                     : _mm256_or_si256(_mm256_and_si256(d, _mm256_set1_epi32(0xFF)),
                                       _mm256_slli_epi32(_mm256_srai_epi32(d, 8), 16));
                 const int32_t *x_row = x_units + r * kpad + c0;

@@ -343,7 +343,7 @@ VNNI_TARGET static void narrow_gradient(const int32_t *delta, ptrdiff_t n, const
                 acc[c] = _mm512_setzero_si512();
             for (ptrdiff_t r = 0; r < rows; r++) {
                 __m512i d = _mm512_maskz_loadu_epi32(mask, delta + r * n + j);
-                __m512i units = paired ? d /* split_unit, lane by lane */
+                __m512i units = paired ? d /* else split_unit, lane by lane */
                     : _mm512_or_si512(_mm512_and_si512(d, _mm512_set1_epi32(0xFF)),
                                       _mm512_slli_epi32(_mm512_srai_epi32(d, 8), 16));
                 const int32_t *x_row = x_units + r * kpad + c0;
