@@ -107,8 +107,8 @@ AVX2_TARGET __attribute__((noinline)) static void dot_2x4_units(const int8_t *co
 }
 
 /* One 2 x 4 tile of z: rows i0.. of x against rows j0.. of w (see vnni.c's product_tile). */
-AVX2_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
-                                     ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0, int pairs,
+AVX2_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, const product_out_t *out, ptrdiff_t m,
+                                     ptrdiff_t n, ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0, int pairs,
                                      const outliers_t *outliers, const ptrdiff_t *row_start)
 {
     ptrdiff_t row = pairs ? 2 * k : k; /* int8 values per row of x */
@@ -134,7 +134,7 @@ AVX2_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, in
         pairs_add_outliers(totals, 2, x, row, outliers, row_start, m, n, i0, j0);
     for (int r = 0; r < 2 && i0 + r < m; r++)
         for (int c = 0; c < 4 && j0 + c < n; c++)
-            z[(i0 + r) * n + j0 + c] = saturate_int32(totals[4 * r + c]);
+            out->z[(i0 + r - out->row0) * n + j0 + c] = saturate_int32(totals[4 * r + c]);
 }
 
 /* tdiv(v, d) in each lane for |v| < 2**31 (tdiv32 of _rules.h): the multiply and shift on
@@ -347,13 +347,13 @@ AVX2_TARGET static void narrow_gradient(const int32_t *delta, ptrdiff_t n, const
     }
 }
 
-AVX2_TARGET static int avx2_product(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
-                                    ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers)
+AVX2_TARGET static int avx2_product(const int8_t *x, const int32_t *w_units, const product_out_t *out, ptrdiff_t m,
+                                    ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, int pairs,
+                                    const outliers_t *outliers)
 {
     if (!pairs && units < NARROW_UNITS && chunk >= units)
-        return pairs_run_narrow_product(narrow_product, pack_units, 8, x, w_units, z, m, n, units, NULL, NULL,
-                                        NULL, NULL);
-    return pairs_run_product(product_tile, 2, x, w_units, z, m, n, units, chunk, pairs, outliers);
+        return pairs_run_narrow_product(narrow_product, pack_units, 8, x, w_units, out, m, n, units);
+    return pairs_run_product(product_tile, 2, x, w_units, out, m, n, units, chunk, pairs, outliers);
 }
 
 AVX2_TARGET static int64_t avx2_sgd_update(const int32_t *delta, const int8_t *x, int32_t *w,
@@ -367,15 +367,7 @@ AVX2_TARGET static int64_t avx2_sgd_update(const int32_t *delta, const int8_t *x
                             n, batch, k, lr, decays, decay);
 }
 
-AVX2_TARGET static int avx2_narrow_scaled(const int8_t *x, const int32_t *w_units, ptrdiff_t m, ptrdiff_t n,
-                                          ptrdiff_t k, divisor_t scale, int8_t *scaled, const int8_t *table,
-                                          int8_t *activated)
-{
-    return pairs_run_narrow_product(narrow_product, pack_units, 8, x, w_units, NULL, m, n, k, &scale, scaled,
-                                    table, activated);
-}
-
-const pair_kernels_t avx2_kernels = {"avx2", avx2_supported, avx2_product, avx2_sgd_update, avx2_narrow_scaled};
+const pair_kernels_t avx2_kernels = {"avx2", avx2_supported, avx2_product, avx2_sgd_update};
 
 #else /* no AVX2 build: the kernels say the CPU cannot run them, and are never called */
 
@@ -384,6 +376,6 @@ static int avx2_unsupported(void)
     return 0;
 }
 
-const pair_kernels_t avx2_kernels = {"avx2", avx2_unsupported, NULL, NULL, NULL};
+const pair_kernels_t avx2_kernels = {"avx2", avx2_unsupported, NULL, NULL};
 
 #endif

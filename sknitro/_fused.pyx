@@ -60,16 +60,22 @@ cdef extern from "_pairs.h" nogil:
         int32_t *residual
         ptrdiff_t capacity
         ptrdiff_t count
+    ctypedef struct product_out_t:
+        int32_t *z
+        ptrdiff_t row0
+        divisor_t scale
+        int8_t *scaled
+        const int8_t *table
+        int8_t *activated
     ctypedef struct pair_kernels_t:
         const char *name
         int (*supported)() noexcept nogil
-        int (*product)(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
-                       ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers) noexcept nogil
+        int (*product)(const int8_t *x, const int32_t *w_units, const product_out_t *out, ptrdiff_t m,
+                       ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, int pairs,
+                       const outliers_t *outliers) noexcept nogil
         int64_t (*sgd_update)(const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
                               int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
                               divisor_t lr, int decays, divisor_t decay) noexcept nogil
-        int (*narrow_scaled)(const int8_t *x, const int32_t *w_units, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                             divisor_t scale, int8_t *scaled, const int8_t *table, int8_t *activated) noexcept nogil
     const pair_kernels_t avx2_kernels
     const pair_kernels_t vnni_kernels
     int64_t pairs_row_l1(const int8_t *x, ptrdiff_t rows, ptrdiff_t cols)
@@ -359,6 +365,32 @@ PAIR_KERNELS[0], PAIR_KERNELS[1] = &vnni_kernels, &avx2_kernels
 ISAS = tuple(PAIR_KERNELS[i].name.decode() for i in range(N_PAIR_KERNELS))
 
 
+cdef product_out_t z_out(int32_t[:, ::1] z, ptrdiff_t m, ptrdiff_t n) except *:
+    """A product's output into int32 z (m, n)."""
+    check_shape("z", (z.shape[0], z.shape[1]), (m, n))
+    cdef product_out_t out
+    out.z, out.row0, out.scaled, out.table, out.activated = &z[0, 0], 0, NULL, NULL, NULL
+    return out
+
+
+cdef product_out_t scaled_out(long long scale, int8_t[:, ::1] scaled, object table, int8_t[:, ::1] activated,
+                              ptrdiff_t m, ptrdiff_t n) except *:
+    """A product's output NITRO-scaled into int8 scaled (m, n), and with a table (int8, 256
+    entries), activated = table[scaled] (m, n)."""
+    check_shape("scaled", (scaled.shape[0], scaled.shape[1]), (m, n))
+    check_scale(scale)
+    check_activation_table(table, activated)
+    cdef const int8_t[::1] entries
+    cdef product_out_t out
+    out.z, out.row0, out.scale, out.scaled = NULL, 0, make_divisor(scale), &scaled[0, 0]
+    out.table, out.activated = NULL, NULL
+    if table is not None:
+        entries = table
+        check_shape("activated", (activated.shape[0], activated.shape[1]), (m, n))
+        out.table, out.activated = &entries[0], &activated[0, 0]
+    return out
+
+
 cdef const pair_kernels_t *pair_kernels(str isa) except NULL:
     """The pair kernels named ``isa``, which this CPU must run."""
     if isa not in ISAS:
@@ -432,10 +464,10 @@ def units_product(str isa not None, const int8_t[:, ::1] x not None, const int32
     check_not_empty("x", (m, k))
     check_not_empty("w_units", (n, k))
     check_shape("w_units", (w_units.shape[0], w_units.shape[1]), (n, k))
-    check_shape("z", (z.shape[0], z.shape[1]), (m, n))
+    cdef product_out_t out = z_out(z, m, n)
     cdef int status
     with nogil:
-        status = kernels.product(&x[0, 0], &w_units[0, 0], &z[0, 0], m, n, k, chunk if chunk >= 1 else k, 0, NULL)
+        status = kernels.product(&x[0, 0], &w_units[0, 0], &out, m, n, k, chunk if chunk >= 1 else k, 0, NULL)
     if status < 0:
         raise MemoryError()
 
@@ -460,57 +492,83 @@ def narrow_scaled_product(str isa not None, const int8_t[:, ::1] x not None, con
     if k >= NARROW_UNITS:
         raise ValueError(f"x: {k} inputs; the narrow kernels take fewer than {NARROW_UNITS}")
     check_shape("w_units", (w_units.shape[0], w_units.shape[1]), (n, k))
-    check_shape("scaled", (scaled.shape[0], scaled.shape[1]), (m, n))
-    check_scale(scale)
-    check_activation_table(table, activated)
-    cdef const int8_t *table_data = NULL
-    cdef int8_t *activated_data = NULL
-    if table is not None:
-        check_shape("activated", (activated.shape[0], activated.shape[1]), (m, n))
-        table_data, activated_data = &table[0], &activated[0, 0]
-    cdef divisor_t d = make_divisor(scale)
+    cdef product_out_t out = scaled_out(scale, scaled, table, activated, m, n)
     cdef int status
-    with nogil:
-        status = kernels.narrow_scaled(&x[0, 0], &w_units[0, 0], m, n, k, d, &scaled[0, 0], table_data,
-                                       activated_data)
+    with nogil:  # whole rows in one chunk: the narrow kernels
+        status = kernels.product(&x[0, 0], &w_units[0, 0], &out, m, n, k, k, 0, NULL)
     if status < 0:
         raise MemoryError()
 
 
-def pairs_product(str isa not None, const int8_t[:, ::1] x not None, const int16_t[:, ::1] w_pairs not None,
-                  const int32_t[::1] index not None, const int32_t[::1] residual not None, ptrdiff_t count,
-                  ptrdiff_t chunk,
-                  int32_t[:, ::1] z not None):
-    """pairs_product(isa, x, w_pairs, index, residual, count, chunk, z)
+cdef outliers_t pair_form_outliers(const int32_t[::1] index, const int32_t[::1] residual, ptrdiff_t count,
+                                   ptrdiff_t n, ptrdiff_t k) except *:
+    """The first `count` outliers of a pair form of w (n, k), checked: the product groups
+    them by row through their indices (ascending, inside w), and only reads them."""
+    cdef outliers_t outliers = outlier_list(index, residual)
+    if not 0 <= count <= outliers.capacity:
+        raise ValueError(f"count must be in [0, {outliers.capacity}], got {count}")
+    cdef ptrdiff_t i
+    for i in range(count):
+        if not 0 <= index[i] < n * k or (i > 0 and index[i] <= index[i - 1]):
+            raise ValueError(f"outlier index {index[i]} at {i} is outside [0, {n * k}) or not ascending")
+    outliers.count = count
+    return outliers
 
-    z = x w^T saturated to int32, (m, n), from int8 x (m, k) and the pair form of w (n, k),
-    k even, with its first count outliers (index, residual; see pair_form). Exact (before
-    saturation) when every partial sum over chunk consecutive pairs of k (chunk < 1: all)
-    fits int32, which the caller proves; the chunks and the outliers add up in int64."""
+
+cdef int pair_form_product(str isa, const int8_t[:, ::1] x, const int16_t[:, ::1] w_pairs,
+                           const int32_t[::1] index, const int32_t[::1] residual, ptrdiff_t count,
+                           ptrdiff_t chunk, const product_out_t *out) except -1:
+    """The product of x and a pair form of w, stored as `out` says (its shapes checked)."""
     cdef const pair_kernels_t *kernels = pair_kernels(isa)
+    cdef ptrdiff_t m = x.shape[0], k = x.shape[1], n = w_pairs.shape[0]
+    cdef outliers_t outliers = pair_form_outliers(index, residual, count, n, k)
+    cdef int status
+    with nogil:
+        status = kernels.product(&x[0, 0], <const int32_t *>&w_pairs[0, 0], out, m, n, k // 2,
+                                 chunk if chunk >= 1 else k // 2, 1, &outliers)
+    if status < 0:
+        raise MemoryError()
+    return 0
+
+
+cdef int check_pair_form_operands(const int8_t[:, ::1] x, const int16_t[:, ::1] w_pairs) except -1:
     cdef ptrdiff_t m = x.shape[0], k = x.shape[1], n = w_pairs.shape[0]
     check_not_empty("x", (m, k))
     check_not_empty("w_pairs", (n, k))
     if k % 2:
         raise ValueError(f"x: k must be even, got {k}")
     check_shape("w_pairs", (w_pairs.shape[0], w_pairs.shape[1]), (n, k))
-    check_shape("z", (z.shape[0], z.shape[1]), (m, n))
-    # (the product only reads the list)
-    cdef outliers_t outliers = outlier_list(index, residual)
-    if not 0 <= count <= outliers.capacity:
-        raise ValueError(f"count must be in [0, {outliers.capacity}], got {count}")
-    # the kernel groups the outliers by row through these indices
-    cdef ptrdiff_t i
-    for i in range(count):
-        if not 0 <= index[i] < n * k or (i > 0 and index[i] <= index[i - 1]):
-            raise ValueError(f"outlier index {index[i]} at {i} is outside [0, {n * k}) or not ascending")
-    outliers.count = count
-    cdef int status
-    with nogil:
-        status = kernels.product(&x[0, 0], <const int32_t *>&w_pairs[0, 0], &z[0, 0], m, n, k // 2,
-                                 chunk if chunk >= 1 else k // 2, 1, &outliers)
-    if status < 0:
-        raise MemoryError()
+    return 0
+
+
+def pairs_product(str isa not None, const int8_t[:, ::1] x not None, const int16_t[:, ::1] w_pairs not None,
+                  const int32_t[::1] index not None, const int32_t[::1] residual not None, ptrdiff_t count,
+                  ptrdiff_t chunk, int32_t[:, ::1] z not None):
+    """pairs_product(isa, x, w_pairs, index, residual, count, chunk, z)
+
+    z = x w^T saturated to int32, (m, n), from int8 x (m, k) and the pair form of w (n, k),
+    k even, with its first count outliers (index, residual; see pair_form). Exact (before
+    saturation) when every partial sum over chunk consecutive pairs of k (chunk < 1: all)
+    fits int32, which the caller proves; the chunks and the outliers add up in int64."""
+    check_pair_form_operands(x, w_pairs)
+    cdef product_out_t out = z_out(z, x.shape[0], w_pairs.shape[0])
+    pair_form_product(isa, x, w_pairs, index, residual, count, chunk, &out)
+
+
+def pairs_scaled_product(str isa not None, const int8_t[:, ::1] x not None, const int16_t[:, ::1] w_pairs not None,
+                         const int32_t[::1] index not None, const int32_t[::1] residual not None, ptrdiff_t count,
+                         ptrdiff_t chunk, long long scale, int8_t[:, ::1] scaled not None,
+                         const int8_t[::1] table=None, int8_t[:, ::1] activated=None):
+    """pairs_scaled_product(isa, x, w_pairs, index, residual, count, chunk, scale, scaled,
+    table=None, activated=None)
+
+    pairs_product's z, NITRO-scaled in the product's tiles: scaled = clip(tdiv(z, scale),
+    -127, 127) (m, n), int8, with 128 * scale below 2**31, and with an int8 table of 256
+    entries also activated = table[scaled] by bit pattern (m, n); no z is written. The same
+    proofs as pairs_product (z past +-128 * scale scales to +-127 whatever its exact value)."""
+    check_pair_form_operands(x, w_pairs)
+    cdef product_out_t out = scaled_out(scale, scaled, table, activated, x.shape[0], w_pairs.shape[0])
+    pair_form_product(isa, x, w_pairs, index, residual, count, chunk, &out)
 
 
 def units_sgd_update(str isa not None, const int32_t[:, ::1] delta not None, const int8_t[:, ::1] x not None,

@@ -99,20 +99,48 @@ void pairs_add_outliers(int64_t *totals, int tile_rows, const int8_t *x, ptrdiff
 }
 
 int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int8_t *x, const int32_t *w_units,
-                      int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, int pairs,
+                      const product_out_t *out, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, int pairs,
                       const outliers_t *outliers)
 {
     int failed;
     ptrdiff_t *row_start = pairs_outlier_rows(outliers, n, units * 2, &failed);
     if (failed)
         return -1;
+#ifdef _OPENMP
+    ptrdiff_t threads = (int64_t)m * n * units >= PARALLEL_WORK ? omp_get_max_threads() : 1;
+#else
+    ptrdiff_t threads = 1;
+#endif
+    /* a scaled product: each thread's z of one block of rows, scaled once the block is done */
+    int32_t *blocks_z = out->scaled ? malloc((size_t)(threads * PRODUCT_ROW_BLOCK * n) * sizeof(int32_t)) : NULL;
+    if (out->scaled && !blocks_z) {
+        free(row_start);
+        return -1;
+    }
     ptrdiff_t blocks = (m + PRODUCT_ROW_BLOCK - 1) / PRODUCT_ROW_BLOCK;
-#pragma omp parallel for schedule(static) if ((int64_t)m * n * units >= PARALLEL_WORK)
-    for (ptrdiff_t block = 0; block < blocks; block++)
+#pragma omp parallel for schedule(static) if (threads > 1)
+    for (ptrdiff_t block = 0; block < blocks; block++) {
+        ptrdiff_t first = block * PRODUCT_ROW_BLOCK;
+        ptrdiff_t rows = m - first < PRODUCT_ROW_BLOCK ? m - first : PRODUCT_ROW_BLOCK;
+        product_out_t block_out = *out;
+        if (out->scaled) {
+#ifdef _OPENMP
+            block_out.z = blocks_z + omp_get_thread_num() * PRODUCT_ROW_BLOCK * n;
+#else
+            block_out.z = blocks_z;
+#endif
+            block_out.row0 = first;
+        }
         for (ptrdiff_t j0 = 0; j0 < n; j0 += 4)
-            for (ptrdiff_t i0 = block * PRODUCT_ROW_BLOCK; i0 < m && i0 < (block + 1) * PRODUCT_ROW_BLOCK;
-                 i0 += tile_rows)
-                tile(x, w_units, z, m, n, units, chunk, i0, j0, pairs, outliers, row_start);
+            for (ptrdiff_t i0 = first; i0 < first + rows; i0 += tile_rows)
+                tile(x, w_units, &block_out, m, n, units, chunk, i0, j0, pairs, outliers, row_start);
+        if (out->scaled) {
+            scale_loop_int32(block_out.z, out->scaled + first * n, rows * n, out->scale);
+            if (out->table)
+                lookup_int8(out->table, out->scaled + first * n, out->activated + first * n, rows * n);
+        }
+    }
+    free(blocks_z);
     free(row_start);
     return 0;
 }
@@ -367,8 +395,8 @@ static int32_t *transposed_units(const int32_t *w_units, ptrdiff_t n, ptrdiff_t 
 }
 
 int pairs_run_narrow_product(narrow_product_t product, pack_units_t pack, ptrdiff_t lanes, const int8_t *x,
-                             const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                             const divisor_t *scale, int8_t *scaled, const int8_t *table, int8_t *activated)
+                             const int32_t *w_units, const product_out_t *out, ptrdiff_t m, ptrdiff_t n,
+                             ptrdiff_t k)
 {
     ptrdiff_t npad = round_up(n, lanes), kpad = round_up(k, NARROW_K_BLOCK);
     int32_t *wt = transposed_units(w_units, n, k, npad);
@@ -387,13 +415,13 @@ int pairs_run_narrow_product(narrow_product_t product, pack_units_t pack, ptrdif
             ptrdiff_t i0 = block * NARROW_ROWS, rows = m - i0 < NARROW_ROWS ? m - i0 : NARROW_ROWS;
             for (ptrdiff_t r = 0; r < rows; r++)
                 pack(x + (i0 + r) * k, x_units + r * kpad, k, kpad);
-            if (!scale) {
-                product(x_units, kpad, wt, npad, z + i0 * n, rows, n, k, NULL, NULL);
+            if (!out->scaled) {
+                product(x_units, kpad, wt, npad, out->z + i0 * n, rows, n, k, NULL, NULL);
                 continue;
             }
-            product(x_units, kpad, wt, npad, NULL, rows, n, k, scale, scaled + i0 * n);
-            if (table)
-                lookup_int8(table, scaled + i0 * n, activated + i0 * n, rows * n);
+            product(x_units, kpad, wt, npad, NULL, rows, n, k, &out->scale, out->scaled + i0 * n);
+            if (out->table)
+                lookup_int8(out->table, out->scaled + i0 * n, out->activated + i0 * n, rows * n);
         }
         free(x_units);
     }

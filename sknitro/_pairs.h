@@ -88,12 +88,26 @@ static inline ptrdiff_t clamp_row(ptrdiff_t r, ptrdiff_t count)
     return r < count ? r : count - 1;
 }
 
+/* Where a product puts z = x w^T: in `z` (int32, saturated; its rows from `row0` on), or, with
+ * `scaled` set, NITRO scaling of it (nitro_scale32 of the saturated z) in `scaled`, and with a
+ * `table`, also table[scaled] by bit pattern in `activated`. A scaled forward never writes its
+ * whole z: the driver gives the tiles a block of rows at a time, in cache, and scales it. */
+typedef struct {
+    int32_t *z;
+    ptrdiff_t row0;
+    divisor_t scale;
+    int8_t *scaled;
+    const int8_t *table;
+    int8_t *activated;
+} product_out_t;
+
 /* ---- the drivers: loops, threads and memory around one ISA's tiles ------------------- */
 
-/* A tile of the product z = x w^T: rows i0.. of x against rows j0..j0+3 of w (see `product`
- * below; row_start: pairs_outlier_rows, or NULL). */
-typedef void (*product_tile_t)(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
-                               ptrdiff_t units, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0, int pairs,
+/* A tile of the product z = x w^T: rows i0.. of x against rows j0..j0+3 of w, into out->z
+ * (row i of z at out->z + (i - out->row0) * n; see `product` below; row_start:
+ * pairs_outlier_rows, or NULL). */
+typedef void (*product_tile_t)(const int8_t *x, const int32_t *w_units, const product_out_t *out, ptrdiff_t m,
+                               ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0, int pairs,
                                const outliers_t *outliers, const ptrdiff_t *row_start);
 
 /* What a gradient tile applies at once when its rows are the whole batch: sgd_rule on
@@ -133,7 +147,7 @@ typedef int64_t (*update_tile_t)(const int32_t *g, int32_t *w, int32_t *w_units,
 
 /* The product of `pair_kernels_t` from an ISA's tile of tile_rows x 4. */
 int pairs_run_product(product_tile_t tile, ptrdiff_t tile_rows, const int8_t *x, const int32_t *w_units,
-                      int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, int pairs,
+                      const product_out_t *out, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, int pairs,
                       const outliers_t *outliers);
 
 /* Packs the first `width` int8 values of a row of x as input units into `packed`, zero up to
@@ -169,12 +183,11 @@ typedef void (*narrow_product_t)(const int32_t *x_units, ptrdiff_t kpad, const i
 typedef void (*narrow_gradient_t)(const int32_t *delta, ptrdiff_t n, const int32_t *x_units, ptrdiff_t kpad,
                                   ptrdiff_t rows, uint32_t *gt, ptrdiff_t npad, int paired);
 
-/* `product` of pair_kernels_t for split units and k < NARROW_UNITS, whole rows in int32; with
- * a `scale` (else NULL), `narrow_scaled` instead: z scaled to `scaled` and, with a table (else
- * NULL), activated[i] = table[scaled[i]] (z unused). */
+/* `product` of pair_kernels_t for split units and k < NARROW_UNITS, whole rows in int32: the
+ * outputs in the lanes, scaled there when `out` asks. */
 int pairs_run_narrow_product(narrow_product_t product, pack_units_t pack, ptrdiff_t lanes, const int8_t *x,
-                             const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                             const divisor_t *scale, int8_t *scaled, const int8_t *table, int8_t *activated);
+                             const int32_t *w_units, const product_out_t *out, ptrdiff_t m, ptrdiff_t n,
+                             ptrdiff_t k);
 
 /* `sgd_update` of pair_kernels_t for k < NARROW_UNITS: G from the narrow gradient kernel,
  * then sgd_rule weight by weight (n * k of them: a few hundred). */
@@ -191,14 +204,16 @@ typedef struct {
     /* 1 when this CPU runs the kernels, else 0. */
     int (*supported)(void);
 
-    /* z[i, j] = sum_k x[i, k] * w[j, k] saturated to the int32 range, for int8 x (m, k) and w
-     * (n, k) as rows of `units` int32 units: with `pairs`, w's pair form (k = 2 units; x is read
-     * as int16 pairs, and `outliers` add back what the pair form cut off), else w's split units
-     * (k = units; x is read as input units; outliers NULL). Exact (before saturation) when
-     * every partial sum over `chunk` consecutive units fits int32; the chunks add up in int64.
-     * x's forms are made in registers: no copy of x is ever written. -1 when out of memory. */
-    int (*product)(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n, ptrdiff_t units,
-                   ptrdiff_t chunk, int pairs, const outliers_t *outliers);
+    /* z[i, j] = sum_k x[i, k] * w[j, k], stored as `out` says (saturated to the int32 range, or
+     * NITRO-scaled), for int8 x (m, k) and w (n, k) as rows of `units` int32 units: with
+     * `pairs`, w's pair form (k = 2 units; x is read as int16 pairs, and `outliers` add back
+     * what the pair form cut off), else w's split units (k = units; x is read as input units;
+     * outliers NULL). Exact (before saturation) when every partial sum over `chunk`
+     * consecutive units fits int32; the chunks add up in int64. Split units with k <
+     * NARROW_UNITS and whole rows in one chunk take the narrow kernels. x's forms are made in
+     * registers: no copy of x is ever written. -1 when out of memory. */
+    int (*product)(const int8_t *x, const int32_t *w_units, const product_out_t *out, ptrdiff_t m, ptrdiff_t n,
+                   ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers);
 
     /* IntegerSGD on w (n, k) with G = delta^T x, delta int32 (batch, n) with |delta| < 2**23
      * and int8 x (batch, k): w = sgd_rule(w, G). Writes the new w's split units
@@ -207,13 +222,6 @@ typedef struct {
     int64_t (*sgd_update)(const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
                           int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
                           divisor_t lr, int decays, divisor_t decay);
-
-    /* The scaled forward of a narrow layer (k < NARROW_UNITS): scaled = nitro_scale32(x w^T,
-     * scale) (m, n) from int8 x (m, k) and w's split units, and, with a table (else NULL),
-     * activated = table[scaled] by bit pattern; the caller proves that whole rows of x w^T fit
-     * int32. No z is written. -1 when out of memory. */
-    int (*narrow_scaled)(const int8_t *x, const int32_t *w_units, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                         divisor_t scale, int8_t *scaled, const int8_t *table, int8_t *activated);
 } pair_kernels_t;
 
 extern const pair_kernels_t avx2_kernels, vnni_kernels;

@@ -113,8 +113,8 @@ VNNI_TARGET __attribute__((noinline)) static void dot_4x4_units(const int8_t *co
 /* One 4 x 4 tile of z: rows i0.. of x against rows j0.. of w, both contiguous along k. The
  * int32 lanes hold partial sums over `chunk` units at a time (the caller proves that those
  * fit int32); the chunks add up in int64, and z saturates to the int32 range. */
-VNNI_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
-                                     ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0, int pairs,
+VNNI_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, const product_out_t *out, ptrdiff_t m,
+                                     ptrdiff_t n, ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0, int pairs,
                                      const outliers_t *outliers, const ptrdiff_t *row_start)
 {
     ptrdiff_t row = pairs ? 2 * k : k; /* int8 values per row of x */
@@ -142,12 +142,13 @@ VNNI_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, in
         total_low = _mm512_loadu_si512((const void *)totals);
         total_high = _mm512_loadu_si512((const void *)(totals + 8));
     }
-    int32_t out[16];
-    _mm256_storeu_si256((__m256i *)out, _mm512_cvtsepi64_epi32(total_low)); /* saturating */
-    _mm256_storeu_si256((__m256i *)(out + 8), _mm512_cvtsepi64_epi32(total_high));
+    int32_t sums[16];
+    _mm256_storeu_si256((__m256i *)sums, _mm512_cvtsepi64_epi32(total_low)); /* saturating */
+    _mm256_storeu_si256((__m256i *)(sums + 8), _mm512_cvtsepi64_epi32(total_high));
     __mmask8 columns = (__mmask8)(n - j0 >= 4 ? 0xF : (1u << (n - j0)) - 1);
     for (int r = 0; r < 4 && i0 + r < m; r++)
-        _mm_mask_storeu_epi32(z + (i0 + r) * n + j0, columns, _mm_loadu_si128((const __m128i *)(out + 4 * r)));
+        _mm_mask_storeu_epi32(out->z + (i0 + r - out->row0) * n + j0, columns,
+                              _mm_loadu_si128((const __m128i *)(sums + 4 * r)));
 }
 
 /* tdiv(v, d) in each lane for |v| < 2**31: the multiply and shift of _fused.c, on the even
@@ -358,13 +359,13 @@ VNNI_TARGET static void narrow_gradient(const int32_t *delta, ptrdiff_t n, const
     }
 }
 
-VNNI_TARGET static int vnni_product(const int8_t *x, const int32_t *w_units, int32_t *z, ptrdiff_t m, ptrdiff_t n,
-                                    ptrdiff_t units, ptrdiff_t chunk, int pairs, const outliers_t *outliers)
+VNNI_TARGET static int vnni_product(const int8_t *x, const int32_t *w_units, const product_out_t *out, ptrdiff_t m,
+                                    ptrdiff_t n, ptrdiff_t units, ptrdiff_t chunk, int pairs,
+                                    const outliers_t *outliers)
 {
     if (!pairs && units < NARROW_UNITS && chunk >= units)
-        return pairs_run_narrow_product(narrow_product, pack_units, 16, x, w_units, z, m, n, units, NULL, NULL,
-                                        NULL, NULL);
-    return pairs_run_product(product_tile, 4, x, w_units, z, m, n, units, chunk, pairs, outliers);
+        return pairs_run_narrow_product(narrow_product, pack_units, 16, x, w_units, out, m, n, units);
+    return pairs_run_product(product_tile, 4, x, w_units, out, m, n, units, chunk, pairs, outliers);
 }
 
 VNNI_TARGET static int64_t vnni_sgd_update(const int32_t *delta, const int8_t *x, int32_t *w,
@@ -378,15 +379,7 @@ VNNI_TARGET static int64_t vnni_sgd_update(const int32_t *delta, const int8_t *x
                             n, batch, k, lr, decays, decay);
 }
 
-VNNI_TARGET static int vnni_narrow_scaled(const int8_t *x, const int32_t *w_units, ptrdiff_t m, ptrdiff_t n,
-                                          ptrdiff_t k, divisor_t scale, int8_t *scaled, const int8_t *table,
-                                          int8_t *activated)
-{
-    return pairs_run_narrow_product(narrow_product, pack_units, 16, x, w_units, NULL, m, n, k, &scale, scaled,
-                                    table, activated);
-}
-
-const pair_kernels_t vnni_kernels = {"vnni", vnni_supported, vnni_product, vnni_sgd_update, vnni_narrow_scaled};
+const pair_kernels_t vnni_kernels = {"vnni", vnni_supported, vnni_product, vnni_sgd_update};
 
 #else /* no VNNI build: the kernels say the CPU cannot run them, and are never called */
 
@@ -395,6 +388,6 @@ static int vnni_unsupported(void)
     return 0;
 }
 
-const pair_kernels_t vnni_kernels = {"vnni", vnni_unsupported, NULL, NULL, NULL};
+const pair_kernels_t vnni_kernels = {"vnni", vnni_unsupported, NULL, NULL};
 
 #endif

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(kernels._compiled is None, reason="sknitro._fuse
 _fused = kernels._compiled
 ISAS = ("avx2", "vnni")
 PAIR_ISAS = [isa for isa in ISAS if isa in kernels.AVAILABLE]
-PAIR_FUNCTIONS = ("units_product", "pairs_product", "units_sgd_update", "units_sgd_update_pairs",
-                  "narrow_scaled_product")
+PAIR_FUNCTIONS = ("units_product", "pairs_product", "pairs_scaled_product", "units_sgd_update",
+                  "units_sgd_update_pairs", "narrow_scaled_product")
 
 
 class Arg(NamedTuple):
@@ -67,6 +67,16 @@ def _pair_calls(isa):
                                3: Arg("index", np.int32, False), 4: Arg("residual", np.int32, False),
                                7: Arg("z", np.int32, True)},
                               ("isa", "x", "w_pairs", "index", "residual", "count", "chunk", "z")),
+        "pairs_scaled_product": Call("pairs_scaled_product",
+                                     [isa, x, np.ones((n, k), np.int16), np.array([1, 5], np.int32),
+                                      np.array([3, -2], np.int32), 2, 0, 60, np.empty((m, n), np.int8),
+                                      np.arange(-128, 128).astype(np.int8), np.empty((m, n), np.int8)],
+                                     {1: Arg("x", np.int8, False), 2: Arg("w_pairs", np.int16, False),
+                                      3: Arg("index", np.int32, False), 4: Arg("residual", np.int32, False),
+                                      8: Arg("scaled", np.int8, True), 9: Arg("table", np.int8, False),
+                                      10: Arg("activated", np.int8, True)},
+                                     ("isa", "x", "w_pairs", "index", "residual", "count", "chunk", "scale",
+                                      "scaled", "table", "activated")),
         # the split units' mirror (int32), then the pair form's (int16, with its outlier list)
         "units_sgd_update": Call("units_sgd_update", [isa, np.ones((m, n), np.int32), x, np.zeros((n, k), np.int32),
                                                       np.empty((n, k), np.int32), 5, 0],
@@ -85,8 +95,8 @@ def _pair_calls(isa):
 
 
 # where each pair function takes x
-X_POSITION = {"units_product": 1, "pairs_product": 1, "units_sgd_update": 2, "units_sgd_update_pairs": 2,
-              "narrow_scaled_product": 1}
+X_POSITION = {"units_product": 1, "pairs_product": 1, "pairs_scaled_product": 1, "units_sgd_update": 2,
+              "units_sgd_update_pairs": 2, "narrow_scaled_product": 1}
 
 
 def _valid_calls():
@@ -551,7 +561,7 @@ def test_an_x_of_another_shape_raises_value_error_and_writes_nothing(isa, name, 
         pattern = "dimensions"
     else:
         pattern = _argument_names(call) + r": expected shape \(\d+, \d+\), got \(\d+, \d+\)|empty"
-        if call.function == "pairs_product":
+        if call.function in ("pairs_product", "pairs_scaled_product"):
             pattern += "|even"
     with pytest.raises(ValueError, match=pattern):
         getattr(_fused, call.function)(*args)

@@ -61,7 +61,7 @@ def test_conv_layers_train_on_the_pair_products(digits, isa, spy):
     make = lambda: NitroCNNClassifier(architecture=[8, "M", 9, 16], max_iter=1, random_state=0)  # noqa: E731
     weights, _ = _fit(make, X.reshape(-1, 1, 8, 8), y, kernels=isa)
     assert spy.calls.get(f"units_sgd_update/{isa}", 0) > 0  # the conv updates
-    assert spy.calls.get(f"pairs_product/{isa}", 0) > 0  # the second conv's forward (8 * 9: even)
+    assert spy.calls.get(f"pairs_scaled_product/{isa}", 0) > 0  # the second conv's forward (8 * 9: even)
     assert spy.calls.get(f"units_product/{isa}", 0) > 0  # the third conv's forward (9 * 9: odd)
     assert "sgd_update" not in spy.calls  # no update left to the "c" kernels (float64 BLAS)
     assert weights_equal(weights, _fit(make, X.reshape(-1, 1, 8, 8), y, kernels="numpy")[0])

@@ -52,7 +52,7 @@ def isa(request):
 # -- helpers: the kernels called directly, and their results by definition ------------------
 
 GUARD = 40
-FILL = {np.dtype(np.int32): 0x5A5A5A5A, np.dtype(np.int16): 0x5A5A}
+FILL = {np.dtype(np.int32): 0x5A5A5A5A, np.dtype(np.int16): 0x5A5A, np.dtype(np.int8): 0x5A}
 
 
 def guarded(shape, dtype, values=None):
@@ -301,6 +301,41 @@ def test_outliers_are_added_before_z_saturates(isa):
     expected = exact(x, w)
     assert expected[0, 0] == 127 * 5 and np.abs(expected).max() > INT32_MAX
     np.testing.assert_array_equal(pairs_product(isa, x, w, chunk=64), saturated(expected))
+
+
+@pytest.mark.parametrize("units", [9, 33, 392, 785])
+def test_pairs_scaled_product_is_the_product_scaled(isa, threads, units):
+    # the tiles' exact sums (chunks and outliers in int64, past int32 too) go through NITRO
+    # scaling and the activation table without z in memory: the int8 of the exact product
+    # scaled; rows and outputs past whole tiles, scales that leave remainders either way and
+    # that saturate, sums past +-128 * scale and past int32; 2 threads split the rows
+    rng = np.random.default_rng(units)
+    width = 2 * units
+    x = rng.integers(-128, 128, (203, width)).astype(np.int8)
+    x[0], x[1] = -128, 127
+    w = rng.integers(-(2**15), 2**15, (11, width)).astype(np.int32)
+    w[0], w[1] = -(2**15), 2**15 - 1
+    w[2, ::5] = 2**21  # outliers
+    pairs, index, residual, count = pair_form(w, capacity=w.size)
+    exact_z = exact(x, w)
+    table = rng.integers(-128, 128, 256).astype(np.int8)
+    for scale in (1, 3, 2**8 * width, 2**23 + 1):
+        expected = nitro_scale(exact_z, scale)
+        # whole rows in one int32 sum where the extremes allow it (9 and 33 pairs), else chunks
+        for chunk in ((0, 7) if units < 64 else (7, 64)):
+            (scaled, scaled_tail), (activated, activated_tail) = (guarded((203, 11), np.int8) for _ in range(2))
+            threads(2, lambda: _fused.pairs_scaled_product(isa, x, pairs, index, residual, count, chunk, scale,
+                                                           scaled, table, activated))
+            assert_untouched(scaled_tail, activated_tail)
+            np.testing.assert_array_equal(scaled, expected, err_msg=f"scale={scale} chunk={chunk}")
+            np.testing.assert_array_equal(activated, table[expected.view(np.uint8)])
+            alone = np.empty_like(scaled)
+            threads(1, lambda: _fused.pairs_scaled_product(isa, x, pairs, index, residual, count, chunk, scale,
+                                                           alone))
+            np.testing.assert_array_equal(alone, expected)
+    if units >= 392:
+        assert np.abs(exact_z).max() > INT32_MAX  # saturated z would scale the same: the clamp
+    assert (nitro_scale(exact_z, 1) == 127).any() and (nitro_scale(exact_z, 1) == -127).any()
 
 
 def fenced(values, side):
@@ -625,10 +660,12 @@ def test_scaled_forward_matches_the_reference(isa, spy, inputs):
             assert (copies.pairs.count > 0) == (bound > 2**15)
             uses_pairs = copies.pairs.count <= OUTLIER_CAPACITY
             assert (copies.units is None) == uses_pairs
-            assert ran.get(f"pairs_product/{isa}" if uses_pairs else f"units_product/{isa}") == 2
+            assert ran.get(f"pairs_scaled_product/{isa}" if uses_pairs else f"units_product/{isa}") == 2
         # x's row L1 norms are read only where the factor bound 128 * width * max|W| leaves int32
         assert ran.get("row_l1", 0) == (2 if 128 * inputs * read_bound(layer, uses_pairs) > INT32_MAX else 0)
-        assert ran.get("scale_to_int8") == 2 and "sgd_update" not in ran
+        # the pair form's product scales in its tiles: no int32 z, no pass over it
+        assert ran.get("scale_to_int8", 0) == (0 if uses_pairs else 2) and "sgd_update" not in ran
+        assert "pairs_product" not in ran
         assert not any(name.endswith("/" + other) for name in ran for other in ("avx2", "vnni") if other != isa)
 
 
@@ -692,7 +729,7 @@ def test_inputs_narrower_than_64_columns_run_on_split_units(isa, spy, inputs):
             np.testing.assert_array_equal(copies.pairs.pairs, expected_pair_form(reference.weight)[0])
             assert copies.units is None and copies.float64 is None
     # (below 64 columns, with whole rows in int32, the narrow kernel scales in its lanes: no z)
-    product = "narrow_scaled_product" if inputs < 64 else "units_product" if inputs % 2 else "pairs_product"
+    product = "narrow_scaled_product" if inputs < 64 else "units_product" if inputs % 2 else "pairs_scaled_product"
     assert spy.calls[f"{product}/{isa}"] == 3 and spy.calls[f"units_sgd_update/{isa}"] == 3
     assert "sgd_update" not in spy.calls
 
@@ -705,7 +742,7 @@ def test_too_many_outliers_switch_the_forward_to_split_units(isa, spy):
     expected = nitro_scale(exact(x, weight), 2**8 * 64)
     np.testing.assert_array_equal(kernels.IMPLEMENTATIONS[isa].scaled_forward(layer, x, 2**8 * 64), expected)
     assert layer.kernel_cache.pairs.count > OUTLIER_CAPACITY and layer.kernel_cache.units is not None
-    assert spy.calls[f"units_product/{isa}"] == 1 and f"pairs_product/{isa}" not in spy.calls
+    assert spy.calls[f"units_product/{isa}"] == 1 and f"pairs_scaled_product/{isa}" not in spy.calls
 
 
 def _hand_back_cases():
@@ -716,14 +753,15 @@ def _hand_back_cases():
     biased.refresh_bounds()
     wide = np.repeat(x, 2, axis=1)
     narrow = np.ascontiguousarray(x[:, :62])
-    pair_kernels = ["pair_form", "split_units", "row_l1", "pairs_product", "units_product"]
+    pair_kernels = ["pair_form", "split_units", "row_l1", "pairs_scaled_product", "units_product"]
     return {
         # (layer, x, scale, the C functions that must run, those that must not)
-        "pair form: no limit": (layer_with(np.full((3, 64), UNITS_LIMIT)), x, 256, ["pair_form", "pairs_product"],
-                                ["row_l1", "units_product", "split_units"]),
+        "pair form: no limit": (layer_with(np.full((3, 64), UNITS_LIMIT)), x, 256,
+                                ["pair_form", "pairs_scaled_product"],
+                                ["row_l1", "units_product", "split_units", "scale_to_int8"]),
         "too many outliers, past the split units": (
             layer_with(np.full((OUTLIER_CAPACITY // 64 + 1, 64), UNITS_LIMIT)), x, 256,
-            ["pair_form", "scale_to_int8"], ["pairs_product", "units_product", "split_units", "row_l1"]),
+            ["pair_form", "scale_to_int8"], ["pairs_scaled_product", "units_product", "split_units", "row_l1"]),
         "odd width, chunks of 0 inputs": (
             layer_with(np.full((3, 65), 2**20)), np.full((4, 65), -128, np.int8), 256, ["row_l1", "scale_to_int8"],
             ["units_product", "split_units"]),

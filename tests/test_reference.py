@@ -37,7 +37,7 @@ def test_the_pair_products_run_in_the_replay(trace, isa, spy):
     with sknitro.config_context(kernels=isa):
         replay_trace(DATA / f"{trace}.npz")
     assert spy.calls.get("head_step", 0) > 0 and spy.calls.get("activation_backward", 0) > 0
-    assert spy.calls.get(f"pairs_product/{isa}", 0) + spy.calls.get(f"units_product/{isa}", 0) > 0
+    assert spy.calls.get(f"pairs_scaled_product/{isa}", 0) + spy.calls.get(f"units_product/{isa}", 0) > 0
     assert spy.calls.get(f"units_sgd_update/{isa}", 0) > 0
 
 

@@ -381,15 +381,16 @@ def _divisors_fit(divisor: int, decay_inv: int) -> bool:
     return 1 <= divisor < KERNEL_DIVISOR_LIMIT and 0 <= decay_inv < KERNEL_DIVISOR_LIMIT
 
 
-def _narrow_scaled(isa: str, x: np.ndarray, units: np.ndarray, scale: int, table: Any) -> Any:
-    """NITRO scaling (and the activation ``table``) of ``x`` times a narrow layer's weights
-    (their split ``units``), from the product's lanes."""
-    scaled = np.empty((x.shape[0], units.shape[0]), dtype=np.int8)
+def _scaled_in_kernel(kernel: Any, operands: tuple, shape: tuple[int, int], scale: int, table: Any) -> Any:
+    """NITRO scaling (and the activation ``table``) that a product ``kernel`` applies to its
+    sums before they leave the CPU's registers: ``kernel(*operands, scale, scaled[, table,
+    activated])``; no int32 z is written."""
+    scaled = np.empty(shape, dtype=np.int8)
     if table is None:
-        _compiled.narrow_scaled_product(isa, x, units, scale, scaled)
+        kernel(*operands, scale, scaled)
         return scaled
     activated = np.empty_like(scaled)
-    _compiled.narrow_scaled_product(isa, x, units, scale, scaled, table, activated)
+    kernel(*operands, scale, scaled, table, activated)
     return scaled, activated
 
 
@@ -436,18 +437,19 @@ class PairKernels(CompiledKernels):
                 or 128 * scale >= KERNEL_DIVISOR_LIMIT:
             return super().scaled_forward(layer, x, scale, table)
         (batch, width), outputs = x.shape, layer.weight.shape[0]
-        product = np.empty((batch, outputs), dtype=np.int32)
         pair_form = _pair_form(layer) if _pair_width(layer) else None
-        if pair_form is not None:
+        if pair_form is not None:  # scaled in the product's tiles: no z at all
             chunk = _chunk(x, min(layer.weight_bound, PAIR_LIMIT), 2, width // 2)
-            _compiled.pairs_product(self.name, x, pair_form.pairs, pair_form.index, pair_form.residual,
-                                    pair_form.count, chunk, product)
-            return _scaled(product, scale, table)
+            return _scaled_in_kernel(_compiled.pairs_scaled_product, (self.name, x, pair_form.pairs, pair_form.index,
+                                                                      pair_form.residual, pair_form.count, chunk),
+                                     (batch, outputs), scale, table)
         chunk = 0 if layer.weight_bound >= UNITS_LIMIT else _chunk(x, layer.weight_bound, 1, width)
         if chunk == 0:
             return super().scaled_forward(layer, x, scale, table)
         if width < PAIR_MIN_WIDTH and chunk >= width:  # a narrow layer, whole rows in int32: no z at all
-            return _narrow_scaled(self.name, x, _split_units(layer), scale, table)
+            return _scaled_in_kernel(_compiled.narrow_scaled_product, (self.name, x, _split_units(layer)),
+                                     (batch, outputs), scale, table)
+        product = np.empty((batch, outputs), dtype=np.int32)
         _compiled.units_product(self.name, x, _split_units(layer), chunk, product)
         return _scaled(product, scale, table)
 

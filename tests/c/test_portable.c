@@ -379,8 +379,9 @@ static void test_pair_kernels(const pair_kernels_t *kernels)
         /* the pair form (x read as int16 pairs), then the split units (x read as input units) */
         pairs_split_units(w, w_units, N * K);
         for (int form = 0; form < 2; form++) {
-            CHECK(form ? kernels->product(x, w_units, z, M, N, K, K, 0, NULL) == 0
-                       : kernels->product(x, (const int32_t *)w_pairs, z, M, N, K / 2, K / 2, 1, &outliers) == 0,
+            product_out_t out = {z, 0, make_divisor(1), NULL, NULL, NULL};
+            CHECK(form ? kernels->product(x, w_units, &out, M, N, K, K, 0, NULL) == 0
+                       : kernels->product(x, (const int32_t *)w_pairs, &out, M, N, K / 2, K / 2, 1, &outliers) == 0,
                   "%s product", kernels->name);
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++) {
@@ -391,6 +392,23 @@ static void test_pair_kernels(const pair_kernels_t *kernels)
                           form, i, j, z[i * N + j], (long long)sum);
                 }
         }
+        /* the pair form's product NITRO-scaled in the tiles (no z), and an activation table */
+        static int8_t scaled[M * N], activated[M * N], table[256];
+        for (int t = 0; t < 256; t++)
+            table[t] = (int8_t)(t ^ 0x5A);
+        int64_t scale = uniform(1, 1 << 14);
+        product_out_t scaled_out = {NULL, 0, make_divisor(scale), scaled, table, activated};
+        CHECK(kernels->product(x, (const int32_t *)w_pairs, &scaled_out, M, N, K / 2, K / 2, 1, &outliers) == 0,
+              "%s scaled product", kernels->name);
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                int64_t sum = 0;
+                for (int k = 0; k < K; k++)
+                    sum += (int64_t)x[i * K + k] * w[j * K + k];
+                int8_t expected = (int8_t)naive_scale(sum, scale);
+                CHECK(scaled[i * N + j] == expected && activated[i * N + j] == table[(uint8_t)expected],
+                      "%s scaled product [%d, %d]", kernels->name, i, j);
+            }
         /* the update: G = delta^T x, and the new pair form with its outliers; delta as split
          * units, or (every third round: every delta fits int16) as row pairs of an odd batch */
         int64_t lr = uniform(1, 3000), decay = round % 2 ? uniform(1, 3000) : 0;
