@@ -361,6 +361,15 @@ static void test_pair_forms(void)
 
 #if defined(__x86_64__)
 /* The pair products of each ISA this CPU runs, against naive sums (x86-64 only). */
+/* sum_k x[k] w[k] in int64 */
+static int64_t naive_dot(const int8_t *x, const int32_t *w, int k)
+{
+    int64_t sum = 0;
+    for (int i = 0; i < k; i++)
+        sum += (int64_t)x[i] * w[i];
+    return sum;
+}
+
 static void test_pair_kernels(const pair_kernels_t *kernels)
 {
     enum { M = 11, N = 7, K = 38 }; /* edges of every tile and vector width */
@@ -385,9 +394,7 @@ static void test_pair_kernels(const pair_kernels_t *kernels)
                   "%s product", kernels->name);
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++) {
-                    int64_t sum = 0;
-                    for (int k = 0; k < K; k++)
-                        sum += (int64_t)x[i * K + k] * w[j * K + k];
+                    int64_t sum = naive_dot(x + i * K, w + j * K, K);
                     CHECK(z[i * N + j] == sum, "%s product (form %d) z[%d, %d] = %d, expected %lld", kernels->name,
                           form, i, j, z[i * N + j], (long long)sum);
                 }
@@ -402,10 +409,7 @@ static void test_pair_kernels(const pair_kernels_t *kernels)
               "%s scaled product", kernels->name);
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++) {
-                int64_t sum = 0;
-                for (int k = 0; k < K; k++)
-                    sum += (int64_t)x[i * K + k] * w[j * K + k];
-                int8_t expected = (int8_t)naive_scale(sum, scale);
+                int8_t expected = (int8_t)naive_scale(naive_dot(x + i * K, w + j * K, K), scale);
                 CHECK(scaled[i * N + j] == expected && activated[i * N + j] == table[(uint8_t)expected],
                       "%s scaled product [%d, %d]", kernels->name, i, j);
             }
