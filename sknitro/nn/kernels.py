@@ -383,8 +383,8 @@ def _divisors_fit(divisor: int, decay_inv: int) -> bool:
 
 def _scaled_in_kernel(kernel: Any, operands: tuple, shape: tuple[int, int], scale: int, table: Any) -> Any:
     """NITRO scaling (and the activation ``table``) that a product ``kernel`` applies to its
-    sums before they leave the CPU's registers: ``kernel(*operands, scale, scaled[, table,
-    activated])``; no int32 z is written."""
+    sums as it makes them (in the vector lanes, or a block of rows at a time in cache):
+    ``kernel(*operands, scale, scaled[, table, activated])``; no whole int32 z is written."""
     scaled = np.empty(shape, dtype=np.int8)
     if table is None:
         kernel(*operands, scale, scaled)
@@ -438,7 +438,7 @@ class PairKernels(CompiledKernels):
             return super().scaled_forward(layer, x, scale, table)
         (batch, width), outputs = x.shape, layer.weight.shape[0]
         pair_form = _pair_form(layer) if _pair_width(layer) else None
-        if pair_form is not None:  # scaled in the product's tiles: no z at all
+        if pair_form is not None:  # scaled a block of rows at a time: no whole z
             chunk = _chunk(x, min(layer.weight_bound, PAIR_LIMIT), 2, width // 2)
             return _scaled_in_kernel(_compiled.pairs_scaled_product, (self.name, x, pair_form.pairs, pair_form.index,
                                                                       pair_form.residual, pair_form.count, chunk),
