@@ -198,6 +198,13 @@ static void pack_row_pair(const int8_t *first, const int8_t *second, int32_t *pa
         packed[c] = 0;
 }
 
+/* Row pairs of two rows of n int32 that fit int16 (`second` NULL: a zero row). */
+static void pair_delta_rows(const int32_t *first, const int32_t *second, int32_t *paired, ptrdiff_t n)
+{
+    for (ptrdiff_t j = 0; j < n; j++)
+        paired[j] = row_pair((int16_t)first[j], second ? (int16_t)second[j] : 0);
+}
+
 /* Rows of units [first, last) of x's columns of `tile`, `columns` per row from `packed`: the
  * input units of one row of x, or the row pairs of two (as unit_rows says). */
 static void pack_rows(const update_sweep_t *s, ptrdiff_t tile, ptrdiff_t first, ptrdiff_t last, int32_t *packed)
@@ -336,9 +343,9 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
 {
     /* The rows of units: row pairs of the batch rows whose every delta fits int16 (one
      * product per delta * x), in order, the last alone when they are odd in number; then the
-     * split units of the others (two products). Each row of delta_units is padded with zeros
-     * to a whole number of the tiles' 4 outputs. */
-    ptrdiff_t stride = round_up(n, 4), rows = 0, pending = -1;
+     * split units of the others (two products; last row first). Each row of delta_units is
+     * padded with zeros to a whole number of the tiles' 4 outputs. */
+    ptrdiff_t stride = round_up(n, 4), rows = 0, splits = 0, pending = -1;
     unit_row_t *unit_rows = malloc((size_t)batch * sizeof(unit_row_t) + 1);
     int32_t *delta_units = malloc((size_t)(stride * batch) * sizeof(int32_t) + 1);
     if (!unit_rows || !delta_units) {
@@ -346,10 +353,12 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
         free(delta_units);
         return -1;
     }
+    /* one pass over delta: the pairs from the front, the split rows from the back (there is
+     * room for both: a pair takes two batch rows), then the split rows moved behind the pairs */
     for (ptrdiff_t b = 0; b < batch; b++) {
-        if (!fits_int16(delta + b * n, n))
-            continue;
-        if (pending < 0) {
+        if (!fits_int16(delta + b * n, n)) {
+            unit_rows[batch - 1 - splits++] = (unit_row_t){b, -1, 0};
+        } else if (pending < 0) {
             pending = b;
         } else {
             unit_rows[rows++] = (unit_row_t){pending, b, 1};
@@ -358,15 +367,17 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
     }
     if (pending >= 0)
         unit_rows[rows++] = (unit_row_t){pending, -1, 1};
-    for (ptrdiff_t b = 0; b < batch; b++)
-        if (!fits_int16(delta + b * n, n))
-            unit_rows[rows++] = (unit_row_t){b, -1, 0};
+    memmove(unit_rows + rows, unit_rows + batch - splits, (size_t)splits * sizeof(unit_row_t));
+    rows += splits;
     for (ptrdiff_t r = 0; r < rows; r++) {
         const unit_row_t *u = &unit_rows[r];
-        const int32_t *top = delta + u->row * n, *second = u->partner < 0 ? NULL : delta + u->partner * n;
+        const int32_t *top = delta + u->row * n;
         int32_t *out = delta_units + r * stride;
-        for (ptrdiff_t j = 0; j < n; j++)
-            out[j] = u->paired ? row_pair((int16_t)top[j], second ? (int16_t)second[j] : 0) : split_unit(top[j]);
+        if (u->paired)
+            pair_delta_rows(top, u->partner < 0 ? NULL : delta + u->partner * n, out, n);
+        else
+            for (ptrdiff_t j = 0; j < n; j++)
+                out[j] = split_unit(top[j]);
         for (ptrdiff_t j = n; j < stride; j++)
             out[j] = 0;
     }
@@ -462,9 +473,8 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
                     int second = 2 * r + 1 < rows;
                     pack_row_pair(block_x + 2 * r * k, second ? block_x + (2 * r + 1) * k : NULL, x_units + r * kpad,
                                   k, kpad);
-                    for (ptrdiff_t j = 0; j < n; j++)
-                        delta_pairs[r * n + j] = row_pair((int16_t)block_delta[2 * r * n + j],
-                                                          second ? (int16_t)block_delta[(2 * r + 1) * n + j] : 0);
+                    pair_delta_rows(block_delta + 2 * r * n, second ? block_delta + (2 * r + 1) * n : NULL,
+                                    delta_pairs + r * n, n);
                 }
                 gradient(delta_pairs, n, x_units, kpad, pairs, part, npad, 1);
             } else {

@@ -109,7 +109,7 @@ int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *r
     /* z with the classes in the lanes, HEAD_LANES at a time: W transposed (zero past the
      * classes), each input broadcast along a row of it. Dot products along the short rows of
      * a head spent most of their time on horizontal sums and remainders. */
-    ptrdiff_t padded = (classes + HEAD_LANES - 1) / HEAD_LANES * HEAD_LANES;
+    ptrdiff_t padded = head_padded_classes(classes);
     int32_t *restrict wt = scratch;
     for (ptrdiff_t n = 0; n < features; n++)
         for (ptrdiff_t c = 0; c < padded; c++)

@@ -34,9 +34,14 @@ int64_t update_loop(int32_t *restrict w, const double *restrict g, double *restr
 /* The int32 scratch space of head_loop: W transposed with its classes padded to whole
  * vectors of HEAD_LANES (later one row of G). */
 #define HEAD_LANES 16
+static inline ptrdiff_t head_padded_classes(ptrdiff_t classes)
+{
+    return (classes + HEAD_LANES - 1) / HEAD_LANES * HEAD_LANES;
+}
+
 static inline ptrdiff_t head_scratch_size(ptrdiff_t classes, ptrdiff_t features)
 {
-    return features * ((classes + HEAD_LANES - 1) / HEAD_LANES * HEAD_LANES);
+    return features * head_padded_classes(classes);
 }
 
 /* A learning head, whole (see _portable.c); returns max|w| after the update. */

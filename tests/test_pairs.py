@@ -485,6 +485,20 @@ def assert_mirror(copy, outliers, expected, mirror):
     np.testing.assert_array_equal(got_residual, kernel_residual[:count])
 
 
+def assert_update_on_threads(threads, isa, delta, x, weight, divisor, decay_inv, counts=(1, 2),
+                             mirrors=("split", "pairs")):
+    """The update kernel gives the integer SGD's weights, max|w| and mirror on each of
+    ``counts`` OpenMP threads, with each mirror."""
+    expected, expected_bound = expected_update(delta, x, weight, divisor, decay_inv)
+    for count in counts:
+        for mirror in mirrors:
+            updated, bound, copy, outliers = threads(count, lambda: run_update(isa, delta, x, weight, divisor,
+                                                                               decay_inv, mirror))
+            np.testing.assert_array_equal(updated, expected, err_msg=f"{count} threads, {mirror}")
+            assert bound == expected_bound
+            assert_mirror(copy, outliers, expected, mirror)
+
+
 # partial AVX2 vectors (8) and update tiles (16), VNNI vectors (16) and tiles (64)
 UPDATE_WIDTHS = [1, 7, 8, 9, 15, 16, 17, 33, 64, 65, 130]
 UPDATE_ROWS = [(1, 1), (3, 5), (8, 6), (13, 3)]  # (batch, n): n past whole tiles of 4 rows
@@ -961,15 +975,7 @@ def test_update_sweeps_row_blocks_over_groups_of_tiles(isa, threads, mirror, for
     delta[0, 7], delta[-1, n - 1] = DELTA_FORMS[form][1]
     weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
     weight.flat[rng.choice(weight.size, 300, replace=False)] = 2**18
-    expected, expected_bound = expected_update(delta, x, weight, 512, 3000)
-
-    def update():
-        return run_update(isa, delta, x, weight, 512, 3000, mirror)
-
-    for updated, bound, copy, outliers in (threads(1, update), threads(2, update)):
-        np.testing.assert_array_equal(updated, expected)
-        assert bound == expected_bound
-        assert_mirror(copy, outliers, expected, mirror)
+    assert_update_on_threads(threads, isa, delta, x, weight, 512, 3000, mirrors=(mirror,))
 
 
 def test_narrow_update_pairs_the_rows_of_blocks_whose_delta_fits_int16(isa, threads):
@@ -983,14 +989,7 @@ def test_narrow_update_pairs_the_rows_of_blocks_whose_delta_fits_int16(isa, thre
     delta[0, 0], delta[255, 31], delta[-1, 5] = -(2**15), 2**15 - 1, -(2**15)
     delta[300, 7] = -(2**15) - 1
     weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
-    expected, expected_bound = expected_update(delta, x, weight, 2**20, 3000)
-    for count in (1, 2):
-        for mirror in ("split", "pairs"):
-            updated, bound, copy, outliers = threads(count, lambda: run_update(isa, delta, x, weight, 2**20, 3000,
-                                                                               mirror))
-            np.testing.assert_array_equal(updated, expected, err_msg=f"{count} threads")
-            assert bound == expected_bound
-            assert_mirror(copy, outliers, expected, mirror)
+    assert_update_on_threads(threads, isa, delta, x, weight, 2**20, 3000)
 
 
 @pytest.mark.parametrize("form", SWEEP_FORMS)
@@ -1005,14 +1004,7 @@ def test_update_cuts_the_batch_of_a_small_layer_for_the_threads(isa, threads, fo
     delta[0, 3], delta[-1, n - 1] = DELTA_FORMS[form][1]
     weight = rng.integers(-(2**15), 2**15, (n, k)).astype(np.int32)
     weight.flat[rng.choice(weight.size, 50, replace=False)] = 2**17
-    expected, expected_bound = expected_update(delta, x, weight, 4096, 3000)
-    for count in (1, 2, 3):
-        for mirror in ("split", "pairs"):
-            updated, bound, copy, outliers = threads(count, lambda: run_update(isa, delta, x, weight, 4096, 3000,
-                                                                               mirror))
-            np.testing.assert_array_equal(updated, expected, err_msg=f"{count} threads")
-            assert bound == expected_bound
-            assert_mirror(copy, outliers, expected, mirror)
+    assert_update_on_threads(threads, isa, delta, x, weight, 4096, 3000, counts=(1, 2, 3))
 
 
 @pytest.mark.parametrize("form", SWEEP_FORMS)
