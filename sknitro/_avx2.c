@@ -115,8 +115,22 @@ AVX2_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, co
     const int8_t *const xs[2] = {x + clamp_row(i0, m) * row, x + clamp_row(i0 + 1, m) * row};
     const int32_t *const ws[4] = {w_units + clamp_row(j0, n) * k, w_units + clamp_row(j0 + 1, n) * k,
                                   w_units + clamp_row(j0 + 2, n) * k, w_units + clamp_row(j0 + 3, n) * k};
-    __m256i total_low = _mm256_setzero_si256(), total_high = total_low; /* int64 sums of lanes 0-3, 4-7 */
     __m256i lanes[8];
+    if (chunk >= k && i0 + 1 < m && j0 + 3 < n && !(row_start && row_start[j0] < row_start[j0 + 4])) {
+        /* the common tile: whole rows in int32, no outliers, all 8 sums inside z: they are z
+         * (2 stores of 4; the general epilogue's int64 and saturation cost as much as a fifth
+         * of a first layer's forward) */
+        if (pairs)
+            dot_2x4_pairs(xs, ws, 0, k, lanes);
+        else
+            dot_2x4_units(xs, ws, 0, k, lanes);
+        __m256i sums = horizontal_sums(lanes);
+        int32_t *z = out->z + (i0 - out->row0) * n + j0;
+        _mm_storeu_si128((__m128i *)z, _mm256_castsi256_si128(sums));
+        _mm_storeu_si128((__m128i *)(z + n), _mm256_extracti128_si256(sums, 1));
+        return;
+    }
+    __m256i total_low = _mm256_setzero_si256(), total_high = total_low; /* int64 sums of lanes 0-3, 4-7 */
     for (ptrdiff_t start = 0; start < k; start += chunk) {
         ptrdiff_t end = start + chunk < k ? start + chunk : k;
         if (pairs)

@@ -122,8 +122,20 @@ VNNI_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, co
                                  x + clamp_row(i0 + 2, m) * row, x + clamp_row(i0 + 3, m) * row};
     const int32_t *const ws[4] = {w_units + clamp_row(j0, n) * k, w_units + clamp_row(j0 + 1, n) * k,
                                   w_units + clamp_row(j0 + 2, n) * k, w_units + clamp_row(j0 + 3, n) * k};
-    __m512i total_low = _mm512_setzero_si512(), total_high = total_low; /* int64 sums of tiles 0-7, 8-15 */
     __m512i lanes[16];
+    if (chunk >= k && i0 + 3 < m && j0 + 3 < n && !(row_start && row_start[j0] < row_start[j0 + 4])) {
+        /* the common tile: whole rows in int32, no outliers, all 16 sums inside z: they are z */
+        if (pairs)
+            dot_4x4_pairs(xs, ws, 0, k, lanes);
+        else
+            dot_4x4_units(xs, ws, 0, k, lanes);
+        __m512i sums = horizontal_sums(lanes);
+        int32_t *z = out->z + (i0 - out->row0) * n + j0;
+        for (int r = 0; r < 4; r++)
+            _mm_storeu_si128((__m128i *)(z + r * n), _mm512_extracti32x4_epi32(sums, r));
+        return;
+    }
+    __m512i total_low = _mm512_setzero_si512(), total_high = total_low; /* int64 sums of tiles 0-7, 8-15 */
     for (ptrdiff_t start = 0; start < k; start += chunk) {
         ptrdiff_t end = start + chunk < k ? start + chunk : k;
         if (pairs)
