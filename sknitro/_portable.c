@@ -94,6 +94,29 @@ int64_t update_loop(int32_t *restrict w, const double *restrict g, double *restr
 typedef int32_t head_lanes_t __attribute__((vector_size(HEAD_LANES * sizeof(int32_t))));
 #define HEAD_ROWS 4
 
+/* The helpers below pass lanes by pointer: a vector argument or result would change the ABI
+ * between the multiversioned clones (GCC warns), and they are inlined anyway. */
+
+/* `count` int32 from p in lanes (all of them when count >= HEAD_LANES), zero past them. */
+static inline void load_lanes(head_lanes_t *v, const int32_t *p, ptrdiff_t count)
+{
+    if (count >= HEAD_LANES) { /* a fixed size: one vector load */
+        memcpy(v, p, sizeof *v);
+        return;
+    }
+    *v = (head_lanes_t){0};
+    memcpy(v, p, (size_t)count * sizeof(int32_t));
+}
+
+/* The first `count` lanes of v (all when count >= HEAD_LANES) to p. */
+static inline void store_lanes(int32_t *p, const head_lanes_t *v, ptrdiff_t count)
+{
+    if (count >= HEAD_LANES)
+        memcpy(p, v, sizeof *v);
+    else
+        memcpy(p, v, (size_t)count * sizeof(int32_t));
+}
+
 /* A learning head, whole: z = x W^T, yhat = clip(tdiv(z, SF)), e = yhat - target,
  * input_grad = e W (the weights before the update), G = e^T x, W -= tdiv(G, lr) + decay.
  * Heads have few outputs (the classes), so their products are small enough that plain
@@ -144,19 +167,24 @@ int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *r
                 }
             }
         }
-    if (input_grad) {
-        for (ptrdiff_t b = 0; b < batch; b++) {
-            int32_t *out = input_grad + b * features;
-            for (ptrdiff_t n = 0; n < features; n++)
-                out[n] = 0;
-            for (ptrdiff_t c = 0; c < classes; c++) {
-                int32_t e = error[b * classes + c];
-                const int32_t *w_row = w + c * features;
-                for (ptrdiff_t n = 0; n < features; n++)
-                    out[n] += e * w_row[n];
+    if (input_grad) /* the features in the lanes, HEAD_ROWS rows of e per load of W */
+        for (ptrdiff_t b0 = 0; b0 < batch; b0 += HEAD_ROWS)
+            for (ptrdiff_t n0 = 0; n0 < features; n0 += HEAD_LANES) {
+                const int16_t *errors[HEAD_ROWS]; /* rows past the batch repeat the last one, and are dropped */
+                head_lanes_t sums[HEAD_ROWS];
+                for (int r = 0; r < HEAD_ROWS; r++) {
+                    errors[r] = error + (b0 + r < batch ? b0 + r : batch - 1) * classes;
+                    sums[r] = (head_lanes_t){0};
+                }
+                for (ptrdiff_t c = 0; c < classes; c++) {
+                    head_lanes_t lanes;
+                    load_lanes(&lanes, w + c * features + n0, features - n0);
+                    for (int r = 0; r < HEAD_ROWS; r++)
+                        sums[r] += (int32_t)errors[r][c] * lanes;
+                }
+                for (ptrdiff_t b = b0; b < batch && b < b0 + HEAD_ROWS; b++)
+                    store_lanes(input_grad + b * features + n0, &sums[b - b0], features - n0);
             }
-        }
-    }
     int64_t largest = 0;
     int32_t *row = scratch; /* a row of G */
     for (ptrdiff_t c = 0; c < classes; c++) {

@@ -131,8 +131,10 @@ VNNI_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, co
             dot_4x4_units(xs, ws, 0, k, lanes);
         __m512i sums = horizontal_sums(lanes);
         int32_t *z = out->z + (i0 - out->row0) * n + j0;
-        for (int r = 0; r < 4; r++)
-            _mm_storeu_si128((__m128i *)(z + r * n), _mm512_extracti32x4_epi32(sums, r));
+        _mm_storeu_si128((__m128i *)z, _mm512_castsi512_si128(sums));
+        _mm_storeu_si128((__m128i *)(z + n), _mm512_extracti32x4_epi32(sums, 1));
+        _mm_storeu_si128((__m128i *)(z + 2 * n), _mm512_extracti32x4_epi32(sums, 2));
+        _mm_storeu_si128((__m128i *)(z + 3 * n), _mm512_extracti32x4_epi32(sums, 3));
         return;
     }
     __m512i total_low = _mm512_setzero_si512(), total_high = total_low; /* int64 sums of tiles 0-7, 8-15 */
