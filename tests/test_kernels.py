@@ -167,3 +167,46 @@ def test_blas_limit_is_shared_by_concurrent_epochs():
         assert _blas_threads() == [1] * len(_blas_threads())  # the second still runs
         limit.__exit__(None, None, None)
         assert _blas_threads() == [2] * len(_blas_threads())
+
+
+@pytest.mark.skipif(not PAIR_ISAS, reason="this CPU runs no pair products (AVX2 or AVX-512 VNNI)")
+@pytest.mark.parametrize("isa", PAIR_ISAS)
+def test_large_pair_forms_lie_on_huge_pages(isa):
+    """A layer's pair form of at least HUGE_PAGE_MIN_BYTES starts on a huge page (where Linux
+    offers them), stays valid after the mapping's other references are gone, and gives the
+    product of the int32 weights; a small one is a plain array."""
+    import gc
+
+    from sknitro.nn.layers import IntegerLinear
+
+    rng = np.random.default_rng(0)
+    big = IntegerLinear(784, 200, 3000, rng)  # 200 * 784 int16: 313,600 bytes
+    small = IntegerLinear(64, 16, 3000, rng)
+    x = rng.integers(-127, 128, (5, 784)).astype(np.int8)
+    with sknitro.config_context(kernels=isa):
+        scaled = big.scaled_forward(x, 1000)
+        small.scaled_forward(np.ascontiguousarray(x[:, :64]), 1000)
+    gc.collect()
+    pairs = big.kernel_cache.pairs.pairs
+    assert pairs.nbytes >= kernels.HUGE_PAGE_MIN_BYTES > small.kernel_cache.pairs.pairs.nbytes
+    if hasattr(__import__("mmap"), "MADV_HUGEPAGE"):
+        assert pairs.ctypes.data % kernels.HUGE_PAGE == 0
+    assert small.kernel_cache.pairs.pairs.flags.owndata
+    np.testing.assert_array_equal(pairs, np.clip(big.weight, -32768, 32767))
+    with sknitro.config_context(kernels="numpy"):
+        np.testing.assert_array_equal(scaled, big.scaled_forward(x, 1000))
+
+
+def test_huge_page_arrays_behave_like_empty_ones():
+    shape = (3, kernels.HUGE_PAGE_MIN_BYTES // 4 + 5)  # past a page boundary of the mapping
+    array = kernels.huge_page_empty(shape, np.int32)
+    assert array.shape == shape and array.dtype == np.int32 and array.flags.c_contiguous and array.flags.writeable
+    array[...] = np.arange(array.size, dtype=np.int32).reshape(shape)
+    copy = array.copy()
+    del shape
+    import gc
+
+    gc.collect()
+    np.testing.assert_array_equal(array, copy)
+    tiny = kernels.huge_page_empty((2, 3), np.int16)
+    assert tiny.shape == (2, 3) and tiny.dtype == np.int16 and tiny.flags.owndata
