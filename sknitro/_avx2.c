@@ -211,6 +211,38 @@ AVX2_TARGET static inline __m256i update_lanes(int32_t *w, int32_t *w_units, int
     return _mm256_and_si256(_mm256_abs_epi32(updated), mask);
 }
 
+/* update_lanes for 8 whole lanes written to the pair form (the tiles of a dense layer's
+ * update but the last along k): plain loads and stores, which cost less than masked ones
+ * (on some CPUs much less), and one test of |w| > INT16_MAX for outliers, on the |w| the
+ * maximum needs anyway (it also flags -32768, which the scalar check then keeps). */
+AVX2_TARGET static inline __attribute__((always_inline)) __m256i update_pair_lanes(
+    int32_t *w, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t at, __m256i g, divisor_t lr, int decays,
+    divisor_t decay)
+{
+    __m256i old = _mm256_loadu_si256((const __m256i *)(w + at));
+    __m256i step = tdiv_lanes(g, lr);
+    if (decays) {
+        __m256i magnitude = _mm256_abs_epi32(old), threshold = _mm256_set1_epi32((int32_t)decay.d);
+        __m256i reached = _mm256_cmpeq_epi32(_mm256_max_epu32(magnitude, threshold), magnitude);
+        if (!_mm256_testz_si256(reached, reached))
+            step = _mm256_add_epi32(step, tdiv_lanes(old, decay));
+    }
+    __m256i updated = _mm256_sub_epi32(old, step);
+    _mm256_storeu_si256((__m256i *)(w + at), updated);
+    __m128i pairs = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(updated, updated), 0x08));
+    _mm_storeu_si128((__m128i *)(w_pairs + at), pairs);
+    __m256i magnitude = _mm256_abs_epi32(updated); /* unsigned: |INT32_MIN| = 2**31 */
+    __m256i within = _mm256_cmpeq_epi32(_mm256_min_epu32(magnitude, _mm256_set1_epi32(INT16_MAX)), magnitude);
+    if (!_mm256_testc_si256(within, _mm256_set1_epi32(-1))) { /* rare: a weight past int16 */
+        int32_t values[8];
+        _mm256_storeu_si256((__m256i *)values, updated);
+        for (int lane = 0; lane < 8; lane++)
+            if (values[lane] != saturate_int16(values[lane]))
+                pairs_add_outlier(outliers, at + lane, values[lane]);
+    }
+    return magnitude;
+}
+
 /* The largest of 8 unsigned lanes (update_lanes's |w|). */
 AVX2_TARGET static inline int64_t largest_lane(__m256i v)
 {
@@ -256,7 +288,26 @@ AVX2_TARGET static void gradient_tile(const int32_t *delta_units, ptrdiff_t stri
             E = _mm256_set1_epi32(e[row * stride + 3]);
             MADD(d0, E, X0); MADD(d1, E, X1);
         }
-        if (apply) {
+        if (apply && !apply->w_units && apply->k - apply->k0 >= UPDATE_COLUMNS) {
+            /* whole vectors to the pair form, the common case, in its own code; the tile's
+             * fields in locals, not read again through `apply` after every store to w */
+            int32_t *w = apply->w;
+            int16_t *w_pairs = apply->w_pairs;
+            outliers_t *outliers = apply->outliers;
+            ptrdiff_t k = apply->k, at = (apply->first_row + j0) * k + apply->k0;
+            divisor_t lr = apply->lr, decay = apply->decay;
+            int decays = apply->decays;
+#define APPLY_PAIRS(r, i) if (j0 + i < n) { \
+            largest = _mm256_max_epu32(largest, update_pair_lanes(w, w_pairs, outliers, at + i * k, r##0, lr, \
+                                                                  decays, decay)); \
+            largest = _mm256_max_epu32(largest, update_pair_lanes(w, w_pairs, outliers, at + i * k + 8, r##1, lr, \
+                                                                  decays, decay)); }
+            APPLY_PAIRS(a, 0);
+            APPLY_PAIRS(b, 1);
+            APPLY_PAIRS(c, 2);
+            APPLY_PAIRS(d, 3);
+#undef APPLY_PAIRS
+        } else if (apply) {
             ptrdiff_t left = apply->k - apply->k0;
 #define APPLY2(r, i) if (j0 + i < n) { \
             ptrdiff_t at = (apply->first_row + j0 + i) * apply->k + apply->k0; \

@@ -629,9 +629,10 @@ def test_update_counts_a_weight_at_int32_min_in_its_maximum(isa):
     weight[0, 3] = INT32_MIN + 1
     delta = np.ones((1, 1), np.int32)
     for mirror in ("split", "pairs"):
-        updated, bound, _, _ = run_update(isa, delta, x, weight, 1, 0, mirror)
+        updated, bound, copy, outliers = run_update(isa, delta, x, weight, 1, 0, mirror)
         assert updated[0, 3] == INT32_MIN
         assert bound == 2**31
+        assert_mirror(copy, outliers, updated, mirror)  # an outlier of the pair form
 
 
 # -- PairKernels: when the products run, and what they keep of a layer ---------------------
