@@ -191,10 +191,22 @@ def test_large_pair_forms_lie_on_huge_pages(isa):
     assert pairs.nbytes >= kernels.HUGE_PAGE_MIN_BYTES > small.kernel_cache.pairs.pairs.nbytes
     if hasattr(__import__("mmap"), "MADV_HUGEPAGE"):
         assert pairs.ctypes.data % kernels.HUGE_PAGE == 0
+        assert _mapping_of(pairs.ctypes.data)[1].endswith("p")  # private: shared memory takes no huge pages
     assert small.kernel_cache.pairs.pairs.flags.owndata
     np.testing.assert_array_equal(pairs, np.clip(big.weight, -32768, 32767))
     with sknitro.config_context(kernels="numpy"):
         np.testing.assert_array_equal(scaled, big.scaled_forward(x, 1000))
+
+
+def _mapping_of(address: int) -> list[str]:
+    """The line of /proc/self/maps (split) whose range holds ``address``."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            if start <= address < end:
+                return fields
+    raise AssertionError(f"no mapping holds {address:#x}")
 
 
 def test_huge_page_arrays_behave_like_empty_ones():

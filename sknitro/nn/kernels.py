@@ -538,21 +538,19 @@ HUGE_PAGE_MIN_BYTES = 2**17
 
 
 def huge_page_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """``np.empty(shape, dtype)`` on memory aligned to, and advised for, transparent huge pages
-    (Linux ``madvise(MADV_HUGEPAGE)``; elsewhere, or for arrays under
-    ``HUGE_PAGE_MIN_BYTES``, plain ``np.empty``).
-
-    A forward product streams a large layer's pair form once per block of rows. On 4 KiB
-    pages, where the pages happen to lie in physical memory made a first layer's forward
-    about 30 % slower in about half of the processes (benchmarks/bench_kernels.py); on huge
-    pages it ran at the fast speed in every one. At most one huge page is left unused.
-    """
+    """``np.empty(shape, dtype)`` on private anonymous memory aligned to, and advised for,
+    transparent huge pages (``madvise(MADV_HUGEPAGE)``, where the platform has it; elsewhere,
+    and for arrays under ``HUGE_PAGE_MIN_BYTES``, plain ``np.empty``). For the arrays a
+    product streams many times per call, whose speed on 4 KiB pages depends on where those
+    happen to lie in physical memory (see the design notes). At most one huge page is left
+    unused."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
     if nbytes < HUGE_PAGE_MIN_BYTES or advice is None:
         return np.empty(shape, dtype)
     pages = -(-nbytes // HUGE_PAGE)
-    region = mmap.mmap(-1, (pages + 1) * HUGE_PAGE)  # anonymous, private: pages appear on first touch
+    # private: mmap's default for anonymous memory is shared, which takes no huge pages
+    region = mmap.mmap(-1, (pages + 1) * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     memory = np.frombuffer(region, dtype=np.uint8)  # keeps the mapping alive
     start = -memory.ctypes.data % HUGE_PAGE
     with contextlib.suppress(OSError):  # advice only: a kernel without huge pages ignores it
