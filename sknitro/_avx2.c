@@ -46,14 +46,27 @@ AVX2_TARGET static inline __m256i horizontal_sums(const __m256i v[8])
                             _mm256_permute2x128_si256(s0123, s4567, 0x31));
 }
 
+/* PSHUFB indices that move bytes s..15 of a vector down to 0..15-s, zero above: the 16 from
+ * shift_down + s. */
+static const int8_t shift_down[32] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                      -128, -128, -128, -128, -128, -128, -128, -128,
+                                      -128, -128, -128, -128, -128, -128, -128, -128};
+
 /* 8 lanes of x from its int8 row p, at unit o: int16 pairs (x[2o..2o+15], pairs) or input
- * units (x[o..o+7]); `left` units remain in the row (fewer than 8: the end, copied out). */
+ * units (x[o..o+7]); `left` units remain in the row (fewer than 8: the end, zero past it). */
 AVX2_TARGET static inline __m256i load_x(const int8_t *p, ptrdiff_t o, const int pairs, ptrdiff_t left)
 {
     __m128i bytes;
     if (left >= 8) {
         bytes = pairs ? _mm_loadu_si128((const __m128i *)(p + 2 * o)) : _mm_loadl_epi64((const __m128i *)(p + o));
-    } else { /* AVX2 has no masked byte load */
+    } else if (o + left >= 8) {
+        /* AVX2 has no masked byte load: the vector that ends where the values end, read
+         * backwards (it starts inside the row), its last bytes moved to the front */
+        ptrdiff_t count = pairs ? 2 * left : left, end = pairs ? 2 * (o + left) : o + left;
+        __m128i last = pairs ? _mm_loadu_si128((const __m128i *)(p + end - 16))
+                             : _mm_loadl_epi64((const __m128i *)(p + end - 8));
+        bytes = _mm_shuffle_epi8(last, _mm_loadu_si128((const __m128i *)(shift_down + (pairs ? 16 : 8) - count)));
+    } else { /* a row of fewer than 8 units */
         int8_t rest[16] = {0};
         memcpy(rest, pairs ? p + 2 * o : p + o, (size_t)(pairs ? 2 * left : left));
         bytes = _mm_loadu_si128((const __m128i *)rest);
