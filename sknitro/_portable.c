@@ -89,122 +89,66 @@ int64_t update_loop(int32_t *restrict w, const double *restrict g, double *restr
     return largest;
 }
 
-/* HEAD_LANES int32 lanes, in the compiler's vector extension (GCC, Clang: vector registers
- * of the target, several where they are narrower). */
-typedef int32_t head_lanes_t __attribute__((vector_size(HEAD_LANES * sizeof(int32_t))));
-#define HEAD_ROWS 4
-
-/* The helpers below pass lanes by pointer: a vector argument or result would change the ABI
- * between the multiversioned clones (GCC warns), and they are inlined anyway. */
-
-/* `count` int32 from p in lanes (all of them when count >= HEAD_LANES), zero past them. */
-static inline void load_lanes(head_lanes_t *v, const int32_t *p, ptrdiff_t count)
-{
-    if (count >= HEAD_LANES) { /* a fixed size: one vector load */
-        memcpy(v, p, sizeof *v);
-        return;
-    }
-    *v = (head_lanes_t){0};
-    memcpy(v, p, (size_t)count * sizeof(int32_t));
-}
-
-/* The first `count` lanes of v (all when count >= HEAD_LANES) to p. */
-static inline void store_lanes(int32_t *p, const head_lanes_t *v, ptrdiff_t count)
-{
-    if (count >= HEAD_LANES)
-        memcpy(p, v, sizeof *v);
-    else
-        memcpy(p, v, (size_t)count * sizeof(int32_t));
-}
-
 /* A learning head, whole: z = x W^T, yhat = clip(tdiv(z, SF)), e = yhat - target,
  * input_grad = e W (the weights before the update), G = e^T x, W -= tdiv(G, lr) + decay.
  * Heads have few outputs (the classes), so their products are small enough that plain
  * int32 loops beat a round trip through float64 BLAS; the caller proves that every sum fits
- * int32. `scratch`: head_scratch_size(classes, features) int32. */
-MULTIVERSION
+ * int32. z sums HEAD_ROWS rows of x at a time with the classes in the lanes (W transposed in
+ * `scratch`, zero past the classes), the input gradient HEAD_ROWS rows of e with the features
+ * in the lanes: dot products along a head's short rows spent their time on horizontal sums
+ * and remainders. The loops are in _head_loop.h, once per vector width. */
+#define HEAD_ROWS 4
+
+/* `count` int32 from p into the vector v (all of it when count fills it: one load), zero
+ * past them; and the first `count` lanes of v back to p. */
+#define HEAD_LOAD(v, p, count)                                                                     \
+    do {                                                                                           \
+        if ((size_t)(count) * sizeof(int32_t) >= sizeof(v)) {                                      \
+            memcpy(&(v), (p), sizeof(v));                                                          \
+        } else {                                                                                   \
+            memset(&(v), 0, sizeof(v));                                                            \
+            memcpy(&(v), (p), (size_t)(count) * sizeof(int32_t));                                  \
+        }                                                                                          \
+    } while (0)
+#define HEAD_STORE(p, v, count)                                                                    \
+    memcpy((p), &(v), (size_t)(count) * sizeof(int32_t) >= sizeof(v) ? sizeof(v) : (size_t)(count) * sizeof(int32_t))
+
+#define HEAD_LOOP head_loop_lanes8
+#define HEAD_WIDTH 8
+#define HEAD_VECTOR head_lanes8_t
+#define HEAD_TARGET MULTIVERSION
+#include "_head_loop.h"
+#undef HEAD_LOOP
+#undef HEAD_WIDTH
+#undef HEAD_VECTOR
+#undef HEAD_TARGET
+
+#if HAVE_HEAD_LOOP_LANES16
+#define HEAD_LOOP head_loop_lanes16
+#define HEAD_WIDTH 16
+#define HEAD_VECTOR head_lanes16_t
+#define HEAD_TARGET __attribute__((target("arch=x86-64-v4")))
+#include "_head_loop.h"
+#undef HEAD_LOOP
+#undef HEAD_WIDTH
+#undef HEAD_VECTOR
+#undef HEAD_TARGET
+#endif
+
 int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *restrict target,
                   int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict scratch,
                   int16_t *restrict error, ptrdiff_t batch, ptrdiff_t classes, ptrdiff_t features,
                   divisor_t scale, int32_t limit, divisor_t lr, int decays, divisor_t decay,
                   int64_t *squared_error)
 {
-    /* z with the classes in the lanes, HEAD_LANES at a time: W transposed (zero past the
-     * classes), each input broadcast along a row of it. Dot products along the short rows of
-     * a head spent most of their time on horizontal sums and remainders. */
-    ptrdiff_t padded = head_padded_classes(classes);
-    int32_t *restrict wt = scratch;
-    for (ptrdiff_t n = 0; n < features; n++)
-        for (ptrdiff_t c = 0; c < padded; c++)
-            wt[n * padded + c] = c < classes ? w[c * features + n] : 0;
-    int64_t squares = 0;
-    for (ptrdiff_t c0 = 0; c0 < classes; c0 += HEAD_LANES)
-        for (ptrdiff_t b0 = 0; b0 < batch; b0 += HEAD_ROWS) {
-            /* HEAD_ROWS rows of x at a time: independent sums, one load of W per input (rows
-             * past the batch repeat the last one, and are dropped) */
-            const int8_t *rows[HEAD_ROWS];
-            head_lanes_t sums[HEAD_ROWS];
-            for (int r = 0; r < HEAD_ROWS; r++) {
-                rows[r] = x + (b0 + r < batch ? b0 + r : batch - 1) * features;
-                sums[r] = (head_lanes_t){0};
-            }
-            for (ptrdiff_t n = 0; n < features; n++) {
-                head_lanes_t lanes;
-                memcpy(&lanes, wt + n * padded + c0, sizeof lanes);
-                for (int r = 0; r < HEAD_ROWS; r++)
-                    sums[r] += (int32_t)rows[r][n] * lanes;
-            }
-            for (ptrdiff_t b = b0; b < batch && b < b0 + HEAD_ROWS; b++) {
-                int32_t z[HEAD_LANES];
-                memcpy(z, &sums[b - b0], sizeof z);
-                for (ptrdiff_t c = c0; c < classes && c < c0 + HEAD_LANES; c++) {
-                    int32_t clipped = z[c - c0] > limit ? limit : (z[c - c0] < -limit ? -limit : z[c - c0]);
-                    int8_t score = nitro_scale32(clipped, scale);
-                    yhat[b * classes + c] = score;
-                    int16_t e = (int16_t)(score - target[b * classes + c]);
-                    error[b * classes + c] = e;
-                    squares += (int64_t)e * e;
-                }
-            }
-        }
-    if (input_grad) /* the features in the lanes, HEAD_ROWS rows of e per load of W */
-        for (ptrdiff_t b0 = 0; b0 < batch; b0 += HEAD_ROWS)
-            for (ptrdiff_t n0 = 0; n0 < features; n0 += HEAD_LANES) {
-                const int16_t *errors[HEAD_ROWS]; /* rows past the batch repeat the last one, and are dropped */
-                head_lanes_t sums[HEAD_ROWS];
-                for (int r = 0; r < HEAD_ROWS; r++) {
-                    errors[r] = error + (b0 + r < batch ? b0 + r : batch - 1) * classes;
-                    sums[r] = (head_lanes_t){0};
-                }
-                for (ptrdiff_t c = 0; c < classes; c++) {
-                    head_lanes_t lanes;
-                    load_lanes(&lanes, w + c * features + n0, features - n0);
-                    for (int r = 0; r < HEAD_ROWS; r++)
-                        sums[r] += (int32_t)errors[r][c] * lanes;
-                }
-                for (ptrdiff_t b = b0; b < batch && b < b0 + HEAD_ROWS; b++)
-                    store_lanes(input_grad + b * features + n0, &sums[b - b0], features - n0);
-            }
-    int64_t largest = 0;
-    int32_t *row = scratch; /* a row of G */
-    for (ptrdiff_t c = 0; c < classes; c++) {
-        for (ptrdiff_t n = 0; n < features; n++)
-            row[n] = 0;
-        for (ptrdiff_t b = 0; b < batch; b++) {
-            int32_t e = error[b * classes + c];
-            const int8_t *x_row = x + b * features;
-            for (ptrdiff_t n = 0; n < features; n++)
-                row[n] += e * (int32_t)x_row[n];
-        }
-        int32_t *w_row = w + c * features;
-        for (ptrdiff_t n = 0; n < features; n++) {
-            int64_t value = sgd_rule(w_row[n], row[n], lr, decays, decay);
-            w_row[n] = (int32_t)value;
-            largest = magnitude64(value) > largest ? magnitude64(value) : largest;
-        }
-    }
-    *squared_error = squares;
-    return largest;
+#if HAVE_HEAD_LOOP_LANES16
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) /* AVX-512: 16 lanes in one register */
+        return head_loop_lanes16(x, w, target, yhat, input_grad, scratch, error, batch, classes, features, scale,
+                                 limit, lr, decays, decay, squared_error);
+#endif
+    return head_loop_lanes8(x, w, target, yhat, input_grad, scratch, error, batch, classes, features, scale, limit,
+                            lr, decays, decay, squared_error);
 }
 
 MULTIVERSION

@@ -32,7 +32,7 @@ int64_t update_loop(int32_t *restrict w, const double *restrict g, double *restr
                     divisor_t lr, int decays, divisor_t decay);
 
 /* The int32 scratch space of head_loop: W transposed with its classes padded to whole
- * vectors of HEAD_LANES (later one row of G). */
+ * vectors of HEAD_LANES (of either width its loops take), later one row of G. */
 #define HEAD_LANES 16
 static inline ptrdiff_t head_padded_classes(ptrdiff_t classes)
 {
@@ -44,12 +44,29 @@ static inline ptrdiff_t head_scratch_size(ptrdiff_t classes, ptrdiff_t features)
     return features * head_padded_classes(classes);
 }
 
-/* A learning head, whole (see _portable.c); returns max|w| after the update. */
+/* A learning head, whole (see _portable.c); returns max|w| after the update. head_loop runs
+ * the loops in the vector width of this CPU: head_loop_lanes16 on x86-64 with AVX-512 (built
+ * where HAVE_HEAD_LOOP_LANES16: by GCC, for Linux), else head_loop_lanes8. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
+#define HAVE_HEAD_LOOP_LANES16 1
+#else
+#define HAVE_HEAD_LOOP_LANES16 0
+#endif
 int64_t head_loop(const int8_t *restrict x, int32_t *restrict w, const int8_t *restrict target,
                   int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict scratch,
                   int16_t *restrict error, ptrdiff_t batch, ptrdiff_t classes, ptrdiff_t features,
                   divisor_t scale, int32_t limit, divisor_t lr, int decays, divisor_t decay,
                   int64_t *squared_error);
+int64_t head_loop_lanes8(const int8_t *restrict x, int32_t *restrict w, const int8_t *restrict target,
+                         int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict scratch,
+                         int16_t *restrict error, ptrdiff_t batch, ptrdiff_t classes, ptrdiff_t features,
+                         divisor_t scale, int32_t limit, divisor_t lr, int decays, divisor_t decay,
+                         int64_t *squared_error);
+int64_t head_loop_lanes16(const int8_t *restrict x, int32_t *restrict w, const int8_t *restrict target,
+                          int8_t *restrict yhat, int32_t *restrict input_grad, int32_t *restrict scratch,
+                          int16_t *restrict error, ptrdiff_t batch, ptrdiff_t classes, ptrdiff_t features,
+                          divisor_t scale, int32_t limit, divisor_t lr, int decays, divisor_t decay,
+                          int64_t *squared_error);
 
 /* out = table[x] for uint8 x (the image encoder), and for int8 x by its bit pattern. */
 void lookup_loop(const int8_t *restrict table, const uint8_t *restrict x, int8_t *restrict out, ptrdiff_t n);

@@ -190,8 +190,13 @@ static void test_loops(void)
     }
 }
 
-/* A learning head against its naive form (see head_loop in _portable.c). */
-static void test_head(void)
+typedef int64_t (*head_loop_t)(const int8_t *, int32_t *, const int8_t *, int8_t *, int32_t *, int32_t *,
+                               int16_t *, ptrdiff_t, ptrdiff_t, ptrdiff_t, divisor_t, int32_t, divisor_t, int,
+                               divisor_t, int64_t *);
+
+/* A learning head against its naive form (see head_loop in _portable.c), in each vector width
+ * this CPU runs. */
+static void test_head(head_loop_t loop)
 {
     enum { B = 13, C = 21, F = 37 }; /* past whole vectors of classes and blocks of rows */
     static int8_t x[B * F], target[B * C], yhat[B * C];
@@ -207,9 +212,8 @@ static void test_head(void)
             w[i] = w0[i] = (int32_t)uniform(-20000, 20000);
         int64_t squares, limit = 128 * scale;
         CHECK(head_scratch_size(C, F) == F * 2 * HEAD_LANES, "head scratch size");
-        int64_t largest = head_loop(x, w, target, yhat, input_grad, scratch, error, B, C, F, make_divisor(scale),
-                                    (int32_t)limit, make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1),
-                                    &squares);
+        int64_t largest = loop(x, w, target, yhat, input_grad, scratch, error, B, C, F, make_divisor(scale),
+                               (int32_t)limit, make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1), &squares);
         int64_t e[B * C], expected_squares = 0, expected_largest = 0;
         for (int b = 0; b < B; b++)
             for (int c = 0; c < C; c++) {
@@ -446,7 +450,13 @@ int main(void)
 {
     test_rules();
     test_loops();
-    test_head();
+    test_head(head_loop); /* this CPU's width */
+    test_head(head_loop_lanes8);
+#if HAVE_HEAD_LOOP_LANES16
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4"))
+        test_head(head_loop_lanes16);
+#endif
     test_pools();
     test_im2col();
     test_pair_forms();
