@@ -31,6 +31,7 @@ cdef extern from "_rules.h" nogil:
     divisor_t make_divisor(int64_t d)
 
 cdef extern from "_portable.h" nogil:
+    const char *portable_target
     int64_t update_loop(int32_t *w, const double *g, double *mirror, ptrdiff_t n, divisor_t lr, int decays,
                         divisor_t decay)
     ptrdiff_t head_scratch_size(ptrdiff_t classes, ptrdiff_t features)
@@ -363,6 +364,9 @@ cdef enum:
 cdef const pair_kernels_t *PAIR_KERNELS[N_PAIR_KERNELS]
 PAIR_KERNELS[0], PAIR_KERNELS[1] = &vnni_kernels, &avx2_kernels
 ISAS = tuple(PAIR_KERNELS[i].name.decode() for i in range(N_PAIR_KERNELS))
+# What the portable loops (heads, scaling, the activation's backward, ...) were compiled for:
+# GCC target strings, one per build the loader picks from.
+PORTABLE_TARGETS = tuple(target.strip() for target in portable_target.decode().split(","))
 
 
 cdef product_out_t z_out(int32_t[:, ::1] z, ptrdiff_t m, ptrdiff_t n) except *:

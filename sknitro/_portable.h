@@ -11,6 +11,15 @@
 
 #include "_rules.h"
 
+/* Whether the loops below are compiled once per x86-64 level (GCC's target_clones, on Linux;
+ * see _portable.c), and for which targets: "default" where not. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
+#define HAVE_MULTIVERSION 1
+#else
+#define HAVE_MULTIVERSION 0
+#endif
+extern const char *const portable_target;
+
 /* out = nitro_scale(z) for a float64 product z holding integers, clamped first to +-limit
  * (= 128 * SF, where the result saturates anyway; 128 * SF < 2**31). */
 void scale_loop(const double *restrict z, int8_t *restrict out, ptrdiff_t n, double limit, divisor_t d);
@@ -47,7 +56,7 @@ static inline ptrdiff_t head_scratch_size(ptrdiff_t classes, ptrdiff_t features)
 /* A learning head, whole (see _portable.c); returns max|w| after the update. head_loop runs
  * the loops in the vector width of this CPU: head_loop_lanes16 on x86-64 with AVX-512 (built
  * where HAVE_HEAD_LOOP_LANES16: by GCC, for Linux), else head_loop_lanes8. */
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
+#if HAVE_MULTIVERSION && !defined(SKNITRO_PORTABLE_TARGET)
 #define HAVE_HEAD_LOOP_LANES16 1
 #else
 #define HAVE_HEAD_LOOP_LANES16 0
