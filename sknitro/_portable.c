@@ -16,19 +16,23 @@
 #include <string.h>
 
 /* Each hot loop is compiled for AVX-512 and AVX2 too; the loader picks the best the CPU has.
- * A build with SKNITRO_PORTABLE_TARGET defined (a GCC target string, say "arch=x86-64-v3")
- * compiles them for that target only: the loops a CPU of that kind runs, on any CPU that runs
- * them (benchmarks/bench_kernels.py times the AVX2 kernels so on an AVX-512 CPU). */
-#if defined(SKNITRO_PORTABLE_TARGET)
-#define MULTIVERSION __attribute__((target(SKNITRO_PORTABLE_TARGET)))
+ * A build with SKNITRO_PORTABLE_ARCH defined (an x86-64 level, say
+ * -DSKNITRO_PORTABLE_ARCH=x86-64-v3) compiles them for that level only: the loops a CPU of
+ * that level runs, on any CPU that runs them (benchmarks/bench_kernels.py times the AVX2
+ * kernels so on an AVX-512 CPU). */
+#define STRINGIFY_(tokens) #tokens
+#define STRINGIFY(tokens) STRINGIFY_(tokens)
+#if defined(SKNITRO_PORTABLE_ARCH)
+#define PORTABLE_TARGET "arch=" STRINGIFY(SKNITRO_PORTABLE_ARCH)
+#define MULTIVERSION __attribute__((target(PORTABLE_TARGET)))
 #elif HAVE_MULTIVERSION
 #define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MULTIVERSION
 #endif
 
-#ifdef SKNITRO_PORTABLE_TARGET
-const char *const portable_target = SKNITRO_PORTABLE_TARGET;
+#ifdef SKNITRO_PORTABLE_ARCH
+const char *const portable_target = PORTABLE_TARGET;
 #else
 const char *const portable_target = HAVE_MULTIVERSION ? "arch=x86-64-v4, arch=x86-64-v3, default" : "default";
 #endif

@@ -56,7 +56,7 @@ static inline ptrdiff_t head_scratch_size(ptrdiff_t classes, ptrdiff_t features)
 /* A learning head, whole (see _portable.c); returns max|w| after the update. head_loop runs
  * the loops in the vector width of this CPU: head_loop_lanes16 on x86-64 with AVX-512 (built
  * where HAVE_HEAD_LOOP_LANES16: by GCC, for Linux), else head_loop_lanes8. */
-#if HAVE_MULTIVERSION && !defined(SKNITRO_PORTABLE_TARGET)
+#if HAVE_MULTIVERSION && !defined(SKNITRO_PORTABLE_ARCH)
 #define HAVE_HEAD_LOOP_LANES16 1
 #else
 #define HAVE_HEAD_LOOP_LANES16 0
