@@ -2,6 +2,7 @@
 
     python benchmarks/bench_kernels.py [--mlp-epochs 5] [--cnn-samples 6000] [--vgg-samples 512]
                                        [--baseline PATH [--baseline-without-vnni]]
+                                       [--avx2-cpu-build PATH]
 
 Every row is one implementation (``config_context(kernels=...)``: numpy, c, avx2, vnni,
 whichever the CPU runs), one thread unless stated:
@@ -17,6 +18,11 @@ whichever the CPU runs), one thread unless stated:
 the same CPU: say the last release) in a child process, for a before/after ratio; both
 must train to the same weights, which the table shows by a hash. ``--baseline-without-vnni``
 times it once more with its VNNI products off, as it would run on a CPU without them.
+
+On a CPU with AVX-512 the ``avx2`` rows still run the AVX-512 builds of the portable loops
+(heads, scaling, the activation's backward: the loader picks the best build the CPU has).
+``--avx2-cpu-build PATH`` adds rows of this sknitro checked out at PATH and built with
+``CFLAGS=-DSKNITRO_PORTABLE_ARCH=x86-64-v3``, whose loops are those an AVX2 CPU runs.
 Results go to benchmarks/results/kernels.{json,md}.
 """
 
@@ -102,23 +108,85 @@ def time_peer(epochs: int) -> float:
     return statistics.median(seconds[1:] or seconds)
 
 
-def baseline_cnn(path: Path, job: str, samples: int, threads: int, without_vnni: bool = False) -> dict:
-    """``time_cnn`` with the sknitro of ``path``, in a child process; ``without_vnni``: with
-    that sknitro's VNNI products off, as it runs on a CPU without AVX-512 VNNI (a sknitro
-    whose VNNI kernels are switched by ``sknitro.nn.fused.VNNI``, like commit a817753)."""
+def in_child(path: Path, call: str, preamble: str = "", env: dict | None = None) -> dict:
+    """``call`` (an expression of this module, ``bench_kernels``) evaluated with the sknitro
+    checkout at ``path`` in a child process (with ``env`` added to its environment), after
+    ``preamble``; its dict result."""
     # The child starts in ``path``: with ``python -c``, the working directory comes first on
-    # sys.path, and started from this checkout it would time this sknitro, not the baseline.
-    switch = "import sknitro.nn.fused as fused; assert hasattr(fused, 'VNNI'); fused.VNNI = False; " \
-        if without_vnni else ""
+    # sys.path, and started from this checkout it would time this sknitro, not that one.
     code = (f"import json, sys; sys.path.insert(1, {str(Path(__file__).parent)!r}); import bench_kernels, sknitro; "
-            f"{switch}print(json.dumps({{'module': sknitro.__file__, "
-            f"**bench_kernels.time_cnn({job!r}, {samples}, {threads}, None)}}))")
-    env = {**os.environ, "PYTHONPATH": str(path)}
+            f"{preamble}print(json.dumps({{'module': sknitro.__file__, **bench_kernels.{call}}}))")
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=path, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if not Path(result["module"]).resolve().is_relative_to(path.resolve()):
-        raise RuntimeError(f"the baseline child imported {result['module']}, not the sknitro of {path}")
+        raise RuntimeError(f"the child imported {result['module']}, not the sknitro of {path}")
     return result
+
+
+# An AVX2 CPU, emulated: OpenBLAS's AVX2 kernels (numpy's OpenBLAS picks its kernels by
+# OPENBLAS_CORETYPE), and a sknitro whose portable loops are built for x86-64-v3 only.
+AVX2_BLAS = {"OPENBLAS_CORETYPE": "Haswell"}
+AVX2_BLAS_CHECK = ("from threadpoolctl import threadpool_info; assert all(i.get('architecture') == 'Haswell' "
+                   "for i in threadpool_info() if i['internal_api'] == 'openblas'); ")
+AVX2_CPU_LOOPS = ("arch=x86-64-v3",)  # what an --avx2-cpu-build's portable loops are built for
+
+
+def baseline_cnn(path: Path, job: str, samples: int, threads: int, without_vnni: bool = False,
+                 avx2_blas: bool = False) -> dict:
+    """``time_cnn`` with the sknitro of ``path`` (its own settings); ``without_vnni``: with
+    that sknitro's VNNI products off, as it runs on a CPU without AVX-512 VNNI (a sknitro
+    whose VNNI kernels are switched by ``sknitro.nn.fused.VNNI``, like commit a817753);
+    ``avx2_blas``: on OpenBLAS's AVX2 kernels too."""
+    switch = "import sknitro.nn.fused as fused; assert hasattr(fused, 'VNNI'); fused.VNNI = False; " \
+        if without_vnni else ""
+    return in_child(path, f"time_cnn({job!r}, {samples}, {threads}, None)",
+                    switch + (AVX2_BLAS_CHECK if avx2_blas else ""), AVX2_BLAS if avx2_blas else None)
+
+
+def avx2_cpu(path: Path, call: str) -> dict:
+    """``call`` as on an AVX2 CPU: with the sknitro of ``path``, built with
+    ``CFLAGS=-DSKNITRO_PORTABLE_ARCH=x86-64-v3`` (its portable loops -- heads, scaling, the
+    activation's backward -- as an AVX2 CPU runs them, where this CPU would run their AVX-512
+    builds), and OpenBLAS on its AVX2 kernels."""
+    check = (f"from sknitro import _fused; assert _fused.PORTABLE_TARGETS == {AVX2_CPU_LOOPS!r}, "
+             "'build it with CFLAGS=-DSKNITRO_PORTABLE_ARCH=x86-64-v3'; ")
+    return in_child(path, call, check + AVX2_BLAS_CHECK, AVX2_BLAS)
+
+
+def time_peer_result(epochs: int) -> dict:
+    """``time_peer`` as a dict (a child's result)."""
+    return {"epoch_seconds": time_peer(epochs)}
+
+
+def avx2_cpu_table(result: dict, args: argparse.Namespace) -> list[str]:
+    """The emulated AVX2 CPU's rows (``--avx2-cpu-build``), beside this CPU's ``avx2`` row."""
+    rows, cnn = result["avx2_cpu"], result["cnn"]
+    if not rows:
+        return []
+    lines = ["An AVX2 CPU, emulated: sknitro's `avx2` kernels with its portable loops built for x86-64-v3 "
+             f"(`{args.avx2_cpu_build}`, `CFLAGS=-DSKNITRO_PORTABLE_ARCH=x86-64-v3`), and OpenBLAS on its AVX2 "
+             "kernels (`OPENBLAS_CORETYPE=Haswell`) for the peer and the baseline: every product and loop on "
+             "AVX2 code, on this CPU's cores and caches.", "",
+             "| job | sknitro `avx2`, emulated AVX2 CPU | `avx2` row above | peer on AVX2 BLAS | ratio | weights |",
+             "|---|---|---|---|---|---|"]
+    if "mlp" in rows:
+        mlp, peer = rows["mlp"]["epoch_seconds"], rows["mlp_peer"]["epoch_seconds"]
+        lines.append(f"| Fashion-MNIST MLP, s / epoch | {mlp:.2f} | {result['mlp']['avx2']['epoch_seconds']:.2f} | MLPClassifier "
+                     f"{peer:.2f} | {mlp / peer:.3f}× | `{rows['mlp']['weights']}` |")
+    for key, row in rows.items():
+        if key.startswith("mlp") or key.endswith("baseline"):
+            continue
+        base, one = rows.get(f"{key} baseline"), rows.get(key.split("/")[0] + "/1")
+        if base:
+            vs = f"baseline without VNNI {base['epoch_seconds']:.1f} | {row['seconds'] / base['seconds']:.2f}×"
+        elif not key.endswith("/1") and one:
+            vs = f" | {row['seconds'] / one['seconds']:.2f}× 1 thread"
+        else:
+            vs = " | "
+        lines.append(f"| {key.replace('/', ' CNN, ')} thread(s), s / 60k epoch | {row['epoch_seconds']:.1f} | "
+                     f"{cnn[key]['avx2']['epoch_seconds']:.1f} | {vs} | `{row['weights']}` |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -129,6 +197,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another sknitro checkout (built), timed on the CNN jobs")
     parser.add_argument("--baseline-without-vnni", action="store_true",
                         help="also time the baseline with its VNNI products off (as on an AVX2 CPU)")
+    parser.add_argument("--avx2-cpu-build", type=Path,
+                        help="this sknitro built with CFLAGS=-DSKNITRO_PORTABLE_ARCH=x86-64-v3: its avx2 kernels "
+                             "timed again with the portable loops an AVX2 CPU runs")
     parser.add_argument("--skip-mlp", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
@@ -139,18 +210,27 @@ def main() -> None:
 
     machine = machine_info()
     result: dict = {"machine": machine, "kernels": list(AVAILABLE), "mlp": {}, "cnn": {}, "baseline": {},
-                    "baseline_without_vnni": {}}
+                    "baseline_without_vnni": {}, "avx2_cpu": {}}
     if not args.skip_mlp:
         result["mlp_peer_epoch_seconds"] = time_peer(args.mlp_epochs)
         print(f"MLPClassifier: {result['mlp_peer_epoch_seconds']:.2f} s per epoch", flush=True)
         for name in AVAILABLE:
             result["mlp"][name] = time_mlp(args.mlp_epochs, name)
             print(f"MLP {name}: {result['mlp'][name]}", flush=True)
+        if args.avx2_cpu_build:
+            result["avx2_cpu"]["mlp"] = avx2_cpu(args.avx2_cpu_build, f"time_mlp({args.mlp_epochs}, 'avx2')")
+            result["avx2_cpu"]["mlp_peer"] = avx2_cpu(args.avx2_cpu_build, f"time_peer_result({args.mlp_epochs})")
+            print(f"MLP on an emulated AVX2 CPU: {result['avx2_cpu']}", flush=True)
     jobs = [("compact", args.cnn_samples, 1), ("compact", args.cnn_samples, 2), ("vgg8b", args.vgg_samples, 1)]
     for job, samples, threads in jobs:
         key = f"{job}/{threads}"
         result["cnn"][key] = {name: time_cnn(job, samples, threads, name) for name in AVAILABLE}
         print(f"{key}: {result['cnn'][key]}", flush=True)
+        if args.avx2_cpu_build:
+            result["avx2_cpu"][key] = avx2_cpu(args.avx2_cpu_build, f"time_cnn({job!r}, {samples}, {threads}, 'avx2')")
+            if args.baseline and threads == 1:
+                result["avx2_cpu"][f"{key} baseline"] = baseline_cnn(args.baseline, job, samples, threads, True, True)
+            print(f"{key} on an emulated AVX2 CPU: {result['avx2_cpu']}", flush=True)
         if args.baseline and threads == 1:
             result["baseline"][key] = baseline_cnn(args.baseline, job, samples, threads)
             print(f"{key} baseline: {result['baseline'][key]}", flush=True)
@@ -189,6 +269,7 @@ def main() -> None:
             lines.append(f"| {label} ({args.baseline}) | {base['epoch_seconds']:.1f} | | "
                          + "| " * len(bases) + f"`{base['weights']}` |")
         lines.append("")
+    lines += avx2_cpu_table(result, args)
     write_text(args.out / "kernels.md", "\n".join(lines))
     print("\n".join(lines))
 
