@@ -107,18 +107,6 @@ AVX2_TARGET static inline __attribute__((always_inline)) void dot_2x4(const int8
     sums[0] = a0, sums[1] = a1, sums[2] = a2, sums[3] = a3, sums[4] = b0, sums[5] = b1, sums[6] = b2, sums[7] = b3;
 }
 
-AVX2_TARGET __attribute__((noinline)) static void dot_2x4_pairs(const int8_t *const x[2], const int32_t *const w[4],
-                                                                ptrdiff_t start, ptrdiff_t end, __m256i *sums)
-{
-    dot_2x4(x, w, start, end, sums, 1);
-}
-
-AVX2_TARGET __attribute__((noinline)) static void dot_2x4_units(const int8_t *const x[2], const int32_t *const w[4],
-                                                                ptrdiff_t start, ptrdiff_t end, __m256i *sums)
-{
-    dot_2x4(x, w, start, end, sums, 0);
-}
-
 /* One 2 x 4 tile of z: rows i0.. of x against rows j0.. of w (see vnni.c's product_tile). */
 AVX2_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, const product_out_t *out, ptrdiff_t m,
                                      ptrdiff_t n, ptrdiff_t k, ptrdiff_t chunk, ptrdiff_t i0, ptrdiff_t j0, int pairs,
@@ -133,10 +121,10 @@ AVX2_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, co
         /* the common tile: whole rows in int32, no outliers, all 8 sums inside z: they are z
          * (2 stores of 4; the general epilogue's int64 and saturation cost as much as a fifth
          * of a first layer's forward) */
-        if (pairs)
-            dot_2x4_pairs(xs, ws, 0, k, lanes);
+        if (pairs) /* one inlined copy per form of x (a call per tile cost a tenth of a forward) */
+            dot_2x4(xs, ws, 0, k, lanes, 1);
         else
-            dot_2x4_units(xs, ws, 0, k, lanes);
+            dot_2x4(xs, ws, 0, k, lanes, 0);
         __m256i sums = horizontal_sums(lanes);
         int32_t *z = out->z + (i0 - out->row0) * n + j0;
         _mm_storeu_si128((__m128i *)z, _mm256_castsi256_si128(sums));
@@ -147,9 +135,9 @@ AVX2_TARGET static void product_tile(const int8_t *x, const int32_t *w_units, co
     for (ptrdiff_t start = 0; start < k; start += chunk) {
         ptrdiff_t end = start + chunk < k ? start + chunk : k;
         if (pairs)
-            dot_2x4_pairs(xs, ws, start, end, lanes);
+            dot_2x4(xs, ws, start, end, lanes, 1);
         else
-            dot_2x4_units(xs, ws, start, end, lanes);
+            dot_2x4(xs, ws, start, end, lanes, 0);
         __m256i sums = horizontal_sums(lanes); /* lane 4 r + c: z[i0 + r, j0 + c] over this chunk */
         total_low = _mm256_add_epi64(total_low, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(sums)));
         total_high = _mm256_add_epi64(total_high, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(sums, 1)));
