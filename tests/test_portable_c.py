@@ -1,8 +1,8 @@
 """The extension's portable C (the rules of _rules.h, the loops of _portable.c, the pair forms
 of _pairs.c) builds and is exact on another architecture: tests/c/test_portable.c holds every
 kernel to naive int64 arithmetic, compiled for this machine (with and without OpenMP, the
-pair products included where the CPU runs them) and cross-compiled for aarch64, run under
-QEMU. ``.ci/run`` installs the cross toolchain (``gcc-aarch64-linux-gnu``, ``qemu-user``)."""
+pair products included where the CPU runs them; and with the portable loops built for
+x86-64-v3 only, as an AVX2 CPU runs them) and cross-compiled for aarch64, run under QEMU. ``.ci/run`` installs the cross toolchain (``gcc-aarch64-linux-gnu``, ``qemu-user``)."""
 
 import os
 import platform
@@ -47,6 +47,14 @@ def test_portable_kernels_on_this_machine(native_compiler, openmp, tmp_path):
     for isa in ("avx2", "vnni"):  # the pair products the engine runs here are checked in C too
         if isa in AVAILABLE and platform.machine() == "x86_64":
             assert f"{isa} pair products: checked" in out
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or "avx2" not in AVAILABLE, reason="needs an x86-64 CPU with AVX2")
+def test_portable_kernels_built_as_an_avx2_cpu_runs_them(native_compiler, tmp_path):
+    # the loops for x86-64-v3 only (SKNITRO_PORTABLE_ARCH), heads in 8 lanes: on a CPU with
+    # AVX-512 the loader would pick its own builds, and these would go untested
+    out = _build_and_run(native_compiler, ["-DSKNITRO_PORTABLE_ARCH=x86-64-v3"], tmp_path)
+    assert "avx2 pair products: checked" in out
 
 
 def test_portable_kernels_on_aarch64_under_qemu(tmp_path):
