@@ -165,6 +165,20 @@ AVX2_TARGET static inline __m256i tdiv_lanes(__m256i v, divisor_t d)
     return _mm256_sign_epi32(quotient, v); /* -q where v < 0 (and q = 0 where v = 0) */
 }
 
+/* sgd_rule in each lane: old - tdiv(g, lr) - tdiv(old, decay) (the decay term only when
+ * `decays`; it is 0 where |old| < decay, and most vectors skip its division). */
+AVX2_TARGET static inline __m256i sgd_lanes(__m256i old, __m256i g, divisor_t lr, int decays, divisor_t decay)
+{
+    __m256i step = tdiv_lanes(g, lr);
+    if (decays) {
+        __m256i magnitude = _mm256_abs_epi32(old), threshold = _mm256_set1_epi32((int32_t)decay.d);
+        __m256i reached = _mm256_cmpeq_epi32(_mm256_max_epu32(magnitude, threshold), magnitude);
+        if (!_mm256_testz_si256(reached, reached))
+            step = _mm256_add_epi32(step, tdiv_lanes(old, decay));
+    }
+    return _mm256_sub_epi32(old, step);
+}
+
 #define UPDATE_COLUMNS 16 /* columns of w per tile of the update */
 
 /* sgd_rule on the first `count` of 8 columns of w from flat index `at`, with gradient g; writes
@@ -174,15 +188,7 @@ AVX2_TARGET static inline __m256i update_lanes(int32_t *w, int32_t *w_units, int
                                                divisor_t lr, int decays, divisor_t decay)
 {
     __m256i mask = lanes_mask(count);
-    __m256i old = _mm256_maskload_epi32((const int *)(w + at), mask);
-    __m256i step = tdiv_lanes(g, lr);
-    if (decays) { /* the decay term is 0 where |w| < decay: most vectors skip its division */
-        __m256i magnitude = _mm256_abs_epi32(old), threshold = _mm256_set1_epi32((int32_t)decay.d);
-        __m256i reached = _mm256_cmpeq_epi32(_mm256_max_epu32(magnitude, threshold), magnitude);
-        if (!_mm256_testz_si256(reached, reached))
-            step = _mm256_add_epi32(step, tdiv_lanes(old, decay));
-    }
-    __m256i updated = _mm256_sub_epi32(old, step);
+    __m256i updated = sgd_lanes(_mm256_maskload_epi32((const int *)(w + at), mask), g, lr, decays, decay);
     _mm256_maskstore_epi32((int *)(w + at), mask, updated);
     if (w_units) {
         __m256i units = _mm256_or_si256(_mm256_and_si256(updated, _mm256_set1_epi32(0xFF)),
@@ -220,15 +226,7 @@ AVX2_TARGET static inline __attribute__((always_inline)) __m256i update_pair_lan
     int32_t *w, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t at, __m256i g, divisor_t lr, int decays,
     divisor_t decay)
 {
-    __m256i old = _mm256_loadu_si256((const __m256i *)(w + at));
-    __m256i step = tdiv_lanes(g, lr);
-    if (decays) {
-        __m256i magnitude = _mm256_abs_epi32(old), threshold = _mm256_set1_epi32((int32_t)decay.d);
-        __m256i reached = _mm256_cmpeq_epi32(_mm256_max_epu32(magnitude, threshold), magnitude);
-        if (!_mm256_testz_si256(reached, reached))
-            step = _mm256_add_epi32(step, tdiv_lanes(old, decay));
-    }
-    __m256i updated = _mm256_sub_epi32(old, step);
+    __m256i updated = sgd_lanes(_mm256_loadu_si256((const __m256i *)(w + at)), g, lr, decays, decay);
     _mm256_storeu_si256((__m256i *)(w + at), updated);
     __m128i pairs = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(updated, updated), 0x08));
     _mm_storeu_si128((__m128i *)(w_pairs + at), pairs);
