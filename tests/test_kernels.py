@@ -222,3 +222,12 @@ def test_huge_page_arrays_behave_like_empty_ones():
     np.testing.assert_array_equal(array, copy)
     tiny = kernels.huge_page_empty((2, 3), np.int16)
     assert tiny.shape == (2, 3) and tiny.dtype == np.int16 and tiny.flags.owndata
+
+
+def test_huge_page_arrays_fall_back_to_plain_memory_without_a_mapping(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(kernels.mmap, "mmap", refuse)
+    array = kernels.huge_page_empty((4, kernels.HUGE_PAGE_MIN_BYTES), np.int8)
+    assert array.shape == (4, kernels.HUGE_PAGE_MIN_BYTES) and array.flags.owndata and array.flags.writeable

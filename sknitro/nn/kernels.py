@@ -549,8 +549,10 @@ def huge_page_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     if nbytes < HUGE_PAGE_MIN_BYTES or advice is None:
         return np.empty(shape, dtype)
     pages = -(-nbytes // HUGE_PAGE)
-    # private: mmap's default for anonymous memory is shared, which takes no huge pages
-    region = mmap.mmap(-1, (pages + 1) * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:  # private: mmap's default for anonymous memory is shared, which takes no huge pages
+        region = mmap.mmap(-1, (pages + 1) * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError:  # no mapping to be had (a limit on mappings or address space): plain memory
+        return np.empty(shape, dtype)
     memory = np.frombuffer(region, dtype=np.uint8)  # keeps the mapping alive
     start = -memory.ctypes.data % HUGE_PAGE
     with contextlib.suppress(OSError):  # advice only: a kernel without huge pages ignores it
