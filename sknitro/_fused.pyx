@@ -329,9 +329,9 @@ def max_unpool(const int32_t[:, :, :, ::1] delta not None, argmax not None,
     """max_unpool(delta, argmax, kh, kw, out, ph=0, pw=0)
 
     The gradient through max_pool: int32 out (n, h, w, c) gets each window's int32 delta
-    (max_pool's pooled shape) at the window's uint8 argmax (same shape) and 0 at its other
-    positions; values no window covers (the padding is dropped, the rows and columns past
-    the last whole window) are left as they are."""
+    (max_pool's pooled shape) at the window's uint8 argmax (same shape) and 0 everywhere
+    else, the positions no window covers included (the rows and columns past the last whole
+    window; the padding is dropped), so out need not be zeroed first."""
     cdef const uint8_t[:, :, :, ::1] positions = uint8_buffer(argmax, "argmax")
     cdef ptrdiff_t n = out.shape[0], h = out.shape[1], w = out.shape[2], c = out.shape[3]
     pooled = pooled_shape((n, h, w, c), kh, kw, ph, pw)

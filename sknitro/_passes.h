@@ -24,8 +24,9 @@ void pass_scale_float64(const double *z, int8_t *out, const int8_t *table, int8_
 int64_t pass_activation_backward(const int32_t *g, const int8_t *pre, const int32_t *table, int64_t divisor,
                                  int32_t *out, ptrdiff_t rows, ptrdiff_t cols);
 
-/* Max pooling of (n, h, w, c) int8 maps by (kh, kw) windows with (ph, pw) padding, and its
- * gradient; im2col of the same maps (k x k windows, pad zeros). */
+/* Max pooling of (n, h, w, c) int8 maps by (kh, kw) windows with (ph, pw) padding (at least
+ * one window along each side), and its gradient, which writes the whole of `out`; im2col of
+ * the same maps (k x k windows, pad zeros). */
 void pass_max_pool(const int8_t *x, int8_t *best, uint8_t *argmax, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
                    ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw);
 void pass_max_unpool(const int32_t *delta, const uint8_t *argmax, int32_t *out, ptrdiff_t n, ptrdiff_t h,

@@ -240,8 +240,9 @@ void max_pool_rows(const int8_t *restrict x, int8_t *restrict best, uint8_t *res
 }
 
 /* The gradient through max_pool_rows for its rows [first, last): each window's delta at its
- * arg-max, 0 at the window's other positions (`out` (n, h, w, c); padding and what no window
- * covers are left as they are). */
+ * arg-max, 0 everywhere else in the rows of `out` (n, h, w, c) those windows span, and in the
+ * rows below an image's last window (floor mode: no window covers them). So the rows of every
+ * image are written whole, by the threads that own them. */
 MULTIVERSION
 void max_unpool_rows(const int32_t *restrict delta, const uint8_t *restrict argmax, int32_t *restrict out,
                      ptrdiff_t first, ptrdiff_t last, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh,
@@ -250,6 +251,10 @@ void max_unpool_rows(const int32_t *restrict delta, const uint8_t *restrict argm
     ptrdiff_t ho = (h + 2 * ph) / kh, wo = (w + 2 * pw) / kw;
     for (ptrdiff_t row = first; row < last; row++) {
         ptrdiff_t image = row / ho, top = row % ho * kh - ph;
+        /* the window row's span of map rows (and the rows below, after the last), zero first */
+        ptrdiff_t from = top < 0 ? 0 : top, to = row % ho == ho - 1 ? h : (top + kh < h ? top + kh : h);
+        if (from < to)
+            memset(out + (image * h + from) * w * c, 0, (size_t)((to - from) * w * c) * sizeof(int32_t));
         for (ptrdiff_t j = 0; j < wo; j++) {
             ptrdiff_t left = j * kw - pw;
             const int32_t *d = delta + (row * wo + j) * c;

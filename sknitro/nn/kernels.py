@@ -367,7 +367,7 @@ class CompiledKernels(NumpyKernels):
                 or argmax.shape != (n, c, (h + 2 * ph) // kh, (w + 2 * pw) // kw) or delta.shape != argmax.shape \
                 or delta.size == 0:
             return super().max_pool_backward(pool, delta, argmax, input_shape)
-        out = np.zeros((n, h, w, c), dtype=np.int32)
+        out = np.empty((n, h, w, c), dtype=np.int32)  # the kernel writes it whole, zeros on its threads
         _compiled.max_unpool(np.ascontiguousarray(delta.transpose(0, 2, 3, 1)), rows_last, kh, kw, out, ph, pw)
         return out.transpose(0, 3, 1, 2)
 

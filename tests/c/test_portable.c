@@ -264,7 +264,7 @@ static void test_pools(void)
         for (int i = 0; i < IMAGES * H * W * C; i++) {
             x[i] = (int8_t)(uniform(0, 4) * 60 - 128); /* few levels: ties, -128 and 112 */
             delta[i] = (int32_t)uniform(-2000000000, 2000000000);
-            out[i] = 7; /* padding and past the last whole window: left as it is */
+            out[i] = 7; /* written whole: 0 past the last whole window */
         }
         max_pool_rows(x, best, argmax, 0, IMAGES * ho, H, W, C, kh, kw, ph, pw);
         max_unpool_rows(delta, argmax, out, 0, IMAGES * ho, H, W, C, kh, kw, ph, pw);
@@ -297,7 +297,8 @@ static void test_pools(void)
             for (int i = 0; i < H; i++)
                 for (int j = 0; j < W; j++)
                     if (!covered[i][j])
-                        CHECK(out[((n * H + i) * W + j) * C] == 7, "max_unpool_rows wrote past the windows");
+                        for (int c = 0; c < C; c++)
+                            CHECK(out[((n * H + i) * W + j) * C + c] == 0, "max_unpool_rows left (%d, %d) past the windows", i, j);
     }
 }
 
