@@ -21,7 +21,8 @@ except ImportError:  # a build without pip's isolation on a machine without Cyth
     cythonize = None
 
 SOURCES = ["sknitro/_fused.pyx", "sknitro/_passes.c", "sknitro/_portable.c", "sknitro/_pairs.c", "sknitro/_avx2.c", "sknitro/_vnni.c"]
-HEADERS = ["sknitro/_rules.h", "sknitro/_portable.h", "sknitro/_head_loop.h", "sknitro/_passes.h", "sknitro/_pairs.h"]
+HEADERS = ["sknitro/_rules.h", "sknitro/_portable.h", "sknitro/_head_loop.h", "sknitro/_passes.h",
+           "sknitro/_pairs.h"]
 
 
 def openmp_flags() -> list:
