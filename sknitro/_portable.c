@@ -26,16 +26,14 @@
 #define PORTABLE_TARGET "arch=" STRINGIFY(SKNITRO_PORTABLE_ARCH)
 #define MULTIVERSION __attribute__((target(PORTABLE_TARGET)))
 #elif HAVE_MULTIVERSION
-#define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define PORTABLE_TARGET "arch=x86-64-v4,arch=x86-64-v3,default" /* one string: GCC splits it at the commas */
+#define MULTIVERSION __attribute__((target_clones(PORTABLE_TARGET)))
 #else
+#define PORTABLE_TARGET "default"
 #define MULTIVERSION
 #endif
 
-#ifdef SKNITRO_PORTABLE_ARCH
 const char *const portable_target = PORTABLE_TARGET;
-#else
-const char *const portable_target = HAVE_MULTIVERSION ? "arch=x86-64-v4, arch=x86-64-v3, default" : "default";
-#endif
 
 MULTIVERSION
 void scale_loop(const double *restrict z, int8_t *restrict out, ptrdiff_t n, double limit, divisor_t d)

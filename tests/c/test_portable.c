@@ -298,7 +298,8 @@ static void test_pools(void)
                 for (int j = 0; j < W; j++)
                     if (!covered[i][j])
                         for (int c = 0; c < C; c++)
-                            CHECK(out[((n * H + i) * W + j) * C + c] == 0, "max_unpool_rows left (%d, %d) past the windows", i, j);
+                            CHECK(out[((n * H + i) * W + j) * C + c] == 0,
+                                  "max_unpool_rows left (%d, %d) past the windows", i, j);
     }
 }
 
