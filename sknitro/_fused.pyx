@@ -47,7 +47,7 @@ cdef extern from "_passes.h" nogil:
     void pass_scale_float64(const double *z, int8_t *out, const int8_t *table, int8_t *activated, ptrdiff_t n,
                             int64_t scale)
     int64_t pass_activation_backward(const int32_t *g, const int8_t *pre, const int32_t *table, int64_t divisor,
-                                     int32_t *out, ptrdiff_t rows, ptrdiff_t cols)
+                                     int32_t *out, ptrdiff_t rows, ptrdiff_t cols, int64_t *largest_magnitude)
     void pass_max_pool(const int8_t *x, int8_t *best, uint8_t *argmax, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
                        ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw)
     void pass_max_unpool(const int32_t *delta, const uint8_t *argmax, int32_t *out, ptrdiff_t n, ptrdiff_t h,
@@ -195,24 +195,26 @@ def scale_to_int8(z not None, long long scale, int8_t[::1] out not None, const i
 
 def activation_backward(const int32_t[:, ::1] g not None, const int8_t[:, ::1] pre not None,
                         const int32_t[::1] table not None, long long divisor, int32_t[:, ::1] out not None):
-    """activation_backward(g, pre, table, divisor, out) -> int
+    """activation_backward(g, pre, table, divisor, out) -> (int, int)
 
     out = tdiv(g * table[pre], divisor) for int32 g and out and int8 pre, all (rows, cols),
     and an int32 table of 256 entries in [0, divisor] indexed by the bit pattern of pre;
-    exact for every int32 g. Returns max_j sum_i |out[i, j]| (the weight gradient's bound)."""
+    exact for every int32 g. Returns max_j sum_i |out[i, j]| and max |out| (the bounds of the
+    weight gradient and of out that the update's proofs read)."""
     cdef ptrdiff_t rows = pre.shape[0], cols = pre.shape[1]
     check_shape("g", (g.shape[0], g.shape[1]), (rows, cols))
     check_shape("out", (out.shape[0], out.shape[1]), (rows, cols))
     check_shape("table", (table.shape[0],), (256,))
     check_divisor("divisor", divisor)
     if rows == 0 or cols == 0:
-        return 0
-    cdef int64_t largest
+        return 0, 0
+    cdef int64_t column_l1, largest = 0
     with nogil:
-        largest = pass_activation_backward(&g[0, 0], &pre[0, 0], &table[0], divisor, &out[0, 0], rows, cols)
-    if largest < 0:
+        column_l1 = pass_activation_backward(&g[0, 0], &pre[0, 0], &table[0], divisor, &out[0, 0], rows, cols,
+                                             &largest)
+    if column_l1 < 0:
         raise MemoryError()
-    return largest
+    return column_l1, largest
 
 
 def sgd_update(int32_t[:, ::1] w not None, const double[:, ::1] g not None, long long divisor, long long decay_inv,

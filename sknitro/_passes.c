@@ -64,29 +64,39 @@ void pass_scale_float64(const double *z, int8_t *out, const int8_t *table, int8_
 }
 
 int64_t pass_activation_backward(const int32_t *g, const int8_t *pre, const int32_t *table, int64_t divisor,
-                                 int32_t *out, ptrdiff_t rows, ptrdiff_t cols)
+                                 int32_t *out, ptrdiff_t rows, ptrdiff_t cols, int64_t *largest_magnitude)
 {
-    /* chunks of whole rows, each with its own column sums (exact in int64: any order) */
+    /* chunks of whole rows, each with its own column sums (exact in int64: any order) and
+     * largest |out| */
     chunks_t chunks = row_chunks(rows, cols);
-    int64_t *sums = calloc((size_t)(chunks.chunks > 0 ? chunks.chunks : 1) * (size_t)cols, sizeof(int64_t));
-    if (sums == NULL)
+    size_t count = (size_t)(chunks.chunks > 0 ? chunks.chunks : 1);
+    int64_t *sums = calloc(count * (size_t)cols, sizeof(int64_t));
+    int64_t *largest = calloc(count, sizeof(int64_t));
+    if (sums == NULL || largest == NULL) {
+        free(sums);
+        free(largest);
         return -1;
+    }
     divisor_t d = make_divisor(divisor);
 #pragma omp parallel for schedule(static) if (chunks.chunks > 1)
     for (ptrdiff_t chunk = 0; chunk < chunks.chunks; chunk++) {
         ptrdiff_t first = chunk_first(&chunks, chunk), count = chunk_end(&chunks, chunk) - first;
         backward_loop(g + first * cols, pre + first * cols, table, out + first * cols, count * cols, divisor, d);
-        column_l1_max(out + first * cols, sums + chunk * cols, count, cols);
+        largest[chunk] = column_magnitudes(out + first * cols, sums + chunk * cols, count, cols);
     }
-    int64_t largest = 0;
+    int64_t column_l1 = 0;
     for (ptrdiff_t j = 0; j < cols; j++) {
         int64_t total = 0;
         for (ptrdiff_t chunk = 0; chunk < chunks.chunks; chunk++)
             total += sums[chunk * cols + j];
-        largest = total > largest ? total : largest;
+        column_l1 = total > column_l1 ? total : column_l1;
     }
+    *largest_magnitude = 0;
+    for (ptrdiff_t chunk = 0; chunk < chunks.chunks; chunk++)
+        *largest_magnitude = largest[chunk] > *largest_magnitude ? largest[chunk] : *largest_magnitude;
     free(sums);
-    return largest;
+    free(largest);
+    return column_l1;
 }
 
 void pass_max_pool(const int8_t *x, int8_t *best, uint8_t *argmax, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,

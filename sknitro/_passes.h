@@ -20,9 +20,10 @@ void pass_scale_float64(const double *z, int8_t *out, const int8_t *table, int8_
                         int64_t scale);
 
 /* out = tdiv(g * table[pre], divisor) for (rows, cols) int32 g and out and int8 pre; returns
- * max_j sum_i |out[i, j]|, or -1 when memory for the column sums ran out. */
+ * max_j sum_i |out[i, j]| and writes max |out| to *largest_magnitude, or returns -1 when
+ * memory for the column sums ran out. */
 int64_t pass_activation_backward(const int32_t *g, const int8_t *pre, const int32_t *table, int64_t divisor,
-                                 int32_t *out, ptrdiff_t rows, ptrdiff_t cols);
+                                 int32_t *out, ptrdiff_t rows, ptrdiff_t cols, int64_t *largest_magnitude);
 
 /* Max pooling of (n, h, w, c) int8 maps by (kh, kw) windows with (ph, pw) padding (at least
  * one window along each side), and its gradient, which writes the whole of `out`; im2col of

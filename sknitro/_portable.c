@@ -70,20 +70,20 @@ void backward_loop(const int32_t *restrict g, const int8_t *restrict pre, const 
             out[i] = (int32_t)(((int64_t)g[i] * table[(uint8_t)pre[i]]) / d); /* C division truncates */
 }
 
-/* max_j sum_i |a[i, j]| of an int32 matrix (rows, cols); leaves the column
- * sums in `sums` (cols of them). */
+/* The column sums of |a| for an int32 matrix (rows, cols), in `sums` (cols of them);
+ * returns max |a[i, j]|. */
 MULTIVERSION
-int64_t column_l1_max(const int32_t *restrict a, int64_t *restrict sums, ptrdiff_t rows, ptrdiff_t cols)
+int64_t column_magnitudes(const int32_t *restrict a, int64_t *restrict sums, ptrdiff_t rows, ptrdiff_t cols)
 {
     for (ptrdiff_t j = 0; j < cols; j++)
         sums[j] = 0;
+    int64_t largest = 0;
     for (ptrdiff_t i = 0; i < rows; i++)
         for (ptrdiff_t j = 0; j < cols; j++) {
-            sums[j] += magnitude64(a[i * cols + j]);
+            int64_t magnitude = magnitude64(a[i * cols + j]);
+            sums[j] += magnitude;
+            largest = magnitude > largest ? magnitude : largest;
         }
-    int64_t largest = 0;
-    for (ptrdiff_t j = 0; j < cols; j++)
-        largest = sums[j] > largest ? sums[j] : largest;
     return largest;
 }
 

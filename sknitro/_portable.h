@@ -31,9 +31,9 @@ void scale_loop_int32(const int32_t *restrict z, int8_t *restrict out, ptrdiff_t
 void backward_loop(const int32_t *restrict g, const int8_t *restrict pre, const int32_t *restrict table,
                    int32_t *restrict out, ptrdiff_t n, int64_t d, divisor_t divisor);
 
-/* max_j sum_i |a[i, j]| of an int32 matrix (rows, cols); leaves the column
- * sums in `sums` (cols of them). */
-int64_t column_l1_max(const int32_t *restrict a, int64_t *restrict sums, ptrdiff_t rows, ptrdiff_t cols);
+/* The column sums of |a| for an int32 matrix (rows, cols), in `sums` (cols of them);
+ * returns max |a[i, j]|. */
+int64_t column_magnitudes(const int32_t *restrict a, int64_t *restrict sums, ptrdiff_t rows, ptrdiff_t cols);
 
 /* w = sgd_rule(w, g) for a float64 gradient g holding integers (|g| < 2**31), the new w also
  * as float64 in mirror (unless NULL); returns max|w|. */

@@ -252,21 +252,54 @@ def test_activation_backward_matches_the_reference(c_kernels, spy, name, wide):
         delta[1, :2] = -(2**31)
     s = np.tile(np.arange(-128, 128, dtype=np.int16), 13)[:delta.size].reshape(delta.shape).astype(np.int8)
     multiplier, divisor = activation.backward_multiplier, activation.backward_divisor
-    expected, none = NUMPY.activation_backward(delta, s, multiplier, divisor)
-    assert none is None
-    out, column_l1 = c_kernels.activation_backward(delta, s, multiplier, divisor)
+    expected, *nones = NUMPY.activation_backward(delta, s, multiplier, divisor)
+    assert nones == [None, None]
+    out, column_l1, largest = c_kernels.activation_backward(delta, s, multiplier, divisor)
     assert out.dtype == np.int32 and spy.calls["activation_backward"] == 1
     np.testing.assert_array_equal(out, expected)
-    assert column_l1 == np.abs(expected.astype(np.int64)).sum(axis=0).max()
-    # through the activation: the column L1 norm comes with the C function only
+    magnitudes = np.abs(expected.astype(np.int64))
+    assert column_l1 == magnitudes.sum(axis=0).max() and largest == magnitudes.max()
+    # through the activation: the bounds come with the C function only
     with sknitro.config_context(kernels="c"):
-        out, column_l1_again = activation.backward_and_column_l1(delta, s)
+        out, *bounds = activation.backward_and_bounds(delta, s)
     np.testing.assert_array_equal(out, expected)
-    assert column_l1_again == column_l1
+    assert bounds == [column_l1, largest]
     with sknitro.config_context(kernels="numpy"):
-        out, none = activation.backward_and_column_l1(delta, s)
+        out, *nones = activation.backward_and_bounds(delta, s)
     np.testing.assert_array_equal(out, expected)
-    assert none is None
+    assert nones == [None, None]
+
+
+@needs_c
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_blocks_hand_the_activation_backwards_bounds_to_the_update(monkeypatch, kind):
+    # the update reads max|delta| and the column L1 norms that the activation's backward
+    # computed on the way: they prove its kernels exact without another pass over delta
+    from sknitro.nn.blocks import ConvBlock, LinearBlock
+    from sknitro.nn.layers import NitroReLU
+
+    rng = np.random.default_rng(3)
+    if kind == "dense":
+        block = LinearBlock(40, 30, 4, NitroReLU(4), scale_bits=0, rng=rng)
+        x = rng.integers(-128, 128, (16, 40)).astype(np.int8)
+    else:
+        block = ConvBlock((3, 8, 8), 6, 4, NitroReLU(4), scale_bits=0, rng=rng, head_dim=24, head_pooling="max")
+        x = rng.integers(-8, 9, (5, 3, 8, 8)).astype(np.int8)  # no saturated s: the gradient flows
+    target = np.where(np.eye(4, dtype=bool)[rng.integers(0, 4, len(x))], 32, 0).astype(np.int8)
+    updates = []
+    original = CompiledKernels.sgd_update
+
+    def recording_update(self, layer, delta, x, divisor, decay_inv, delta_bound=None, column_l1=None):
+        updates.append((layer, delta.copy(), delta_bound, column_l1))
+        return original(self, layer, delta, x, divisor, decay_inv, delta_bound, column_l1)
+
+    monkeypatch.setattr(CompiledKernels, "sgd_update", recording_update)
+    with sknitro.config_context(kernels="c"):
+        block.learn(block.forward_train(x, rng), target, IntegerSGD(64), 10, fwd_decay_inv=0, head_decay_inv=0)
+    (layer, delta, delta_bound, column_l1), = [update for update in updates if update[0] is not block.head.linear]
+    magnitudes = np.abs(delta.astype(np.int64))
+    assert magnitudes.max() > 0
+    assert delta_bound == magnitudes.max() and column_l1 == magnitudes.sum(axis=0).max()
 
 
 @needs_c
@@ -274,7 +307,8 @@ def test_activation_backward_matches_the_reference(c_kernels, spy, name, wide):
 def test_elementwise_passes_in_chunks_on_threads(threads):
     # 3001 x 50 items: scale_to_int8 in chunks of 2**16 items, activation_backward in chunks of
     # 1310 whole rows, the last of each partial; on 2 threads the chunks run in parallel. Each
-    # column's L1 norm adds up across the chunks: column 7's is the largest, a third in each.
+    # column's L1 norm adds up across the chunks: column 7's is the largest, a third in each;
+    # the largest magnitude lies in the last chunk.
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(threads)
@@ -284,19 +318,22 @@ def test_elementwise_passes_in_chunks_on_threads(threads):
     s = rng.integers(-128, 128, size=delta.shape).astype(np.int8)
     delta[:, 7], s[:, 7] = 2**20, 100
     delta[0, 3], s[0, 3] = 2**30, 100  # the first chunk's products leave int32: its exact 64-bit pass
+    delta[-1, 4], s[-1, 4] = -(2**31), 100
     z = rng.integers(-(2**31), 2**31, size=delta.shape).astype(np.int32)
     table = activation.forward_table
     expected_delta = NUMPY.activation_backward(delta, s, multiplier, divisor)[0]
-    expected_l1 = np.abs(expected_delta.astype(np.int64)).sum(axis=0)
+    magnitudes = np.abs(expected_delta.astype(np.int64))
+    expected_l1 = magnitudes.sum(axis=0)
     assert expected_l1.argmax() == 7 and 2**30 * int(multiplier[100]) > INT32_MAX
+    assert magnitudes.argmax() == magnitudes.size - 50 + 4
     with threadpool_limits(threads):
         out = np.empty_like(delta)
-        column_l1 = _fused.activation_backward(delta, s, multiplier, divisor, out)
+        column_l1, largest = _fused.activation_backward(delta, s, multiplier, divisor, out)
         scaled, activated = np.empty(z.size, np.int8), np.empty(z.size, np.int8)
         _fused.scale_to_int8(z.ravel(), 2**8 * 784, scaled, table, activated)
         scaled, activated = scaled.reshape(z.shape), activated.reshape(z.shape)
     np.testing.assert_array_equal(out, expected_delta)
-    assert column_l1 == expected_l1.max()
+    assert column_l1 == expected_l1.max() and largest == magnitudes.max()
     np.testing.assert_array_equal(scaled, nitro_scale(z, 2**8 * 784))
     np.testing.assert_array_equal(activated, table[scaled.view(np.uint8)])
 
@@ -322,12 +359,12 @@ def _backward_cases():
 @pytest.mark.parametrize("case", list(_backward_cases()))
 def test_activation_backward_hands_back_outside_its_bounds(c_kernels, spy, case):
     delta, s, multiplier, divisor = _backward_cases()[case]
-    expected, _ = NUMPY.activation_backward(delta, s, multiplier, divisor)
+    expected, *_ = NUMPY.activation_backward(delta, s, multiplier, divisor)
     by_definition = tdiv(delta.astype(np.int64) * multiplier[s.view(np.uint8)].astype(np.int64), divisor)
     np.testing.assert_array_equal(expected, by_definition)
-    out, column_l1 = c_kernels.activation_backward(delta, s, multiplier, divisor)
+    out, *bounds = c_kernels.activation_backward(delta, s, multiplier, divisor)
     np.testing.assert_array_equal(out, expected)
-    assert column_l1 is None and "activation_backward" not in spy.calls
+    assert bounds == [None, None] and "activation_backward" not in spy.calls
 
 
 @pytest.mark.parametrize("implementation", COMPILED)

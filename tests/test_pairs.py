@@ -854,30 +854,54 @@ def _update_cases():
     big = np.zeros((1, 6), np.int32)
     big[0, 0] = UNITS_LIMIT  # G = 128 * 2**23 = 2**30 fits int32, delta's split units do not
     return {
-        # (delta, x, divisor, column_l1, the C function that must run: "sgd_update" for the "c" kernels)
-        "delta past the split units": (big, x[:1], 64, None, "sgd_update"),
-        "G could pass int32": (delta, x, 64, 2**24, None),  # 128 * 2**24 = 2**31
-        "int64 delta": (delta.astype(np.int64), x, 64, None, "sgd_update"),
-        "int16 input": (delta, x.astype(np.int16), 64, None, "sgd_update"),
-        "strided input": (delta, np.repeat(x, 2, axis=1)[:, ::2], 64, None, "sgd_update"),
-        "narrow input, delta past the split units": (big, np.ascontiguousarray(x[:1, :9]), 64, None, "sgd_update"),
-        "divisor past 32 bits": (delta, x, 2**31, None, None),
+        # (delta, x, divisor, column_l1, delta_bound, the C function that must run: "sgd_update"
+        # for the "c" kernels)
+        "delta past the split units": (big, x[:1], 64, None, None, "sgd_update"),
+        "delta past the split units, as its bound says": (big, x[:1], 64, None, UNITS_LIMIT, "sgd_update"),
+        "G could pass int32": (delta, x, 64, 2**24, 50, None),  # 128 * 2**24 = 2**31
+        "int64 delta": (delta.astype(np.int64), x, 64, None, None, "sgd_update"),
+        "int16 input": (delta, x.astype(np.int16), 64, None, None, "sgd_update"),
+        "strided input": (delta, np.repeat(x, 2, axis=1)[:, ::2], 64, None, None, "sgd_update"),
+        "narrow input, delta past the split units": (big, np.ascontiguousarray(x[:1, :9]), 64, None, None,
+                                                     "sgd_update"),
+        "divisor past 32 bits": (delta, x, 2**31, None, None, None),
     }
 
 
 @pytest.mark.parametrize("case", list(_update_cases()))
 def test_update_hands_back_outside_its_bounds(isa, spy, case):
     # as for the forward: outside its bounds the update is the parent's, same integers
-    delta, x, divisor, column_l1, runs = _update_cases()[case]
+    delta, x, divisor, column_l1, delta_bound, runs = _update_cases()[case]
     width = x.shape[1]
     layer = layer_with(np.arange(-3 * width, 3 * width).reshape(6, width))
     reference = reference_layer(layer)
     kernels.NUMPY.sgd_update(reference, delta, x, divisor, 0, column_l1=column_l1)
-    kernels.IMPLEMENTATIONS[isa].sgd_update(layer, delta, x, divisor, 0, column_l1=column_l1)
+    kernels.IMPLEMENTATIONS[isa].sgd_update(layer, delta, x, divisor, 0, delta_bound, column_l1)
     np.testing.assert_array_equal(layer.weight, reference.weight)
     assert layer.weight_bound == reference.weight_bound
     assert f"units_sgd_update/{isa}" not in spy.calls
     assert spy.calls.get("sgd_update", 0) == (runs == "sgd_update")
+
+
+@pytest.mark.parametrize("width", [9, 64])
+def test_update_proves_the_split_units_from_the_largest_delta(isa, spy, width):
+    # A conv layer's delta: one row per output position, every entry small. Its column L1
+    # norms pass UNITS_LIMIT (G still fits int32), so they alone cannot prove delta's split
+    # units; max|delta|, which the activation's backward hands over, does.
+    rng = np.random.default_rng(width)
+    rows = 4096
+    x = rng.integers(-128, 128, (rows, width)).astype(np.int8)
+    delta = (rng.integers(3000, 4097, (rows, 6)) * rng.choice([-1, 1], (rows, 6))).astype(np.int32)
+    column_l1 = int(np.abs(delta.astype(np.int64)).sum(axis=0).max())
+    assert UNITS_LIMIT < column_l1 and 128 * column_l1 <= INT32_MAX
+    for delta_bound, runs in [(None, "sgd_update"), (int(np.abs(delta).max()), f"units_sgd_update/{isa}")]:
+        spy.calls.clear()
+        layer = layer_with(rng.integers(-1000, 1000, (6, width)))
+        reference = reference_layer(layer)
+        kernels.NUMPY.sgd_update(reference, delta, x, 2**20, 0, column_l1=column_l1)
+        kernels.IMPLEMENTATIONS[isa].sgd_update(layer, delta, x, 2**20, 0, delta_bound, column_l1)
+        np.testing.assert_array_equal(layer.weight, reference.weight)
+        assert layer.weight_bound == reference.weight_bound and spy.calls[runs] == 1
 
 
 def test_update_drops_the_split_units_past_their_range(isa, spy):

@@ -151,8 +151,10 @@ class LinearBlock:
               fwd_decay_inv: int, head_decay_inv: int) -> Any:
         """Update the head and then the block from the head's error; returns the head scores."""
         yhat, delta, _ = self.head.learn(cache.output, target, sgd, head_decay_inv, propagate=True)
-        delta, column_l1 = self.activation.backward_and_column_l1(delta, cache.pre_activation)  # scaling: identity
-        sgd.step(self.linear, delta, cache.inputs, amp=amp, decay_inv=fwd_decay_inv, column_l1=column_l1)
+        # scaling: identity
+        delta, column_l1, largest = self.activation.backward_and_bounds(delta, cache.pre_activation)
+        sgd.step(self.linear, delta, cache.inputs, amp=amp, decay_inv=fwd_decay_inv, delta_bound=largest,
+                 column_l1=column_l1)
         return yhat
 
 
@@ -238,8 +240,10 @@ class ConvBlock:
         yhat, delta, _ = self.head.learn(flat, target, sgd, head_decay_inv, propagate=True)
         delta = self.head_pool.backward(delta.reshape(pooled.shape), head_argmax, cache.output.shape)
         # scaling: identity; the products' layout from here on, one row per output position
-        delta, column_l1 = self.activation.backward_and_column_l1(self.conv.to_rows(delta), cache.pre_activation)
-        sgd.step(self.conv.linear, delta, cache.inputs, amp=amp, decay_inv=fwd_decay_inv, column_l1=column_l1)
+        delta, column_l1, largest = self.activation.backward_and_bounds(self.conv.to_rows(delta),
+                                                                        cache.pre_activation)
+        sgd.step(self.conv.linear, delta, cache.inputs, amp=amp, decay_inv=fwd_decay_inv, delta_bound=largest,
+                 column_l1=column_l1)
         return yhat
 
 

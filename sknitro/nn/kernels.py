@@ -196,14 +196,16 @@ class NumpyKernels:
             return scaled
         return scaled, array_namespace(scaled).take(table, scaled.view(np.uint8))  # take: 2x table[index]
 
-    def activation_backward(self, delta: Any, s: Any, multiplier: Any, divisor: int) -> tuple[Any, int | None]:
-        """``tdiv(delta * multiplier[s], divisor)`` for int8 ``s``, and the largest column L1
-        norm of the result when computed on the way (else None): it bounds ``G``."""
+    def activation_backward(self, delta: Any, s: Any, multiplier: Any,
+                            divisor: int) -> tuple[Any, int | None, int | None]:
+        """``tdiv(delta * multiplier[s], divisor)`` for int8 ``s``, and, when computed on the
+        way (else None), the result's largest column L1 norm and largest magnitude: the
+        ``column_l1`` and ``delta_bound`` of :meth:`sgd_update`."""
         xp = array_namespace(delta)
         # int32 arithmetic when the product provably fits (half the memory traffic), else int64
         if delta.dtype.itemsize > 4 or abs_max(delta) * divisor > INT32_LIMIT:
             delta = delta.astype(np.int64)
-        return tdiv(delta * xp.take(multiplier, s.view(np.uint8)), divisor), None
+        return tdiv(delta * xp.take(multiplier, s.view(np.uint8)), divisor), None, None
 
     def sgd_update(self, layer: Any, delta: Any, x: Any, divisor: int, decay_inv: int,
                    delta_bound: int | None = None, column_l1: int | None = None) -> None:
@@ -280,15 +282,16 @@ class CompiledKernels(NumpyKernels):
             return super().scaled_forward(layer, x, scale, table)
         return _scaled(float64_product(x, layer.weight.T, self._float64_transposed(layer)), scale, table)
 
-    def activation_backward(self, delta: Any, s: Any, multiplier: Any, divisor: int) -> tuple[Any, int | None]:
+    def activation_backward(self, delta: Any, s: Any, multiplier: Any,
+                            divisor: int) -> tuple[Any, int | None, int | None]:
         # exact for every int32 delta (multiplier <= divisor)
         if not _host_int32(delta) or not s.flags.c_contiguous or divisor >= KERNEL_DIVISOR_LIMIT or delta.ndim == 0:
             return super().activation_backward(delta, s, multiplier, divisor)
         out = np.empty_like(delta)
         columns = delta.shape[-1]
-        column_l1 = _compiled.activation_backward(delta.reshape(-1, columns), s.reshape(-1, columns), multiplier,
-                                                  divisor, out.reshape(-1, columns))
-        return out, column_l1
+        column_l1, largest = _compiled.activation_backward(delta.reshape(-1, columns), s.reshape(-1, columns),
+                                                           multiplier, divisor, out.reshape(-1, columns))
+        return out, column_l1, largest
 
     def sgd_update(self, layer: Any, delta: Any, x: Any, divisor: int, decay_inv: int,
                    delta_bound: int | None = None, column_l1: int | None = None) -> None:
@@ -296,12 +299,14 @@ class CompiledKernels(NumpyKernels):
         if layer.bias is None and _host_int32(layer.weight) and isinstance(x, np.ndarray):
             grad_bound = weight_grad_bound(delta, x, delta_bound, column_l1)
             updated_bound(layer.weight_bound, grad_bound, divisor, decay_inv)  # raises past int32
-            if self._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv):
+            if self._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv, delta_bound):
                 return
         super().sgd_update(layer, delta, x, divisor, decay_inv, delta_bound, column_l1)
 
-    def _sgd_update(self, layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int) -> bool:
-        """The update for a proven ``grad_bound``; False when it cannot run."""
+    def _sgd_update(self, layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int,
+                    delta_bound: int | None) -> bool:
+        """The update for a proven ``grad_bound`` (and ``delta_bound``, if known); False when it
+        cannot run."""
         if grad_bound > INT32_LIMIT or not _divisors_fit(divisor, decay_inv):
             return False
         grad = float64_product(delta.T, x)
@@ -454,12 +459,16 @@ class PairKernels(CompiledKernels):
         _compiled.units_product(self.name, x, _split_units(layer), chunk, product)
         return _scaled(product, scale, table)
 
-    def _sgd_update(self, layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int) -> bool:
+    def _sgd_update(self, layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int,
+                    delta_bound: int | None) -> bool:
+        # delta's split units need max|delta| < UNITS_LIMIT: delta_bound proves it where known;
         # grad_bound / max|x| bounds max|delta| too (it is max|x| times a column L1 norm of
-        # delta, or times max|delta| * batch), which proves delta's split units
+        # delta, or times max|delta| * batch), but a conv layer's column sums over every output
+        # position soon pass UNITS_LIMIT while max|delta| stays far below
+        largest = grad_bound // dtype_bound(x) if delta_bound is None else delta_bound
         if not _pair_input(x) or not _host_int32(delta) or delta.ndim != 2 or grad_bound > INT32_LIMIT \
-                or grad_bound // dtype_bound(x) >= UNITS_LIMIT or not _divisors_fit(divisor, decay_inv):
-            return super()._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv)
+                or largest >= UNITS_LIMIT or not _divisors_fit(divisor, decay_inv):
+            return super()._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv, delta_bound)
         old = _copies(layer)
         if _pair_width(layer):  # the next forward reads the pair form
             # training reuses the last pair form's buffers: no other thread reads a model being fitted

@@ -161,14 +161,15 @@ class TabulatedActivation:
         return xp.take(table, s.view(np.uint8))  # take: twice as fast as table[index]
 
     def backward(self, delta: Any, s: Any) -> Any:
-        return self.backward_and_column_l1(delta, s)[0]
+        return self.backward_and_bounds(delta, s)[0]
 
-    def backward_and_column_l1(self, delta: Any, s: Any) -> tuple[Any, int | None]:
-        """:meth:`backward`, and ``max_j sum_i |result[i, j]|`` when the compiled kernel
-        computed it on the way (None otherwise): it bounds the weight gradient."""
+    def backward_and_bounds(self, delta: Any, s: Any) -> tuple[Any, int | None, int | None]:
+        """:meth:`backward`, and ``max_j sum_i |result[i, j]|`` and ``max|result|`` when the
+        compiled kernel computed them on the way (None otherwise): they bound the weight
+        gradient and prove the update's kernels exact."""
         if s.dtype != np.int8:
             divisor = self.gradient_divisor(s.astype(np.int64))
-            return np.where(divisor > 0, tdiv(delta, np.maximum(divisor, 1)), 0), None
+            return np.where(divisor > 0, tdiv(delta, np.maximum(divisor, 1)), 0), None, None
         _, multiplier = self.tables(array_namespace(delta))
         return kernels.select().activation_backward(delta, s, multiplier, self.backward_divisor)
 

@@ -151,14 +151,17 @@ static void test_loops(void)
         backward_loop(g32, pre, table, out32, N, big_d, make_divisor(big_d));
         for (int i = 0; i < N; i++)
             CHECK(out32[i] == (int64_t)g32[i] * table[(uint8_t)pre[i]] / big_d, "backward_loop at %d", i);
-        int64_t largest = column_l1_max(out32, sums, N / 64, 64), expected = 0;
+        int64_t largest = column_magnitudes(out32, sums, N / 64, 64), expected = 0;
         for (int j = 0; j < 64; j++) {
             int64_t sum = 0;
-            for (int i = 0; i < N / 64; i++)
+            for (int i = 0; i < N / 64; i++) {
                 sum += llabs(out32[i * 64 + j]);
-            expected = sum > expected ? sum : expected;
+                expected = llabs(out32[i * 64 + j]) > expected ? llabs(out32[i * 64 + j]) : expected;
+            }
+            CHECK(sums[j] == sum, "column_magnitudes' sum of column %d: %lld, expected %lld", j, (long long)sums[j],
+                  (long long)sum);
         }
-        CHECK(largest == expected, "column_l1_max %lld, expected %lld", (long long)largest, (long long)expected);
+        CHECK(largest == expected, "column_magnitudes %lld, expected %lld", (long long)largest, (long long)expected);
 
         /* IntegerSGD from a float64 gradient, with the float64 mirror of the new weights (lr >= 4
          * and |w| <= 2**28: the new weights fit int32, which the caller proves) */
