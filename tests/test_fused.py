@@ -398,6 +398,30 @@ def test_head_step_matches_the_reference(spy, implementation, seed, propagate):
     assert heads[1].linear.weight_bound == heads[0].linear.weight_bound
 
 
+@needs_c
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(64, 1024, 10), (45, 700, 11)])
+def test_head_step_on_threads_matches_the_reference(threads, shape):
+    # past the work from which the head's loops run on the threads (a compact CNN's first
+    # head, and rows, classes and feature blocks that do not divide evenly)
+    from threadpoolctl import threadpool_limits
+
+    batch, features, classes = shape
+    rng = np.random.default_rng(threads)
+    heads = [LinearHead(features, classes, 3000, scale_bits=8, rng=np.random.default_rng(batch)) for _ in range(2)]
+    x = rng.integers(-128, 128, size=(batch, features)).astype(np.int8)
+    target = np.zeros((batch, classes), np.int8)
+    target[np.arange(batch), rng.integers(0, classes, batch)] = 32
+    with sknitro.config_context(kernels="numpy"):
+        expected = heads[0].learn(x, target, IntegerSGD(lr_inv=3), 7, propagate=True)
+    with sknitro.config_context(kernels="c"), threadpool_limits(threads):
+        fast = heads[1].learn(x, target, IntegerSGD(lr_inv=3), 7, propagate=True)
+    for got, want in zip(fast, expected):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(heads[1].linear.weight, heads[0].linear.weight)
+    assert heads[1].linear.weight_bound == heads[0].linear.weight_bound
+
+
 def test_head_step_runs_only_on_int8_inputs_within_int32(c_kernels, spy):
     target = np.array([[32, 0]], np.int8)
 

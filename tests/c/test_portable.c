@@ -198,14 +198,20 @@ typedef int64_t (*head_loop_t)(const int8_t *, int32_t *, const int8_t *, int8_t
                                divisor_t, int64_t *);
 
 /* A learning head against its naive form (see head_loop in _portable.c), in each vector width
- * this CPU runs. */
-static void test_head(head_loop_t loop)
+ * this CPU runs: B rows of F features, C classes. */
+static void test_head_of(head_loop_t loop, int B, int C, int F, int rounds)
 {
-    enum { B = 13, C = 21, F = 37 }; /* past whole vectors of classes and blocks of rows */
-    static int8_t x[B * F], target[B * C], yhat[B * C];
-    static int32_t w[C * F], w0[C * F], input_grad[B * F], scratch[F * 2 * HEAD_LANES];
-    static int16_t error[B * C];
-    for (int round = 0; round < 50; round++) {
+    int8_t *x = malloc((size_t)(B * F)), *target = malloc((size_t)(B * C)), *yhat = malloc((size_t)(B * C));
+    int32_t *w = malloc(sizeof(int32_t) * (size_t)(C * F)), *w0 = malloc(sizeof(int32_t) * (size_t)(C * F));
+    int32_t *input_grad = malloc(sizeof(int32_t) * (size_t)(B * F));
+    int32_t *scratch = malloc(sizeof(int32_t) * (size_t)head_scratch_size(C, F));
+    int16_t *error = malloc(sizeof(int16_t) * (size_t)(B * C));
+    int64_t *e = malloc(sizeof(int64_t) * (size_t)(B * C));
+    if (!x || !target || !yhat || !w || !w0 || !input_grad || !scratch || !error || !e) {
+        printf("out of memory\n");
+        exit(1);
+    }
+    for (int round = 0; round < rounds; round++) {
         int64_t scale = uniform(1, 1 << 16), lr = uniform(1, 5000), decay = round % 2 ? uniform(1, 5000) : 0;
         for (int i = 0; i < B * F; i++)
             x[i] = (int8_t)uniform(-128, 127);
@@ -214,10 +220,10 @@ static void test_head(head_loop_t loop)
         for (int i = 0; i < C * F; i++)
             w[i] = w0[i] = (int32_t)uniform(-20000, 20000);
         int64_t squares, limit = 128 * scale;
-        CHECK(head_scratch_size(C, F) == F * 2 * HEAD_LANES, "head scratch size");
+        CHECK(head_scratch_size(C, F) == F * ((C + HEAD_LANES - 1) / HEAD_LANES) * HEAD_LANES, "head scratch size");
         int64_t largest = loop(x, w, target, yhat, input_grad, scratch, error, B, C, F, make_divisor(scale),
                                (int32_t)limit, make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1), &squares);
-        int64_t e[B * C], expected_squares = 0, expected_largest = 0;
+        int64_t expected_squares = 0, expected_largest = 0;
         for (int b = 0; b < B; b++)
             for (int c = 0; c < C; c++) {
                 int64_t z = 0;
@@ -247,6 +253,23 @@ static void test_head(head_loop_t loop)
             }
         CHECK(largest == expected_largest, "head max|w|");
     }
+    free(x);
+    free(target);
+    free(yhat);
+    free(w);
+    free(w0);
+    free(input_grad);
+    free(scratch);
+    free(error);
+    free(e);
+}
+
+static void test_head(head_loop_t loop)
+{
+    test_head_of(loop, 13, 21, 37, 50); /* past whole vectors of classes and blocks of rows */
+    /* past HEAD_PARALLEL_WORK: on the threads, the features in blocks of HEAD_FEATURE_BLOCK
+     * and the last block partial */
+    test_head_of(loop, 45, 11, 700, 2);
 }
 
 /* The operand forms of the pair products, and the outlier list of a pair form. */
