@@ -1,7 +1,7 @@
 """Benchmark: training speed of each kernel implementation this CPU runs, in one run.
 
     python benchmarks/bench_kernels.py [--mlp-epochs 5] [--cnn-samples 6000] [--vgg-samples 512]
-                                       [--baseline PATH [--baseline-without-vnni]]
+                                       [--cnn-epochs 4] [--baseline PATH [--baseline-without-vnni]]
                                        [--avx2-cpu-build PATH]
 
 Every row is one implementation (``config_context(kernels=...)``: numpy, c, avx2, vnni,
@@ -10,9 +10,9 @@ whichever the CPU runs), one thread unless stated:
 - Fashion-MNIST MLP 784-200-100-50-10 (the published hyperparameters of paper_table.py's
   ``mlp-fashion``), seconds per epoch on the 60,000 images (median of epochs 2..N), against
   scikit-learn's ``MLPClassifier`` (adam, same sizes and batch) timed in the same run;
-- the compact CNN (conv32-pool-conv64-pool-dense1024), one epoch on ``--cnn-samples`` images,
-  scaled to 60,000, on one thread and on two;
-- VGG8B (the published network), one epoch on ``--vgg-samples`` images, scaled to 60,000.
+- the compact CNN (conv32-pool-conv64-pool-dense1024), seconds per epoch on ``--cnn-samples``
+  images (median of epochs 2..``--cnn-epochs``), scaled to 60,000, on one thread and on two;
+- VGG8B (the published network), the same on ``--vgg-samples`` images.
 
 ``--baseline PATH`` times the two CNN jobs again with another sknitro checkout (built, on
 the same CPU: say the last release) in a child process, for a before/after ratio; both
@@ -50,9 +50,10 @@ def weights_hash(model) -> str:
     return hashlib.sha1(b"".join(np.ascontiguousarray(w).tobytes() for w in model.weights_)).hexdigest()[:12]
 
 
-def time_cnn(job: str, samples: int, threads: int, kernels: str | None) -> dict:
-    """One epoch of a CNN job on the first ``samples`` training images; ``kernels`` None: the
-    settings of the sknitro that is imported (a baseline may not know the setting)."""
+def time_cnn(job: str, samples: int, threads: int, kernels: str | None, epochs: int) -> dict:
+    """A CNN job's seconds per epoch on the first ``samples`` training images: the median of
+    epochs 2..``epochs`` (the first warms up); ``kernels`` None: the settings of the sknitro
+    that is imported (a baseline may not know the setting)."""
     import contextlib
 
     from threadpoolctl import threadpool_limits
@@ -62,12 +63,11 @@ def time_cnn(job: str, samples: int, threads: int, kernels: str | None) -> dict:
 
     X, y, _, _ = load_fashion_mnist(n_train=samples, n_test=1)
     context = sknitro.config_context(kernels=kernels) if kernels else contextlib.nullcontext()
-    model = sknitro.NitroCNNClassifier(**CNN_JOBS[job], max_iter=1, early_stopping=False, random_state=0)
+    model = sknitro.NitroCNNClassifier(**CNN_JOBS[job], max_iter=epochs, early_stopping=False, random_state=0)
     with threadpool_limits(threads), context, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        started = time.perf_counter()
         model.fit(X, y)
-        seconds = time.perf_counter() - started
+    seconds = statistics.median(record["seconds"] for record in model.history_[1:] or model.history_)
     return {"seconds": seconds, "epoch_seconds": seconds * EPOCH_IMAGES / samples, "weights": weights_hash(model)}
 
 
@@ -132,7 +132,7 @@ AVX2_BLAS_CHECK = ("from threadpoolctl import threadpool_info; assert all(i.get(
 AVX2_CPU_LOOPS = ("arch=x86-64-v3",)  # what an --avx2-cpu-build's portable loops are built for
 
 
-def baseline_cnn(path: Path, job: str, samples: int, threads: int, without_vnni: bool = False,
+def baseline_cnn(path: Path, job: str, samples: int, threads: int, epochs: int, without_vnni: bool = False,
                  avx2_blas: bool = False) -> dict:
     """``time_cnn`` with the sknitro of ``path`` (its own settings); ``without_vnni``: with
     that sknitro's VNNI products off, as it runs on a CPU without AVX-512 VNNI (a sknitro
@@ -140,7 +140,7 @@ def baseline_cnn(path: Path, job: str, samples: int, threads: int, without_vnni:
     ``avx2_blas``: on OpenBLAS's AVX2 kernels too."""
     switch = "import sknitro.nn.fused as fused; assert hasattr(fused, 'VNNI'); fused.VNNI = False; " \
         if without_vnni else ""
-    return in_child(path, f"time_cnn({job!r}, {samples}, {threads}, None)",
+    return in_child(path, f"time_cnn({job!r}, {samples}, {threads}, None, {epochs})",
                     switch + (AVX2_BLAS_CHECK if avx2_blas else ""), AVX2_BLAS if avx2_blas else None)
 
 
@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--mlp-epochs", type=int, default=5)
     parser.add_argument("--cnn-samples", type=int, default=6000)
     parser.add_argument("--vgg-samples", type=int, default=512)
+    parser.add_argument("--cnn-epochs", type=int, default=4, help="epochs per CNN job: the first warms up")
     parser.add_argument("--baseline", type=Path, help="another sknitro checkout (built), timed on the CNN jobs")
     parser.add_argument("--baseline-without-vnni", action="store_true",
                         help="also time the baseline with its VNNI products off (as on an AVX2 CPU)")
@@ -226,20 +227,22 @@ def main() -> None:
     jobs = [("compact", args.cnn_samples, 1), ("compact", args.cnn_samples, 2), ("vgg8b", args.vgg_samples, 1)]
     for job, samples, threads in jobs:
         key = f"{job}/{threads}"
-        result["cnn"][key] = {name: time_cnn(job, samples, threads, name) for name in AVAILABLE}
+        result["cnn"][key] = {name: time_cnn(job, samples, threads, name, args.cnn_epochs) for name in AVAILABLE}
         print(f"{key}: {result['cnn'][key]}", flush=True)
         if args.avx2_cpu_build:
-            call = f"time_cnn({job!r}, {samples}, {threads}, 'avx2')"
+            call = f"time_cnn({job!r}, {samples}, {threads}, 'avx2', {args.cnn_epochs})"
             result["avx2_cpu"][key] = avx2_cpu(args.avx2_cpu_build, call)
             if args.baseline and threads == 1:
                 result["avx2_cpu"][f"{key} baseline"] = baseline_cnn(args.baseline, job, samples, threads,
-                                                                     without_vnni=True, avx2_blas=True)
+                                                                     args.cnn_epochs, without_vnni=True,
+                                                                     avx2_blas=True)
             print(f"{key} on an emulated AVX2 CPU: {result['avx2_cpu']}", flush=True)
         if args.baseline and threads == 1:
-            result["baseline"][key] = baseline_cnn(args.baseline, job, samples, threads)
+            result["baseline"][key] = baseline_cnn(args.baseline, job, samples, threads, args.cnn_epochs)
             print(f"{key} baseline: {result['baseline'][key]}", flush=True)
             if args.baseline_without_vnni:
-                result["baseline_without_vnni"][key] = baseline_cnn(args.baseline, job, samples, threads, True)
+                result["baseline_without_vnni"][key] = baseline_cnn(args.baseline, job, samples, threads,
+                                                                    args.cnn_epochs, True)
                 print(f"{key} baseline without VNNI: {result['baseline_without_vnni'][key]}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "kernels.json", result)
@@ -262,7 +265,8 @@ def main() -> None:
         bases = {"baseline": result["baseline"].get(key),
                  "baseline without its VNNI products": result["baseline_without_vnni"].get(key)}
         bases = {label: base for label, base in bases.items() if base}
-        lines += [f"{job} CNN, {threads} thread(s): one epoch on {samples} images, scaled to 60,000", "",
+        lines += [f"{job} CNN, {threads} thread(s): seconds per epoch on {samples} images (median of epochs "
+                  f"2-{args.cnn_epochs}), scaled to 60,000", "",
                   "| kernels | s / 60k epoch | vs 1 thread | " + "".join(f"vs {label} | " for label in bases)
                   + "weights |", "|---|---|---|" + "---|" * len(bases) + "---|"]
         for name, row in rows.items():

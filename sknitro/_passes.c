@@ -8,8 +8,9 @@
 
 #include "_portable.h"
 
-/* Chunks of about this many items. */
-#define CHUNK_ITEMS ((ptrdiff_t)1 << 16)
+/* Chunks of about this many items (a dense layer's 64 x 1024 activations make two: a
+ * 64 KiB chunk is a few tens of microseconds of work, the threads' start a few). */
+#define CHUNK_ITEMS ((ptrdiff_t)1 << 15)
 
 /* `rows` rows of `items_per_row` items (>= 1) in chunks of whole rows, at least one row each. */
 typedef struct {

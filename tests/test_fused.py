@@ -305,10 +305,10 @@ def test_blocks_hand_the_activation_backwards_bounds_to_the_update(monkeypatch, 
 @needs_c
 @pytest.mark.parametrize("threads", [1, 2])
 def test_elementwise_passes_in_chunks_on_threads(threads):
-    # 3001 x 50 items: scale_to_int8 in chunks of 2**16 items, activation_backward in chunks of
-    # 1310 whole rows, the last of each partial; on 2 threads the chunks run in parallel. Each
-    # column's L1 norm adds up across the chunks: column 7's is the largest, a third in each;
-    # the largest magnitude lies in the last chunk.
+    # 3001 x 50 items: scale_to_int8 in chunks of 2**15 items, activation_backward in chunks of
+    # 655 whole rows, the last of each partial; on 2 threads the chunks run in parallel. Each
+    # column's L1 norm adds up across the chunks: column 7's is the largest; the largest
+    # magnitude lies in the last chunk.
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(threads)
@@ -647,7 +647,7 @@ def test_max_pool_matches_the_reference(c_kernels, spy, threads, window, padding
     # (values from a few levels, -128 and 127 among them: the first maximum wins, a padding
     # position first in its window included), padding (a head's pool: 14 + 4 rows by 4), maps
     # narrower than a window but for their padding; 3 x 5 x 28 x 28 with 2 x 2 windows is
-    # past one chunk (2**16 values), so 2 threads split it
+    # past one chunk (2**15 values), so 2 threads split it
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(shape[1])
@@ -696,7 +696,7 @@ def test_max_pool_hands_back_what_it_does_not_cover(c_kernels, spy):
 def test_im2col_matches_the_reference(c_kernels, spy, threads, shape, kernel, padding):
     # one channel (a first conv layer: rows of 3 values), many (whole window rows copied at
     # once), windows past every edge, no padding, 1 x 1 maps; the first two shapes are past
-    # one chunk (2**16 values), so 2 threads split them
+    # one chunk (2**15 values), so 2 threads split them
     from threadpoolctl import threadpool_limits
 
     from sknitro.nn.functional import im2col
