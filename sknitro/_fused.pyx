@@ -587,7 +587,8 @@ def units_sgd_update(str isa not None, const int32_t[:, ::1] delta not None, con
     w -= tdiv(G, divisor) + (tdiv(w, decay_inv) if decay_inv else 0). Writes to mirror (n, k)
     the new w's split units (int32), or, given the outlier buffers index and residual, its
     pair form (int16) and outliers (see pair_form). Returns (max|w|, outlier count). The
-    caller proves |G| < 2**31 and that the new w fits int32."""
+    caller proves |G| < 2**31 (for k < NARROW_UNITS, G may pass int32) and that the new w
+    fits int32."""
     cdef bint pairs = index is not None
     if pairs != (residual is not None):
         raise ValueError("index and residual go together")

@@ -159,6 +159,31 @@ static int fits_int16(const int32_t *values, ptrdiff_t n)
     return fits;
 }
 
+/* sums += part, as int32 (exact: the caller keeps part's sums within int32), and part = 0;
+ * returns 0, what part then holds. */
+static int64_t add_part(uint32_t *part, int64_t *sums, ptrdiff_t count)
+{
+    for (ptrdiff_t i = 0; i < count; i++) {
+        sums[i] += (int32_t)part[i];
+        part[i] = 0;
+    }
+    return 0;
+}
+
+/* A bound of max |values[j]| for n int32 values, 2**bits, by the bits of every magnitude (less
+ * one for negative values) OR-ed together: a loop that vectorizes. Every value fits int16
+ * exactly when bits <= 15. */
+static int magnitude_bits(const int32_t *values, ptrdiff_t n)
+{
+    uint32_t ored = 0;
+    for (ptrdiff_t j = 0; j < n; j++)
+        ored |= (uint32_t)(values[j] < 0 ? ~values[j] : values[j]);
+    int bits = 0;
+    while (bits < 32 && ored >> bits)
+        bits++;
+    return bits;
+}
+
 /* One row of units of an update: the row pair of batch rows `row` and `partner` (-1: a zero
  * row), or the split units of `row`. */
 typedef struct {
@@ -445,8 +470,12 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
                                 int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
                                 divisor_t lr, int decays, divisor_t decay)
 {
+    /* The kernel sums G modulo 2**32 in `part`, exact while its sums fit int32: `held` bounds
+     * them (128 max|delta| per row), and before a call could pass int32 they go to `sums` in
+     * int64. So G itself may pass int32: a first conv layer's sums over every position of
+     * every image do on long runs. */
     ptrdiff_t npad = round_up(n, lanes), kpad = round_up(k, NARROW_K_BLOCK);
-    uint32_t *gt = calloc((size_t)(kpad * npad), sizeof(uint32_t)); /* G transposed, modulo 2**32 */
+    int64_t *gt = calloc((size_t)(kpad * npad), sizeof(int64_t)); /* G transposed */
     if (!gt)
         return -1;
     int failed = 0;
@@ -454,20 +483,25 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
 #pragma omp parallel if ((int64_t)n * batch * k >= PARALLEL_WORK) reduction(| : failed)
     {
         uint32_t *part = calloc((size_t)(kpad * npad), sizeof(uint32_t));
+        int64_t *sums = calloc((size_t)(kpad * npad), sizeof(int64_t)); /* this thread's rows */
+        int64_t held = 0;
         int32_t *x_units = malloc((size_t)(GRADIENT_ROW_BLOCK * kpad) * sizeof(int32_t));
         int32_t *delta_pairs = malloc((size_t)(GRADIENT_ROW_BLOCK / 2 * n) * sizeof(int32_t));
-        failed |= part == NULL || x_units == NULL || delta_pairs == NULL;
+        failed |= part == NULL || sums == NULL || x_units == NULL || delta_pairs == NULL;
 #pragma omp for schedule(static)
         for (ptrdiff_t block = 0; block < blocks; block++) {
-            if (!part || !x_units || !delta_pairs)
+            if (!part || !sums || !x_units || !delta_pairs)
                 continue;
             ptrdiff_t first = block * GRADIENT_ROW_BLOCK;
             ptrdiff_t rows = batch - first < GRADIENT_ROW_BLOCK ? batch - first : GRADIENT_ROW_BLOCK;
             const int32_t *block_delta = delta + first * n;
             const int8_t *block_x = x + first * k;
-            if (fits_int16(block_delta, rows * n)) {
+            int bits = magnitude_bits(block_delta, rows * n);
+            int64_t row_bound = (int64_t)128 << bits; /* <= 2**30: |delta| < 2**23 */
+            if (bits <= 15) {
                 /* every delta of the block fits int16: its rows two by two as row pairs, the
-                 * last alone with a zero row when they are odd in number */
+                 * last alone with a zero row when they are odd in number (one call:
+                 * 256 * 128 * 2**15 < 2**31) */
                 ptrdiff_t pairs = (rows + 1) / 2;
                 for (ptrdiff_t r = 0; r < pairs; r++) {
                     int second = 2 * r + 1 < rows;
@@ -476,19 +510,32 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
                     pair_delta_rows(block_delta + 2 * r * n, second ? block_delta + (2 * r + 1) * n : NULL,
                                     delta_pairs + r * n, n);
                 }
+                if (held + rows * row_bound > INT32_MAX)
+                    held = add_part(part, sums, kpad * npad);
                 gradient(delta_pairs, n, x_units, kpad, pairs, part, npad, 1);
+                held += rows * row_bound;
             } else {
                 for (ptrdiff_t r = 0; r < rows; r++)
                     pack(block_x + r * k, x_units + r * kpad, k, kpad);
-                gradient(block_delta, n, x_units, kpad, rows, part, npad, 0);
+                ptrdiff_t step = (ptrdiff_t)(INT32_MAX / row_bound); /* rows per call: at least 1 */
+                for (ptrdiff_t r = 0; r < rows; r += step) {
+                    ptrdiff_t count = rows - r < step ? rows - r : step;
+                    if (held + count * row_bound > INT32_MAX)
+                        held = add_part(part, sums, kpad * npad);
+                    gradient(block_delta + r * n, n, x_units + r * kpad, kpad, count, part, npad, 0);
+                    held += count * row_bound;
+                }
             }
         }
-        if (part)
+        if (part && sums)
+            add_part(part, sums, kpad * npad);
+        if (sums)
 #pragma omp critical(sknitro_narrow_gradient)
             for (ptrdiff_t i = 0; i < kpad * npad; i++)
-                gt[i] += part[i];
+                gt[i] += sums[i];
         free(delta_pairs);
         free(x_units);
+        free(sums);
         free(part);
     }
     int64_t largest = -1;
@@ -496,7 +543,10 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
         largest = 0;
         for (ptrdiff_t j = 0; j < n; j++)
             for (ptrdiff_t c = 0; c < k; c++) {
-                int64_t value = sgd_rule(w[j * k + c], (int32_t)gt[c * npad + j], lr, decays, decay);
+                int64_t g = gt[c * npad + j];
+                int32_t old = w[j * k + c];
+                int64_t value = g > INT32_MAX || g < -INT32_MAX ? sgd_rule_wide(old, g, lr, decays, decay)
+                                                                : sgd_rule(old, (int32_t)g, lr, decays, decay);
                 w[j * k + c] = (int32_t)value;
                 largest = magnitude64(value) > largest ? magnitude64(value) : largest;
             }

@@ -190,7 +190,8 @@ int pairs_run_narrow_product(narrow_product_t product, pack_units_t pack, ptrdif
                              ptrdiff_t k);
 
 /* `sgd_update` of pair_kernels_t for k < NARROW_UNITS: G from the narrow gradient kernel,
- * then sgd_rule weight by weight (n * k of them: a few hundred). */
+ * exact in int64 (G may pass int32), then sgd_rule weight by weight (n * k of them: a few
+ * hundred). */
 int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, ptrdiff_t lanes,
                                 const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
                                 int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,

@@ -70,6 +70,19 @@ static inline int64_t sgd_rule(int32_t w, int32_t g, divisor_t lr, int decays, d
     return (int64_t)w - step;
 }
 
+/* tdiv(n, d) for any int64 n: C's division truncates toward zero, as tdiv does (a division
+ * instruction: for the few values past int32, where the multiply and shift does not reach). */
+static inline int64_t tdiv64(int64_t n, divisor_t d)
+{
+    return n / (int64_t)d.d;
+}
+
+/* sgd_rule for any int64 g: the same rule, its gradient term divided in 64 bits. */
+static inline int64_t sgd_rule_wide(int32_t w, int64_t g, divisor_t lr, int decays, divisor_t decay)
+{
+    return sgd_rule(w, 0, lr, decays, decay) - tdiv64(g, lr);
+}
+
 static inline int64_t magnitude64(int64_t v)
 {
     return v < 0 ? -v : v;

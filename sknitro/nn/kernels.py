@@ -466,8 +466,12 @@ class PairKernels(CompiledKernels):
         # delta, or times max|delta| * batch), but a conv layer's column sums over every output
         # position soon pass UNITS_LIMIT while max|delta| stays far below
         largest = grad_bound // dtype_bound(x) if delta_bound is None else delta_bound
-        if not _pair_input(x) or not _host_int32(delta) or delta.ndim != 2 or grad_bound > INT32_LIMIT \
-                or largest >= UNITS_LIMIT or not _divisors_fit(divisor, decay_inv):
+        # G must fit int32, but for a narrow layer's (a first conv layer's), which the kernel
+        # sums in int64
+        narrow = x.ndim == 2 and x.shape[1] < PAIR_MIN_WIDTH
+        if not _pair_input(x) or not _host_int32(delta) or delta.ndim != 2 \
+                or (grad_bound > INT32_LIMIT and not narrow) or largest >= UNITS_LIMIT \
+                or not _divisors_fit(divisor, decay_inv):
             return super()._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv, delta_bound)
         old = _copies(layer)
         if _pair_width(layer):  # the next forward reads the pair form

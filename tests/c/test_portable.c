@@ -91,6 +91,11 @@ static void test_rules(void)
         int64_t got = sgd_rule(w, g, make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1));
         CHECK(got == naive_sgd(w, g, lr, decay), "sgd_rule(%d, %d, %lld, %lld)", w, g, (long long)lr,
               (long long)decay);
+        /* a gradient past int32 (a narrow layer's G, summed in int64) */
+        int64_t wide = (int64_t)g * (int64_t)uniform(1, 1 << 20) + (i % 2 ? INT32_MAX : -(int64_t)INT32_MAX - 1);
+        got = sgd_rule_wide(w, wide, make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1));
+        CHECK(got == naive_sgd(w, wide, lr, decay), "sgd_rule_wide(%d, %lld, %lld, %lld)", w, (long long)wide,
+              (long long)lr, (long long)decay);
     }
     for (int v = -70000; v <= 70000; v += 7)
         CHECK(saturate_int16(v) == clip(v, -32768, 32767), "saturate_int16(%d)", v);
