@@ -422,13 +422,14 @@ AVX2_TARGET static int avx2_product(const int8_t *x, const int32_t *w_units, con
 
 AVX2_TARGET static int64_t avx2_sgd_update(const int32_t *delta, const int8_t *x, int32_t *w,
                                            int32_t *w_units, int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n,
-                                           ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay)
+                                           ptrdiff_t batch, ptrdiff_t k, divisor_t lr, int decays, divisor_t decay,
+                                           int sums_fit_int32)
 {
-    if (k < NARROW_UNITS)
+    if (k < NARROW_UNITS) /* checks its own sums */
         return pairs_run_narrow_update(narrow_gradient, pack_units, 8, delta, x, w, w_units, w_pairs, outliers, n,
                                        batch, k, lr, decays, decay);
     return pairs_run_sgd_update(gradient_tile, update_tile, pack_units, UPDATE_COLUMNS, delta, x, w, w_units, w_pairs, outliers,
-                            n, batch, k, lr, decays, decay);
+                            n, batch, k, lr, decays, decay, sums_fit_int32);
 }
 
 const pair_kernels_t avx2_kernels = {"avx2", avx2_supported, avx2_product, avx2_sgd_update};

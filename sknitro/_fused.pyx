@@ -76,7 +76,7 @@ cdef extern from "_pairs.h" nogil:
                        const outliers_t *outliers) noexcept nogil
         int64_t (*sgd_update)(const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
                               int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
-                              divisor_t lr, int decays, divisor_t decay) noexcept nogil
+                              divisor_t lr, int decays, divisor_t decay, int sums_fit_int32) noexcept nogil
     const pair_kernels_t avx2_kernels
     const pair_kernels_t vnni_kernels
     int64_t pairs_row_l1(const int8_t *x, ptrdiff_t rows, ptrdiff_t cols)
@@ -579,16 +579,18 @@ def pairs_scaled_product(str isa not None, const int8_t[:, ::1] x not None, cons
 
 def units_sgd_update(str isa not None, const int32_t[:, ::1] delta not None, const int8_t[:, ::1] x not None,
                      int32_t[:, ::1] w not None, mirror not None, long long divisor, long long decay_inv,
-                     int32_t[::1] index=None, int32_t[::1] residual=None):
-    """units_sgd_update(isa, delta, x, w, mirror, divisor, decay_inv, index=None, residual=None)
+                     int32_t[::1] index=None, int32_t[::1] residual=None, bint sums_fit_int32=True):
+    """units_sgd_update(isa, delta, x, w, mirror, divisor, decay_inv, index=None, residual=None,
+                        sums_fit_int32=True)
 
     IntegerSGD with G = delta^T x on the pair products of isa ('vnni' or 'avx2'): for int32
     delta (batch, n) with |delta| < 2**23, int8 x (batch, k) and int32 w (n, k), in place
     w -= tdiv(G, divisor) + (tdiv(w, decay_inv) if decay_inv else 0). Writes to mirror (n, k)
     the new w's split units (int32), or, given the outlier buffers index and residual, its
-    pair form (int16) and outliers (see pair_form). Returns (max|w|, outlier count). The
-    caller proves |G| < 2**31 (for k < NARROW_UNITS, G may pass int32) and that the new w
-    fits int32."""
+    pair form (int16) and outliers (see pair_form). Returns (max|w|, outlier count). Exact
+    for any G: with sums_fit_int32 the caller proves every sum of G (|G| < 2**31, which
+    spares the kernel the checks and the int64 sums of a G that may pass it). The caller
+    proves that the new w fits int32."""
     cdef bint pairs = index is not None
     if pairs != (residual is not None):
         raise ValueError("index and residual go together")
@@ -623,7 +625,7 @@ def units_sgd_update(str isa not None, const int32_t[:, ::1] delta not None, con
     cdef int64_t largest
     with nogil:
         largest = kernels.sgd_update(&delta[0, 0], &x[0, 0], &w[0, 0], units_data, pairs_data, &outliers, n, batch,
-                                     k, lr, decay_inv > 0, decay)
+                                     k, lr, decay_inv > 0, decay, sums_fit_int32)
     if largest < 0:
         raise MemoryError()
     return largest, outliers.count

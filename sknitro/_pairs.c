@@ -150,15 +150,6 @@ static ptrdiff_t round_up(ptrdiff_t v, ptrdiff_t step)
     return (v + step - 1) / step * step;
 }
 
-/* Whether every one of n values fits int16. */
-static int fits_int16(const int32_t *values, ptrdiff_t n)
-{
-    int fits = 1;
-    for (ptrdiff_t j = 0; j < n; j++)
-        fits &= values[j] >= INT16_MIN && values[j] <= INT16_MAX;
-    return fits;
-}
-
 /* sums += part, as int32 (exact: the caller keeps part's sums within int32), and part = 0;
  * returns 0, what part then holds. */
 static int64_t add_part(uint32_t *part, int64_t *sums, ptrdiff_t count)
@@ -178,10 +169,7 @@ static int magnitude_bits(const int32_t *values, ptrdiff_t n)
     uint32_t ored = 0;
     for (ptrdiff_t j = 0; j < n; j++)
         ored |= (uint32_t)(values[j] < 0 ? ~values[j] : values[j]);
-    int bits = 0;
-    while (bits < 32 && ored >> bits)
-        bits++;
-    return bits;
+    return ored ? 32 - __builtin_clz(ored) : 0;
 }
 
 /* One row of units of an update: the row pair of batch rows `row` and `partner` (-1: a zero
@@ -189,6 +177,7 @@ static int magnitude_bits(const int32_t *values, ptrdiff_t n)
 typedef struct {
     ptrdiff_t row, partner;
     int paired;
+    int64_t bound; /* of what the row adds to a sum of G: 128 max|delta| of each batch row */
 } unit_row_t;
 
 /* One sgd_update's operands, for the two ways of sweeping the batch below. */
@@ -205,6 +194,8 @@ typedef struct {
     ptrdiff_t n, batch, k;
     int parallel;
     tile_update_t target; /* w, its copies, the divisors (k0 and largest unused) */
+    const int64_t *reach; /* reach[r]: the bounds of rows of units before r, added up */
+    int wide;             /* G may pass int32: its sums checked against reach, and moved to int64 */
 } update_sweep_t;
 
 /* Row pairs of the first `width` values of two rows of x (`second` NULL: a zero row, the
@@ -228,6 +219,30 @@ static void pair_delta_rows(const int32_t *first, const int32_t *second, int32_t
 {
     for (ptrdiff_t j = 0; j < n; j++)
         paired[j] = row_pair((int16_t)first[j], second ? (int16_t)second[j] : 0);
+}
+
+/* update_tile_t for a G past int32 (int64, `columns` per row of g): sgd_rule_wide weight by
+ * weight, for the rare tile whose sums pass int32. */
+static int64_t update_tile_wide(const int64_t *g, ptrdiff_t columns, const tile_update_t *t, ptrdiff_t n,
+                                ptrdiff_t k0)
+{
+    int64_t largest = 0;
+    ptrdiff_t width = t->k - k0 < columns ? t->k - k0 : columns;
+    for (ptrdiff_t j = 0; j < n; j++)
+        for (ptrdiff_t c = 0; c < width; c++) {
+            ptrdiff_t at = j * t->k + k0 + c;
+            int32_t value = (int32_t)sgd_rule_wide(t->w[at], g[j * columns + c], t->lr, t->decays, t->decay);
+            t->w[at] = value;
+            if (t->w_units) {
+                t->w_units[at] = split_unit(value);
+            } else {
+                t->w_pairs[at] = saturate_int16(value);
+                if (t->w_pairs[at] != value)
+                    pairs_add_outlier(t->outliers, at, value);
+            }
+            largest = magnitude64(value) > largest ? magnitude64(value) : largest;
+        }
+    return largest;
 }
 
 /* Rows of units [first, last) of x's columns of `tile`, `columns` per row from `packed`: the
@@ -278,12 +293,40 @@ static int64_t sweep_whole_batch(const update_sweep_t *s)
     return largest;
 }
 
-/* A larger batch (a conv layer's: every position of every image): the tiles go in groups
- * whose G fits GRADIENT_G_BYTES, one sweep over the batch per group. With fewer groups than
- * threads (a small layer: the conv layer 32 -> 64 has 5 tiles of 64 columns, all in one
- * group), the batch is cut into `parts` as well, each summing its own G of the group; the
- * parts' G are added up (modulo 2**32: any cut gives the same integers) before the update.
- * The largest |w|, or -1 when out of memory. */
+/* Moves a G of `count` int32 sums (exact: they fit int32) to its int64 sums, and zeroes it. */
+static void move_to_wide(int32_t *g, int64_t *wide, ptrdiff_t count)
+{
+    for (ptrdiff_t i = 0; i < count; i++) {
+        wide[i] += g[i];
+        g[i] = 0;
+    }
+}
+
+/* The update of one tile from its G in int64 (`wide`, n rows of `columns`): through the ISA's
+ * update_tile from int32 (into `g`) where every sum fits, else update_tile_wide. */
+static int64_t update_from_wide(const update_sweep_t *s, const int64_t *wide, int32_t *g, ptrdiff_t tile)
+{
+    const tile_update_t *t = &s->target;
+    ptrdiff_t count = s->n * s->columns;
+    int fits = 1;
+    for (ptrdiff_t i = 0; i < count; i++)
+        fits &= wide[i] >= -INT32_MAX && wide[i] <= INT32_MAX;
+    if (!fits)
+        return update_tile_wide(wide, s->columns, t, s->n, tile * s->columns);
+    for (ptrdiff_t i = 0; i < count; i++)
+        g[i] = (int32_t)wide[i];
+    return s->update(g, t->w, t->w_units, t->w_pairs, t->outliers, s->n, s->k, tile * s->columns, t->lr, t->decays,
+                     t->decay);
+}
+
+/* A larger batch (a conv layer's: every position of every image), or one whose G could pass
+ * int32: the tiles go in groups whose G fits GRADIENT_G_BYTES, one sweep over the batch per
+ * group. With fewer groups than threads (a small layer: the conv layer 32 -> 64 has 5 tiles of
+ * 64 columns, all in one group), the batch is cut into `parts` as well, each summing its own G
+ * of the group; the parts' G are added up (modulo 2**32: any cut gives the same integers)
+ * before the update. Where the rows' bounds (s->reach) add up past int32, G may pass int32
+ * too: each G is moved to int64 sums before its int32 ones could overflow (calls of fewer
+ * rows where needed), and added up in int64. The largest |w|, or -1 when out of memory. */
 static int64_t sweep_tile_groups(const update_sweep_t *s)
 {
     const tile_update_t *t = &s->target;
@@ -298,16 +341,20 @@ static int64_t sweep_tile_groups(const update_sweep_t *s)
     ptrdiff_t groups = (tiles + per_group - 1) / per_group;
     ptrdiff_t parts = groups < threads ? (threads + groups - 1) / groups : 1;
     ptrdiff_t part_rows = (s->rows + parts - 1) / parts, group_g = per_group * tile_g;
+    int wide = s->wide;
     /* each thread's x rows packed as units (read n / 4 times per block, they must stay in L1,
      * which rows k apart, often near a power of two, would not) and, with one part, its G of
-     * one group at a time; with several, every part's G, kept for the sum. All allocated
-     * before any weight is written: running out of memory leaves w as it was. */
+     * one group at a time; with several, every part's G, kept for the sum; where G may pass
+     * int32, every part's G in int64 too. All allocated before any weight is written:
+     * running out of memory leaves w as it was. */
     ptrdiff_t per_thread = GRADIENT_ROW_BLOCK * s->columns + (parts > 1 ? 0 : group_g);
     int32_t *scratch = malloc((size_t)(threads * per_thread) * sizeof(int32_t));
     int32_t *sums = parts > 1 ? malloc((size_t)(groups * parts * group_g) * sizeof(int32_t)) : NULL;
-    if (!scratch || (parts > 1 && !sums)) {
+    int64_t *wide_sums = wide ? calloc((size_t)(groups * parts * group_g), sizeof(int64_t)) : NULL;
+    if (!scratch || (parts > 1 && !sums) || (wide && !wide_sums)) {
         free(scratch);
         free(sums);
+        free(wide_sums);
         return -1;
     }
     int64_t largest = 0;
@@ -325,46 +372,72 @@ static int64_t sweep_tile_groups(const update_sweep_t *s)
             ptrdiff_t first_tile = group * per_group;
             ptrdiff_t last_tile = first_tile + per_group < tiles ? first_tile + per_group : tiles;
             ptrdiff_t begin = part * part_rows, end = begin + part_rows < s->rows ? begin + part_rows : s->rows;
+            ptrdiff_t item_g = (last_tile - first_tile) * tile_g;
             int32_t *g = parts > 1 ? sums + item * group_g : own;
-            memset(g, 0, (size_t)((last_tile - first_tile) * tile_g) * sizeof(int32_t));
-            for (ptrdiff_t first = begin; first < end; first += GRADIENT_ROW_BLOCK) {
-                ptrdiff_t last = first + GRADIENT_ROW_BLOCK < end ? first + GRADIENT_ROW_BLOCK : end;
+            int64_t *g_wide = wide ? wide_sums + item * group_g : NULL;
+            int64_t held = 0; /* a bound of |the sums in g| */
+            memset(g, 0, (size_t)item_g * sizeof(int32_t));
+            for (ptrdiff_t first = begin, last; first < end; first = last) {
+                last = first + GRADIENT_ROW_BLOCK < end ? first + GRADIENT_ROW_BLOCK : end;
+                if (wide) {
+                    while (s->reach[last] - s->reach[first] > INT32_MAX) /* a row's bound < 2**31 */
+                        last--;
+                    if (held + s->reach[last] - s->reach[first] > INT32_MAX) {
+                        move_to_wide(g, g_wide, item_g);
+                        held = 0;
+                    }
+                    held += s->reach[last] - s->reach[first];
+                }
                 for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
                     pack_rows(s, tile, first, last, x_tile);
                     s->gradient(s->delta_units, s->stride, x_tile, g + (tile - first_tile) * tile_g, s->n, first,
                                 last, NULL);
                 }
             }
+            if (wide)
+                move_to_wide(g, g_wide, item_g);
             for (ptrdiff_t tile = first_tile; tile < last_tile && parts == 1; tile++) {
-                int64_t tile_largest = s->update(g + (tile - first_tile) * tile_g, t->w, t->w_units, t->w_pairs,
-                                                 t->outliers, s->n, s->k, tile * s->columns, t->lr, t->decays,
-                                                 t->decay);
+                int32_t *tile_gradient = g + (tile - first_tile) * tile_g;
+                int64_t tile_largest =
+                    wide ? update_from_wide(s, g_wide + (tile - first_tile) * tile_g, tile_gradient, tile)
+                         : s->update(tile_gradient, t->w, t->w_units, t->w_pairs, t->outliers, s->n, s->k,
+                                     tile * s->columns, t->lr, t->decays, t->decay);
                 largest = tile_largest > largest ? tile_largest : largest;
             }
         }
         if (parts > 1) {
 #pragma omp for schedule(static)
             for (ptrdiff_t tile = 0; tile < tiles; tile++) {
-                ptrdiff_t group = tile / per_group;
-                uint32_t *g = (uint32_t *)(sums + group * parts * group_g + (tile - group * per_group) * tile_g);
-                for (ptrdiff_t part = 1; part < parts; part++)
-                    for (ptrdiff_t i = 0; i < tile_g; i++)
-                        g[i] += g[part * group_g + i];
-                int64_t tile_largest = s->update((const int32_t *)g, t->w, t->w_units, t->w_pairs, t->outliers,
-                                                 s->n, s->k, tile * s->columns, t->lr, t->decays, t->decay);
+                ptrdiff_t group = tile / per_group, at = group * parts * group_g + (tile - group * per_group) * tile_g;
+                int64_t tile_largest;
+                if (wide) {
+                    int64_t *g = wide_sums + at;
+                    for (ptrdiff_t part = 1; part < parts; part++)
+                        for (ptrdiff_t i = 0; i < tile_g; i++)
+                            g[i] += g[part * group_g + i];
+                    tile_largest = update_from_wide(s, g, sums + at, tile);
+                } else {
+                    uint32_t *g = (uint32_t *)(sums + at);
+                    for (ptrdiff_t part = 1; part < parts; part++)
+                        for (ptrdiff_t i = 0; i < tile_g; i++)
+                            g[i] += g[part * group_g + i];
+                    tile_largest = s->update((const int32_t *)g, t->w, t->w_units, t->w_pairs, t->outliers, s->n,
+                                             s->k, tile * s->columns, t->lr, t->decays, t->decay);
+                }
                 largest = tile_largest > largest ? tile_largest : largest;
             }
         }
     }
     free(scratch);
     free(sums);
+    free(wide_sums);
     return largest;
 }
 
 int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pack_units_t pack, ptrdiff_t columns,
                              const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
                              outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr,
-                             int decays, divisor_t decay)
+                             int decays, divisor_t decay, int sums_fit_int32)
 {
     /* The rows of units: row pairs of the batch rows whose every delta fits int16 (one
      * product per delta * x), in order, the last alone when they are odd in number; then the
@@ -373,25 +446,31 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
     ptrdiff_t stride = round_up(n, 4), rows = 0, splits = 0, pending = -1;
     unit_row_t *unit_rows = malloc((size_t)batch * sizeof(unit_row_t) + 1);
     int32_t *delta_units = malloc((size_t)(stride * batch) * sizeof(int32_t) + 1);
-    if (!unit_rows || !delta_units) {
+    int64_t *reach = malloc((size_t)(batch + 1) * sizeof(int64_t));
+    if (!unit_rows || !delta_units || !reach) {
         free(unit_rows);
         free(delta_units);
+        free(reach);
         return -1;
     }
     /* one pass over delta: the pairs from the front, the split rows from the back (there is
      * room for both: a pair takes two batch rows), then the split rows moved behind the pairs */
+    int64_t pending_bound = 0;
     for (ptrdiff_t b = 0; b < batch; b++) {
-        if (!fits_int16(delta + b * n, n)) {
-            unit_rows[batch - 1 - splits++] = (unit_row_t){b, -1, 0};
+        int bits = magnitude_bits(delta + b * n, n); /* |delta| <= 2**bits: 128 * 2**bits bounds its part */
+        int64_t bound = (int64_t)128 << bits;
+        if (bits > 15) {
+            unit_rows[batch - 1 - splits++] = (unit_row_t){b, -1, 0, bound};
         } else if (pending < 0) {
             pending = b;
+            pending_bound = bound;
         } else {
-            unit_rows[rows++] = (unit_row_t){pending, b, 1};
+            unit_rows[rows++] = (unit_row_t){pending, b, 1, pending_bound + bound};
             pending = -1;
         }
     }
     if (pending >= 0)
-        unit_rows[rows++] = (unit_row_t){pending, -1, 1};
+        unit_rows[rows++] = (unit_row_t){pending, -1, 1, pending_bound};
     memmove(unit_rows + rows, unit_rows + batch - splits, (size_t)splits * sizeof(unit_row_t));
     rows += splits;
     for (ptrdiff_t r = 0; r < rows; r++) {
@@ -406,12 +485,18 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
         for (ptrdiff_t j = n; j < stride; j++)
             out[j] = 0;
     }
+    reach[0] = 0;
+    for (ptrdiff_t r = 0; r < rows; r++)
+        reach[r + 1] = reach[r] + unit_rows[r].bound;
     if (!w_units)
         outliers->count = 0;
     update_sweep_t sweep = {gradient, update, pack, columns, (k + columns - 1) / columns, unit_rows, rows,
                             delta_units, stride, x, n, batch, k, (int64_t)n * batch * k >= PARALLEL_WORK,
-                            {w, w_units, w_pairs, outliers, k, 0, 0, lr, decays, decay, 0}};
-    int64_t largest = batch <= GRADIENT_ROW_BLOCK ? sweep_whole_batch(&sweep) : sweep_tile_groups(&sweep);
+                            {w, w_units, w_pairs, outliers, k, 0, 0, lr, decays, decay, 0}, reach,
+                            !sums_fit_int32 && reach[rows] > INT32_MAX};
+    /* G in registers needs every sum within int32 */
+    int64_t largest = batch <= GRADIENT_ROW_BLOCK && !sweep.wide ? sweep_whole_batch(&sweep) : sweep_tile_groups(&sweep);
+    free(reach);
     free(delta_units);
     free(unit_rows);
     if (largest >= 0 && !w_units)

@@ -158,7 +158,7 @@ typedef void (*pack_units_t)(const int8_t *values, int32_t *packed, ptrdiff_t wi
 int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pack_units_t pack, ptrdiff_t columns,
                              const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units, int16_t *w_pairs,
                              outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k, divisor_t lr,
-                             int decays, divisor_t decay);
+                             int decays, divisor_t decay, int sums_fit_int32);
 
 /* ---- narrow layers: fewer than NARROW_UNITS inputs (a first conv layer's 9 or 27) ------
  * Their rows are too short for tiles along k; these kernels put the outputs in the lanes and
@@ -218,11 +218,13 @@ typedef struct {
 
     /* IntegerSGD on w (n, k) with G = delta^T x, delta int32 (batch, n) with |delta| < 2**23
      * and int8 x (batch, k): w = sgd_rule(w, G). Writes the new w's split units
-     * to w_units, or (w_units NULL) its pair form to w_pairs and its outliers. Exact when every
-     * true |G| < 2**31; returns max|w|, or -1 when out of memory. */
+     * to w_units, or (w_units NULL) its pair form to w_pairs and its outliers. Exact for any
+     * G; `sums_fit_int32` says the caller proved every sum of G (and of a part of it) within
+     * int32, which spares the checks and the int64 sums of a G that may pass it. Returns
+     * max|w|, or -1 when out of memory. */
     int64_t (*sgd_update)(const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
                           int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
-                          divisor_t lr, int decays, divisor_t decay);
+                          divisor_t lr, int decays, divisor_t decay, int sums_fit_int32);
 } pair_kernels_t;
 
 extern const pair_kernels_t avx2_kernels, vnni_kernels;

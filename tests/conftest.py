@@ -44,12 +44,12 @@ class KernelSpy:
     def __getattr__(self, name):
         kernel = getattr(self.kernels, name)
 
-        def counted(*args):
+        def counted(*args, **keywords):
             self.calls[name] = self.calls.get(name, 0) + 1
             if args and isinstance(args[0], str):  # a pair product: its instruction set
                 key = f"{name}/{args[0]}"
                 self.calls[key] = self.calls.get(key, 0) + 1
-            return kernel(*args)
+            return kernel(*args, **keywords)
 
         return counted
 

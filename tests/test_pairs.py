@@ -858,7 +858,6 @@ def _update_cases():
         # for the "c" kernels)
         "delta past the split units": (big, x[:1], 64, None, None, "sgd_update"),
         "delta past the split units, as its bound says": (big, x[:1], 64, None, UNITS_LIMIT, "sgd_update"),
-        "G could pass int32": (delta, x, 64, 2**24, 50, None),  # 128 * 2**24 = 2**31
         "int64 delta": (delta.astype(np.int64), x, 64, None, None, "sgd_update"),
         "int16 input": (delta, x.astype(np.int16), 64, None, None, "sgd_update"),
         "strided input": (delta, np.repeat(x, 2, axis=1)[:, ::2], 64, None, None, "sgd_update"),
@@ -904,35 +903,40 @@ def test_update_proves_the_split_units_from_the_largest_delta(isa, spy, width):
         assert layer.weight_bound == reference.weight_bound and spy.calls[runs] == 1
 
 
-@pytest.mark.parametrize("decay_inv", [0, 1000])
-def test_narrow_update_sums_a_gradient_past_int32(isa, spy, decay_inv):
-    # A first conv layer's G sums over every position of every image: here past int32 (up to
-    # about 2**35). The narrow kernel sums it in int64 from parts whose sums fit int32: blocks
-    # of 256 rows as row pairs where every delta fits int16 (rows 0-1023, whose sums pass int32
-    # within two blocks), else parts of fewer rows the larger max|delta| is (2**23 - 1 in rows
-    # 2000-2100).
-    # A dense layer's kernel does not: it hands the update back.
-    rng = np.random.default_rng(decay_inv)
-    rows = 4096
-    for width, runs in [(9, f"units_sgd_update/{isa}"), (64, None)]:
-        spy.calls.clear()
-        x = rng.integers(100, 128, (rows, width)).astype(np.int8)
-        x[: rows // 3] *= -1
-        delta = rng.integers(60000, 65536, (rows, 6)).astype(np.int32)
-        delta[:, 1] *= -1
-        delta[:, 3:] = rng.integers(-300, 300, (rows, 3))  # their G within int32
-        delta[:1024, :3] = rng.integers(30000, 32768, (1024, 3))  # within int16: as row pairs
-        delta[2000:2101, 0] = UNITS_LIMIT - 1
-        layer = layer_with(rng.integers(-2000, 2000, (6, width)))
-        reference = reference_layer(layer)
-        column_l1 = int(np.abs(delta.astype(np.int64)).sum(axis=0).max())
-        kernels.NUMPY.sgd_update(reference, delta, x, 2**20, decay_inv, column_l1=column_l1)
-        kernels.IMPLEMENTATIONS[isa].sgd_update(layer, delta, x, 2**20, decay_inv, UNITS_LIMIT - 1, column_l1)
-        grad = delta.T.astype(np.int64) @ x.astype(np.int64)
-        assert np.abs(grad).max() > INT32_MAX and np.abs(grad).min() < INT32_MAX  # past int32, and within
-        np.testing.assert_array_equal(layer.weight, reference.weight)
-        assert layer.weight_bound == reference.weight_bound
-        assert spy.calls.get(runs, 0) == (runs is not None)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("width, rows", [(9, 4096), (64, 4096), (65, 4096), (64, 200)])
+def test_update_sums_a_gradient_past_int32(isa, spy, threads, width, rows):
+    # A conv layer's G sums over every position of every image: here past int32 (up to about
+    # 2**35; column 3's stays within). The kernels sum it in int32 while a bound of max|delta|
+    # per row says those sums cannot overflow, and in int64 across: row pairs where every delta
+    # fits int16 (rows 0-1023), split units elsewhere, and calls of fewer rows the larger
+    # |delta| is (2**23 - 1 in rows 2000-2100). A narrow layer's kernel (9 inputs); tiles of G
+    # summed over the batch by one thread or by parts on two (64, and 65: split units); a
+    # batch of 200 rows, whose G would otherwise stay in registers.
+    rng = np.random.default_rng(width + rows)
+    x = rng.integers(100, 128, (rows, width)).astype(np.int8)
+    x[: rows // 3] *= -1
+    delta = rng.integers(60000, 65536, (rows, 6)).astype(np.int32)
+    delta[:, 1] *= -1
+    delta[:, 3] = rng.integers(-300, 300, rows)
+    delta[:1024, :3] = rng.integers(30000, 32768, (min(rows, 1024), 3))
+    delta[2000:2101, 0] = UNITS_LIMIT - 1
+    delta[:50, 2] = UNITS_LIMIT - 1  # a small batch's G past int32
+    layer = layer_with(rng.integers(-2000, 2000, (6, width)))
+    reference = reference_layer(layer)
+    column_l1 = int(np.abs(delta.astype(np.int64)).sum(axis=0).max())
+    kernels.NUMPY.sgd_update(reference, delta, x, 2**20, 1000, column_l1=column_l1)
+    with threadpool_limits(threads):
+        kernels.IMPLEMENTATIONS[isa].sgd_update(layer, delta, x, 2**20, 1000, UNITS_LIMIT - 1, column_l1)
+    grad = np.abs(delta.T.astype(np.int64) @ x.astype(np.int64))
+    assert grad.max() > INT32_MAX and grad[3].max() < INT32_MAX
+    np.testing.assert_array_equal(layer.weight, reference.weight)
+    assert layer.weight_bound == reference.weight_bound
+    assert spy.calls[f"units_sgd_update/{isa}"] == 1 and "sgd_update" not in spy.calls
+    if width % 2 == 0 and width >= PAIR_MIN_WIDTH:  # the pair form and its outliers, as the update left them
+        copies = layer.kernel_cache.pairs
+        assert copies.count == int((np.abs(reference.weight) > 32767).sum())
+        np.testing.assert_array_equal(copies.pairs, np.clip(reference.weight, -32768, 32767))
 
 
 def test_update_drops_the_split_units_past_their_range(isa, spy):

@@ -466,13 +466,12 @@ class PairKernels(CompiledKernels):
         # delta, or times max|delta| * batch), but a conv layer's column sums over every output
         # position soon pass UNITS_LIMIT while max|delta| stays far below
         largest = grad_bound // dtype_bound(x) if delta_bound is None else delta_bound
-        # G must fit int32, but for a narrow layer's (a first conv layer's), which the kernel
-        # sums in int64
-        narrow = x.ndim == 2 and x.shape[1] < PAIR_MIN_WIDTH
-        if not _pair_input(x) or not _host_int32(delta) or delta.ndim != 2 \
-                or (grad_bound > INT32_LIMIT and not narrow) or largest >= UNITS_LIMIT \
+        if not _pair_input(x) or not _host_int32(delta) or delta.ndim != 2 or largest >= UNITS_LIMIT \
                 or not _divisors_fit(divisor, decay_inv):
             return super()._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv, delta_bound)
+        # G may pass int32 (a conv layer's sums over every position of every image do on long
+        # runs): the kernel then sums it in int64 where its int32 sums could overflow
+        sums_fit = grad_bound <= INT32_LIMIT
         old = _copies(layer)
         if _pair_width(layer):  # the next forward reads the pair form
             # training reuses the last pair form's buffers: no other thread reads a model being fitted
@@ -480,12 +479,12 @@ class PairKernels(CompiledKernels):
             pairs, index, residual = (_new_pair_buffers(layer.weight.shape) if last is None
                                       else (last.pairs, last.index, last.residual))
             layer.weight_bound, count = _compiled.units_sgd_update(
-                self.name, delta, x, layer.weight, pairs, divisor, decay_inv, index, residual)
+                self.name, delta, x, layer.weight, pairs, divisor, decay_inv, index, residual, sums_fit)
             layer.kernel_cache = LayerCopies(pairs=PairForm(pairs, index, residual, count))
             return True
         units = old.units if old.units is not None else np.empty_like(layer.weight)
         layer.weight_bound, _ = _compiled.units_sgd_update(self.name, delta, x, layer.weight, units, divisor,
-                                                           decay_inv)
+                                                           decay_inv, sums_fit_int32=sums_fit)
         # past the units' range the copy is not valid
         layer.kernel_cache = LayerCopies(units=units if layer.weight_bound < UNITS_LIMIT else None)
         return True

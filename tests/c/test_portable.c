@@ -451,12 +451,17 @@ static void test_pair_kernels(const pair_kernels_t *kernels)
                       "%s scaled product [%d, %d]", kernels->name, i, j);
             }
         /* the update: G = delta^T x, and the new pair form with its outliers; delta as split
-         * units, or (every third round: every delta fits int16) as row pairs of an odd batch */
-        int64_t lr = uniform(1, 3000), decay = round % 2 ? uniform(1, 3000) : 0;
+         * units, or (every third round: every delta fits int16) as row pairs of an odd batch,
+         * or (every fourth: |delta| up to 2**23 - 1) with a G past int32 */
+        int wide = round % 4 == 1;
+        int64_t lr = uniform(wide ? 8 : 1, 3000), decay = round % 2 ? uniform(1, 3000) : 0;
         for (int i = 0; i < M * N; i++)
-            delta[i] = (int32_t)(round % 3 ? uniform(-(1 << 19), 1 << 19) : uniform(-32768, 32767));
-        int64_t largest = kernels->sgd_update(delta, x, w, NULL, w_pairs, &outliers, N, M, K,
-                                              make_divisor(lr), decay > 0, make_divisor(decay ? decay : 1));
+            delta[i] = (int32_t)(wide ? uniform(-(1 << 23) + 1, (1 << 23) - 1)
+                                      : round % 3 ? uniform(-(1 << 19), 1 << 19) : uniform(-32768, 32767));
+        for (int i = 0; i < M && wide; i++) /* G[0, 0] = (2**23 - 1) sum_i |x[i, 0]|: past int32 */
+            delta[i * N] = x[i * K] < 0 ? -(1 << 23) + 1 : (1 << 23) - 1;
+        int64_t largest = kernels->sgd_update(delta, x, w, NULL, w_pairs, &outliers, N, M, K, make_divisor(lr),
+                                              decay > 0, make_divisor(decay ? decay : 1), !wide);
         int64_t expected = 0;
         ptrdiff_t found = 0; /* a full list is sorted; past its capacity, which ones it holds is open */
         for (int j = 0; j < N; j++)
@@ -466,6 +471,7 @@ static void test_pair_kernels(const pair_kernels_t *kernels)
                     g += (int64_t)delta[i * N + j] * x[i * K + k];
                 int64_t v = naive_sgd(w0[j * K + k], g, lr, decay);
                 CHECK(w[j * K + k] == v, "%s update w[%d, %d]", kernels->name, j, k);
+                CHECK(!wide || j || k || llabs(g) > INT32_MAX, "%s update's G past int32", kernels->name);
                 CHECK(w_pairs[j * K + k] == clip(v, -32768, 32767), "%s update's pair form", kernels->name);
                 if (v != clip(v, -32768, 32767)) {
                     if (outliers.count <= 16)
