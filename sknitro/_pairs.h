@@ -21,12 +21,14 @@
  * whose every delta fits int16 (most of them; the kernel looks) go two by two as "row pairs"
  * instead, (delta[b], delta[b']) . (x[b], x[b']): two batch rows per lane, half the
  * instructions. (The forward falls back to split units of W when the pair form has too many
- * outliers, or x an odd width.) A sum is exact whenever its true value fits int32; the
- * caller proves that.
+ * outliers, or x an odd width.) A sum is exact whenever its true value fits int32: the
+ * caller proves that for the forward; the weight gradient's sums move to int64 wherever a
+ * bound of max|delta| per row says their int32 ones could overflow (unless the caller proves
+ * they cannot).
  *
  * The kernels use the OpenMP threads the user allows (OMP_NUM_THREADS, threadpoolctl); each
- * output integer is computed by one thread in one fixed order, or (a narrow layer's G) as a
- * sum modulo 2**32 of the threads' parts, and the outlier lists are sorted, so the results
+ * output integer is computed by one thread in one fixed order, or (a G summed in parts) as
+ * an exact sum of the threads' parts, and the outlier lists are sorted, so the results
  * are the same for any number of threads. (Only a list past its
  * capacity, which the engine never reads, may hold other outliers from run to run.)
  */
