@@ -150,15 +150,14 @@ static ptrdiff_t round_up(ptrdiff_t v, ptrdiff_t step)
     return (v + step - 1) / step * step;
 }
 
-/* sums += part, as int32 (exact: the caller keeps part's sums within int32), and part = 0;
- * returns 0, what part then holds. */
-static int64_t add_part(uint32_t *part, int64_t *sums, ptrdiff_t count)
+/* Moves a G of `count` int32 sums (exact: the caller keeps them within int32) to its int64
+ * sums, and zeroes it. */
+static void move_to_wide(int32_t *g, int64_t *wide, ptrdiff_t count)
 {
     for (ptrdiff_t i = 0; i < count; i++) {
-        sums[i] += (int32_t)part[i];
-        part[i] = 0;
+        wide[i] += g[i];
+        g[i] = 0;
     }
-    return 0;
 }
 
 /* A bound of max |values[j]| for n int32 values, 2**bits, by the bits of every magnitude (less
@@ -291,15 +290,6 @@ static int64_t sweep_whole_batch(const update_sweep_t *s)
     }
     free(x_units);
     return largest;
-}
-
-/* Moves a G of `count` int32 sums (exact: they fit int32) to its int64 sums, and zeroes it. */
-static void move_to_wide(int32_t *g, int64_t *wide, ptrdiff_t count)
-{
-    for (ptrdiff_t i = 0; i < count; i++) {
-        wide[i] += g[i];
-        g[i] = 0;
-    }
 }
 
 /* The update of one tile from its G in int64 (`wide`, n rows of `columns`): through the ISA's
@@ -495,7 +485,8 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
                             {w, w_units, w_pairs, outliers, k, 0, 0, lr, decays, decay, 0}, reach,
                             !sums_fit_int32 && reach[rows] > INT32_MAX};
     /* G in registers needs every sum within int32 */
-    int64_t largest = batch <= GRADIENT_ROW_BLOCK && !sweep.wide ? sweep_whole_batch(&sweep) : sweep_tile_groups(&sweep);
+    int64_t largest =
+        batch <= GRADIENT_ROW_BLOCK && !sweep.wide ? sweep_whole_batch(&sweep) : sweep_tile_groups(&sweep);
     free(reach);
     free(delta_units);
     free(unit_rows);
@@ -595,8 +586,10 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
                     pair_delta_rows(block_delta + 2 * r * n, second ? block_delta + (2 * r + 1) * n : NULL,
                                     delta_pairs + r * n, n);
                 }
-                if (held + rows * row_bound > INT32_MAX)
-                    held = add_part(part, sums, kpad * npad);
+                if (held + rows * row_bound > INT32_MAX) {
+                    move_to_wide((int32_t *)part, sums, kpad * npad);
+                    held = 0;
+                }
                 gradient(delta_pairs, n, x_units, kpad, pairs, part, npad, 1);
                 held += rows * row_bound;
             } else {
@@ -605,15 +598,17 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
                 ptrdiff_t step = (ptrdiff_t)(INT32_MAX / row_bound); /* rows per call: at least 1 */
                 for (ptrdiff_t r = 0; r < rows; r += step) {
                     ptrdiff_t count = rows - r < step ? rows - r : step;
-                    if (held + count * row_bound > INT32_MAX)
-                        held = add_part(part, sums, kpad * npad);
+                    if (held + count * row_bound > INT32_MAX) {
+                        move_to_wide((int32_t *)part, sums, kpad * npad);
+                        held = 0;
+                    }
                     gradient(block_delta + r * n, n, x_units + r * kpad, kpad, count, part, npad, 0);
                     held += count * row_bound;
                 }
             }
         }
         if (part && sums)
-            add_part(part, sums, kpad * npad);
+            move_to_wide((int32_t *)part, sums, kpad * npad);
         if (sums)
 #pragma omp critical(sknitro_narrow_gradient)
             for (ptrdiff_t i = 0; i < kpad * npad; i++)
