@@ -17,7 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import sknitro
 from sknitro import NitroMLPClassifier
-from sknitro.nn import training
+from sknitro.nn import kernels, training
 
 
 @parametrize_with_checks([NitroMLPClassifier()])
@@ -142,10 +142,15 @@ def test_integer_kernel_creates_no_float_array(digits):
     assert audit.found == set()
     arrays = [clf.encoder_.mean, clf.encoder_.mad] + clf.weights_ + clf.head_weights_
     assert all(a.dtype.kind == "i" for a in arrays)
-    # the audit does see the float64 products of the default kernel
-    with FloatArrayAudit() as audit:
+    # the audit does see the float64 products of the reference kernels (exact_matmul on BLAS);
+    # the pair kernels have none, dropout's output (int8 here) included
+    with sknitro.config_context(kernels="numpy"), FloatArrayAudit() as audit:
         NitroMLPClassifier(**params).fit(images, y[:300])
     assert any("float64" in f for f in audit.found)
+    for name in set(kernels.AVAILABLE) - {"numpy", "c"}:
+        with sknitro.config_context(kernels=name), FloatArrayAudit() as audit:
+            NitroMLPClassifier(**params).fit(images, y[:300])
+        assert audit.found == set(), name
 
 
 def test_joblib_round_trip_in_fresh_process_is_bit_exact(tmp_path, digits_small):

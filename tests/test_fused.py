@@ -572,10 +572,11 @@ def test_conv_blocks_alone_with_identical_weights(spy, implementation, digits):
     X = X.reshape(-1, 1, 8, 8)[:300]
     # 8 channels (the digit flipped, transposed, negated): 72 patch columns for the first conv
     # layer (the pair form; one channel, 9 columns, would go to the "c" kernels); the second
-    # reads int16 dropout output (the "c" kernels)
+    # reads int16 dropout output (the "c" kernels: at a rate of 0.9, kept values ten times, past
+    # int8)
     views = [X, X[..., ::-1], X[..., ::-1, :], X.transpose(0, 1, 3, 2)]
     X = np.concatenate(views + [16 - view for view in views], axis=1)
-    params = dict(architecture=[6, "M", 8], hidden_layer_sizes=(), max_iter=2, conv_dropout=0.1,
+    params = dict(architecture=[6, "M", 8], hidden_layer_sizes=(), max_iter=2, conv_dropout=0.9,
                   random_state=3)
     fast = NitroCNNClassifier(**params).fit(X, y[:300])
     implementation()

@@ -301,10 +301,29 @@ def test_dropout_rescale_and_forward_backward():
     mask = np.array([True, False, True, True, True, True])
     # tdiv(100 * 1428, 1000) = tdiv(142800, 1000) = 142 ; dropped -> 0 ;
     # -100 -> -142 (floor: -143) ; 127 -> tdiv(181356, 1000) = 181 ; -127 -> -181 ; 0
-    assert drop.forward(x, mask).tolist() == [142, 0, -142, 181, -181, 0]
+    out = drop.forward(x, mask)
+    assert out.tolist() == [142, 0, -142, 181, -181, 0] and out.dtype == np.int16  # past int8
     delta = np.array([100, 100, -100, 7, -7, 1000], dtype=np.int32)
     # same rescale and mask: 7 -> tdiv(9996, 1000) = 9 ; -7 -> -9 ; 1000 -> 1428
     assert drop.backward(delta, mask).tolist() == [142, 0, -142, 9, -9, 1428]
+
+
+def test_dropout_output_is_int8_where_it_fits():
+    # NITRO-ReLU's outputs lie in [-67, 91]; at p = 0.1 (R = 1111) kept values stay within int8:
+    # tdiv(91 * 1111, 1000) = 101, tdiv(-67 * 1111, 1000) = -74 (floor: -75). The pair kernels
+    # take the next layer's input as int8 only.
+    drop = IntegerDropout(0.1)
+    activations = NitroReLU(4).forward(np.arange(-128, 128).astype(np.int8))
+    assert activations.min() == -67 and activations.max() == 91
+    mask = np.arange(256) % 3 != 1  # the extremes kept
+    out = drop.forward(activations, mask)
+    assert out.dtype == np.int8
+    expected = np.where(mask, np.trunc(activations.astype(np.int64) * 1111 / 1000), 0)
+    np.testing.assert_array_equal(out, expected)
+    assert out.max() == 101 and out.min() == -74
+    # one value past int8 makes the whole output int16: tdiv(127 * 1111, 1000) = 141
+    out = drop.forward(np.array([127, -67], np.int8), np.array([True, True]))
+    assert out.dtype == np.int16 and out.tolist() == [141, -74]
 
 
 @pytest.mark.parametrize("p,r", [(0.05, 1052), (0.1, 1111), (0.5, 2000), (0.95, 20000)])

@@ -296,7 +296,9 @@ class IntegerDropout:
 
     ``p`` must be a multiple of 0.05 in ``[0.05, 0.95]``; ``R = 100000 // (100 - P)`` with
     ``P`` the rate in percent (p = 0.3 -> R = 1428, i.e. x / 0.7 to three digits). The
-    output can exceed int8 (127 * 1428 // 1000 = 181), so it is int16.
+    output can exceed int8 (127 * 1428 // 1000 = 181): it is int16 then, and int8 where every
+    value fits (NITRO-ReLU's outputs, in [-67, 91] at its default slope, do up to p = 0.25),
+    which the compiled pair kernels take as the next layer's input.
     """
 
     def __init__(self, p: float) -> None:
@@ -316,7 +318,9 @@ class IntegerDropout:
         return to_namespace(rng.integers(0, 100, size=shape, dtype=np.int8) < self.keep_percent, xp)
 
     def forward(self, x: Any, mask: Any) -> Any:
-        return tdiv(x.astype(np.int32) * self.rescale, 1000).astype(np.int16) * mask
+        kept = tdiv(x.astype(np.int32) * self.rescale, 1000)
+        fits_int8 = x.size == 0 or (int(kept.min()) >= -128 and int(kept.max()) <= 127)
+        return kept.astype(np.int8 if fits_int8 else np.int16) * mask
 
     def backward(self, delta: Any, mask: Any) -> Any:
         return tdiv(delta.astype(np.int64) * self.rescale, 1000) * mask
