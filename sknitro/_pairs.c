@@ -160,6 +160,18 @@ static void move_to_wide(int32_t *g, int64_t *wide, ptrdiff_t count)
     }
 }
 
+/* Room in a G's `count` int32 sums, of which `held` bounds the magnitudes, for a call that adds
+ * at most `adding` to each: where the two could pass int32, the sums move to their int64 ones
+ * first. Returns the bound after the call. */
+static int64_t make_room(int32_t *g, int64_t *wide, ptrdiff_t count, int64_t held, int64_t adding)
+{
+    if (held + adding > INT32_MAX) {
+        move_to_wide(g, wide, count);
+        held = 0;
+    }
+    return held + adding;
+}
+
 /* A bound of max |values[j]| for n int32 values, 2**bits, by the bits of every magnitude (less
  * one for negative values) OR-ed together: a loop that vectorizes. Every value fits int16
  * exactly when bits <= 15. */
@@ -372,11 +384,7 @@ static int64_t sweep_tile_groups(const update_sweep_t *s)
                 if (wide) {
                     while (s->reach[last] - s->reach[first] > INT32_MAX) /* a row's bound < 2**31 */
                         last--;
-                    if (held + s->reach[last] - s->reach[first] > INT32_MAX) {
-                        move_to_wide(g, g_wide, item_g);
-                        held = 0;
-                    }
-                    held += s->reach[last] - s->reach[first];
+                    held = make_room(g, g_wide, item_g, held, s->reach[last] - s->reach[first]);
                 }
                 for (ptrdiff_t tile = first_tile; tile < last_tile; tile++) {
                     pack_rows(s, tile, first, last, x_tile);
@@ -586,24 +594,16 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
                     pair_delta_rows(block_delta + 2 * r * n, second ? block_delta + (2 * r + 1) * n : NULL,
                                     delta_pairs + r * n, n);
                 }
-                if (held + rows * row_bound > INT32_MAX) {
-                    move_to_wide((int32_t *)part, sums, kpad * npad);
-                    held = 0;
-                }
+                held = make_room((int32_t *)part, sums, kpad * npad, held, rows * row_bound);
                 gradient(delta_pairs, n, x_units, kpad, pairs, part, npad, 1);
-                held += rows * row_bound;
             } else {
                 for (ptrdiff_t r = 0; r < rows; r++)
                     pack(block_x + r * k, x_units + r * kpad, k, kpad);
                 ptrdiff_t step = (ptrdiff_t)(INT32_MAX / row_bound); /* rows per call: at least 1 */
                 for (ptrdiff_t r = 0; r < rows; r += step) {
                     ptrdiff_t count = rows - r < step ? rows - r : step;
-                    if (held + count * row_bound > INT32_MAX) {
-                        move_to_wide((int32_t *)part, sums, kpad * npad);
-                        held = 0;
-                    }
+                    held = make_room((int32_t *)part, sums, kpad * npad, held, count * row_bound);
                     gradient(block_delta + r * n, n, x_units + r * kpad, kpad, count, part, npad, 0);
-                    held += count * row_bound;
                 }
             }
         }
