@@ -30,7 +30,7 @@ HEAD_STEP(HEAD_LOOP, scores)(const int8_t *restrict x, const int32_t *restrict w
         const int8_t *rows[HEAD_ROWS];
         HEAD_VECTOR sums[HEAD_ROWS];
         for (int r = 0; r < HEAD_ROWS; r++) {
-            rows[r] = x + (b0 + r < batch ? b0 + r : batch - 1) * features;
+            rows[r] = x + clamp_row(b0 + r, batch) * features;
             sums[r] = (HEAD_VECTOR){0};
         }
         for (ptrdiff_t n = 0; n < features; n++) {
@@ -66,7 +66,7 @@ HEAD_STEP(HEAD_LOOP, input_grad)(const int16_t *restrict error, const int32_t *r
         const int16_t *errors[HEAD_ROWS];
         HEAD_VECTOR sums[HEAD_ROWS];
         for (int r = 0; r < HEAD_ROWS; r++) {
-            errors[r] = error + (b0 + r < batch ? b0 + r : batch - 1) * classes;
+            errors[r] = error + clamp_row(b0 + r, batch) * classes;
             sums[r] = (HEAD_VECTOR){0};
         }
         for (ptrdiff_t c = 0; c < classes; c++) {

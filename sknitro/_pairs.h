@@ -83,13 +83,6 @@ static inline int32_t saturate_int32(int64_t v)
     return (int32_t)(v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : v));
 }
 
-/* Row r of a matrix with `count` rows, the last row standing in for those past the end (the
- * edge tiles compute them and drop the result). */
-static inline ptrdiff_t clamp_row(ptrdiff_t r, ptrdiff_t count)
-{
-    return r < count ? r : count - 1;
-}
-
 /* Where a product puts z = x w^T: in `z` (int32, saturated; its rows from `row0` on), or, with
  * `scaled` set, NITRO scaling of it (nitro_scale32 of the saturated z) in `scaled`, and with a
  * `table`, also table[scaled] by bit pattern in `activated`. A scaled forward never writes its

@@ -16,6 +16,7 @@
 #ifndef SKNITRO_RULES_H
 #define SKNITRO_RULES_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* The multiply-and-shift form of a divisor d in [1, 2**31). */
@@ -86,6 +87,14 @@ static inline int64_t sgd_rule_wide(int32_t w, int64_t g, divisor_t lr, int deca
 static inline int64_t magnitude64(int64_t v)
 {
     return v < 0 ? -v : v;
+}
+
+/* Row r of a matrix with `count` rows, the last row standing in for those past the end (the
+ * edge tiles of the pair products and the heads' blocks of rows compute them and drop the
+ * result). */
+static inline ptrdiff_t clamp_row(ptrdiff_t r, ptrdiff_t count)
+{
+    return r < count ? r : count - 1;
 }
 
 /* ---- the int16 pair forms of the pair products (_pairs.c, _avx2.c, _vnni.c) ------------- */
