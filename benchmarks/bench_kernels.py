@@ -50,7 +50,7 @@ def weights_hash(model) -> str:
     return hashlib.sha1(b"".join(np.ascontiguousarray(w).tobytes() for w in model.weights_)).hexdigest()[:12]
 
 
-def time_cnn(job: str, samples: int, threads: int, kernels: str | None, epochs: int) -> dict:
+def time_cnn(job: str, samples: int, threads: int, kernels: str | None, epochs: int, device: str = "cpu") -> dict:
     """A CNN job's seconds per epoch on the first ``samples`` training images: the median of
     epochs 2..``epochs`` (the first warms up); ``kernels`` None: the settings of the sknitro
     that is imported (a baseline may not know the setting)."""
@@ -63,7 +63,8 @@ def time_cnn(job: str, samples: int, threads: int, kernels: str | None, epochs: 
 
     X, y, _, _ = load_fashion_mnist(n_train=samples, n_test=1)
     context = sknitro.config_context(kernels=kernels) if kernels else contextlib.nullcontext()
-    model = sknitro.NitroCNNClassifier(**CNN_JOBS[job], max_iter=epochs, early_stopping=False, random_state=0)
+    model = sknitro.NitroCNNClassifier(**CNN_JOBS[job], max_iter=epochs, early_stopping=False, random_state=0,
+                                       device=device)
     with threadpool_limits(threads), context, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(X, y)
@@ -71,7 +72,7 @@ def time_cnn(job: str, samples: int, threads: int, kernels: str | None, epochs: 
     return {"seconds": seconds, "epoch_seconds": seconds * EPOCH_IMAGES / samples, "weights": weights_hash(model)}
 
 
-def time_mlp(epochs: int, kernels: str) -> dict:
+def time_mlp(epochs: int, kernels: str, device: str = "cpu") -> dict:
     from threadpoolctl import threadpool_limits
 
     import sknitro
@@ -81,7 +82,7 @@ def time_mlp(epochs: int, kernels: str) -> dict:
     X, y, _, _ = load_fashion_mnist()
     X = X.reshape(len(X), -1)
     model = sknitro.NitroMLPClassifier(**integer_params(CONFIGS["mlp-fashion"]), max_iter=epochs,
-                                       early_stopping=False, random_state=0)
+                                       early_stopping=False, random_state=0, device=device)
     with threadpool_limits(1), sknitro.config_context(kernels=kernels), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(X, y)
