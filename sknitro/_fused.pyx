@@ -10,6 +10,7 @@ arguments' ranges, and then runs a kernel with the GIL released:
     sgd_update           W -= tdiv(G, lr_inv * amp) + tdiv(W, decay_inv), returning max|W|
     head_step            a learning head's whole update, in int32 loops (no float at all)
     lookup_uint8         out = table[x] for uint8 x                      (the image encoder)
+    dropout_mask         draw < keep for NumPy's integers(0, 100, dtype=int8) (dropout)
     max_pool, max_unpool max pooling of int8 maps and its gradient        (conv blocks)
     im2col               the patches of int8 maps                         (conv layers)
 
@@ -21,6 +22,7 @@ every integer fits the types used here (|G| < 2**31 and the like). Nothing is wr
 call raises.
 """
 
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, INT32_MAX
 from libc.stdlib cimport free, malloc
 
@@ -54,6 +56,9 @@ cdef extern from "_passes.h" nogil:
                          ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw)
     void pass_im2col(const int8_t *x, int8_t *out, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k,
                      ptrdiff_t pad)
+    ctypedef struct numpy_bitgen_t:
+        pass
+    void pass_dropout_mask(numpy_bitgen_t *bitgen, uint8_t *mask, ptrdiff_t n, int keep_percent)
 
 cdef extern from "_pairs.h" nogil:
     ctypedef struct outliers_t:
@@ -295,6 +300,25 @@ def lookup_uint8(const int8_t[::1] table not None, x not None, int8_t[::1] out n
         return
     with nogil:
         lookup_loop(&table[0], &values[0], &out[0], n)
+
+
+def dropout_mask(bit_generator not None, uint8_t[::1] mask not None, int keep_percent):
+    """dropout_mask(bit_generator, mask, keep_percent)
+
+    mask[i] = draw_i < keep_percent (a uint8 or bool mask), for the draws NumPy's ``Generator.integers(0, 100,
+    size=len(mask), dtype=np.int8)`` makes from ``bit_generator`` (a numpy.random.BitGenerator),
+    which it advances as that call would. Holds the bit generator's lock while it draws."""
+    capsule = bit_generator.capsule
+    if not PyCapsule_IsValid(capsule, "BitGenerator"):
+        raise TypeError("bit_generator must be a numpy.random.BitGenerator")
+    if not 0 <= keep_percent <= 100:
+        raise ValueError(f"keep_percent must be in [0, 100], got {keep_percent}")
+    cdef numpy_bitgen_t *bitgen = <numpy_bitgen_t *>PyCapsule_GetPointer(capsule, "BitGenerator")
+    cdef ptrdiff_t n = mask.shape[0]
+    if n == 0:
+        return
+    with bit_generator.lock, nogil:
+        pass_dropout_mask(bitgen, &mask[0], n, keep_percent)
 
 
 # -- pooling and patches -----------------------------------------------------------------

@@ -128,3 +128,32 @@ void pass_im2col(const int8_t *x, int8_t *out, ptrdiff_t n, ptrdiff_t h, ptrdiff
     for (ptrdiff_t chunk = 0; chunk < chunks.chunks; chunk++)
         im2col_rows(x, out, chunk_first(&chunks, chunk), chunk_end(&chunks, chunk), h, w, c, k, pad);
 }
+
+/* NumPy draws an integer in [0, 100) from one byte of a 32-bit draw (four bytes per draw, low
+ * byte first; the bytes left over at the end are dropped) by Lemire's method: m = byte * 100
+ * gives the value m >> 8, unless its low byte falls below 256 % 100 = 56, which would bias
+ * the result: that byte is rejected, and the next one tried. */
+enum { DRAW_RANGE = 100, DRAW_REJECT_BELOW = 256 % DRAW_RANGE };
+
+void pass_dropout_mask(numpy_bitgen_t *bitgen, uint8_t *mask, ptrdiff_t n, int keep_percent)
+{
+    ptrdiff_t j = 0;
+    /* While four more values fit, a draw's bytes go in without a branch: each writes mask[j],
+     * and only an accepted one moves j on (22 % of them are rejected, at random). */
+    while (n - j >= 4) {
+        uint32_t bits = bitgen->next_uint32(bitgen->state);
+        for (int b = 0; b < 4; b++) {
+            uint16_t m = (uint16_t)((uint8_t)(bits >> (8 * b)) * DRAW_RANGE);
+            mask[j] = (m >> 8) < keep_percent;
+            j += (uint8_t)m >= DRAW_REJECT_BELOW;
+        }
+    }
+    while (j < n) {
+        uint32_t bits = bitgen->next_uint32(bitgen->state);
+        for (int b = 0; b < 4 && j < n; b++) {
+            uint16_t m = (uint16_t)((uint8_t)(bits >> (8 * b)) * DRAW_RANGE);
+            if ((uint8_t)m >= DRAW_REJECT_BELOW)
+                mask[j++] = (m >> 8) < keep_percent;
+        }
+    }
+}

@@ -35,4 +35,18 @@ void pass_max_unpool(const int32_t *delta, const uint8_t *argmax, int32_t *out, 
 void pass_im2col(const int8_t *x, int8_t *out, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k,
                  ptrdiff_t pad);
 
+/* NumPy's bitgen_t (numpy/random/bitgen.h): the public C interface of its bit generators. */
+typedef struct {
+    void *state;
+    uint64_t (*next_uint64)(void *state);
+    uint32_t (*next_uint32)(void *state);
+    double (*next_double)(void *state);
+    uint64_t (*next_raw)(void *state);
+} numpy_bitgen_t;
+
+/* Dropout's keep mask: mask[i] = (draw_i < keep_percent) for the draws of NumPy's
+ * Generator.integers(0, 100, size=n, dtype=int8) on the same bit generator, which it leaves in
+ * the same state. One thread: a random stream is sequential. */
+void pass_dropout_mask(numpy_bitgen_t *bitgen, uint8_t *mask, ptrdiff_t n, int keep_percent);
+
 #endif

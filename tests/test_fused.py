@@ -745,3 +745,42 @@ def test_lookup_uint8_hands_back_other_inputs(c_kernels, spy):
         np.testing.assert_array_equal(c_kernels.lookup_uint8(table, other), NUMPY.lookup_uint8(table, other))
         np.testing.assert_array_equal(c_kernels.lookup_uint8(table, other), table[other])
     assert spy.calls["lookup_uint8"] == 1
+
+
+
+@pytest.mark.skipif(_fused is None, reason="sknitro._fused is not built")
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 7, 8, 9, 1031])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dropout_draws_are_numpys_draws(size, seed):
+    # the masks of every keep threshold 0..100 pin each draw down; and the generator is left
+    # where NumPy's draw leaves it
+    draws = np.random.default_rng(seed).integers(0, 100, size=size, dtype=np.int8)
+    for keep in range(101):
+        rng, after_numpy = np.random.default_rng(seed), np.random.default_rng(seed)
+        mask = np.empty(size, np.bool_)
+        _fused.dropout_mask(rng.bit_generator, mask, keep)
+        np.testing.assert_array_equal(mask, draws < keep)
+        after_numpy.integers(0, 100, size=size, dtype=np.int8)
+        assert rng.integers(2**62) == after_numpy.integers(2**62)
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_dropout_masks_of_every_implementation_are_the_references(name):
+    implementation = kernels.IMPLEMENTATIONS[name]
+    for shape, keep in [((64, 32, 14, 14), 90), ((7, 5), 75), ((0, 3), 50)]:
+        ours, reference = np.random.default_rng(11), np.random.default_rng(11)
+        mask = implementation.dropout_mask(ours, shape, keep)
+        assert mask.dtype == np.bool_ and mask.shape == shape
+        np.testing.assert_array_equal(mask, NUMPY.dropout_mask(reference, shape, keep))
+        assert ours.integers(2**62) == reference.integers(2**62)
+
+
+def test_dropout_masks_come_from_c_unless_numpy_draws_otherwise(c_kernels, spy, monkeypatch):
+    assert kernels._draws_as_numpy()  # this NumPy draws as the C copy does (checked once)
+    before = spy.calls.get("dropout_mask", 0)
+    c_kernels.dropout_mask(np.random.default_rng(0), (4, 4), 90)
+    assert spy.calls["dropout_mask"] == before + 1
+    monkeypatch.setattr(kernels, "_draws_as_numpy", lambda: False)  # a NumPy whose method has changed
+    ours, reference = np.random.default_rng(3), np.random.default_rng(3)
+    np.testing.assert_array_equal(c_kernels.dropout_mask(ours, (9, 9), 80), NUMPY.dropout_mask(reference, (9, 9), 80))
+    assert spy.calls["dropout_mask"] == before + 1

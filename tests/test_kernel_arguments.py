@@ -148,6 +148,8 @@ def _valid_calls():
                            {0: Arg("delta", np.int32, False), 1: Arg("argmax", np.uint8, False),
                             4: Arg("out", np.int32, True)},
                            ("delta", "argmax", "kh", "kw", "out")),
+        "dropout_mask": Call("dropout_mask", [np.random.default_rng(0).bit_generator, np.empty(10, np.uint8), 90],
+                             {1: Arg("mask", np.uint8, True)}, ("bit_generator", "mask", "keep_percent")),
         # the same maps, 3 x 3 windows, padding 1: 2 x 5 x 4 = 40 rows of 27 values
         "im2col": Call("im2col", [maps, 3, 1, np.empty((40, 27), np.int8)],
                        {0: Arg("x", np.int8, False), 3: Arg("out", np.int8, True)},
@@ -163,7 +165,8 @@ OTHER_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.
                 np.bool_]
 # the functions whose every size is tied to another argument's (the pooling and the patches
 # also take a geometry: their own tests below)
-TIED = [name for name, call in CALLS.items() if call.function not in ("row_l1", "max_pool", "max_unpool", "im2col")]
+TIED = [name for name, call in CALLS.items()
+        if call.function not in ("row_l1", "max_pool", "max_unpool", "im2col", "dropout_mask")]
 
 
 def _fresh(args):
@@ -197,11 +200,12 @@ def _argument_names(call):
 
 
 def _accepts(call, position, dtype):
-    """Whether ``dtype`` is one the argument takes (float64 is scale_to_int8's other type of z;
-    an update's int32 and int16 mirrors are both accepted by type, and refused below when they
-    do not match the outlier buffers)."""
+    """Whether ``dtype`` is one the argument takes (float64 is scale_to_int8's other type of z,
+    bool dropout_mask's other type of mask; an update's int32 and int16 mirrors are both
+    accepted by type, and refused below when they do not match the outlier buffers)."""
     return np.dtype(dtype) == np.dtype(call.arrays[position].dtype) or (
-        call.function == "scale_to_int8" and position == 0 and np.dtype(dtype) == np.float64)
+        call.function == "scale_to_int8" and position == 0 and np.dtype(dtype) == np.float64) or (
+        call.function == "dropout_mask" and np.dtype(dtype) == np.bool_)  # a mask of 0 and 1
 
 
 def test_every_pair_isa_of_this_cpu_is_fuzzed():
@@ -645,6 +649,23 @@ def test_an_isa_this_cpu_lacks_raises_runtime_error(name, isa):
     function, call, _ = _with_isa(name, isa)
     with pytest.raises(RuntimeError, match="does not run"):
         getattr(_fused, function)(*call)
+
+
+@pytest.mark.parametrize("bit_generator", [None, np.random.default_rng(0), np.random.RandomState(0), "PCG64", 3])
+def test_a_dropout_draw_without_a_numpy_bit_generator_raises_type_error(bit_generator):
+    mask = np.full(8, 7, np.uint8)
+    with pytest.raises((TypeError, AttributeError)):
+        _fused.dropout_mask(bit_generator, mask, 50)
+    assert (mask == 7).all()
+
+
+@pytest.mark.parametrize("keep_percent", [-1, 101, 2**31 - 1, -2**31])
+def test_a_keep_percent_outside_0_100_raises_and_draws_nothing(keep_percent):
+    rng, untouched = np.random.default_rng(5), np.random.default_rng(5)
+    mask = np.full(8, 7, np.uint8)
+    with pytest.raises(ValueError, match="keep_percent"):
+        _fused.dropout_mask(rng.bit_generator, mask, keep_percent)
+    assert (mask == 7).all() and rng.integers(2**62) == untouched.integers(2**62)
 
 
 def test_scale_takes_z_by_its_type_not_its_length():

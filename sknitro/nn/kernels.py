@@ -11,6 +11,7 @@ Every integer operation of a step whose cost grows with the data goes through a
 ``sgd_update``            IntegerSGD on a layer with ``G = delta.T @ x`` (§5)
 ``head_step``             a learning head's whole update (§4)
 ``lookup_uint8``          the image encoder's table lookup
+``dropout_mask``          dropout's keep mask, drawn on the host
 ``im2col``                the patches of a conv layer's input maps, as rows
 ``max_pool``              a max pooling of a conv map, and its gradient (``max_pool_backward``)
 ========================  ================================================================
@@ -44,6 +45,7 @@ is published, and each call reads the slot once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import threading
 from dataclasses import dataclass, replace
@@ -237,6 +239,10 @@ class NumpyKernels:
         """``table[x]`` for uint8 ``x`` and an int8 table of 256 entries."""
         return array_namespace(x).take(table, x)  # take: twice as fast as table[x]
 
+    def dropout_mask(self, rng: np.random.Generator, shape: tuple[int, ...], keep_percent: int) -> np.ndarray:
+        """Dropout's keep mask (a host bool array): ``integers(0, 100) < keep_percent``."""
+        return rng.integers(0, 100, size=shape, dtype=np.int8) < keep_percent
+
     def im2col(self, x: Any, kernel: int, padding: int) -> Any:
         """The patches of the maps ``x`` as rows (:func:`~.functional.im2col`)."""
         return im2col(x, kernel, padding)
@@ -346,6 +352,13 @@ class CompiledKernels(NumpyKernels):
         _compiled.lookup_uint8(table, x.reshape(-1), out.reshape(-1))
         return out
 
+    def dropout_mask(self, rng: np.random.Generator, shape: tuple[int, ...], keep_percent: int) -> np.ndarray:
+        if not isinstance(rng, np.random.Generator) or not _draws_as_numpy():
+            return super().dropout_mask(rng, shape, keep_percent)
+        mask = np.empty(shape, dtype=np.bool_)
+        _compiled.dropout_mask(rng.bit_generator, mask.reshape(-1), keep_percent)
+        return mask
+
     def im2col(self, x: Any, kernel: int, padding: int) -> Any:
         n, c, h, w = x.shape
         rows, cols = h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1
@@ -375,6 +388,21 @@ class CompiledKernels(NumpyKernels):
         out = np.empty((n, h, w, c), dtype=np.int32)  # the kernel writes it whole, zeros on its threads
         _compiled.max_unpool(np.ascontiguousarray(delta.transpose(0, 2, 3, 1)), rows_last, kh, kw, out, ph, pw)
         return out.transpose(0, 3, 1, 2)
+
+
+@functools.cache
+def _draws_as_numpy() -> bool:
+    """Whether the compiled dropout draw makes this NumPy's draws (``Generator.integers(0, 100,
+    dtype=np.int8)``, whose method the C copies) and leaves the generator where NumPy does.
+    Checked once; where NumPy has changed its method, dropout draws with NumPy."""
+    for size, keep in [(1, 50), (6, 10), (1027, 50), (1027, 90)]:
+        ours, numpy_s = np.random.default_rng(size), np.random.default_rng(size)
+        mask = np.empty(size, dtype=np.uint8)
+        _compiled.dropout_mask(ours.bit_generator, mask, keep)
+        expected = numpy_s.integers(0, 100, size=size, dtype=np.int8) < keep
+        if not np.array_equal(mask.view(np.bool_), expected) or ours.integers(2**62) != numpy_s.integers(2**62):
+            return False
+    return True
 
 
 def _channels_last_int8(x: Any) -> bool:

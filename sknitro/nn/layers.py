@@ -315,7 +315,7 @@ class IntegerDropout:
 
     def draw_mask(self, rng: np.random.Generator, shape: tuple[int, ...], xp: Any = np) -> Any:
         """Keep mask, drawn on the host (so CPU and GPU runs agree bit for bit)."""
-        return to_namespace(rng.integers(0, 100, size=shape, dtype=np.int8) < self.keep_percent, xp)
+        return to_namespace(kernels.select().dropout_mask(rng, shape, self.keep_percent), xp)
 
     def forward(self, x: Any, mask: Any) -> Any:
         kept = tdiv(x.astype(np.int32) * self.rescale, 1000)
