@@ -305,9 +305,10 @@ def lookup_uint8(const int8_t[::1] table not None, x not None, int8_t[::1] out n
 def dropout_mask(bit_generator not None, uint8_t[::1] mask not None, int keep_percent):
     """dropout_mask(bit_generator, mask, keep_percent)
 
-    mask[i] = draw_i < keep_percent (a uint8 or bool mask), for the draws NumPy's ``Generator.integers(0, 100,
-    size=len(mask), dtype=np.int8)`` makes from ``bit_generator`` (a numpy.random.BitGenerator),
-    which it advances as that call would. Holds the bit generator's lock while it draws."""
+    mask[i] = draw_i < keep_percent (a uint8 or bool mask), for the draws NumPy's
+    ``Generator.integers(0, 100, size=len(mask), dtype=np.int8)`` makes from ``bit_generator``
+    (a numpy.random.BitGenerator), which it advances as that call would. Holds the bit
+    generator's lock while it draws."""
     capsule = bit_generator.capsule
     if not PyCapsule_IsValid(capsule, "BitGenerator"):
         raise TypeError("bit_generator must be a numpy.random.BitGenerator")

@@ -396,11 +396,11 @@ def _draws_as_numpy() -> bool:
     dtype=np.int8)``, whose method the C copies) and leaves the generator where NumPy does.
     Checked once; where NumPy has changed its method, dropout draws with NumPy."""
     for size, keep in [(1, 50), (6, 10), (1027, 50), (1027, 90)]:
-        ours, numpy_s = np.random.default_rng(size), np.random.default_rng(size)
+        ours, numpys = np.random.default_rng(size), np.random.default_rng(size)
         mask = np.empty(size, dtype=np.uint8)
         _compiled.dropout_mask(ours.bit_generator, mask, keep)
-        expected = numpy_s.integers(0, 100, size=size, dtype=np.int8) < keep
-        if not np.array_equal(mask.view(np.bool_), expected) or ours.integers(2**62) != numpy_s.integers(2**62):
+        expected = numpys.integers(0, 100, size=size, dtype=np.int8) < keep
+        if not np.array_equal(mask.view(np.bool_), expected) or ours.integers(2**62) != numpys.integers(2**62):
             return False
     return True
 
