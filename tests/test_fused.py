@@ -751,12 +751,17 @@ def test_lookup_uint8_hands_back_other_inputs(c_kernels, spy):
 @pytest.mark.skipif(_fused is None, reason="sknitro._fused is not built")
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 7, 8, 9, 1031])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_dropout_draws_are_numpys_draws(size, seed):
+@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937, np.random.Philox,
+                                           np.random.SFC64])
+def test_dropout_draws_are_numpys_draws(size, seed, bit_generator):
     # the masks of every keep threshold 0..100 pin each draw down; and the generator is left
-    # where NumPy's draw leaves it
-    draws = np.random.default_rng(seed).integers(0, 100, size=size, dtype=np.int8)
+    # where NumPy's draw leaves it (PCG64, the default, keeps half of a 64-bit draw for later)
+    def generator():
+        return np.random.Generator(bit_generator(seed))
+
+    draws = generator().integers(0, 100, size=size, dtype=np.int8)
     for keep in range(101):
-        rng, after_numpy = np.random.default_rng(seed), np.random.default_rng(seed)
+        rng, after_numpy = generator(), generator()
         mask = np.empty(size, np.bool_)
         _fused.dropout_mask(rng.bit_generator, mask, keep)
         np.testing.assert_array_equal(mask, draws < keep)
