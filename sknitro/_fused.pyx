@@ -11,6 +11,7 @@ arguments' ranges, and then runs a kernel with the GIL released:
     head_step            a learning head's whole update, in int32 loops (no float at all)
     lookup_uint8         out = table[x] for uint8 x                      (the image encoder)
     dropout_mask         draw < keep for NumPy's integers(0, 100, dtype=int8) (dropout)
+    dropout_apply        tdiv(x * R, 1000) where kept, else 0            (dropout)
     max_pool, max_unpool max pooling of int8 maps and its gradient        (conv blocks)
     im2col               the patches of int8 maps                         (conv layers)
 
@@ -56,6 +57,8 @@ cdef extern from "_passes.h" nogil:
                          ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw)
     void pass_im2col(const int8_t *x, int8_t *out, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k,
                      ptrdiff_t pad)
+    int pass_dropout_apply(const int8_t *x, const uint8_t *mask, int8_t *out8, int16_t *out16, ptrdiff_t n,
+                           ptrdiff_t positions, ptrdiff_t channels, int32_t rescale)
     ctypedef struct numpy_bitgen_t:
         pass
     void pass_dropout_mask(numpy_bitgen_t *bitgen, uint8_t *mask, ptrdiff_t n, int keep_percent)
@@ -320,6 +323,28 @@ def dropout_mask(bit_generator not None, uint8_t[::1] mask not None, int keep_pe
         return
     with bit_generator.lock, nogil:
         pass_dropout_mask(bitgen, &mask[0], n, keep_percent)
+
+
+def dropout_apply(const int8_t[:, :, ::1] x not None, const uint8_t[:, :, ::1] mask not None, long long rescale,
+                  int8_t[:, :, ::1] out8 not None, int16_t[:, :, ::1] out16 not None):
+    """dropout_apply(x, mask, rescale, out8, out16) -> 8 or 16
+
+    Dropout's output for maps x of shape (n, positions, channels) and a keep mask (uint8 or
+    bool) of shape (n, channels, positions), the maps' logical order: tdiv(x * rescale, 1000)
+    where the mask is set, else 0. Written to out8 when every kept value of x fits int8
+    (returns 8), else to out16 (returns 16); both of x's shape. 1 <= rescale < 2**23."""
+    check_shape("mask", (mask.shape[0], mask.shape[1], mask.shape[2]), (x.shape[0], x.shape[2], x.shape[1]))
+    check_shape("out8", (out8.shape[0], out8.shape[1], out8.shape[2]), (x.shape[0], x.shape[1], x.shape[2]))
+    check_shape("out16", (out16.shape[0], out16.shape[1], out16.shape[2]), (x.shape[0], x.shape[1], x.shape[2]))
+    if not 1 <= rescale < 2**23:
+        raise ValueError(f"rescale must be in [1, 2**23), got {rescale}")
+    if x.shape[0] * x.shape[1] * x.shape[2] == 0:
+        return 8
+    cdef int written
+    with nogil:
+        written = pass_dropout_apply(&x[0, 0, 0], &mask[0, 0, 0], &out8[0, 0, 0], &out16[0, 0, 0], x.shape[0],
+                                     x.shape[1], x.shape[2], <int32_t>rescale)
+    return written
 
 
 # -- pooling and patches -----------------------------------------------------------------

@@ -129,6 +129,25 @@ void pass_im2col(const int8_t *x, int8_t *out, ptrdiff_t n, ptrdiff_t h, ptrdiff
         im2col_rows(x, out, chunk_first(&chunks, chunk), chunk_end(&chunks, chunk), h, w, c, k, pad);
 }
 
+int pass_dropout_apply(const int8_t *x, const uint8_t *mask, int8_t *out8, int16_t *out16, ptrdiff_t n,
+                       ptrdiff_t positions, ptrdiff_t channels, int32_t rescale)
+{
+    int8_t lowest, highest;
+    int8_range(x, n * positions * channels, &lowest, &highest);
+    /* the kept value grows with x: its extremes are those of x's extremes */
+    int narrow = dropout_kept(lowest, rescale) >= -128 && dropout_kept(highest, rescale) <= 127;
+    chunks_t chunks = row_chunks(n, positions * channels);
+#pragma omp parallel for schedule(static) if (chunks.chunks > 1)
+    for (ptrdiff_t chunk = 0; chunk < chunks.chunks; chunk++) {
+        ptrdiff_t first = chunk_first(&chunks, chunk), end = chunk_end(&chunks, chunk);
+        if (narrow)
+            dropout_rows_int8(x, mask, out8, first, end, positions, channels, rescale);
+        else
+            dropout_rows_int16(x, mask, out16, first, end, positions, channels, rescale);
+    }
+    return narrow ? 8 : 16;
+}
+
 /* NumPy draws an integer in [0, 100) from one byte of a 32-bit draw (four bytes per draw, low
  * byte first; the bytes left over at the end are dropped) by Lemire's method: m = byte * 100
  * gives the value m >> 8, unless its low byte falls below 256 % 100 = 56, which would bias

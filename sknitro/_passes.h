@@ -35,6 +35,13 @@ void pass_max_unpool(const int32_t *delta, const uint8_t *argmax, int32_t *out, 
 void pass_im2col(const int8_t *x, int8_t *out, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t k,
                  ptrdiff_t pad);
 
+/* Dropout's output (layers.IntegerDropout.reference_forward) for maps x of (n, positions,
+ * channels) in memory and a keep mask of (n, channels, positions), the maps' logical order:
+ * dropout_kept(x) where mask, else 0, in x's layout. As int8 into out8 when every kept value of
+ * x fits int8 (returns 8), else as int16 into out16 (returns 16). 1 <= rescale < 2**23. */
+int pass_dropout_apply(const int8_t *x, const uint8_t *mask, int8_t *out8, int16_t *out16, ptrdiff_t n,
+                       ptrdiff_t positions, ptrdiff_t channels, int32_t rescale);
+
 /* NumPy's bitgen_t (numpy/random/bitgen.h): the public C interface of its bit generators. */
 typedef struct {
     void *state;

@@ -305,3 +305,43 @@ void im2col_rows(const int8_t *restrict x, int8_t *restrict out, ptrdiff_t first
         }
     }
 }
+
+/* The smallest and the largest of n int8 values (0 and 0 when n is 0). */
+MULTIVERSION
+void int8_range(const int8_t *restrict x, ptrdiff_t n, int8_t *lowest, int8_t *highest)
+{
+    int8_t low = n > 0 ? x[0] : 0, high = low;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        low = x[i] < low ? x[i] : low;
+        high = x[i] > high ? x[i] : high;
+    }
+    *lowest = low;
+    *highest = high;
+}
+
+/* Dropout's output for the samples [first, end) of maps x laid out (n, positions, channels),
+ * with a keep mask (0 or 1) in the maps' logical order (n, channels, positions): a sample's
+ * mask, a few KiB, stays in cache while its positions read across it. The caller has checked
+ * that every kept value fits the output (int8 or int16). */
+#define DROPOUT_ROWS(name, out_t)                                                                                   \
+    MULTIVERSION                                                                                                   \
+    void name(const int8_t *restrict x, const uint8_t *restrict mask, out_t *restrict out, ptrdiff_t first,         \
+              ptrdiff_t end, ptrdiff_t positions, ptrdiff_t channels, int32_t rescale)                             \
+    {                                                                                                              \
+        ptrdiff_t size = positions * channels;                                                                     \
+        for (ptrdiff_t b = first; b < end; b++) {                                                                  \
+            const int8_t *xb = x + b * size;                                                                       \
+            const uint8_t *mb = mask + b * size;                                                                   \
+            out_t *ob = out + b * size;                                                                            \
+            if (channels == 1) /* both in one order */                                                             \
+                for (ptrdiff_t i = 0; i < size; i++)                                                               \
+                    ob[i] = (out_t)(dropout_kept(xb[i], rescale) * mb[i]);                                         \
+            else                                                                                                   \
+                for (ptrdiff_t p = 0; p < positions; p++)                                                          \
+                    for (ptrdiff_t c = 0; c < channels; c++)                                                       \
+                        ob[p * channels + c] = (out_t)(dropout_kept(xb[p * channels + c], rescale)                 \
+                                                       * mb[c * positions + p]);                                   \
+        }                                                                                                          \
+    }
+DROPOUT_ROWS(dropout_rows_int8, int8_t)
+DROPOUT_ROWS(dropout_rows_int16, int16_t)

@@ -90,6 +90,14 @@ void max_unpool_rows(const int32_t *restrict delta, const uint8_t *restrict argm
                      ptrdiff_t first, ptrdiff_t last, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh,
                      ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw);
 
+/* The range of int8 values, and dropout's output rows (n, positions, channels) into int8 or
+ * int16, from a mask of (n, channels, positions). */
+void int8_range(const int8_t *restrict x, ptrdiff_t n, int8_t *lowest, int8_t *highest);
+void dropout_rows_int8(const int8_t *restrict x, const uint8_t *restrict mask, int8_t *restrict out, ptrdiff_t first,
+                       ptrdiff_t end, ptrdiff_t positions, ptrdiff_t channels, int32_t rescale);
+void dropout_rows_int16(const int8_t *restrict x, const uint8_t *restrict mask, int16_t *restrict out,
+                        ptrdiff_t first, ptrdiff_t end, ptrdiff_t positions, ptrdiff_t channels, int32_t rescale);
+
 /* The im2col patches of (n, h, w, c) int8 maps, k x k windows, `pad` zeros: rows [first, last). */
 void im2col_rows(const int8_t *restrict x, int8_t *restrict out, ptrdiff_t first, ptrdiff_t last, ptrdiff_t h,
                  ptrdiff_t w, ptrdiff_t c, ptrdiff_t k, ptrdiff_t pad);

@@ -61,6 +61,14 @@ static inline int8_t nitro_scale32(int32_t z, divisor_t scale)
     return clip_int8(tdiv32(z, scale));
 }
 
+/* A value dropout keeps (layers.IntegerDropout.reference_forward): tdiv(x * R, 1000) for int8 x
+ * and the rescale R = 100000 // keep_percent, 1 <= R < 2**23 (so |x * R| < 2**30). C's integer
+ * division truncates toward zero, as tdiv does, and by a constant compiles to a multiply. */
+static inline int32_t dropout_kept(int8_t x, int32_t rescale)
+{
+    return (int32_t)x * rescale / 1000;
+}
+
 /* IntegerSGD on one weight (optim.integer_sgd_step): w - tdiv(g, lr) - tdiv(w, decay), with
  * the decay term only when `decays`. |g| < 2**31; the caller proves the result fits int32. */
 static inline int64_t sgd_rule(int32_t w, int32_t g, divisor_t lr, int decays, divisor_t decay)

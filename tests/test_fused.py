@@ -789,3 +789,60 @@ def test_dropout_masks_come_from_c_unless_numpy_draws_otherwise(c_kernels, spy, 
     ours, reference = np.random.default_rng(3), np.random.default_rng(3)
     np.testing.assert_array_equal(c_kernels.dropout_mask(ours, (9, 9), 80), NUMPY.dropout_mask(reference, (9, 9), 80))
     assert spy.calls["dropout_mask"] == before + 1
+
+
+def _dropout_inputs():
+    """(name, x): channels-last maps (as max pooling leaves them), maps in C order, rows, a
+    vector, and values at the int8 edges."""
+    rng = np.random.default_rng(4)
+    relu = rng.integers(-67, 92, size=(6, 5, 5, 8), dtype=np.int8)
+    return [("channels-last maps", relu.transpose(0, 3, 1, 2)),
+            ("maps", np.ascontiguousarray(relu.transpose(0, 3, 1, 2))),
+            ("rows", rng.integers(-67, 92, size=(9, 40), dtype=np.int8)),
+            ("vector", rng.integers(-67, 92, size=13, dtype=np.int8)),
+            ("int8 edges", np.array([[-128, 127, 0, -1, 1, 95, -96]] * 3, dtype=np.int8))]
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.25, 0.3, 0.5, 0.95])
+def test_dropout_outputs_of_every_implementation_are_the_references(name, p, spy):
+    # values, dtype (int8 exactly when every kept value fits) and shape; the compiled pass runs
+    from sknitro.nn.layers import IntegerDropout
+
+    dropout, implementation = IntegerDropout(p), kernels.IMPLEMENTATIONS[name]
+    for label, x in _dropout_inputs():
+        for x_range in (x, x // 2):  # the same inputs nearer 0: int8 at more rates
+            mask = NUMPY.dropout_mask(np.random.default_rng(1), x_range.shape, dropout.keep_percent)
+            expected = dropout.reference_forward(x_range, mask)
+            got = implementation.dropout_forward(dropout, x_range, mask)
+            assert got.dtype == expected.dtype and got.shape == expected.shape, (label, got.dtype, expected.dtype)
+            np.testing.assert_array_equal(got, expected, err_msg=label)
+    assert spy.calls["dropout_apply"] == 2 * len(_dropout_inputs())
+
+
+def test_dropout_output_fits_int8_by_its_extreme_kept_values(c_kernels):
+    # p = 0.25: R = 1333, and 95 * 1333 // 1000 = 126 fits int8, 96 -> 127 fits, 97 -> 129 does not
+    from sknitro.nn.layers import IntegerDropout
+
+    dropout = IntegerDropout(0.25)
+    for top, dtype in [(95, np.int8), (96, np.int8), (97, np.int16)]:
+        x = np.array([[-3, top, 5]], dtype=np.int8)
+        mask = np.array([[True, False, True]])  # a masked value decides too, as in the reference
+        got = c_kernels.dropout_forward(dropout, x, mask)
+        assert got.dtype == dropout.reference_forward(x, mask).dtype == dtype
+        np.testing.assert_array_equal(got, [[-3, 0, 6]])
+
+
+def test_dropout_hands_back_what_its_pass_does_not_cover(c_kernels, spy):
+    from sknitro.nn.layers import IntegerDropout
+
+    dropout = IntegerDropout(0.1)
+    x = np.random.default_rng(2).integers(-67, 92, size=(4, 3, 6, 6), dtype=np.int8)
+    mask = NUMPY.dropout_mask(np.random.default_rng(3), x.shape, 90)
+    for other_x, other_mask in [(x[:, :, ::2], mask[:, :, ::2]),  # strided maps
+                                (x.astype(np.int16), mask),  # int16 maps (a dropout after a dropout)
+                                (x, mask.astype(np.uint8)),  # a mask that is not bool
+                                (x[:0], mask[:0])]:  # nothing
+        np.testing.assert_array_equal(c_kernels.dropout_forward(dropout, other_x, other_mask),
+                                      dropout.reference_forward(other_x, other_mask))
+    assert "dropout_apply" not in spy.calls

@@ -148,6 +148,12 @@ def _valid_calls():
                            {0: Arg("delta", np.int32, False), 1: Arg("argmax", np.uint8, False),
                             4: Arg("out", np.int32, True)},
                            ("delta", "argmax", "kh", "kw", "out")),
+        # 2 maps of 3 positions x 4 channels; the mask in the maps' logical order (channels first)
+        "dropout_apply": Call("dropout_apply", [np.ones((2, 3, 4), np.int8), np.ones((2, 4, 3), np.uint8), 1111,
+                                                np.empty((2, 3, 4), np.int8), np.empty((2, 3, 4), np.int16)],
+                              {0: Arg("x", np.int8, False), 1: Arg("mask", np.uint8, False),
+                               3: Arg("out8", np.int8, True), 4: Arg("out16", np.int16, True)},
+                              ("x", "mask", "rescale", "out8", "out16")),
         "dropout_mask": Call("dropout_mask", [np.random.default_rng(0).bit_generator, np.empty(10, np.uint8), 90],
                              {1: Arg("mask", np.uint8, True)}, ("bit_generator", "mask", "keep_percent")),
         # the same maps, 3 x 3 windows, padding 1: 2 x 5 x 4 = 40 rows of 27 values
@@ -201,11 +207,12 @@ def _argument_names(call):
 
 def _accepts(call, position, dtype):
     """Whether ``dtype`` is one the argument takes (float64 is scale_to_int8's other type of z,
-    bool dropout_mask's other type of mask; an update's int32 and int16 mirrors are both
+    bool the other type of a dropout mask; an update's int32 and int16 mirrors are both
     accepted by type, and refused below when they do not match the outlier buffers)."""
     return np.dtype(dtype) == np.dtype(call.arrays[position].dtype) or (
         call.function == "scale_to_int8" and position == 0 and np.dtype(dtype) == np.float64) or (
-        call.function == "dropout_mask" and np.dtype(dtype) == np.bool_)  # a mask of 0 and 1
+        call.function in ("dropout_mask", "dropout_apply") and call.arrays[position].name == "mask"
+        and np.dtype(dtype) == np.bool_)  # a mask of 0 and 1
 
 
 def test_every_pair_isa_of_this_cpu_is_fuzzed():
@@ -649,6 +656,17 @@ def test_an_isa_this_cpu_lacks_raises_runtime_error(name, isa):
     function, call, _ = _with_isa(name, isa)
     with pytest.raises(RuntimeError, match="does not run"):
         getattr(_fused, function)(*call)
+
+
+@pytest.mark.parametrize("rescale", [0, -1111, 2**23, 2**40])
+def test_a_dropout_rescale_outside_its_range_raises_and_writes_nothing(rescale):
+    call = CALLS["dropout_apply"]
+    args = _prepared(call)
+    args[2] = rescale
+    snapshot = _snapshot(args, call)
+    with pytest.raises((ValueError, OverflowError), match="rescale|too large|int"):
+        _fused.dropout_apply(*args)
+    _assert_unwritten(args, snapshot)
 
 
 @pytest.mark.parametrize("bit_generator", [None, np.random.default_rng(0), np.random.RandomState(0), "PCG64", 3])

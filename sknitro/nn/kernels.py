@@ -11,7 +11,7 @@ Every integer operation of a step whose cost grows with the data goes through a
 ``sgd_update``            IntegerSGD on a layer with ``G = delta.T @ x`` (§5)
 ``head_step``             a learning head's whole update (§4)
 ``lookup_uint8``          the image encoder's table lookup
-``dropout_mask``          dropout's keep mask, drawn on the host
+``dropout_mask``          dropout's keep mask, drawn on the host, and its output (``dropout_forward``)
 ``im2col``                the patches of a conv layer's input maps, as rows
 ``max_pool``              a max pooling of a conv map, and its gradient (``max_pool_backward``)
 ========================  ================================================================
@@ -243,6 +243,10 @@ class NumpyKernels:
         """Dropout's keep mask (a host bool array): ``integers(0, 100) < keep_percent``."""
         return rng.integers(0, 100, size=shape, dtype=np.int8) < keep_percent
 
+    def dropout_forward(self, dropout: Any, x: Any, mask: Any) -> Any:
+        """``dropout`` (an :class:`~.layers.IntegerDropout`) on ``x`` with its keep ``mask``."""
+        return dropout.reference_forward(x, mask)
+
     def im2col(self, x: Any, kernel: int, padding: int) -> Any:
         """The patches of the maps ``x`` as rows (:func:`~.functional.im2col`)."""
         return im2col(x, kernel, padding)
@@ -359,6 +363,18 @@ class CompiledKernels(NumpyKernels):
         _compiled.dropout_mask(rng.bit_generator, mask.reshape(-1), keep_percent)
         return mask
 
+    def dropout_forward(self, dropout: Any, x: Any, mask: Any) -> Any:
+        layout = _samples_positions_channels(x)
+        if layout is None or not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != x.shape \
+                or not mask.flags.c_contiguous or not 1 <= dropout.rescale < 2**23:
+            return super().dropout_forward(dropout, x, mask)
+        view, back = layout
+        n, positions, channels = view.shape
+        # both outputs: the pass fills one, and the other's memory is never touched
+        out8, out16 = np.empty(view.shape, np.int8), np.empty(view.shape, np.int16)
+        written = _compiled.dropout_apply(view, mask.reshape(n, channels, positions), dropout.rescale, out8, out16)
+        return back(out8 if written == 8 else out16)
+
     def im2col(self, x: Any, kernel: int, padding: int) -> Any:
         n, c, h, w = x.shape
         rows, cols = h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1
@@ -403,6 +419,22 @@ def _draws_as_numpy() -> bool:
         if not np.array_equal(mask.view(np.bool_), expected) or ours.integers(2**62) != numpys.integers(2**62):
             return False
     return True
+
+
+def _samples_positions_channels(x: Any) -> tuple[np.ndarray, Any] | None:
+    """How the rows or maps ``x`` lie in memory, for dropout's compiled pass: ``(view, back)``,
+    ``view`` being ``x`` as ``(n, positions, channels)`` in memory order (its logical order is
+    ``(n, channels, positions)``) and ``back`` what turns an array of the view's shape into
+    ``x``'s shape and layout; None unless ``x`` is a host int8 array in C order or a
+    channels-last map."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.int8 or x.size == 0:
+        return None
+    if x.flags.c_contiguous:
+        return x.reshape(len(x), -1, 1), lambda out: out.reshape(x.shape)
+    if x.ndim == 4 and x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        n, c, h, w = x.shape
+        return x.transpose(0, 2, 3, 1).reshape(n, h * w, c), lambda out: out.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+    return None
 
 
 def _channels_last_int8(x: Any) -> bool:

@@ -318,6 +318,10 @@ class IntegerDropout:
         return to_namespace(kernels.select().dropout_mask(rng, shape, self.keep_percent), xp)
 
     def forward(self, x: Any, mask: Any) -> Any:
+        return kernels.select().dropout_forward(self, x, mask)
+
+    def reference_forward(self, x: Any, mask: Any) -> Any:
+        """``tdiv(x * R, 1000)`` where ``mask``, else 0: int8 when every kept value fits."""
         kept = tdiv(x.astype(np.int32) * self.rescale, 1000)
         fits_int8 = x.size == 0 or (int(kept.min()) >= -128 and int(kept.max()) <= 127)
         return kept.astype(np.int8 if fits_int8 else np.int16) * mask

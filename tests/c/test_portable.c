@@ -362,6 +362,46 @@ static void test_im2col(void)
     }
 }
 
+static void test_dropout(void)
+{
+    enum { N = 3, P = 11, C = 5 };
+    static int8_t x[N * P * C], out8[N * P * C];
+    static int16_t out16[N * P * C];
+    static uint8_t mask[N * P * C];
+    const int32_t rescales[] = {1052, 1111, 1333, 1428, 2000, 20000}; /* keep 95, 90, 75, 70, 50, 5 % */
+    for (int r = 0; r < 6; r++)
+        for (int channels = 1; channels <= C; channels += C - 1) { /* rows, and channels-last maps */
+            int positions = P * C / channels;
+            for (int i = 0; i < N * P * C; i++) {
+                x[i] = (int8_t)uniform(-128, 127);
+                mask[i] = (uint8_t)uniform(0, 1);
+            }
+            dropout_rows_int16(x, mask, out16, 0, N, positions, channels, rescales[r]);
+            dropout_rows_int8(x, mask, out8, 1, 2, positions, channels, 1000); /* one sample, x itself */
+            for (int n = 0; n < N; n++)
+                for (int p = 0; p < positions; p++)
+                    for (int c = 0; c < channels; c++) {
+                        int at = (n * positions + p) * channels + c, kept = mask[(n * channels + c) * positions + p];
+                        CHECK(out16[at] == (kept ? (int64_t)x[at] * rescales[r] / 1000 : 0),
+                              "dropout_rows_int16 (rescale %d) at %d", rescales[r], at);
+                        if (n == 1)
+                            CHECK(out8[at] == (kept ? x[at] : 0), "dropout_rows_int8 at %d", at);
+                    }
+        }
+    int8_t lowest = 1, highest = -1;
+    int8_range(x, 0, &lowest, &highest);
+    CHECK(lowest == 0 && highest == 0, "int8_range of nothing");
+    for (int n = 1; n < N * P * C; n += 7) {
+        int low = 127, high = -128;
+        for (int i = 0; i < n; i++) {
+            low = x[i] < low ? x[i] : low;
+            high = x[i] > high ? x[i] : high;
+        }
+        int8_range(x, n, &lowest, &highest);
+        CHECK(lowest == low && highest == high, "int8_range of %d values", n);
+    }
+}
+
 static void test_pair_forms(void)
 {
     enum { R = 9, K = 30 };
@@ -498,6 +538,7 @@ int main(void)
 #endif
     test_pools();
     test_im2col();
+    test_dropout();
     test_pair_forms();
     const pair_kernels_t *isas[] = {&avx2_kernels, &vnni_kernels};
     for (int i = 0; i < 2; i++) {
