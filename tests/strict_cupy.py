@@ -130,7 +130,8 @@ for _name, _ufunc in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply
 for _name, _ufunc in [("lt", np.less), ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal),
                       ("eq", np.equal), ("ne", np.not_equal)]:
     setattr(ndarray, f"__{_name}__", _operator(_ufunc))
-for _name, _ufunc in [("neg", np.negative), ("pos", np.positive), ("abs", np.absolute), ("invert", np.invert)]:
+for _name, _ufunc in [("neg", np.negative), ("pos", np.positive), ("abs", np.absolute),
+                      ("invert", np.invert)]:
     setattr(ndarray, f"__{_name}__", lambda self, _ufunc=_ufunc: _ufunc(self))
 ndarray.__module__ = "cupy"
 
@@ -197,7 +198,7 @@ def module() -> types.ModuleType:
     cupy = types.ModuleType("cupy", __doc__)
     cupy.ndarray = ndarray
     cupy.asarray = asarray
-    cupy.array = lambda a, dtype=None: ndarray(np.array(a._host if isinstance(a, ndarray) else a, dtype=dtype))
+    cupy.array = lambda a, dtype=None: ndarray(np.array(_index(a), dtype=dtype))  # a copy, from either side
     cupy.asnumpy = asnumpy
     cupy.get_array_module = get_array_module
     cupy._from_host = _from_host

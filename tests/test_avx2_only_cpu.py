@@ -6,8 +6,9 @@ selection, the AVX2 pair products, the x86-64-v3 builds of the portable loops an
 AVX2 kernels run as they would on it. The kernel tests run there under pytest: every kernel
 path against the reference's weights, any number of threads, the pair kernels and the C passes
 against NumPy, the compiled kernels' argument checks (with the tests of an instruction set the
-CPU lacks, which a VNNI host skips), and the golden traces of the published code. Speed under emulation means nothing:
-``benchmarks/bench_kernels.py --avx2-cpu-build`` emulates that CPU's speed instead.
+CPU lacks, which a VNNI host skips), and the golden traces of the published code. Speed under
+emulation means nothing: ``benchmarks/bench_kernels.py --avx2-cpu-build`` emulates that CPU's
+speed instead.
 ``.ci/run`` installs QEMU's user mode (``qemu-user``).
 """
 
@@ -26,8 +27,8 @@ from sknitro.nn import kernels
 ROOT = Path(__file__).parent.parent
 QEMU = shutil.which("qemu-x86_64")
 AVX2_ONLY_CPU = "EPYC-Rome"  # Zen 2: AVX2, FMA, no AVX-512
-KERNEL_TESTS = ["tests/test_kernels.py", "tests/test_pairs.py", "tests/test_fused.py", "tests/test_kernel_arguments.py",
-                "tests/test_reference.py"]
+KERNEL_TESTS = ["tests/test_kernels.py", "tests/test_pairs.py", "tests/test_fused.py",
+                "tests/test_kernel_arguments.py", "tests/test_reference.py"]
 
 pytestmark = [
     pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86-64 CPU on an x86-64 host"),
@@ -38,7 +39,8 @@ pytestmark = [
 
 def _on_the_avx2_cpu(*arguments, timeout):
     """``python *arguments`` on the emulated CPU, from the repository root."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     return subprocess.run([QEMU, "-cpu", AVX2_ONLY_CPU, sys.executable, *arguments], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

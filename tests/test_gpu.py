@@ -45,17 +45,17 @@ def cupy(request, monkeypatch):
     return stand_in
 
 
+MLP, CNN = NitroMLPClassifier, NitroCNNClassifier
 CONFIGURATIONS = {
-    "mlp, dropout": (NitroMLPClassifier, dict(hidden_layer_sizes=(32, 16), max_iter=15, dropout=0.1)),
-    "mlp, early stopping, plateaus": (NitroMLPClassifier, dict(hidden_layer_sizes=(32,), max_iter=25,
-                                                               early_stopping=True, n_iter_no_change=5,
-                                                               lr_plateau_patience=3)),
-    "cnn, augment": (NitroCNNClassifier, dict(architecture=[8, "M", 8], hidden_layer_sizes=(32,), max_iter=10,
-                                             augment=True, lr_inv=128)),
-    "cnn, dropouts": (NitroCNNClassifier, dict(architecture=[8, "M", 8], hidden_layer_sizes=(32,), max_iter=15,
-                                              conv_dropout=0.1, dropout=0.3)),
-    "cnn, calibrated, average heads": (NitroCNNClassifier, dict(architecture=[8, "M", 8, "M"], max_iter=2,
-                                                               scale_calibration=True, head_pooling="avg")),
+    "mlp, dropout": (MLP, dict(hidden_layer_sizes=(32, 16), max_iter=15, dropout=0.1)),
+    "mlp, early stopping, plateaus": (MLP, dict(hidden_layer_sizes=(32,), max_iter=25, early_stopping=True,
+                                                n_iter_no_change=5, lr_plateau_patience=3)),
+    "cnn, augment": (CNN, dict(architecture=[8, "M", 8], hidden_layer_sizes=(32,), max_iter=10, augment=True,
+                               lr_inv=128)),
+    "cnn, dropouts": (CNN, dict(architecture=[8, "M", 8], hidden_layer_sizes=(32,), max_iter=15,
+                                conv_dropout=0.1, dropout=0.3)),
+    "cnn, calibrated, average heads": (CNN, dict(architecture=[8, "M", 8, "M"], max_iter=2,
+                                                 scale_calibration=True, head_pooling="avg")),
 }
 
 
@@ -140,8 +140,8 @@ def test_the_stand_in_refuses_what_cupy_refuses():
     cupy = strict_cupy.module()
     device, host = cupy.asarray(np.arange(6, dtype=np.int32)), np.arange(1, 7, dtype=np.int32)
     refusals = [lambda: np.asarray(device), lambda: memoryview(device), lambda: device + host,
-                lambda: host * device, lambda: np.concatenate([device, host]), lambda: cupy.take(host, device),
-                lambda: tdiv(device, host)]
+                lambda: host * device, lambda: np.concatenate([device, host]),
+                lambda: cupy.take(host, device), lambda: tdiv(device, host)]
     for refused in refusals:
         with pytest.raises(TypeError):
             refused()
