@@ -33,6 +33,24 @@ def gpu_info() -> dict:
             "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
 
 
+def table(machine: dict, rows: dict, titles: dict) -> str:
+    """The Markdown page of the rows measured so far (each job's rows against its GPU row)."""
+    from _common import machine_line
+
+    lines = ["# Training speed on a GPU, beside the same machine's CPU", "", machine_line(machine), "",
+             f"GPU: {machine['gpu']} ({machine['gpu_memory_gib']} GiB), CuPy {machine['cupy']}, "
+             f"CUDA runtime {machine['cuda_runtime']}", "",
+             "`python benchmarks/bench_gpu.py " + " ".join(sys.argv[1:]) + "`", "",
+             "| job | device | s / epoch | vs GPU | weights |", "|---|---|---|---|---|"]
+    for job, job_rows in rows.items():
+        gpu = job_rows.get("cuda", {}).get("epoch_seconds")
+        for device, row in job_rows.items():
+            seconds = row["epoch_seconds"]
+            versus = f"{seconds / gpu:.2f}x" if gpu else ""
+            lines.append(f"| {titles[job]} | {device} | {seconds:.2f} | {versus} | `{row['weights']}` |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mlp-epochs", type=int, default=3)
@@ -41,40 +59,32 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
 
-    from _common import machine_info, machine_line, write_json, write_text
+    from _common import machine_info, write_json, write_text
     from bench_kernels import EPOCH_IMAGES, time_cnn, time_mlp
 
     from sknitro.nn.kernels import select
 
     machine = {**machine_info(), **gpu_info()}
     cpu_kernels, all_threads = select().name, len(os.sched_getaffinity(0))
-    rows: dict[str, dict] = {"mlp": {}, "compact": {}}
-    rows["mlp"]["cuda"] = time_mlp(args.mlp_epochs, cpu_kernels, device="cuda")
-    rows["mlp"][f"cpu {cpu_kernels}, 1 thread"] = time_mlp(args.mlp_epochs, cpu_kernels)
-    print(f"MLP: {rows['mlp']}", flush=True)
-    rows["compact"]["cuda"] = time_cnn("compact", args.cnn_samples, 1, None, args.cnn_epochs, device="cuda")
-    for threads in (1, all_threads):
-        rows["compact"][f"cpu {cpu_kernels}, {threads} thread(s)"] = time_cnn(
-            "compact", args.cnn_samples, threads, cpu_kernels, args.cnn_epochs)
-    print(f"compact CNN: {rows['compact']}", flush=True)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "gpu.json", {"machine": machine, "rows": rows})
     titles = {"mlp": f"Fashion-MNIST MLP, s / epoch (median of epochs 2-{args.mlp_epochs})",
               "compact": f"compact CNN, s / 60k epoch ({args.cnn_samples} images, median of epochs "
                          f"2-{args.cnn_epochs}, x{EPOCH_IMAGES // args.cnn_samples})"}
-    lines = ["# Training speed on a GPU, beside the same machine's CPU", "", machine_line(machine), "",
-             f"GPU: {machine['gpu']} ({machine['gpu_memory_gib']} GiB), CuPy {machine['cupy']}, "
-             f"CUDA runtime {machine['cuda_runtime']}", "",
-             "`python benchmarks/bench_gpu.py " + " ".join(sys.argv[1:]) + "`", "",
-             "| job | device | s / epoch | vs GPU | weights |", "|---|---|---|---|---|"]
-    for job, job_rows in rows.items():
-        gpu = job_rows["cuda"]["epoch_seconds"]
-        for device, row in job_rows.items():
-            lines.append(f"| {titles[job]} | {device} | {row['epoch_seconds']:.2f} | "
-                         f"{row['epoch_seconds'] / gpu:.2f}x | `{row['weights']}` |")
-    write_text(args.out / "gpu.md", "\n".join(lines))
-    print("\n".join(lines))
+    jobs = [("mlp", "cuda", lambda: time_mlp(args.mlp_epochs, cpu_kernels, device="cuda")),
+            ("mlp", f"cpu {cpu_kernels}, 1 thread", lambda: time_mlp(args.mlp_epochs, cpu_kernels)),
+            ("compact", "cuda", lambda: time_cnn("compact", args.cnn_samples, 1, None, args.cnn_epochs,
+                                                 device="cuda"))]
+    jobs += [("compact", f"cpu {cpu_kernels}, {threads} thread(s)",
+              lambda threads=threads: time_cnn("compact", args.cnn_samples, threads, cpu_kernels,
+                                               args.cnn_epochs))
+             for threads in (1, all_threads)]
+    rows: dict[str, dict] = {"mlp": {}, "compact": {}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for job, device, measure in jobs:  # the results so far are written after each row
+        rows[job][device] = measure()
+        print(f"{job}, {device}: {rows[job][device]}", flush=True)
+        write_json(args.out / "gpu.json", {"machine": machine, "rows": rows})
+        write_text(args.out / "gpu.md", table(machine, rows, titles))
+    print(table(machine, rows, titles))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@
 #   3. runs tests/test_gpu.py on the GPU (bit-identity with the CPU, saving and loading, export),
 #   4. times the Fashion-MNIST MLP and compact-CNN epochs on the GPU and on the CPU
 #      (benchmarks/bench_gpu.py),
-# each step under a time limit, its output in OUT (gpu_check.log, test_gpu.log, gpu.{json,md}).
+# each step under a time limit (about 9 minutes in all, within one call of the device machine),
+# its output in OUT (gpu_check.log, test_gpu.log, gpu.{json,md}: the rows measured so far).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STAGE=.gpu
@@ -44,13 +45,13 @@ export PYTHONPATH="$PWD:$PWD/$STAGE/site"
 export SKNITRO_FASHION_MNIST="$PWD/$STAGE/fashion-mnist"
 
 step "build the CPU kernels"
-timeout 300 python setup.py -q build_ext --inplace 2>&1 | tail -5 | tee -a "$LOG"
+timeout 150 python setup.py -q build_ext --inplace 2>&1 | tail -5 | tee -a "$LOG"
 python -c "from sknitro.nn.kernels import AVAILABLE; print('CPU kernels:', AVAILABLE)" 2>&1 | tee -a "$LOG"
 
 step "tests/test_gpu.py"
-timeout 300 python -m pytest -o addopts="" -ra -q -p no:cacheprovider tests/test_gpu.py 2>&1 \
+timeout 180 python -m pytest -o addopts="" -ra -q -p no:cacheprovider tests/test_gpu.py 2>&1 \
     | tee "$OUT/test_gpu.log" | tail -15 | tee -a "$LOG"
 
 step "benchmarks/bench_gpu.py"
-timeout 360 python benchmarks/bench_gpu.py --out "$OUT" 2>&1 | tee -a "$LOG" | tail -12
+timeout 220 python benchmarks/bench_gpu.py --out "$OUT" 2>&1 | tee -a "$LOG" | tail -12
 step "done"
