@@ -31,6 +31,9 @@ MODELS = {
     # conv widths 9 (one channel) and 16 * 9; a dense block after the convs
     "cnn": (lambda: NitroCNNClassifier(architecture=[16, "M", 16], hidden_layer_sizes=(32,), max_iter=2,
                                        random_state=0), True),
+    # dropout: its masks and its output pass, on maps after the convs and on rows after each dense block
+    "cnn-dropout": (lambda: NitroCNNClassifier(architecture=[16, "M", 16], hidden_layer_sizes=(32, 32),
+                                               conv_dropout=0.1, dropout=0.3, max_iter=2, random_state=0), True),
 }
 
 
@@ -72,10 +75,12 @@ def test_conv_layers_train_on_the_pair_products(digits, isa, spy):
                     reason="the extension was built without OpenMP")
 @pytest.mark.parametrize("isa", PAIR_ISAS)
 def test_the_number_of_threads_changes_nothing(digits, isa):
-    """Products of this size (4096 positions x 144 inputs x 16 outputs) run on every thread
-    threadpoolctl allows; the weights are the same for one thread or two."""
+    """Products of this size (4096 positions x 144 inputs x 16 outputs), and the dropout between
+    the convs, run on every thread threadpoolctl allows; the weights are the same for one thread
+    or two."""
     X, y = digits
-    make = lambda: NitroCNNClassifier(architecture=[16, 16], max_iter=2, random_state=0)  # noqa: E731
+    make = lambda: NitroCNNClassifier(architecture=[16, 16], conv_dropout=0.1, max_iter=2,  # noqa: E731
+                                      random_state=0)
     with threadpool_limits(1):
         one = _fit(make, X.reshape(-1, 1, 8, 8), y, kernels=isa)
     with threadpool_limits(2):
