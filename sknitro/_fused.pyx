@@ -331,8 +331,9 @@ def dropout_apply(const int8_t[:, :, ::1] x not None, const uint8_t[:, :, ::1] m
 
     Dropout's output for maps x of shape (n, positions, channels) and a keep mask of 0s and 1s
     (uint8 or bool) of shape (n, channels, positions), the maps' logical order:
-    tdiv(x * rescale, 1000) where the mask is 1, else 0. Written to out8 when every kept value of x fits int8
-    (returns 8), else to out16 (returns 16); both of x's shape. 1 <= rescale < 2**23."""
+    tdiv(x * rescale, 1000) where the mask is 1, else 0. Written to out8 when every kept value
+    of x fits int8 (returns 8), else to out16 (returns 16); both of x's shape.
+    1 <= rescale < 2**23."""
     check_shape("mask", (mask.shape[0], mask.shape[1], mask.shape[2]), (x.shape[0], x.shape[2], x.shape[1]))
     check_shape("out8", (out8.shape[0], out8.shape[1], out8.shape[2]), (x.shape[0], x.shape[1], x.shape[2]))
     check_shape("out16", (out16.shape[0], out16.shape[1], out16.shape[2]), (x.shape[0], x.shape[1], x.shape[2]))

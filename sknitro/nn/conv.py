@@ -8,6 +8,7 @@ wins; with 0 for average pooling).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,15 @@ class IntegerConv2d:
     def __getstate__(self) -> dict:  # the file format keeps (F, C, 3, 3) weights
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "weight": array_namespace(self.linear.weight).ascontiguousarray(self.weight), "bias": None}
+
+    def __deepcopy__(self, memo: dict) -> IntegerConv2d:
+        # the live layer, attribute by attribute, not through the (F, C, 3, 3) file state: the
+        # copy's weights are then `linear`'s, which a memo may already map to another device
+        # (IntegerNetwork.to)
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return copied
 
     def __setstate__(self, state: dict) -> None:
         # a model file sets the weights only: the bound is recomputed (see .state)

@@ -228,7 +228,7 @@ class IntegerNetwork:
         tables, pooling windows) is copied as is.
         """
         # deepcopy with the converted arrays already in its memo: the structure is copied
-        # generically, and a dense layer's GPU arrays are never duplicated on the GPU.
+        # generically, and a GPU array is never duplicated on the GPU.
         memo: dict[int, Any] = {}
         for layer in self.layers():
             layer = getattr(layer, "linear", layer)  # a conv layer's weights live in its linear
@@ -236,14 +236,7 @@ class IntegerNetwork:
                 if array is not None:
                     host = to_host(array)
                     memo[id(array)] = to_namespace(host.copy() if host is array else host, xp)
-        copied = copy.deepcopy(self, memo)
-        # A conv layer copies itself through its saved state, a new (F, C, 3, 3) array that
-        # no memo can hold in advance: it comes out where the original was, and moves now.
-        for layer in copied.layers():
-            if array_namespace(layer.weight) is not xp:
-                layer.weight = to_namespace(to_host(layer.weight), xp)
-                layer.refresh_bounds()
-        return copied
+        return copy.deepcopy(self, memo)
 
 
 def build_mlp(n_features: int, hidden_layer_sizes: Sequence[int], n_classes: int, *,
