@@ -46,7 +46,7 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
     """Shared implementation of the NITRO-D classifiers (not for direct use)."""
 
     _parameter_constraints: dict = {
-        "hidden_layer_sizes": ["array-like"],
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "negative_slope_inv": [Interval(Integral, 1, None, closed="left")],
         "lr_inv": [Interval(Integral, 1, None, closed="left")],
@@ -142,12 +142,14 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         self : object
             The fitted estimator. A ``KeyboardInterrupt`` stops training and keeps the model
             of the last finished epoch; so does a callback that returns ``True`` (see
-            ``callbacks``), after the epoch it was called for.
+            ``callbacks``), after the epoch it was called for. An error, or a
+            ``KeyboardInterrupt``, before the first epoch of a new fit finishes propagates and
+            leaves the estimator as it was: fitted as before, or unfitted.
         """
         self._validate_params()
         self._check_params()
         keep = self.warm_start and hasattr(self, "network_")
-        with self._unfitted_on_error(fresh=not keep):
+        with self._previous_model_on_error(fresh=not keep):
             X, y_idx = self._prepare_data(X, y, first_call=not keep, classes=None)
             if not keep:
                 self._initialise(X)
@@ -162,20 +164,25 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,)
         classes : array-like of shape (n_classes,), default=None
-            Every class that will ever be seen. Required on the first call, ignored later.
+            Every class that will ever be seen. Required on the first call; later calls may
+            omit it, or must pass the same classes.
 
         Returns
         -------
         self : object
             The callbacks are called after the epoch; what they return has no effect here.
         """
+        self._validate_params()  # on every call: set_params may have changed them since
+        self._check_params()
         first_call = not hasattr(self, "network_")
-        if first_call:
-            self._validate_params()
-            self._check_params()
-            if classes is None:
-                raise ValueError("classes must be passed on the first call to partial_fit")
-        with self._unfitted_on_error(fresh=first_call):
+        if first_call and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        if not first_call and classes is not None:
+            classes = unique_labels(classes)
+            if not np.array_equal(classes, self.classes_):
+                raise ValueError(f"classes={classes.tolist()!r} is not the same as on the first call to "
+                                 f"partial_fit, {self.classes_.tolist()!r}")
+        with self._previous_model_on_error(fresh=first_call):
             X, y_idx = self._prepare_data(X, y, first_call=first_call, classes=classes)
             if first_call:
                 self._initialise(X)
@@ -183,18 +190,19 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     @contextlib.contextmanager
-    def _unfitted_on_error(self, fresh: bool) -> Iterator[None]:
-        """An error (other than Ctrl-C) never leaves a half-fitted model: the model is back
-        at the end of its last finished epoch (``_run_epochs`` restores it; an epoch finishes
-        when its callbacks have returned), and a fresh fit that finished none is forgotten
-        whole (``check_is_fitted`` fails again)."""
+    def _previous_model_on_error(self, fresh: bool) -> Iterator[None]:
+        """An error never leaves a half-fitted model: the model is back at the end of its last
+        finished epoch (``_run_epochs`` restores it; an epoch finishes when its callbacks have
+        returned), and a fresh fit that finished none, stopped by an error or Ctrl-C, leaves
+        the estimator as it found it: the model of the fit before, or unfitted."""
+        previous = {name: value for name, value in vars(self).items() if fresh and _is_fitted_state(name)}
         try:
             yield
-        except Exception:
-            if fresh and getattr(self, "n_iter_", 0) == 0:
-                for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("__")] \
-                        + ["_rng", "_input_shape"]:
-                    self.__dict__.pop(name, None)
+        except BaseException:
+            if fresh and (self.__dict__.get("network_") is previous.get("network_") or self.n_iter_ == 0):
+                for name in [name for name in vars(self) if _is_fitted_state(name)]:
+                    del self.__dict__[name]
+                self.__dict__.update(previous)
             raise
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -236,6 +244,11 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
     def __setstate__(self, state: dict) -> None:
         # IncompatibleModelError for another persistence format; back to the GPU if possible
         super().__setstate__(persistence.restore_state(state, type(self).__name__))
+        if hasattr(self, "network_"):  # a fitted model's parameters are read without a fit to check them
+            try:
+                self._validate_params()
+            except (ValueError, TypeError) as exc:
+                raise persistence.InvalidModelError(f"{type(self).__name__}: {exc}") from None
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -342,6 +355,8 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
                 stop = self._call_callbacks(callbacks, record)
             except KeyboardInterrupt:
                 self._restore(checkpoint)
+                if self.n_iter_ == 0:  # no model to keep: the caller puts back the one before
+                    raise
                 sgd.lr_inv, best_weights = previous_lr_inv, previous_best
                 warnings.warn(
                     f"Training interrupted during epoch {self.n_iter_ + 1}: keeping the model of "
@@ -428,7 +443,9 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
                 f"sample for {len(y_idx)} samples; lower it or use early_stopping=False"
             )
         counts = np.bincount(y_idx)
-        stratify = y_idx if counts[counts > 0].min() >= 2 and n_val >= len(counts) else None
+        classes = int((counts > 0).sum())  # stratified only where both parts can hold every class
+        stratified = counts[counts > 0].min() >= 2 and min(n_val, len(y_idx) - n_val) >= classes
+        stratify = y_idx if stratified else None
         seed = int(self._rng.integers(2**31 - 1))
         return train_test_split(X, y_idx, test_size=n_val, random_state=seed, stratify=stratify)
 
@@ -436,6 +453,12 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
         return self.network_.predict_scores(self.encoder_.transform(X))
+
+
+def _is_fitted_state(name: str) -> bool:
+    """Whether an attribute is part of a fitted model (scikit-learn's trailing underscore, and
+    the private state a fit sets beside it)."""
+    return (name.endswith("_") and not name.startswith("__")) or name in ("_rng", "_input_shape")
 
 
 def _format_record(record: dict) -> str:

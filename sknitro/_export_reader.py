@@ -41,14 +41,21 @@ def load(path):
     path = pathlib.Path(path)
     if path.is_file():
         path = path.parent
-    spec = json.loads((path / "model.json").read_text(encoding="utf-8"))
+    spec = json.loads((path / "model.json").read_text(encoding="utf-8"))  # JSONDecodeError: a ValueError
+    if not isinstance(spec, dict):
+        _fail("model.json must hold an object")
     if spec.get("format") != FORMAT or spec.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path / 'model.json'} is {spec.get('format')!r} version {spec.get('format_version')!r}; "
             f"this reader reads {FORMAT!r} version {FORMAT_VERSION}: use the nitro_reader.py "
             "exported with that model")
-    with np.load(path / "weights.npz", allow_pickle=False) as npz:
-        weights = {name: npz[name] for name in npz.files}
+    try:
+        with np.load(path / "weights.npz", allow_pickle=False) as npz:
+            weights = {name: npz[name] for name in npz.files}
+    except OSError:  # a missing or unreadable file: as the system says
+        raise
+    except Exception as exc:  # a damaged archive fails in zipfile, in NumPy's header parser, ...
+        _fail(f"weights.npz cannot be read ({type(exc).__name__}: {exc})")
     return IntegerModel(spec, weights)
 
 
@@ -90,9 +97,12 @@ class IntegerModel:
     def __init__(self, spec, weights):
         self.spec = spec
         self.weights = weights
-        self.classes_ = np.array(spec["classes"], dtype=np.dtype(spec["classes_dtype"]))
+        self.classes_ = _classes(spec)
+        try:
+            _check_model(spec, weights, len(self.classes_))
+        except (TypeError, KeyError, AttributeError, IndexError) as exc:  # a value of the wrong kind
+            _fail(f"malformed model.json ({type(exc).__name__}: {exc})")
         self.sample_shape = tuple(spec["input"]["sample_shape"])
-        _check_model(spec, weights, len(self.classes_))
 
     def __repr__(self):
         return (f"IntegerModel({self.spec['estimator']}, {len(self.classes_)} classes, "
@@ -128,7 +138,7 @@ class IntegerModel:
         if kind == "integer_mad":
             mean = np.array(enc["mean"], dtype=np.int64).reshape(shape)
             mad = np.array(enc["mad"], dtype=np.int64).reshape(shape)
-            return to_int8(tdiv((X.astype(np.int64) - mean) * enc["multiplier"], mad))
+            return to_int8(tdiv((_as_integers(X) - mean) * enc["multiplier"], mad))
         if kind == "float_mad":
             # the estimator's expression and dtypes, so that NumPy rounds exactly as it did
             mean = np.array(enc["mean"], dtype=enc["dtype"]).reshape(shape)
@@ -203,9 +213,27 @@ class IntegerModel:
         return x.reshape(n, c, h // kh, kh, w // kw, kw).max(axis=(3, 5))
 
 
+_INTEGER_RULE_LIMIT = 2**55  # |x| below it: (x - mean) * multiplier stays exact in int64
+
+
+def _as_integers(X):
+    """X as int64 for the integer encoding, as the estimator takes it: integers (and bools)
+    below 2**55 in magnitude, or floats holding only such whole values."""
+    if X.dtype.kind == "f":
+        if not (np.isfinite(X).all() and np.array_equal(X, np.rint(X))):
+            raise ValueError(f"this model encodes integer features; X has {X.dtype} values that are not "
+                             "all whole numbers")
+    elif X.dtype.kind not in "biu":
+        raise TypeError(f"this model encodes integer features, got dtype {X.dtype}")
+    if X.size and (X.max() >= _INTEGER_RULE_LIMIT or X.min() <= -_INTEGER_RULE_LIMIT):
+        raise ValueError("this model encodes integer features within ±2**55")
+    return X.astype(np.int64)
+
+
 # -- checks: model.json and weights.npz are checked against each other before any computing --
 _INT32 = (-(2**31), 2**31 - 1)
 _MAX_VALUES = 2**31  # per sample, in any layer's input or output
+_MAX_MULTIPLIER = 63  # the estimator's largest feature_scale: keeps the integer encoding in int64
 
 
 def _fail(message):
@@ -235,6 +263,17 @@ def _integer_array(weights, key, name, shape):
     return array
 
 
+def _classes(spec):
+    """classes_ from model.json: a list of labels and a dtype that holds them."""
+    labels, dtype = spec.get("classes"), spec.get("classes_dtype")
+    if not isinstance(labels, list) or not isinstance(dtype, str):
+        _fail("classes must be a list of labels and classes_dtype a dtype name")
+    try:
+        return np.array(labels, dtype=np.dtype(dtype))
+    except (TypeError, ValueError) as exc:
+        _fail(f"classes do not make an array of {dtype!r} ({exc})")
+
+
 def _check_input(enc, sample_shape):
     size = int(np.prod(sample_shape))
     kind = enc.get("encoding")
@@ -253,7 +292,7 @@ def _check_input(enc, sample_shape):
         if kind == "integer_mad":
             _ints(enc.get("mean"), "input.mean", -(2**56), 2**56, size)
             _ints(enc.get("mad"), "input.mad", 1, 2**56, size)
-            _int(enc.get("multiplier"), "input.multiplier", 1, 2**16)
+            _int(enc.get("multiplier"), "input.multiplier", 1, _MAX_MULTIPLIER)
         else:
             if enc.get("dtype") not in ("float32", "float64"):
                 _fail("input.dtype must be float32 or float64")
@@ -264,7 +303,7 @@ def _check_input(enc, sample_shape):
                     _fail(f"input.{name} must be {size} finite numbers")
             if min(enc["mad"], default=1) <= 0:
                 _fail("input.mad must be positive")
-            _int(enc.get("multiplier"), "input.multiplier", 1, 2**16)
+            _int(enc.get("multiplier"), "input.multiplier", 1, _MAX_MULTIPLIER)
     else:
         _fail(f"unknown input encoding {kind!r}")
 
@@ -274,15 +313,21 @@ def _check_model(spec, weights, n_classes):
     integer dtypes and the declared shapes, and constants in range (no huge allocation)."""
     if n_classes < 2:
         _fail("classes must hold at least 2 classes")
+    if not isinstance(spec.get("input"), dict):
+        _fail("input must be an object")
     shape = tuple(_ints(spec["input"].get("sample_shape"), "input.sample_shape", 1, _MAX_VALUES))
     if int(np.prod(shape)) > _MAX_VALUES:
         _fail(f"a sample of shape {shape} is too large")
     _check_input(spec["input"], shape)
     layers = spec.get("layers")
-    if not isinstance(layers, list) or not layers:
-        _fail("layers must be a non-empty list")
+    if not isinstance(layers, list) or not layers or not all(isinstance(layer, dict) for layer in layers):
+        _fail("layers must be a non-empty list of objects")
+    int8 = True  # whether the values between layers are int8: the input's encoding is
     for i, layer in enumerate(layers):
         kind, name = layer.get("type"), f"layers[{i}]"
+        if kind in ("linear", "conv2d", "activation", "maxpool2d") and not int8:
+            _fail(f"{name}: a {kind} layer reads int8 values, it would receive a product (scale it first)")
+        int8 = kind not in ("linear", "conv2d") and (int8 or kind == "nitro_scale")
         if kind == "flatten":
             shape = (int(np.prod(shape)),)
         elif kind == "linear":
@@ -321,5 +366,6 @@ def _check_model(spec, weights, n_classes):
         expected = layer.get("output_shape")
         if expected is not None and tuple(expected) != tuple(shape):
             _fail(f"{name}: output_shape {expected} does not match the computed {list(shape)}")
-    if shape != (n_classes,):
-        _fail(f"the last layer produces {shape}, not one score per class ({n_classes})")
+    if shape != (n_classes,) or not int8:
+        _fail(f"the last layer produces {shape} {'int8' if int8 else 'product'} values, not one int8 score "
+              f"per class ({n_classes})")

@@ -64,6 +64,7 @@ cdef extern from "_passes.h" nogil:
     void pass_dropout_mask(numpy_bitgen_t *bitgen, uint8_t *mask, ptrdiff_t n, int keep_percent)
 
 cdef extern from "_pairs.h" nogil:
+    enum: PAIRS_DELTA_TOO_WIDE
     ctypedef struct outliers_t:
         int32_t *index
         int32_t *residual
@@ -214,6 +215,10 @@ def activation_backward(const int32_t[:, ::1] g not None, const int8_t[:, ::1] p
     check_shape("out", (out.shape[0], out.shape[1]), (rows, cols))
     check_shape("table", (table.shape[0],), (256,))
     check_divisor("divisor", divisor)
+    cdef int i
+    for i in range(256):  # the exactness for every int32 g rests on it
+        if not 0 <= table[i] <= divisor:
+            raise ValueError(f"table[{i}] = {table[i]} is outside [0, divisor = {divisor}]")
     if rows == 0 or cols == 0:
         return 0, 0
     cdef int64_t column_l1, largest = 0
@@ -350,9 +355,10 @@ def dropout_apply(const int8_t[:, :, ::1] x not None, const uint8_t[:, :, ::1] m
 
 # -- pooling and patches -----------------------------------------------------------------
 
-cdef tuple pooled_shape(tuple maps, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw):
+cdef tuple pooled_shape(tuple maps, object kh, object kw, object ph, object pw):
     """The pooled shape of maps (n, h, w, c) by windows (kh, kw) with (ph, pw) padding, which
-    must fit them, at most 256 positions (uint8 arg-max)."""
+    must fit them, at most 256 positions (uint8 arg-max). (Python integers: kh * kw of
+    C integers could wrap, and pass the check.)"""
     n, h, w, c = maps
     if min(maps) < 1 or not (0 <= ph < kh and 0 <= pw < kw) or kh > h + 2 * ph or kw > w + 2 * pw \
             or kh * kw > 256:
@@ -677,6 +683,8 @@ def units_sgd_update(str isa not None, const int32_t[:, ::1] delta not None, con
     with nogil:
         largest = kernels.sgd_update(&delta[0, 0], &x[0, 0], &w[0, 0], units_data, pairs_data, &outliers, n, batch,
                                      k, lr, decay_inv > 0, decay, sums_fit_int32)
+    if largest == PAIRS_DELTA_TOO_WIDE:
+        raise ValueError("delta: values must be in [-2**23, 2**23) (a split unit's range); nothing was written")
     if largest < 0:
         raise MemoryError()
     return largest, outliers.count

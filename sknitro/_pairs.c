@@ -457,6 +457,12 @@ int64_t pairs_run_sgd_update(gradient_tile_t gradient, update_tile_t update, pac
     for (ptrdiff_t b = 0; b < batch; b++) {
         int bits = magnitude_bits(delta + b * n, n); /* |delta| <= 2**bits: 128 * 2**bits bounds its part */
         int64_t bound = (int64_t)128 << bits;
+        if (bits > SPLIT_UNIT_BITS) { /* no split unit holds it: nothing written yet */
+            free(unit_rows);
+            free(delta_units);
+            free(reach);
+            return PAIRS_DELTA_TOO_WIDE;
+        }
         if (bits > 15) {
             unit_rows[batch - 1 - splits++] = (unit_row_t){b, -1, 0, bound};
         } else if (pending < 0) {
@@ -562,9 +568,9 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
     int64_t *gt = calloc((size_t)(kpad * npad), sizeof(int64_t)); /* G transposed */
     if (!gt)
         return -1;
-    int failed = 0;
+    int failed = 0, too_wide = 0;
     ptrdiff_t blocks = (batch + GRADIENT_ROW_BLOCK - 1) / GRADIENT_ROW_BLOCK;
-#pragma omp parallel if ((int64_t)n * batch * k >= PARALLEL_WORK) reduction(| : failed)
+#pragma omp parallel if ((int64_t)n * batch * k >= PARALLEL_WORK) reduction(| : failed, too_wide)
     {
         uint32_t *part = calloc((size_t)(kpad * npad), sizeof(uint32_t));
         int64_t *sums = calloc((size_t)(kpad * npad), sizeof(int64_t)); /* this thread's rows */
@@ -582,6 +588,10 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
             const int8_t *block_x = x + first * k;
             int bits = magnitude_bits(block_delta, rows * n);
             int64_t row_bound = (int64_t)128 << bits; /* <= 2**30: |delta| < 2**23 */
+            if (bits > SPLIT_UNIT_BITS) { /* no split unit holds it: w is written only after the loop */
+                too_wide = 1;
+                continue;
+            }
             if (bits <= 15) {
                 /* every delta of the block fits int16: its rows two by two as row pairs, the
                  * last alone with a zero row when they are odd in number (one call:
@@ -618,8 +628,8 @@ int64_t pairs_run_narrow_update(narrow_gradient_t gradient, pack_units_t pack, p
         free(sums);
         free(part);
     }
-    int64_t largest = -1;
-    if (!failed) {
+    int64_t largest = too_wide ? PAIRS_DELTA_TOO_WIDE : -1;
+    if (!failed && !too_wide) {
         largest = 0;
         for (ptrdiff_t j = 0; j < n; j++)
             for (ptrdiff_t c = 0; c < k; c++) {

@@ -216,13 +216,17 @@ typedef struct {
      * to w_units, or (w_units NULL) its pair form to w_pairs and its outliers. Exact for any
      * G; `sums_fit_int32` says the caller proved every sum of G (and of a part of it) within
      * int32, which spares the checks and the int64 sums of a G that may pass it. Returns
-     * max|w|, or -1 when out of memory. */
+     * max|w|, -1 when out of memory, or PAIRS_DELTA_TOO_WIDE, having written nothing, when a
+     * delta is past -2**23 <= delta < 2**23. */
     int64_t (*sgd_update)(const int32_t *delta, const int8_t *x, int32_t *w, int32_t *w_units,
                           int16_t *w_pairs, outliers_t *outliers, ptrdiff_t n, ptrdiff_t batch, ptrdiff_t k,
                           divisor_t lr, int decays, divisor_t decay, int sums_fit_int32);
 } pair_kernels_t;
 
 extern const pair_kernels_t avx2_kernels, vnni_kernels;
+
+/* What an update returns for a delta that no split unit holds (see sgd_update). */
+#define PAIRS_DELTA_TOO_WIDE (-2)
 
 /* Products of at least this many int16 pairs run on several threads (smaller ones: one). */
 #define PARALLEL_WORK ((int64_t)1 << 20)

@@ -119,7 +119,9 @@ static inline int32_t input_unit(int8_t x)
 }
 
 /* The split unit (a & 255, a >> 8) of |a| < 2**23, as one int32: a pair of int16 whose
- * pairwise product with an input unit is x * (a & 255) + 256 x * (a >> 8) = x * a. */
+ * pairwise product with an input unit is x * (a & 255) + 256 x * (a >> 8) = x * a. (It holds
+ * -2**23 <= a < 2**23: the integers of at most SPLIT_UNIT_BITS bits besides the sign.) */
+#define SPLIT_UNIT_BITS 23
 static inline int32_t split_unit(int32_t a)
 {
     return (int32_t)(((uint32_t)a & 0xFFu) | ((uint32_t)(a >> 8) << 16));

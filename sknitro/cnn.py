@@ -74,7 +74,8 @@ class NitroCNNClassifier(BaseNitroClassifier):
     image_shape : tuple of int, default=None
         ``(H, W)`` or ``(C, H, W)`` of each sample when ``X`` is flat ``(n, d)``. Without it a
         flat ``X`` is read as one-channel square images when ``d`` is a perfect square, and as
-        ``1 × d`` images otherwise. ``X`` may also be ``(n, H, W)`` or ``(n, C, H, W)``.
+        ``1 × d`` images otherwise. ``X`` may also be ``(n, H, W)`` or ``(n, C, H, W)`` (whose
+        shape, when ``image_shape`` is given too, must be it).
     lr_inv : int, default=384
         Inverse learning rate (see :class:`NitroMLPClassifier`; the published runs use 512).
     max_iter : int, default=40
@@ -164,6 +165,19 @@ class NitroCNNClassifier(BaseNitroClassifier):
         super()._check_params()
         self._features()
         check_dropout_rate("conv_dropout", self.conv_dropout)
+        self._given_image_shape()
+
+    def _given_image_shape(self) -> tuple[int, int, int] | None:
+        """``image_shape`` as ``(C, H, W)``; a ValueError naming it unless it holds 2 or 3
+        positive integers."""
+        if self.image_shape is None:
+            return None
+        shape = tuple(self.image_shape)
+        if len(shape) not in (2, 3) or not all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0
+                                               for s in shape):
+            raise ValueError("image_shape must be (H, W) or (C, H, W) of positive integers, got "
+                             f"{self.image_shape!r}")
+        return tuple(int(s) for s in ((1, *shape) if len(shape) == 2 else shape))
 
     def _features(self) -> tuple[list[Any], int]:
         if isinstance(self.architecture, str):
@@ -205,19 +219,21 @@ class NitroCNNClassifier(BaseNitroClassifier):
     def _flatten_images(self, X: np.ndarray, reset: bool) -> np.ndarray:
         shape = tuple(int(s) for s in (X.shape[1:] if X.ndim == 4 else (1, *X.shape[1:])))
         if reset:
+            given = self._given_image_shape()
+            if given is not None and given != shape:
+                raise ValueError(f"X has images of shape {shape}, but image_shape is {self.image_shape!r}")
             self.image_shape_ = shape
         elif shape != tuple(self.image_shape_):
             raise ValueError(f"X has images of shape {shape}, but {type(self).__name__} was fitted on "
                              f"images of shape {tuple(self.image_shape_)}")
-        return X.reshape(X.shape[0], -1)
+        return X.reshape(X.shape[0], math.prod(shape))  # (not -1: X may hold no image)
 
     def _flat_image_shape(self, n_features: int) -> tuple[int, int, int]:
-        if self.image_shape is not None:
-            shape = tuple(int(s) for s in self.image_shape)
-            shape = (1, *shape) if len(shape) == 2 else shape
-            if len(shape) != 3 or math.prod(shape) != n_features:
+        shape = self._given_image_shape()
+        if shape is not None:
+            if math.prod(shape) != n_features:
                 raise ValueError(f"image_shape {self.image_shape!r} does not match the {n_features} "
-                                 "features of X (give (H, W) or (C, H, W))")
+                                 "features of X")
             return shape
         side = math.isqrt(n_features)
         return (1, side, side) if side * side == n_features else (1, 1, n_features)

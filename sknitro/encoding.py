@@ -7,8 +7,9 @@ one standard deviation:
 - integer input (uint8 images and any integer features) is encoded with integer
   arithmetic only: ``x' = clip(tdiv((x - mean) * scale, mad), -127, 127)`` with
   ``mean = tdiv(sum(x), n)`` and ``mad = tdiv(sum(|x - mean|), n)``. uint8 images are first
-  shifted by -128 and share one mean/MAD per channel; other integer features get one per
-  feature;
+  shifted by -128 and share one mean/MAD per channel; other integer features (bools count
+  as 0 and 1) get one per feature, and a model fitted on them also takes floats holding
+  whole values;
 - float features use the same formula in float64, per feature, each on its own scale, and
   round the result: this is the one place where sknitro touches a float, before training
   starts. Integer features too large for exact int64 arithmetic (beyond ``±2**55``) take
@@ -80,7 +81,7 @@ class InputEncoder:
         if X.dtype == np.uint8:
             self.kind = "image"
             self._fit_image(X)
-        elif X.dtype.kind in "iu" and _fits_integer_rule(X):
+        elif X.dtype.kind in "biu" and _fits_integer_rule(X):  # bool: the integers 0 and 1
             self.kind = "integer"
             self.mean, self.mad = _integer_mean_mad(X)
         else:  # floats, and integers too large for exact int64 arithmetic
@@ -172,10 +173,7 @@ class InputEncoder:
         if self.kind == "float":
             with np.errstate(over="ignore"):  # past the float64 range the value saturates anyway
                 return to_int8(np.rint((X - self.mean) * (self.scale / self.mad)))
-        if X.dtype.kind not in "iu" or not _fits_integer_rule(X):
-            raise ValueError(f"this model encodes integer features; X has {X.dtype} values"
-                             + ("" if X.dtype.kind in "iu" else " (convert them to integers)")
-                             + f" beyond ±2**{INTEGER_RULE_BITS}" * (X.dtype.kind in "iu"))
+        X = _as_integers(X)
         return to_int8(tdiv((X.astype(np.int64) - self.mean) * self.scale, self.mad))
 
 
@@ -191,12 +189,27 @@ def _fits_integer_rule(X: np.ndarray) -> bool:
     return int(high) < 2**INTEGER_RULE_BITS and int(low) > -(2**INTEGER_RULE_BITS)
 
 
+def _as_integers(X: np.ndarray) -> np.ndarray:
+    """``X`` for a model fitted on integer features: integers (and bools) within the exact
+    rule's range, or floats holding only such whole values (converted); anything else refused."""
+    if X.dtype.kind == "f" and np.isfinite(X).all() and np.array_equal(X, np.rint(X)) \
+            and (X.size == 0 or np.abs(X).max() < 2**INTEGER_RULE_BITS):
+        return X.astype(np.int64)
+    if X.dtype.kind not in "biu":
+        raise ValueError(f"this model encodes integer features; X has {X.dtype} values that are not all "
+                         "whole numbers (convert them to integers)")
+    if not _fits_integer_rule(X):
+        raise ValueError(f"this model encodes integer features; X has {X.dtype} values beyond "
+                         f"±2**{INTEGER_RULE_BITS}")
+    return X
+
+
 def _as_pixels(X: np.ndarray) -> np.ndarray:
     """``X`` as uint8 pixels for a model fitted on uint8 images: other integer or float
     arrays holding only whole values in [0, 255] are converted, anything else refused."""
     if X.dtype == np.uint8:
         return X
-    if X.dtype.kind not in "iuf" or X.size and (X.min() < 0 or X.max() > 255
+    if X.dtype.kind not in "biuf" or X.size and (X.min() < 0 or X.max() > 255
                                                  or X.dtype.kind == "f" and not np.array_equal(X, np.rint(X))):
         raise ValueError(f"this model was fitted on uint8 images: X must hold whole pixel values in "
                          f"[0, 255], got {X.dtype} values in [{X.min()}, {X.max()}]" if X.size else

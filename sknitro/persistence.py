@@ -28,7 +28,6 @@ never read from the file. A file that does not fit raises :class:`InvalidModelEr
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -183,8 +182,11 @@ def check_fitted_state(state: dict[str, Any], estimator_name: str) -> None:
     derives from them); this checks what ties them together: the network reads the encoded
     input's shape and scores every class, and the integer schedule state is in range.
     """
-    if "network_" not in state:
-        return  # an unfitted estimator: only parameters, validated by fit
+    if "network_" not in state:  # an unfitted estimator: only parameters, validated by fit
+        fitted = sorted(name for name in state if name.endswith("_") and not name.startswith("__"))
+        if fitted:
+            raise InvalidModelError(f"{estimator_name}: fitted attributes {fitted} without a network_")
+        return
     network, encoder = state["network_"], state.get("encoder_")
     if not isinstance(network, IntegerNetwork) or not isinstance(encoder, InputEncoder):
         raise InvalidModelError(f"{estimator_name}: network_ and encoder_ must be sknitro's own classes")
@@ -197,10 +199,17 @@ def check_fitted_state(state: dict[str, Any], estimator_name: str) -> None:
     if tuple(network.input_shape()) != sample_shape:
         raise InvalidModelError(f"{estimator_name}: the network reads samples of shape {network.input_shape()}, "
                                 f"but the estimator takes {sample_shape}")
-    if encoder.kind == "image" and encoder.channel_axis is not None and encoder.mean.size != sample_shape[0]:
-        raise InvalidModelError(f"{estimator_name}: the encoder has {encoder.mean.size} channels, the images "
-                                f"{sample_shape[0]}")
-    if encoder.kind != "image" and encoder.mean.size != math.prod(sample_shape):
-        raise InvalidModelError(f"{estimator_name}: the encoder has {encoder.mean.size} features, the network "
-                                f"reads {math.prod(sample_shape)}")
+    # the encoder as the estimator makes it: channels on axis 1 of a CNN's images, statistics of
+    # the shape its transform broadcasts against the samples
+    channel_axis = 1 if "image_shape_" in state else None
+    if encoder.channel_axis != channel_axis:
+        raise InvalidModelError(f"{estimator_name}: the encoder's channel_axis must be {channel_axis}, "
+                                f"got {encoder.channel_axis!r}")
+    if encoder.kind == "image":
+        statistics_shape = (sample_shape[0],) if channel_axis is not None else (1,)
+    else:
+        statistics_shape = sample_shape
+    if encoder.mean.shape != statistics_shape:
+        raise InvalidModelError(f"{estimator_name}: the encoder's statistics have shape "
+                                f"{encoder.mean.shape}, its input needs {statistics_shape}")
     check_int(state.get("lr_inv_"), f"{estimator_name}.lr_inv_", 1, 2**62)

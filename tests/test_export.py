@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -201,7 +202,40 @@ TAMPERED_EXPORTS = {
     "a short activation table": lambda f: _edit_layer(f, "activation", table=[0] * 10),
     "a missing array": lambda f: _edit_layer(f, "conv2d", weight="nowhere"),
     "an unknown layer": lambda f: _edit_layer(f, "maxpool2d", type="unpool"),
+    # an activation reads int8 (its table has 256 entries): not a product
+    "an activation on a product": lambda f: _edit_spec(f, lambda spec: spec["layers"].remove(
+        next(layer for layer in spec["layers"] if layer["type"] == "nitro_scale"))),
+    "products for scores": lambda f: _edit_spec(f, lambda spec: spec["layers"].pop()),
+    "no input": lambda f: _edit_spec(f, lambda spec: spec.pop("input")),
+    "a layer that is a number": lambda f: _edit_spec(f, lambda spec: spec["layers"].append(1)),
+    "a shape that is a number": lambda f: _edit_layer(f, "linear", shape=8),
+    "classes of no dtype": lambda f: _edit_spec(f, lambda spec: spec.update(classes_dtype="nonsense")),
+    "a truncated weights.npz": lambda f: _truncate(f / "weights.npz", 300),
+    "a damaged array header": lambda f: _damage_npy_header(f / "weights.npz"),
 }
+
+
+def _truncate(path, size):
+    path.write_bytes(path.read_bytes()[:size])
+
+
+def _edit_spec(folder, edit):
+    spec = json.loads((folder / "model.json").read_text())
+    edit(spec)
+    (folder / "model.json").write_text(json.dumps(spec))
+
+
+def _damage_npy_header(path):
+    # the archive stays valid; one array's header (a Python literal NumPy parses) is cut short
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    name = next(iter(members))
+    header_length = int.from_bytes(members[name][8:10], "little")
+    members[name] = members[name][:10] + b"{'descr': '<i4', 'fortran_order': False, 'shape': (3," \
+        + b" " * (header_length - 55) + b"\n" + members[name][10 + header_length:]
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
 
 
 @pytest.mark.parametrize("case", TAMPERED_EXPORTS)
@@ -215,3 +249,25 @@ def test_the_reader_checks_the_files_before_computing(case, digits, tmp_path):
     TAMPERED_EXPORTS[case](folder)
     with pytest.raises(ValueError, match="invalid exported model"):
         reader.load(folder)
+
+
+def test_the_reader_encodes_integer_features_as_the_estimator_does(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.integers(-1000, 1000, size=(300, 5)), rng.integers(0, 3, size=300)
+    est = _fit(NitroMLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0), X, y)
+    folder = export_integer_model(est, tmp_path / "model")
+    model = _load_reader(folder).load(folder)
+    for ok in (X, X.astype(np.float64), X < 0):
+        np.testing.assert_array_equal(model.decision_function(ok), est.decision_function(ok))
+    # what the estimator refuses too
+    for bad in (X + 0.5, np.full((1, 5), 2**60), np.full((1, 5), -(2**55), np.int64)):
+        with pytest.raises(ValueError):
+            est.predict(bad)
+        with pytest.raises(ValueError, match="whole numbers|2\\*\\*55"):
+            model.predict(bad)
+    with pytest.raises(TypeError, match="integer features"):
+        model.predict(X.astype(str))
+    # a multiplier past the estimator's largest feature_scale: (x - mean) * multiplier could wrap int64
+    _edit_spec(folder, lambda spec: spec["input"].update(multiplier=64))
+    with pytest.raises(ValueError, match="input.multiplier"):
+        _load_reader(folder).load(folder)

@@ -9,6 +9,8 @@ call is swapped for a wrong one; the kernel must raise, never read or write out 
 The pair products are called on every ISA this CPU runs."""
 
 import re
+import subprocess
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -693,3 +695,62 @@ def test_scale_takes_z_by_its_type_not_its_length():
     out = np.empty(12, np.int8)
     _fused.scale_to_int8(np.arange(12, dtype=np.float64) * 3, 3, out)
     assert out.tolist() == list(range(12))
+
+
+@pytest.mark.parametrize("kh, kw, ph, pw", [(2**62, 4, 2**62 - 1, 0), (4, 2**62, 0, 2**62 - 1),
+                                            (2**32, 2**32, 2**32 - 1, 2**32 - 1), (2**63 - 1, 2, 2**62, 0)])
+def test_windows_whose_size_wraps_c_integers_raise_value_error(kh, kw, ph, pw):
+    # kh * kw (or h + 2 ph) in C integers would wrap past the checks, and the loops divide by
+    # it: run in a child, so that a crash fails this test rather than the whole run
+    script = f"""
+import numpy as np
+from sknitro import _fused
+x, out = np.ones((1, 1, 4, 1), np.int8), np.zeros((1, 1, 4, 1), np.int32)
+best, argmax = np.zeros((1, 1, 1, 1), np.int8), np.zeros((1, 1, 1, 1), np.uint8)
+for call in (lambda: _fused.max_pool(x, {kh}, {kw}, best, argmax, {ph}, {pw}),
+             lambda: _fused.max_unpool(np.ones((1, 1, 1, 1), np.int32), argmax, {kh}, {kw}, out, {ph}, {pw})):
+    try:
+        call()
+    except ValueError as error:
+        assert "do not make a pooling" in str(error)
+    else:
+        raise SystemExit("no ValueError")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+
+
+@pytest.mark.parametrize("isa", PAIR_ISAS)
+# a dense layer (one block of rows, and tile groups) and a narrow one
+@pytest.mark.parametrize("k, batch", [(64, 3), (64, 300), (9, 3), (9, 300)])
+@pytest.mark.parametrize("mirror", ["split", "pairs"])
+@pytest.mark.parametrize("value", [2**23, -(2**23) - 1, 2**31 - 1, -(2**31)])
+def test_an_update_with_a_delta_no_split_unit_holds_raises_and_writes_nothing(isa, k, batch, mirror, value):
+    rng = np.random.default_rng(k + batch)
+    delta = rng.integers(-1000, 1000, (batch, 6)).astype(np.int32)
+    delta[batch - 1, 5] = value  # in the last row: found before anything is written
+    x = rng.integers(-128, 128, (batch, k)).astype(np.int8)
+    w = rng.integers(-(2**20), 2**20, (6, k)).astype(np.int32)
+    before = w.copy()
+    pair_form = (np.full((6, k), 7, np.int16), np.zeros(8, np.int32), np.zeros(8, np.int32))
+    buffers = pair_form if mirror == "pairs" else (np.full((6, k), 7, np.int32),)
+    with pytest.raises(ValueError, match=r"delta: values must be in \[-2\*\*23, 2\*\*23\)"):
+        _fused.units_sgd_update(isa, delta, x, w, buffers[0], 1, 0, *buffers[1:], sums_fit_int32=False)
+    np.testing.assert_array_equal(w, before)
+    assert (buffers[0] == 7).all()
+    delta[batch - 1, 5] = -(2**23) if value < 0 else 2**23 - 1  # the range's ends are taken
+    _fused.units_sgd_update(isa, delta, x, w, buffers[0], 1, 0, *buffers[1:], sums_fit_int32=False)
+    assert not np.array_equal(w, before)
+
+
+@pytest.mark.parametrize("entry", [-1, 1001, 2**31 - 1])
+def test_an_activation_table_past_its_divisor_raises(entry):
+    g, pre = np.ones((2, 3), np.int32), np.zeros((2, 3), np.int8)
+    table, out = np.full(256, 1000, np.int32), np.full((2, 3), 7, np.int32)
+    table[200] = entry
+    with pytest.raises(ValueError, match=r"table\[200\] = .* is outside \[0, divisor = 1000\]"):
+        _fused.activation_backward(g, pre, table, 1000, out)
+    assert (out == 7).all()
+    table[200] = 1000
+    _fused.activation_backward(g, pre, table, 1000, out)
+    np.testing.assert_array_equal(out, np.ones((2, 3)))

@@ -123,6 +123,16 @@ TAMPERED = {
     "a wrong encoder": (_set("encoder_.mad", np.zeros(64, np.int64)), "InputEncoder"),
     "another estimator's features": (_set("n_features_in_", 65), "shape"),
     "an extra attribute": (_set("network_.output.forward", print), "unknown attributes"),
+    # statistics of the right size that broadcast against the samples into another encoding
+    "statistics of another shape": (lambda model: [_set(f"encoder_.{name}", getattr(model.encoder_, name)
+                                                        .reshape(64, 1))(model) for name in ("mean", "mad")],
+                                    r"statistics have shape \(64, 1\), its input needs \(64,\)"),
+    "a channel axis": (_set("encoder_.channel_axis", 1), "channel_axis must be None"),
+    # parameters that inference reads (predict_proba divides by target_value)
+    "a negative target value": (_set("target_value", -32), "target_value"),
+    "a target value of 0": (_set("target_value", 0), "target_value"),
+    "a string for a parameter": (_set("target_value", "32"), "target_value"),
+    "fitted attributes and no network": (lambda model: delattr(model, "network_"), "without a network_"),
 }
 
 
@@ -141,6 +151,11 @@ def test_tampered_cnn_pooling_raises(fitted):
     data = _tampered_pickle(fitted["cnn"][0], _set("encoder_.lookup_table", np.zeros((1, 3), np.int8)))
     with pytest.raises(InvalidModelError, match="lookup_table"):
         pickle.loads(data)
+    # channels on another axis: the lookups would fill only part of the encoded images
+    for axis in (None, 2, 3):
+        data = _tampered_pickle(fitted["cnn"][0], _set("encoder_.channel_axis", axis))
+        with pytest.raises(InvalidModelError, match="channel_axis must be 1"):
+            pickle.loads(data)
 
 
 def test_tampered_skops_file_raises(fitted, tmp_path):
