@@ -34,6 +34,11 @@ MODELS = {
     # dropout: its masks and its output pass, on maps after the convs and on rows after each dense block
     "cnn-dropout": (lambda: NitroCNNClassifier(architecture=[16, "M", 16], hidden_layer_sizes=(32, 32),
                                                conv_dropout=0.1, dropout=0.3, max_iter=2, random_state=0), True),
+    # dropout past 0.25: int16 features, on the pair products as int8 digits
+    "mlp-dropout-0.8": (lambda: NitroMLPClassifier(hidden_layer_sizes=(64, 64), dropout=0.8, max_iter=2,
+                                                   random_state=0), False),
+    "cnn-dropout-0.5": (lambda: NitroCNNClassifier(architecture=[16, "M", 16], hidden_layer_sizes=(32,),
+                                                   conv_dropout=0.5, dropout=0.5, max_iter=2, random_state=0), True),
 }
 
 
@@ -68,6 +73,28 @@ def test_conv_layers_train_on_the_pair_products(digits, isa, spy):
     assert spy.calls.get(f"units_product/{isa}", 0) > 0  # the third conv's forward (9 * 9: odd)
     assert "sgd_update" not in spy.calls  # no update left to the "c" kernels (float64 BLAS)
     assert weights_equal(weights, _fit(make, X.reshape(-1, 1, 8, 8), y, kernels="numpy")[0])
+
+
+@pytest.mark.parametrize("isa", PAIR_ISAS)
+@pytest.mark.parametrize("model", ["mlp-dropout-0.8", "cnn-dropout-0.5"])
+def test_int16_features_train_on_the_pair_products(digits, isa, model, spy, monkeypatch):
+    """Dropout past a rate of 0.25 makes int16 features: the blocks after it read them as int8
+    digits on the pair products, and never fall back to the "c" kernels' float64 BLAS. (The
+    output layer, a learning head of 10 outputs, runs its step in NumPy around a "c" update.)"""
+    make, image = MODELS[model]
+    int16_inputs, float64_updates = [], []
+    forward, update = kernels.PairKernels.scaled_forward, kernels.CompiledKernels._sgd_update
+    monkeypatch.setattr(kernels.PairKernels, "scaled_forward", lambda self, layer, x, *args: (
+        int16_inputs.append(x.dtype == np.int16), forward(self, layer, x, *args))[1])
+    monkeypatch.setattr(kernels.CompiledKernels, "_sgd_update", lambda self, layer, *args: (
+        float64_updates.append(layer), update(self, layer, *args))[1])
+    with warnings.catch_warnings(), sknitro.config_context(kernels=isa):
+        warnings.simplefilter("ignore")
+        fitted = make().fit(digits[0].reshape(-1, 1, 8, 8) if image else digits[0], digits[1])
+    assert sum(int16_inputs) > 10  # the dropped features passed int8 often
+    assert all(layer is fitted.network_.output.linear for layer in float64_updates)
+    assert spy.calls.get(f"units_sgd_update/{isa}", 0) > 0
+    assert spy.calls.get(f"pairs_product/{isa}", 0) > 0  # the digits' forward
 
 
 @pytest.mark.skipif(not PAIR_ISAS, reason="this CPU runs no pair products (AVX2 or AVX-512 VNNI)")

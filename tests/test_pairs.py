@@ -780,7 +780,8 @@ def _hand_back_cases():
         "odd width, chunks of 0 inputs": (
             layer_with(np.full((3, 65), 2**20)), np.full((4, 65), -128, np.int8), 256, ["row_l1", "scale_to_int8"],
             ["units_product", "split_units"]),
-        "int16 input": (layer_with(np.ones((3, 64))), x.astype(np.int16), 256, ["scale_to_int8"], pair_kernels),
+        "int16 input past 2**14": (layer_with(np.ones((3, 64))), x.astype(np.int16) * 200, 256, ["scale_to_int8"],
+                                   pair_kernels),
         "strided input": (layer_with(np.ones((3, 64))), wide[:, ::2], 256, ["scale_to_int8"], pair_kernels),
         "narrow input, past the split units": (layer_with(np.full((3, 62), UNITS_LIMIT)), narrow,
                                                256, ["scale_to_int8"], pair_kernels),
@@ -859,7 +860,7 @@ def _update_cases():
         "delta past the split units": (big, x[:1], 64, None, None, "sgd_update"),
         "delta past the split units, as its bound says": (big, x[:1], 64, None, UNITS_LIMIT, "sgd_update"),
         "int64 delta": (delta.astype(np.int64), x, 64, None, None, "sgd_update"),
-        "int16 input": (delta, x.astype(np.int16), 64, None, None, "sgd_update"),
+        "int16 input past 2**14": (delta, x.astype(np.int16) * 200, 64, None, None, "sgd_update"),
         "strided input": (delta, np.repeat(x, 2, axis=1)[:, ::2], 64, None, None, "sgd_update"),
         "narrow input, delta past the split units": (big, np.ascontiguousarray(x[:1, :9]), 64, None, None,
                                                      "sgd_update"),
@@ -1146,3 +1147,108 @@ def test_narrow_scaled_product_is_the_product_scaled(isa, threads, k, n):
     wide = np.ones((3, 64), np.int8)  # 64 inputs and more: the tiles along k, not these kernels
     with pytest.raises(ValueError, match="fewer than 64"):
         _fused.narrow_scaled_product(isa, wide, np.ones((n, 64), np.int32), 60, np.empty((3, n), np.int8))
+
+
+# -- int16 input (dropout's output past a rate of 0.25) as int8 digits -----------------------
+
+def test_int8_digits_by_hand():
+    x = np.array([[-300, 5, 127, 255], [0, -1, -128, 254]], np.int16)
+    digits, shift = kernels._int8_digits(x)
+    # -300 >> 1 = -150 leaves int8, -300 >> 2 = -75 does not: shift 2
+    assert shift == 2 and digits.dtype == np.int8
+    np.testing.assert_array_equal(digits, [[0, 1, 3, 3], [0, 3, 0, 2],  # x & 3
+                                           [-75, 1, 31, 63], [0, -1, -32, 63]])  # x >> 2
+    fits, shift = kernels._int8_digits(np.array([[-128, 127]], np.int16))
+    assert shift == 0 and fits.dtype == np.int8 and fits.tolist() == [[-128, 127]]
+    assert kernels._int8_digits(np.array([[2**14]], np.int16)) is None  # x >> 7 = 128
+    assert kernels._int8_digits(np.array([[-(2**14) - 1]], np.int16)) is None
+    assert kernels._int8_digits(np.array([[2**14 - 1, -(2**14)]], np.int16))[1] == 7
+    for other in (x.astype(np.int32), x[:, ::2], x[0], x[:0]):
+        assert kernels._int8_digits(other) is None
+
+
+@pytest.mark.parametrize("limit", [127, 128, 181, 254, 255, 1000, 2**14 - 1])
+def test_int8_digits_make_the_integers_with_the_smallest_shift(limit):
+    rng = np.random.default_rng(limit)
+    x = rng.integers(-limit - 1, limit + 1, (50, 33)).astype(np.int16)
+    x[0, :2] = [-limit - 1, limit]
+    digits, shift = kernels._int8_digits(x)
+    if shift == 0:  # x itself, as int8
+        np.testing.assert_array_equal(digits, x)
+        assert digits.dtype == np.int8 and limit == 127
+        return
+    low, high = digits[:50].astype(np.int64), digits[50:].astype(np.int64)
+    np.testing.assert_array_equal(low + (high << shift), x)
+    assert ((0 <= low) & (low < 2**shift)).all()
+    smaller = shift - 1  # the shift before would leave int8
+    assert shift == 0 or not (-128 <= x >> smaller).all() or not (x >> smaller <= 127).all()
+
+
+INT16_INPUTS = {  # the largest |x|: dropout at 0.3 (127 / 0.7), 0.5, 0.9, and the digits' limit
+    "p=0.3": 181, "p=0.5": 254, "p=0.9": 1270, "2**14 - 1": 2**14 - 1, "fits int8": 127}
+
+
+@pytest.mark.parametrize("inputs", [64, 65, 784])  # even: the pair form; odd: split units
+@pytest.mark.parametrize("largest", list(INT16_INPUTS.values()), ids=list(INT16_INPUTS))
+def test_scaled_forward_of_int16_input_runs_on_digits(isa, spy, inputs, largest):
+    pair_kernels = kernels.IMPLEMENTATIONS[isa]
+    rng = np.random.default_rng(inputs + largest)
+    x = rng.integers(-largest, largest + 1, (37, inputs)).astype(np.int16)
+    x[3] = largest
+    shift = kernels._int8_digits(x)[1]
+    low_l1 = int((x & ((1 << shift) - 1)).sum(axis=1).max())
+    scale = 2**8 * inputs
+    for bound in (1, 100, 2**15, 2**19):
+        weight = rng.integers(-bound, bound + 1, (10, inputs)).astype(np.int32)
+        weight[0] = bound  # z[3, 0] = largest * bound * inputs: past int32 for the larger ones
+        layer = layer_with(weight)
+        z = exact(x, weight)
+        if inputs == 784 and bound == 2**15 and shift:
+            assert z[3, 0] > INT32_MAX  # the high digits' part saturates: so does z
+        expected = nitro_scale(z, scale)
+        before = dict(spy.calls)
+        np.testing.assert_array_equal(pair_kernels.scaled_forward(layer, x, scale), expected)
+        ran = {name: spy.calls.get(name, 0) - before.get(name, 0) for name in spy.calls}
+        products = sum(ran.get(f"{name}/{isa}", 0) for name in ("pairs_product", "units_product",
+                                                                 "pairs_scaled_product"))
+        # the digits' products, unless the low digits' part could pass int32 (then float64 BLAS)
+        on_digits = shift == 0 or low_l1 * bound <= INT32_MAX
+        assert products == on_digits, (bound, ran)
+        if on_digits:  # no float64 copy of W: the "c" kernels did not run
+            assert layer.kernel_cache.float64 is None
+
+
+@pytest.mark.parametrize("inputs", [64, 65, 784])
+@pytest.mark.parametrize("largest", list(INT16_INPUTS.values()), ids=list(INT16_INPUTS))
+@pytest.mark.parametrize("batch", [8, 300])  # whole-batch updates, and tile groups
+def test_update_of_int16_input_runs_on_digits(isa, spy, inputs, largest, batch):
+    pair_kernels = kernels.IMPLEMENTATIONS[isa]
+    rng = np.random.default_rng(inputs * largest + batch)
+    x = rng.integers(-largest, largest + 1, (batch, inputs)).astype(np.int16)
+    layer = layer_with(rng.integers(-(2**16), 2**16, (12, inputs)))
+    reference = reference_layer(layer)
+    for step in range(2):
+        delta = rng.integers(-3000, 3000, (batch, 12)).astype(np.int32)
+        delta[0, step] = 40000  # a row past int16: split units beside the row pairs
+        kernels.NUMPY.sgd_update(reference, delta, x, 512, 1000)
+        pair_kernels.sgd_update(layer, delta, x, 512, 1000)
+        np.testing.assert_array_equal(layer.weight, reference.weight)
+        assert layer.weight_bound == reference.weight_bound
+    assert spy.calls[f"units_sgd_update/{isa}"] == 2 and "sgd_update" not in spy.calls
+    # and the next forward reads the copy the updates wrote
+    np.testing.assert_array_equal(pair_kernels.scaled_forward(layer, x, 2**20),
+                                  nitro_scale(exact(x, reference.weight), 2**20))
+
+
+def test_digits_update_hands_back_where_the_shifted_delta_leaves_the_split_units(isa, spy):
+    # |delta| * 2**shift past 2**23: the "c" kernels' float64 update, the same integers
+    rng = np.random.default_rng(9)
+    x = rng.integers(-1270, 1271, (8, 64)).astype(np.int16)  # shift 4
+    delta = rng.integers(-100, 100, (8, 6)).astype(np.int32)
+    delta[2, 3] = 2**20  # 2**24 once shifted
+    layer = layer_with(rng.integers(-1000, 1000, (6, 64)))
+    reference = reference_layer(layer)
+    kernels.NUMPY.sgd_update(reference, delta, x, 2**16, 0)
+    kernels.IMPLEMENTATIONS[isa].sgd_update(layer, delta, x, 2**16, 0)
+    np.testing.assert_array_equal(layer.weight, reference.weight)
+    assert f"units_sgd_update/{isa}" not in spy.calls and spy.calls["sgd_update"] == 1

@@ -499,8 +499,16 @@ class PairKernels(CompiledKernels):
         # one int32 sum covers a whole row; otherwise the kernel adds up chunks that fit in
         # int64 and saturates z to int32, which scaling cannot tell apart from z itself since
         # 128 * scale < 2**31.
-        if not _pair_input(x) or not _host_int32(layer.weight) or layer.bias is not None \
-                or 128 * scale >= KERNEL_DIVISOR_LIMIT:
+        if not _host_int32(layer.weight) or layer.bias is not None or 128 * scale >= KERNEL_DIVISOR_LIMIT:
+            return super().scaled_forward(layer, x, scale, table)
+        digits = _int8_digits(x)
+        if digits is not None and digits[1] > 0:
+            product = self._digits_product(layer, *digits)
+            return super().scaled_forward(layer, x, scale, table) if product is None \
+                else _scaled(product, scale, table)
+        if digits is not None:  # every value fits int8
+            x = digits[0]
+        if not _pair_input(x):
             return super().scaled_forward(layer, x, scale, table)
         (batch, width), outputs = x.shape, layer.weight.shape[0]
         pair_form = _pair_form(layer) if _pair_width(layer) else None
@@ -519,8 +527,63 @@ class PairKernels(CompiledKernels):
         _compiled.units_product(self.name, x, _split_units(layer), chunk, product)
         return _scaled(product, scale, table)
 
+    def _digits_product(self, layer: Any, digits: np.ndarray, shift: int) -> np.ndarray | None:
+        """``x @ W.T`` for ``x`` given as its int8 digits (:func:`_int8_digits`), saturated to
+        int32 as a pair product's z; None where no bound proves it exact.
+
+        The low digits' part must be exact (their row L1 norms prove it); the high digits'
+        part may saturate: then ``|z| >= 2**shift * 2**31 - 2**31 >= 2**31`` saturates too, with
+        the high part's sign, which the sum of the parts keeps."""
+        batch, width = digits.shape[0] // 2, digits.shape[1]
+        low_l1 = _compiled.row_l1(digits[:batch])
+        if low_l1 * layer.weight_bound > INT32_LIMIT:
+            return None
+        parts = np.empty((2 * batch, layer.weight.shape[0]), dtype=np.int32)
+        pair_form = _pair_form(layer) if _pair_width(layer) else None
+        if pair_form is not None:
+            chunk = _chunk(digits, min(layer.weight_bound, PAIR_LIMIT), 2, width // 2)
+            _compiled.pairs_product(self.name, digits, pair_form.pairs, pair_form.index, pair_form.residual,
+                                    pair_form.count, chunk, parts)
+        else:
+            chunk = 0 if layer.weight_bound >= UNITS_LIMIT else _chunk(digits, layer.weight_bound, 1, width)
+            if chunk == 0:
+                return None
+            _compiled.units_product(self.name, digits, _split_units(layer), chunk, parts)
+        low, high = parts[:batch], parts[batch:]
+        if (low_l1 + (_compiled.row_l1(digits[batch:]) << shift)) * layer.weight_bound <= INT32_LIMIT:
+            np.left_shift(high, shift, out=high)  # z fits int32: so do the parts and their sum
+            high += low
+            return high
+        z = high.astype(np.int64) << shift
+        z += low
+        return np.clip(z, -INT32_LIMIT - 1, INT32_LIMIT).astype(np.int32)
+
+    def _digits_sgd_update(self, layer: Any, delta: np.ndarray, digits: tuple[np.ndarray, int], column_l1: int,
+                           divisor: int, decay_inv: int, delta_bound: int | None) -> bool:
+        """The update for ``x`` given as its int8 digits (:func:`_int8_digits`), and the largest
+        column L1 norm of ``delta``: ``G = delta^T x = delta^T low + (2**shift delta)^T high``,
+        the same update on the digits as the rows of a batch twice as long."""
+        digits, shift = digits
+        largest = (abs_max(delta) if delta_bound is None else delta_bound) << shift
+        if largest >= UNITS_LIMIT:
+            return False
+        if shift == 0:  # every value fits int8
+            return self._sgd_update(layer, delta, digits, 128 * column_l1, divisor, decay_inv, largest)
+        batch = delta.shape[0]
+        stacked = np.empty((2 * batch, delta.shape[1]), dtype=np.int32)
+        stacked[:batch] = delta
+        np.left_shift(delta, shift, out=stacked[batch:])
+        # low < 2**shift and |high| <= 128: a column of G sums at most (2**shift - 1 + 2**shift * 128)
+        # times column_l1
+        return self._sgd_update(layer, stacked, digits, (1 + (1 << shift)) * 128 * column_l1, divisor,
+                                decay_inv, largest)
+
     def _sgd_update(self, layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int,
                     delta_bound: int | None) -> bool:
+        if _host_int32(delta) and delta.ndim == 2 and (digits := _int8_digits(x)) is not None:
+            return self._digits_sgd_update(layer, delta, digits, grad_bound // max(dtype_bound(x), 1), divisor,
+                                           decay_inv, delta_bound) \
+                or super()._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv, delta_bound)
         # delta's split units need max|delta| < UNITS_LIMIT: delta_bound proves it where known;
         # grad_bound / max|x| bounds max|delta| too (it is max|x| times a column L1 norm of
         # delta, or times max|delta| * batch), but a conv layer's column sums over every output
@@ -591,6 +654,30 @@ def _pair_input(x: Any) -> bool:
     """Whether the pair products may take ``x`` (a host int8 matrix) as their input."""
     return (isinstance(x, np.ndarray) and x.dtype == np.int8 and x.ndim == 2 and x.size > 0
             and x.flags.c_contiguous)
+
+
+def _int8_digits(x: Any) -> tuple[np.ndarray, int] | None:
+    """A host int16 matrix ``x`` (dropout's output past a rate of 0.25) as int8 digits, which
+    the pair products take: ``(x, 0)`` cast to int8 when every value fits, else the rows of
+    ``x & (2**shift - 1)`` (in ``[0, 2**shift)``) and below them those of ``x >> shift``
+    (``[-128, 127]``) for the smallest such ``shift``, so ``x = low + 2**shift * high``.
+    None for anything else, or past ``shift`` 7 (``|x| >= 2**14``)."""
+    if not (isinstance(x, np.ndarray) and x.dtype == np.int16 and x.ndim == 2 and x.size
+            and x.flags.c_contiguous):
+        return None
+    low, high = int(x.min()), int(x.max())
+    shift = 0
+    while high >> shift > 127 or low >> shift < -128:
+        shift += 1
+    if shift == 0:
+        return x.astype(np.int8), 0
+    if shift > 7:
+        return None
+    batch = x.shape[0]
+    digits = np.empty((2 * batch, x.shape[1]), dtype=np.int8)
+    np.bitwise_and(x, (1 << shift) - 1, out=digits[:batch], casting="unsafe")
+    np.right_shift(x, shift, out=digits[batch:], casting="unsafe")
+    return digits, shift
 
 
 def _pair_width(layer: Any) -> bool:

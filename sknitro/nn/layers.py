@@ -298,7 +298,8 @@ class IntegerDropout:
     ``P`` the rate in percent (p = 0.3 -> R = 1428, i.e. x / 0.7 to three digits). The
     output can exceed int8 (127 * 1428 // 1000 = 181): it is int16 then, and int8 where every
     value fits (NITRO-ReLU's outputs, in [-67, 91] at its default slope, do up to p = 0.25),
-    which the compiled pair kernels take as the next layer's input.
+    which the compiled pair kernels take as the next layer's input directly (int16 input
+    takes them twice, as two int8 digits).
     """
 
     def __init__(self, p: float) -> None:
