@@ -38,7 +38,8 @@ MODELS = {
     "mlp-dropout-0.8": (lambda: NitroMLPClassifier(hidden_layer_sizes=(64, 64), dropout=0.8, max_iter=2,
                                                    random_state=0), False),
     "cnn-dropout-0.5": (lambda: NitroCNNClassifier(architecture=[16, "M", 16], hidden_layer_sizes=(32,),
-                                                   conv_dropout=0.5, dropout=0.5, max_iter=2, random_state=0), True),
+                                                   conv_dropout=0.5, dropout=0.5, max_iter=2, random_state=0),
+                        True),
 }
 
 

@@ -780,8 +780,8 @@ def _hand_back_cases():
         "odd width, chunks of 0 inputs": (
             layer_with(np.full((3, 65), 2**20)), np.full((4, 65), -128, np.int8), 256, ["row_l1", "scale_to_int8"],
             ["units_product", "split_units"]),
-        "int16 input past 2**14": (layer_with(np.ones((3, 64))), x.astype(np.int16) * 200, 256, ["scale_to_int8"],
-                                   pair_kernels),
+        "int16 input past 2**14": (layer_with(np.ones((3, 64))), x.astype(np.int16) * 200, 256,
+                                   ["scale_to_int8"], pair_kernels),
         "strided input": (layer_with(np.ones((3, 64))), wide[:, ::2], 256, ["scale_to_int8"], pair_kernels),
         "narrow input, past the split units": (layer_with(np.full((3, 62), UNITS_LIMIT)), narrow,
                                                256, ["scale_to_int8"], pair_kernels),
@@ -1209,8 +1209,8 @@ def test_scaled_forward_of_int16_input_runs_on_digits(isa, spy, inputs, largest)
         before = dict(spy.calls)
         np.testing.assert_array_equal(pair_kernels.scaled_forward(layer, x, scale), expected)
         ran = {name: spy.calls.get(name, 0) - before.get(name, 0) for name in spy.calls}
-        products = sum(ran.get(f"{name}/{isa}", 0) for name in ("pairs_product", "units_product",
-                                                                 "pairs_scaled_product"))
+        products = sum(ran.get(f"{name}/{isa}", 0)
+                       for name in ("pairs_product", "units_product", "pairs_scaled_product"))
         # the digits' products, unless the low digits' part could pass int32 (then float64 BLAS)
         on_digits = shift == 0 or low_l1 * bound <= INT32_MAX
         assert products == on_digits, (bound, ran)

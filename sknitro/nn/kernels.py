@@ -558,8 +558,8 @@ class PairKernels(CompiledKernels):
         z += low
         return np.clip(z, -INT32_LIMIT - 1, INT32_LIMIT).astype(np.int32)
 
-    def _digits_sgd_update(self, layer: Any, delta: np.ndarray, digits: tuple[np.ndarray, int], column_l1: int,
-                           divisor: int, decay_inv: int, delta_bound: int | None) -> bool:
+    def _digits_sgd_update(self, layer: Any, delta: np.ndarray, digits: tuple[np.ndarray, int],
+                           column_l1: int, divisor: int, decay_inv: int, delta_bound: int | None) -> bool:
         """The update for ``x`` given as its int8 digits (:func:`_int8_digits`), and the largest
         column L1 norm of ``delta``: ``G = delta^T x = delta^T low + (2**shift delta)^T high``,
         the same update on the digits as the rows of a batch twice as long."""
@@ -581,8 +581,8 @@ class PairKernels(CompiledKernels):
     def _sgd_update(self, layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int,
                     delta_bound: int | None) -> bool:
         if _host_int32(delta) and delta.ndim == 2 and (digits := _int8_digits(x)) is not None:
-            return self._digits_sgd_update(layer, delta, digits, grad_bound // max(dtype_bound(x), 1), divisor,
-                                           decay_inv, delta_bound) \
+            column_l1 = grad_bound // max(dtype_bound(x), 1)  # grad_bound is max|x| times it
+            return self._digits_sgd_update(layer, delta, digits, column_l1, divisor, decay_inv, delta_bound) \
                 or super()._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv, delta_bound)
         # delta's split units need max|delta| < UNITS_LIMIT: delta_bound proves it where known;
         # grad_bound / max|x| bounds max|delta| too (it is max|x| times a column L1 norm of
