@@ -264,7 +264,8 @@ def head_step(const int8_t[:, ::1] x not None, int32_t[:, ::1] w not None, const
     int32 w (classes, features), int8 target (batch, classes): yhat = clip(tdiv(x w^T, scale)),
     e = yhat - target, input_grad = e w (before the update; skipped when None), then
     w -= tdiv(e^T x, divisor) + tdiv(w, decay_inv). Returns sum(e**2) and max|w| after the
-    update. The caller proves that every sum fits int32 and that the new w fits int32."""
+    update. Every sum must fit int32, and the new w too: ValueError (nothing written) unless
+    max|w| proves it (the loops' int32 arithmetic would overflow)."""
     cdef ptrdiff_t batch = x.shape[0], features = x.shape[1], classes = w.shape[0]
     check_scale(scale)
     check_not_empty("x", (batch, features))
@@ -276,6 +277,22 @@ def head_step(const int8_t[:, ::1] x not None, int32_t[:, ::1] w not None, const
         check_shape("input_grad", (input_grad.shape[0], input_grad.shape[1]), (batch, features))
     check_divisor("divisor", divisor)
     check_decay(decay_inv)
+    cdef int64_t w_bound = 0, value
+    cdef const int32_t *w_data = &w[0, 0]
+    cdef ptrdiff_t i
+    with nogil:
+        for i in range(classes * features):
+            value = w_data[i]
+            w_bound = max(w_bound, -value if value < 0 else value)
+    # |yhat - target| <= 255: the scores, the input gradient and G, and the new w (the bounds of
+    # sknitro.nn.kernels, in Python integers)
+    bound, rows = int(w_bound), int(batch)
+    g_bound = 255 * 128 * rows
+    decay_term = bound // decay_inv if 0 < decay_inv <= bound else 0
+    if max(128 * bound * int(features), 255 * bound * int(classes), g_bound) > INT32_MAX or \
+            bound + g_bound // divisor + decay_term > INT32_MAX:
+        raise ValueError(f"head_step: with max|w| = {bound} and {rows} rows its int32 sums or the new w "
+                         "could overflow")
     cdef int32_t *scratch = <int32_t *>malloc(head_scratch_size(classes, features) * sizeof(int32_t))
     cdef int16_t *error = <int16_t *>malloc(batch * classes * sizeof(int16_t))
     cdef divisor_t d_scale = make_divisor(scale), lr = make_divisor(divisor)

@@ -754,3 +754,27 @@ def test_an_activation_table_past_its_divisor_raises(entry):
     table[200] = 1000
     _fused.activation_backward(g, pre, table, 1000, out)
     np.testing.assert_array_equal(out, np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("case", ["scores", "input gradient", "gradient", "new weights"])
+def test_a_head_step_whose_int32_sums_could_overflow_raises_and_writes_nothing(case):
+    # the bounds the engine proves before calling (sknitro.nn.kernels): checked here too
+    batch, features, classes, w_value, divisor = {
+        "scores": (4, 64, 3, 2**31 // (128 * 64) + 1, 1),  # 128 * max|w| * features
+        "input gradient": (4, 8, 3000, 2**31 // (255 * 3000) + 1, 1),  # 255 * max|w| * classes
+        "gradient": (2**31 // (255 * 128) + 1, 2, 2, 1, 1),  # 255 * 128 * batch
+        "new weights": (65700, 1, 1, 8_000_000, 1),  # max|w| + |G| / divisor
+    }[case]
+    x, target = np.ones((batch, features), np.int8), np.zeros((batch, classes), np.int8)
+    w = np.full((classes, features), w_value, np.int32)
+    w[0, 0] = -w_value
+    before = w.copy()
+    yhat = np.full((batch, classes), 7, np.int8)
+    with pytest.raises(ValueError, match="int32 sums or the new w could overflow"):
+        _fused.head_step(x, w, target, 256, divisor, 0, yhat, None)
+    np.testing.assert_array_equal(w, before)
+    assert (yhat == 7).all()
+    w //= 4  # within the bounds (but the gradient's, which w does not change): it runs
+    if case != "gradient":
+        _fused.head_step(x, w, target, 256, divisor, 0, yhat, None)
+        assert not np.array_equal(w, before // 4)
