@@ -104,6 +104,29 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         self._callback_list()
         get_namespace(self.device)  # fails clearly without CuPy or a GPU
 
+    def _network_params(self) -> dict:
+        """The parameters the network is built from (``_build_network`` reads them): a fitted
+        network keeps them, so that continuing to train it (``warm_start``, ``partial_fit``)
+        with other values would silently ignore them."""
+        return {"hidden_layer_sizes": tuple(self._hidden_sizes()), "activation": self.activation,
+                "negative_slope_inv": self.negative_slope_inv, "scale_bits": self.scale_bits,
+                "dropout": self.dropout, "lr_amp": self.lr_amp, "fwd_decay_inv": self.fwd_decay_inv,
+                "head_decay_inv": self.head_decay_inv}
+
+    def _check_network_params(self) -> None:
+        """A ValueError naming the network parameters changed since the network was built
+        (models saved before they were recorded are not checked)."""
+        built = getattr(self, "_network_built_with", None)
+        if not isinstance(built, dict):
+            return
+        now = self._network_params()
+        changed = {name: (built.get(name), value) for name, value in now.items() if built.get(name) != value}
+        if changed:
+            listed = ", ".join(f"{name}={new!r} (built with {old!r})" for name, (old, new) in changed.items())
+            raise ValueError(f"the fitted network was built with other parameters than {listed}; continuing "
+                             "to train it would ignore them: set them back, or fit a new network "
+                             "(warm_start=False)")
+
     def _hidden_sizes(self) -> list:
         """``hidden_layer_sizes`` as a list (an int means one block)."""
         sizes = self.hidden_layer_sizes
@@ -149,6 +172,8 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         self._validate_params()
         self._check_params()
         keep = self.warm_start and hasattr(self, "network_")
+        if keep:
+            self._check_network_params()
         with self._previous_model_on_error(fresh=not keep):
             X, y_idx = self._prepare_data(X, y, first_call=not keep, classes=None)
             if not keep:
@@ -177,6 +202,8 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         first_call = not hasattr(self, "network_")
         if first_call and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
+        if not first_call:
+            self._check_network_params()
         if not first_call and classes is not None:
             classes = unique_labels(classes)
             if not np.array_equal(classes, self.classes_):
@@ -306,6 +333,7 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
         self._rng = np.random.default_rng(random_state.randint(0, 2**32 - 1, dtype=np.int64))
         self._input_shape = X.shape[1:]
         self.network_ = self._build_network(len(self.classes_), self._rng)
+        self._network_built_with = self._network_params()
         self.lr_inv_ = int(self.lr_inv)
         self.n_iter_ = 0
         self.t_ = 0
@@ -458,7 +486,10 @@ class BaseNitroClassifier(ClassifierMixin, BaseEstimator):
 def _is_fitted_state(name: str) -> bool:
     """Whether an attribute is part of a fitted model (scikit-learn's trailing underscore, and
     the private state a fit sets beside it)."""
-    return (name.endswith("_") and not name.startswith("__")) or name in ("_rng", "_input_shape")
+    return (name.endswith("_") and not name.startswith("__")) or name in _PRIVATE_FITTED_STATE
+
+
+_PRIVATE_FITTED_STATE = ("_rng", "_input_shape", "_network_built_with")
 
 
 def _format_record(record: dict) -> str:

@@ -167,6 +167,11 @@ class NitroCNNClassifier(BaseNitroClassifier):
         check_dropout_rate("conv_dropout", self.conv_dropout)
         self._given_image_shape()
 
+    def _network_params(self) -> dict:
+        features, head_dim = self._features()
+        return {**super()._network_params(), "architecture": tuple(features), "head_dim": head_dim,
+                "head_pooling": self.head_pooling, "conv_dropout": self.conv_dropout}
+
     def _given_image_shape(self) -> tuple[int, int, int] | None:
         """``image_shape`` as ``(C, H, W)``; a ValueError naming it unless it holds 2 or 3
         positive integers."""

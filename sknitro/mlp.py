@@ -75,7 +75,11 @@ class NitroMLPClassifier(BaseNitroClassifier):
     lr_plateau_patience : int, default=10
         Epochs without a gain of ``tol`` before ``lr_inv`` grows.
     warm_start : bool, default=False
-        Reuse the previous network on the next :meth:`fit`.
+        Reuse the previous network on the next :meth:`fit`. The parameters the network is
+        built from (its sizes, activation, scaling, dropout, ``lr_amp`` and the decays) must
+        be those it was built with: a ValueError names any that changed (as for
+        :meth:`partial_fit`). The others apply as set, but training goes on at the schedule's
+        ``lr_inv_`` (``lr_inv`` starts a new network's schedule).
     random_state : int, RandomState instance or None, default=None
         Seeds weights, shuffling, dropout and the validation split. An int makes training
         bit-for-bit reproducible.
@@ -91,8 +95,9 @@ class NitroMLPClassifier(BaseNitroClassifier):
         ends :meth:`fit` after this epoch, as early stopping would: with
         ``early_stopping=True`` the best validated model is kept, otherwise this epoch's.
         The remaining callbacks of the epoch are still called. An exception raised by a
-        callback propagates and undoes that epoch: the model is the previous epoch's, or
-        unfitted if no epoch had finished in a new fit. ``clone`` deep-copies callable
+        callback propagates and undoes that epoch: the model is the previous epoch's, or, if
+        no epoch of a new fit had finished, the estimator is as it was before the fit (fitted
+        earlier, or unfitted). ``clone`` deep-copies callable
         objects (a bound method with its object), not plain functions; a fitted model
         pickles with its callbacks, so a lambda or a local function makes it unpicklable:
         ``set_params(callbacks=None)`` before saving. Ready-made callbacks:

@@ -105,7 +105,7 @@ def _fitted_state(clf):
 
 
 def _assert_same_model(clf, before, X):
-    after = _fitted_state(clf)
+    before, after = dict(before), _fitted_state(clf)
     assert sorted(after) == sorted(before)
     assert weights_equal(after.pop("weights"), before.pop("weights"))
     assert after.pop("rng") == before.pop("rng")
@@ -294,3 +294,38 @@ def test_hidden_layer_sizes_may_be_one_integer(digits_small, quiet):
     assert weights_equal(as_int.weights_, as_tuple.weights_)
     with pytest.raises(ValueError, match="hidden_layer_sizes"):
         NitroMLPClassifier(hidden_layer_sizes=0).fit(X, y)
+
+
+@pytest.mark.parametrize("change", [{"hidden_layer_sizes": (8,)}, {"dropout": 0.2}, {"fwd_decay_inv": 500},
+                                    {"negative_slope_inv": 8}])
+def test_continuing_a_network_with_other_network_parameters_raises(digits_small, change, quiet):
+    X, y = digits_small
+    clf = NitroMLPClassifier(hidden_layer_sizes=(16,), max_iter=1, warm_start=True, random_state=0).fit(X, y)
+    before = _fitted_state(clf)
+    name = next(iter(change))
+    clf.set_params(**change)
+    for call in (lambda: clf.fit(X, y), lambda: clf.partial_fit(X, y)):
+        with pytest.raises(ValueError, match=rf"{name}=.*\(built with .*\).*warm_start=False"):
+            call()
+        _assert_same_model(clf, before, X)
+    defaults = NitroMLPClassifier(hidden_layer_sizes=(16,)).get_params()
+    clf.set_params(**{name: defaults[name] for name in change})
+    clf.set_params(max_iter=2, shuffle=False).fit(X, y)  # the others apply as set
+    clf.partial_fit(X, y)
+    assert clf.n_iter_ == 1 + 2 + 1
+    clf.set_params(warm_start=False, **change).fit(X, y)  # a new network, built with them
+    assert clf.n_iter_ == 2
+
+
+def test_continuing_a_cnn_with_another_architecture_raises(digits_small, quiet):
+    X, y = digits_small
+    images = X.reshape(-1, 1, 8, 8)
+    cnn = NitroCNNClassifier(architecture=[4, "M"], max_iter=1, warm_start=True, random_state=0)
+    cnn.fit(images, y)
+    with pytest.raises(ValueError, match=r"architecture=\(4, 'M', 8\) \(built with \(4, 'M'\)\)"):
+        cnn.set_params(architecture=[4, "M", 8]).fit(images, y)
+    with pytest.raises(ValueError, match="head_dim="):
+        cnn.set_params(architecture=[4, "M"], head_dim=16).partial_fit(images, y)
+    del cnn._network_built_with  # a model saved before the parameters were recorded: not checked
+    cnn.partial_fit(images, y)
+    assert cnn.n_iter_ == 2
