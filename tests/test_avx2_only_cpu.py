@@ -10,10 +10,16 @@ CPU lacks, which a VNNI host skips), and the golden traces of the published code
 emulation means nothing: ``benchmarks/bench_kernels.py --avx2-cpu-build`` emulates that CPU's
 speed instead.
 ``.ci/run`` installs QEMU's user mode (``qemu-user``).
+
+QEMU's user mode has crashed once on these tests in CI (SIGSEGV in a CNN training test on two
+OpenMP threads) and never again in repeated runs, nor has any run on real hardware: a run that
+dies of a signal is repeated once, with a warning that carries the crash's Python traceback; a
+second crash, or any failing test, fails.
 """
 
 import json
 import os
+import warnings
 import platform
 import shutil
 import subprocess
@@ -54,9 +60,20 @@ def test_an_avx2_only_cpu_runs_the_avx2_kernels():
     assert available == ["numpy", "c", "avx2"] and pair_isas == ["avx2"] and selected == "avx2"
 
 
+def _crash_report(run):
+    """What a run that died of a signal left: the end of its test output and the fault's
+    Python traceback (pytest's faulthandler)."""
+    fault = run.stderr.find("Fatal Python error")
+    return f"signal {-run.returncode}; {run.stdout[-1500:]}\n{run.stderr[fault:fault + 4000]}"
+
+
 def test_the_kernel_tests_pass_on_an_avx2_only_cpu():
-    run = _on_the_avx2_cpu("-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-q", *KERNEL_TESTS,
-                           timeout=1200)
+    arguments = ("-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-q", *KERNEL_TESTS)
+    run = _on_the_avx2_cpu(*arguments, timeout=1200)
+    if run.returncode < 0:  # the emulator (or the code) died of a signal: once more, then it counts
+        warnings.warn(f"the emulated AVX2-only CPU crashed; running again. {_crash_report(run)}", UserWarning)
+        run = _on_the_avx2_cpu(*arguments, timeout=1200)
+        assert run.returncode >= 0, _crash_report(run)
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
