@@ -1153,12 +1153,13 @@ def test_narrow_scaled_product_is_the_product_scaled(isa, threads, k, n):
 
 def test_int8_digits_by_hand():
     x = np.array([[-300, 5, 127, 255], [0, -1, -128, 254]], np.int16)
-    digits, shift = kernels._int8_digits(x)
+    digits, shift, bound = kernels._int8_digits(x)
+    assert bound == 300
     # -300 >> 1 = -150 leaves int8, -300 >> 2 = -75 does not: shift 2
     assert shift == 2 and digits.dtype == np.int8
     np.testing.assert_array_equal(digits, [[0, 1, 3, 3], [0, 3, 0, 2],  # x & 3
                                            [-75, 1, 31, 63], [0, -1, -32, 63]])  # x >> 2
-    fits, shift = kernels._int8_digits(np.array([[-128, 127]], np.int16))
+    fits, shift, _ = kernels._int8_digits(np.array([[-128, 127]], np.int16))
     assert shift == 0 and fits.dtype == np.int8 and fits.tolist() == [[-128, 127]]
     assert kernels._int8_digits(np.array([[2**14]], np.int16)) is None  # x >> 7 = 128
     assert kernels._int8_digits(np.array([[-(2**14) - 1]], np.int16)) is None
@@ -1172,7 +1173,8 @@ def test_int8_digits_make_the_integers_with_the_smallest_shift(limit):
     rng = np.random.default_rng(limit)
     x = rng.integers(-limit - 1, limit + 1, (50, 33)).astype(np.int16)
     x[0, :2] = [-limit - 1, limit]
-    digits, shift = kernels._int8_digits(x)
+    digits, shift, bound = kernels._int8_digits(x)
+    assert bound == np.abs(x.astype(np.int64)).max()
     if shift == 0:  # x itself, as int8
         np.testing.assert_array_equal(digits, x)
         assert digits.dtype == np.int8 and limit == 127

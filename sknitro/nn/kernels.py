@@ -49,7 +49,7 @@ import functools
 import mmap
 import threading
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -502,12 +502,12 @@ class PairKernels(CompiledKernels):
         if not _host_int32(layer.weight) or layer.bias is not None or 128 * scale >= KERNEL_DIVISOR_LIMIT:
             return super().scaled_forward(layer, x, scale, table)
         digits = _int8_digits(x)
-        if digits is not None and digits[1] > 0:
-            product = self._digits_product(layer, *digits)
+        if digits is not None and digits.shift > 0:
+            product = self._digits_product(layer, digits.rows, digits.shift)
             return super().scaled_forward(layer, x, scale, table) if product is None \
                 else _scaled(product, scale, table)
         if digits is not None:  # every value fits int8
-            x = digits[0]
+            x = digits.rows
         if not _pair_input(x):
             return super().scaled_forward(layer, x, scale, table)
         (batch, width), outputs = x.shape, layer.weight.shape[0]
@@ -558,12 +558,12 @@ class PairKernels(CompiledKernels):
         z += low
         return np.clip(z, -INT32_LIMIT - 1, INT32_LIMIT).astype(np.int32)
 
-    def _digits_sgd_update(self, layer: Any, delta: np.ndarray, digits: tuple[np.ndarray, int],
-                           column_l1: int, divisor: int, decay_inv: int, delta_bound: int | None) -> bool:
+    def _digits_sgd_update(self, layer: Any, delta: np.ndarray, digits: Int8Digits, column_l1: int,
+                           divisor: int, decay_inv: int, delta_bound: int | None) -> bool:
         """The update for ``x`` given as its int8 digits (:func:`_int8_digits`), and the largest
         column L1 norm of ``delta``: ``G = delta^T x = delta^T low + (2**shift delta)^T high``,
         the same update on the digits as the rows of a batch twice as long."""
-        digits, shift = digits
+        digits, shift = digits.rows, digits.shift
         largest = (abs_max(delta) if delta_bound is None else delta_bound) << shift
         if largest >= UNITS_LIMIT:
             return False
@@ -581,7 +581,7 @@ class PairKernels(CompiledKernels):
     def _sgd_update(self, layer: Any, delta: Any, x: Any, grad_bound: int, divisor: int, decay_inv: int,
                     delta_bound: int | None) -> bool:
         if _host_int32(delta) and delta.ndim == 2 and (digits := _int8_digits(x)) is not None:
-            column_l1 = grad_bound // max(dtype_bound(x), 1)  # grad_bound is max|x| times it
+            column_l1 = grad_bound // max(digits.bound, 1)  # grad_bound is max|x| times it
             return self._digits_sgd_update(layer, delta, digits, column_l1, divisor, decay_inv, delta_bound) \
                 or super()._sgd_update(layer, delta, x, grad_bound, divisor, decay_inv, delta_bound)
         # delta's split units need max|delta| < UNITS_LIMIT: delta_bound proves it where known;
@@ -656,10 +656,18 @@ def _pair_input(x: Any) -> bool:
             and x.flags.c_contiguous)
 
 
-def _int8_digits(x: Any) -> tuple[np.ndarray, int] | None:
+class Int8Digits(NamedTuple):
+    """An int16 matrix as int8 rows the pair products take (:func:`_int8_digits`)."""
+
+    rows: np.ndarray
+    shift: int
+    bound: int  # max|x|, found on the way (the update's proofs read it)
+
+
+def _int8_digits(x: Any) -> Int8Digits | None:
     """A host int16 matrix ``x`` (dropout's output past a rate of 0.25) as int8 digits, which
-    the pair products take: ``(x, 0)`` cast to int8 when every value fits, else the rows of
-    ``x & (2**shift - 1)`` (in ``[0, 2**shift)``) and below them those of ``x >> shift``
+    the pair products take: ``x`` cast to int8 (shift 0) when every value fits, else the rows
+    of ``x & (2**shift - 1)`` (in ``[0, 2**shift)``) and below them those of ``x >> shift``
     (``[-128, 127]``) for the smallest such ``shift``, so ``x = low + 2**shift * high``.
     None for anything else, or past ``shift`` 7 (``|x| >= 2**14``)."""
     if not (isinstance(x, np.ndarray) and x.dtype == np.int16 and x.ndim == 2 and x.size
@@ -670,14 +678,14 @@ def _int8_digits(x: Any) -> tuple[np.ndarray, int] | None:
     while high >> shift > 127 or low >> shift < -128:
         shift += 1
     if shift == 0:
-        return x.astype(np.int8), 0
+        return Int8Digits(x.astype(np.int8), 0, max(-low, high))
     if shift > 7:
         return None
     batch = x.shape[0]
     digits = np.empty((2 * batch, x.shape[1]), dtype=np.int8)
     np.bitwise_and(x, (1 << shift) - 1, out=digits[:batch], casting="unsafe")
     np.right_shift(x, shift, out=digits[batch:], casting="unsafe")
-    return digits, shift
+    return Int8Digits(digits, shift, max(-low, high))
 
 
 def _pair_width(layer: Any) -> bool:
